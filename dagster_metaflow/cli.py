@@ -1,0 +1,211 @@
+"""`python flow.py dagster ...`: the Metaflow CLI group of dagster-metaflow."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from metaflow._vendor import click
+from metaflow.exception import MetaflowException
+
+from . import __version__, naming
+from .codegen import CodegenError, render
+from .ir import CompileOptions, FlowIR, IRError, build_flow_ir
+
+# Metaflow configuration that may be written into a generated file. Everything else, and
+# anything that looks like a credential, is read from the environment at run time.
+BAKE_PREFIXES = (
+    "METAFLOW_DEFAULT_",
+    "METAFLOW_DATASTORE_",
+    "METAFLOW_DATATOOLS_",
+    "METAFLOW_SERVICE_URL",
+    "METAFLOW_CARD_",
+    "METAFLOW_PROFILE",
+)
+SECRET_MARKERS = ("AUTH", "TOKEN", "SECRET", "PASSWORD", "HEADERS", "ACCESS_KEY", "PRIVATE", "CREDENTIAL")
+
+
+class DagsterMetaflowException(MetaflowException):
+    headline = "dagster-metaflow error"
+
+
+def is_secret_name(name: str) -> bool:
+    upper = name.upper()
+    return any(marker in upper for marker in SECRET_MARKERS)
+
+
+def baked_environment(environ: dict[str, str]) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """(allow-listed METAFLOW_* settings to bake, secret-looking names left to run time)."""
+    baked: list[tuple[str, str]] = []
+    runtime: list[str] = []
+    for name in sorted(environ):
+        if not name.startswith("METAFLOW_"):
+            continue
+        if is_secret_name(name):
+            runtime.append(name)
+        elif name.startswith(BAKE_PREFIXES):
+            baked.append((name, environ[name]))
+    return tuple(baked), tuple(runtime)
+
+
+@click.group()
+def cli() -> None:
+    pass
+
+
+@cli.group(help="Compile this flow to a Dagster job and operate it.")
+@click.pass_obj
+def dagster(obj: Any) -> None:
+    obj.check(obj.graph, obj.flow, obj.environment, pylint=obj.pylint)
+
+
+def _resolve_job_name(obj: Any, name: str | None) -> str:
+    if name is not None:
+        problem = naming.validate_job_name(name)
+        if problem:
+            raise DagsterMetaflowException(f"--name: {problem}")
+        return name
+    from metaflow import current
+
+    project_flow = current.get("project_flow_name") if "project" in obj.flow._flow_decorators else None
+    if project_flow:
+        # proj.branch.Flow -> proj_branch_Flow; branch names may contain '-' and '.'
+        return naming.job_name_for(project_flow.replace(".", "_"))
+    return naming.job_name_for(obj.flow.name)
+
+
+def _top_level_args(obj: Any) -> tuple[str, ...]:
+    from metaflow.decorators import flow_decorators
+    from metaflow.util import dict_to_cli_options
+
+    opts: dict[str, Any] = {}
+    for deco in flow_decorators(obj.flow):
+        opts.update(deco.get_top_level_options())
+    return tuple(dict_to_cli_options(opts)) + (
+        "--quiet",
+        f"--metadata={obj.metadata.TYPE}",
+        f"--environment={obj.environment.TYPE}",
+        "--event-logger=nullSidecarLogger",
+        "--monitor=nullSidecarMonitor",
+        "--no-pylint",
+    )
+
+
+def build_ir_from_obj(
+    obj: Any,
+    *,
+    out_file: str,
+    name: str | None,
+    tags: Sequence[str],
+    namespace: str | None,
+    with_decorators: Sequence[str],
+    workflow_timeout: int | None,
+    max_workers: int,
+) -> FlowIR:
+    """Collect everything `create` needs from Metaflow's CLI state into a FlowIR."""
+    from metaflow import decorators
+    from metaflow.tagging_util import validate_tags
+
+    if with_decorators:
+        decorators._attach_decorators(obj.flow, list(with_decorators))
+        decorators._init_step_decorators(
+            obj.flow, obj.graph, obj.environment, obj.flow_datastore, obj.logger
+        )
+    validate_tags(list(tags))
+    flow_file = os.path.realpath(sys.argv[0])
+    out_dir = os.path.dirname(os.path.realpath(out_file))
+    try:
+        rel = os.path.relpath(flow_file, out_dir)
+        flow_ref = rel if not rel.startswith("..") else flow_file
+    except ValueError:
+        flow_ref = flow_file
+    baked, runtime_names = baked_environment(dict(os.environ))
+    argv = [os.path.basename(sys.argv[0]), *sys.argv[1:]]
+    options = CompileOptions(
+        job_name=_resolve_job_name(obj, name),
+        flow_file=flow_ref,
+        tags=tuple(tags),
+        namespace=namespace,
+        max_workers=max_workers,
+        workflow_timeout=workflow_timeout,
+        top_level_args=_top_level_args(obj),
+        environment=baked,
+        runtime_env_names=runtime_names,
+        regenerate_command="python " + " ".join(shlex.quote(a) for a in argv),
+        tool_version=__version__,
+        datastore_type=obj.flow_datastore.TYPE,
+        datastore_root=obj.flow_datastore.datastore_root,
+    )
+    try:
+        return build_flow_ir(obj.flow, obj.graph, options)
+    except IRError as exc:
+        raise DagsterMetaflowException(str(exc)) from None
+
+
+@dagster.command(help="Compile this flow into a Dagster definitions file.")
+@click.argument("file", required=False, default=None)
+@click.option("--name", default=None, help="Dagster job name (default: the flow name).")
+@click.option("--tag", "tags", multiple=True, default=None, help="Metaflow tag for every run (repeatable).")
+@click.option("--namespace", default=None, help="Metaflow namespace the steps run in.")
+@click.option(
+    "--with",
+    "with_decorators",
+    multiple=True,
+    default=None,
+    help="Add a step decorator to every step, e.g. --with=retry or --with=resources:cpu=4.",
+)
+@click.option(
+    "--workflow-timeout",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Stop the whole run after this many seconds.",
+)
+@click.option(
+    "--max-workers",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Maximum number of steps running at once in one run.",
+)
+@click.pass_obj
+def create(
+    obj: Any,
+    file: str | None = None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    namespace: str | None = None,
+    with_decorators: Sequence[str] = (),
+    workflow_timeout: int | None = None,
+    max_workers: int = 16,
+) -> None:
+    job_name = _resolve_job_name(obj, name)
+    out_file = file or f"{job_name.lower()}_dagster.py"
+    if os.path.realpath(out_file) == os.path.realpath(sys.argv[0]):
+        raise DagsterMetaflowException(
+            f"refusing to overwrite the flow file {sys.argv[0]!r}; choose another output FILE"
+        )
+    obj.echo(f"Compiling *{obj.flow.name}* to Dagster job *{job_name}*...", bold=True)
+    ir = build_ir_from_obj(
+        obj,
+        out_file=out_file,
+        name=name,
+        tags=tags or (),
+        namespace=namespace,
+        with_decorators=with_decorators or (),
+        workflow_timeout=workflow_timeout,
+        max_workers=max_workers,
+    )
+    try:
+        text = render(ir)
+    except CodegenError as exc:
+        raise DagsterMetaflowException(str(exc)) from None
+    tmp = out_file + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, out_file)
+    obj.echo(f"Wrote {out_file} ({len(ir.steps)} ops, job {job_name}).")
+    obj.echo(f"Load it with:  dagster dev -f {out_file}")
+    obj.echo(f"Run it with:   dagster job execute -f {out_file} -j {job_name}")

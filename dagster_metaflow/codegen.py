@@ -1,0 +1,338 @@
+"""FlowIR -> Dagster definitions source text.
+
+Codegen never touches Metaflow objects: it turns the IR into a small render model (ops,
+job wiring lines) and renders `templates/definitions.py.j2`, inserting every value with
+`repr` (the `py` filter) so any step name, parameter name or default stays valid Python.
+The result is checked with `ast.parse` before it is returned.
+"""
+
+from __future__ import annotations
+
+import ast
+import keyword
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+
+from . import naming
+from .ir import FlowIR, StepIR
+
+
+class CodegenError(Exception):
+    """The IR describes a shape this version cannot compile (message names the step)."""
+
+
+# Names the generated module defines or imports at top level; variables must not shadow them.
+MODULE_NAMES = frozenset(
+    {
+        "annotations",
+        "Path",
+        "Config",
+        "Field",
+        "Definitions",
+        "DynamicOut",
+        "OpExecutionContext",
+        "RetryPolicy",
+        "job",
+        "op",
+        "MetaflowFlow",
+        "metaflow_executor",
+        "FLOW",
+        "TAGS",
+        "_run_step",
+        "_init_run",
+        "_fan_out",
+        "_run_id",
+        "_task_id",
+        "_split_index",
+        "defs",
+        "context",
+        "config",
+        "upstream",
+        "upstreams",
+        "run_id",
+        "task",
+    }
+)
+
+
+@dataclass
+class OpModel:
+    """Everything the template needs to render one `@op`."""
+
+    step: StepIR
+    decorator_args: list[str]
+    signature: str
+    body: list[str]
+
+
+@dataclass
+class RenderModel:
+    ir: FlowIR
+    ops: list[OpModel]
+    job_function: str
+    job_decorator_args: list[str]
+    wiring: list[str]
+    imports: list[str]
+    flow_kwargs: list[tuple[str, str]]
+    parameters: list[dict[str, Any]] = field(default_factory=list)
+    uses_field: bool = False
+
+
+def py(value: Any) -> str:
+    """Python literal for `value` (the template's `py` filter); valid for any input value."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return f"float({str(value)!r})"
+    if isinstance(value, tuple):
+        inner = ", ".join(py(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, list):
+        return "[" + ", ".join(py(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{py(k)}: {py(v)}" for k, v in value.items()) + "}"
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return repr(value)
+    raise CodegenError(f"internal error: cannot write {type(value).__name__} value {value!r}")
+
+
+def _op_decorator_args(step: StepIR) -> list[str]:
+    args: list[str] = []
+    if step.kind == "foreach":
+        args.append("out=DynamicOut(str)")
+    if step.doc:
+        args.append(f"description={py(step.doc)}")
+    if step.retry is not None:
+        delay = f", delay={step.retry.delay_seconds}" if step.retry.delay_seconds else ""
+        args.append(f"retry_policy=RetryPolicy(max_retries={step.retry.max_retries}{delay})")
+    tags: dict[str, str] = {}
+    if step.timeout_seconds:
+        tags["dagster/op_execution_timeout"] = str(step.timeout_seconds)
+    tags["metaflow/step"] = step.name
+    for key, value in step.resources:
+        tags[f"metaflow/resources/{key}"] = value
+    args.append(f"tags={py(tags)}")
+    return args
+
+
+def _is_foreach_child(step: StepIR, ir: FlowIR) -> bool:
+    return any(ir.step(p).kind == "foreach" for p in step.in_steps)
+
+
+def _op_model(step: StepIR, ir: FlowIR) -> OpModel:
+    is_start = step.name == ir.start_step
+    if is_start:
+        sig_inputs = f", config: {ir.config_class_name}" if ir.parameters else ""
+        body = ["run_id = _run_id(context)"]
+        body.append(
+            "upstream = _init_run(context, run_id, config, tags=TAGS)"
+            if ir.parameters
+            else "upstream = _init_run(context, run_id, None, tags=TAGS)"
+        )
+    elif step.kind == "join":
+        sig_inputs = ", upstreams: list[str]"
+        body = ['run_id = upstreams[0].split("/")[0]']
+    else:
+        sig_inputs = ", upstream: str"
+        body = ['run_id = upstream.split("/")[0]']
+    upstream_arg = "upstreams" if step.kind == "join" and not is_start else "upstream"
+    task_arg = "_task_id(context)" if step.foreach_depth > 0 else py("t")
+    kwargs = [
+        "retry_count=context.retry_number",
+        f"max_user_code_retries={step.max_user_code_retries}",
+        "tags=TAGS",
+        f"extra_env={py(dict(step.env))}",
+    ]
+    if step.timeout_seconds:
+        kwargs.append(f"timeout={step.timeout_seconds}")
+    if _is_foreach_child(step, ir):
+        kwargs.append("split_index=_split_index(context)")
+    if step.decorator_specs:
+        kwargs.append(f"decorator_specs={py(step.decorator_specs)}")
+    call = [f"_run_step(context, {py(step.name)}, run_id, {upstream_arg}, {task_arg},"]
+    call += [f"    {kw}," for kw in kwargs]
+    if step.kind == "foreach":
+        body.append("task = " + call[0])
+        body += call[1:]
+        body.append(")")
+        body.append("yield from _fan_out(context, task)")
+        signature = f"def {step.op_name}(context: OpExecutionContext{sig_inputs}):"
+    else:
+        body.append("return " + call[0])
+        body += call[1:]
+        body.append(")")
+        signature = f"def {step.op_name}(context: OpExecutionContext{sig_inputs}) -> str:"
+    return OpModel(step=step, decorator_args=_op_decorator_args(step), signature=signature, body=body)
+
+
+class _Wiring:
+    """Emits the job body: one assignment per step, foreach bodies as nested functions."""
+
+    def __init__(self, ir: FlowIR, taken: set[str]) -> None:
+        self.ir = ir
+        self.taken = set(taken)
+        self.var: dict[str, str] = {}
+        self.lines: list[str] = []
+
+    def name_for(self, step: str) -> str:
+        if step not in self.var:
+            self.var[step] = naming.python_identifier(step, self.taken)
+        return self.var[step]
+
+    def emit(self, step_name: str, arg: str, indent: int) -> tuple[str, str | None]:
+        """Emit `step_name` and its successors; stop before a join owned by an outer split.
+
+        Returns (variable of the last emitted step, the join step reached or None at end).
+        """
+        pad = "    " * indent
+        step = self.ir.step(step_name)
+        if step.kind == "switch" or step.is_parallel or step.parallel_foreach:
+            raise CodegenError(
+                f"step {step.name!r}: {_shape_name(step)} is not supported by this version of "
+                "dagster-metaflow yet"
+            )
+        v = self.name_for(step.name)
+        self.lines.append(f"{pad}{v} = {step.op_name}({arg})")
+        if step.kind == "end" or not step.next_steps:
+            return v, None
+        if step.kind == "split":
+            branch_vars = []
+            join = step.matching_join
+            for branch in step.next_steps:
+                bv, reached = self.emit(branch, v, indent)
+                if reached != join:
+                    raise CodegenError(f"step {step.name!r}: branch {branch!r} does not reach join {join!r}")
+                branch_vars.append(bv)
+            assert join is not None
+            return self.emit(join, "[" + ", ".join(branch_vars) + "]", indent)
+        if step.kind == "foreach":
+            if step.foreach_depth > 0:
+                raise CodegenError(
+                    f"step {step.name!r}: nested foreach is not supported by this version of "
+                    "dagster-metaflow yet"
+                )
+            join = step.matching_join
+            assert join is not None
+            fn = naming.python_identifier(f"foreach_{step.name}", self.taken)
+            item = naming.python_identifier("item", self.taken)
+            self.lines.append(f"{pad}")
+            self.lines.append(f"{pad}def {fn}({item}):")
+            body_start = len(self.lines)
+            bv, reached = self.emit(step.next_steps[0], item, indent + 1)
+            if reached != join:
+                raise CodegenError(f"step {step.name!r}: foreach body does not reach join {join!r}")
+            del body_start
+            self.lines.append(f"{pad}    return {bv}")
+            self.lines.append(f"{pad}")
+            return self.emit(join, f"{v}.map({fn}).collect()", indent)
+        nxt = self.ir.step(step.next_steps[0])
+        if nxt.kind == "join":
+            return v, nxt.name
+        return self.emit(nxt.name, v, indent)
+
+
+def _shape_name(step: StepIR) -> str:
+    if step.kind == "switch":
+        return "a recursive switch" if step.is_recursive else "conditional branching (switch)"
+    return "@parallel"
+
+
+def build_render_model(ir: FlowIR) -> RenderModel:
+    """Turn the IR into the pieces the template prints."""
+    ops = [_op_model(s, ir) for s in ir.steps]
+    taken = set(MODULE_NAMES) | {s.op_name for s in ir.steps} | {ir.config_class_name}
+    job_fn = naming.python_identifier(ir.flow_name, taken)
+    wiring = _Wiring(ir, taken | {job_fn})
+    _, end = wiring.emit(ir.start_step, "", 1)
+    if end is not None:
+        raise CodegenError(f"the graph reaches join {end!r} without a matching split")
+
+    job_tags = {"metaflow/flow": ir.flow_name}
+    if ir.workflow_timeout:
+        job_tags["dagster/max_runtime"] = str(ir.workflow_timeout)
+    executor_cfg: dict[str, Any] = {"max_concurrent": ir.max_workers}
+    if ir.workflow_timeout:
+        executor_cfg["workflow_timeout"] = ir.workflow_timeout
+    job_args = [f"name={py(ir.job_name)}"]
+    if ir.doc:
+        job_args.append(f"description={py(ir.doc)}")
+    job_args.append(f"executor_def=metaflow_executor.configured({py(executor_cfg)})")
+    job_args.append(f"tags={py(job_tags)}")
+
+    imports = ["Definitions", "OpExecutionContext", "job", "op"]
+    uses_field = any(p.help or p.field_name != p.name or not p.required for p in ir.parameters)
+    if ir.parameters:
+        imports.append("Config")
+    if any(s.kind == "foreach" for s in ir.steps):
+        imports.append("DynamicOut")
+    if any(s.retry for s in ir.steps):
+        imports.append("RetryPolicy")
+
+    params = []
+    for p in ir.parameters:
+        annotation = {"int": "int", "float": "float", "bool": "bool", "str": "str", "json": "str"}[p.type]
+        if not p.required and not p.has_default:
+            annotation = f"{annotation} | None"
+        field_args = [] if p.required else [f"default={py(p.default)}"]
+        if p.field_name != p.name:
+            field_args.append(f"alias={py(p.name)}")
+        if p.help:
+            field_args.append(f"description={py(p.help)}")
+        line = f"{p.field_name}: {annotation}"
+        if field_args:
+            line += f" = Field({', '.join(field_args)})"
+        params.append({"line": line, "ir": p})
+
+    flow_kwargs: list[tuple[str, str]] = [
+        ("name", py(ir.flow_name)),
+        ("file", py(ir.flow_file)),
+        ("relative_to", "str(Path(__file__).resolve().parent)"),
+        ("top_level_args", py(tuple(ir.top_level_args))),
+        ("environment", py(dict(ir.environment))),
+        ("tags", "tuple(TAGS)"),
+        ("namespace", py(ir.namespace)),
+    ]
+    flow_kwargs += [(k, py(v)) for k, v in ir.datastore_kwargs]
+    flow_kwargs.append(
+        (
+            "parameters",
+            py(tuple((p.field_name, p.env_var, p.type) for p in ir.parameters)),
+        )
+    )
+    return RenderModel(
+        ir=ir,
+        ops=ops,
+        job_function=job_fn,
+        job_decorator_args=job_args,
+        wiring=wiring.lines,
+        imports=sorted(imports, key=lambda n: (n[0].islower(), n.lower())),
+        flow_kwargs=flow_kwargs,
+        parameters=params,
+        uses_field=uses_field,
+    )
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("dagster_metaflow", "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+_ENV.filters["py"] = py
+
+
+def render(ir: FlowIR) -> str:
+    """Render the definitions file for `ir`; raises CodegenError on unsupported shapes."""
+    model = build_render_model(ir)
+    text = _ENV.get_template("definitions.py.j2").render(m=model, ir=ir)
+    try:
+        ast.parse(text)
+    except SyntaxError as exc:  # a bug here, never the user's fault: say so loudly
+        raise CodegenError(f"internal error: generated code does not parse: {exc}") from exc
+    return text
+
+
+def is_identifier(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)

@@ -1,0 +1,409 @@
+"""Typed intermediate representation of a Metaflow flow, and its builder.
+
+Everything Metaflow-specific is read here, once, into frozen dataclasses. Code generation
+reads only these records, so it can be tested with hand-built IRs and never touches
+Metaflow objects. The IR describes every shape Metaflow allows (nested foreach, switch,
+recursion, @parallel) even where codegen does not compile it yet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+
+from . import naming
+
+StepKind = Literal["start", "linear", "split", "foreach", "join", "switch", "end"]
+JoinKind = Literal["static", "foreach"]
+ParamType = Literal["int", "float", "bool", "str", "json"]
+
+# Step decorators that work unchanged when the step runs through `flow.py step` locally.
+SUPPORTED_STEP_DECORATORS = frozenset(
+    {"retry", "catch", "timeout", "environment", "resources", "card", "secrets", "project"}
+)
+# Decorators that Metaflow attaches on its own; never user-visible, always fine.
+INTERNAL_DECORATORS = frozenset({"argo_workflows_internal", "dagster_internal"})
+REMOTE_COMPUTE_DECORATORS = frozenset({"kubernetes", "batch"})
+
+
+class IRError(Exception):
+    """A flow that cannot be compiled; the message names the step/decorator/parameter."""
+
+
+@dataclass(frozen=True)
+class RetrySpec:
+    """Dagster RetryPolicy inputs derived from @retry/@catch."""
+
+    max_retries: int
+    delay_seconds: int | None  # None: retry immediately (no `delay=` argument)
+
+
+@dataclass(frozen=True)
+class StepIR:
+    """One Metaflow step and everything the generated op needs to know about it."""
+
+    name: str
+    op_name: str
+    kind: StepKind
+    next_steps: tuple[str, ...]
+    in_steps: tuple[str, ...]
+    foreach_depth: int  # enclosing foreach levels (length of the foreach stack in the task)
+    split_parents: tuple[str, ...]
+    matching_join: str | None = None
+    join_kind: JoinKind | None = None
+    switch_cases: tuple[tuple[str, str], ...] = ()
+    condition: str | None = None
+    is_parallel: bool = False  # @parallel step (UBF control + workers)
+    parallel_foreach: bool = False  # self.next(..., num_parallel=N)
+    num_parallel: int = 0
+    retry: RetrySpec | None = None
+    max_user_code_retries: int = 0
+    timeout_seconds: int | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    resources: tuple[tuple[str, str], ...] = ()
+    decorator_specs: tuple[str, ...] = ()  # dynamic (`--with`) decorators to forward
+    doc: str = ""
+
+    @property
+    def is_recursive(self) -> bool:
+        """A switch step that can route back to itself."""
+        return self.kind == "switch" and self.name in self.next_steps
+
+    @property
+    def has_fanout(self) -> bool:
+        return self.kind == "foreach"
+
+
+@dataclass(frozen=True)
+class ParameterIR:
+    """A flow Parameter as a typed Dagster Config field."""
+
+    name: str  # Metaflow parameter name (may contain '-')
+    field_name: str  # Python identifier used in the generated Config class
+    type: ParamType
+    required: bool
+    has_default: bool
+    default: Any = None  # JSON-compatible value (for "json": the JSON text)
+    help: str | None = None
+
+    @property
+    def env_var(self) -> str:
+        """Environment variable `flow.py init` reads this parameter from."""
+        return "METAFLOW_INIT_" + self.name.upper().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class FlowIR:
+    """A whole flow plus the compile options that shape the generated file."""
+
+    flow_name: str
+    job_name: str
+    flow_file: str  # as written into the generated file (relative to it when possible)
+    start_step: str
+    end_step: str
+    steps: tuple[StepIR, ...]  # topological order
+    parameters: tuple[ParameterIR, ...] = ()
+    tags: tuple[str, ...] = ()
+    namespace: str | None = None
+    max_workers: int = 16
+    workflow_timeout: int | None = None
+    top_level_args: tuple[str, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()  # baked, allow-listed METAFLOW_* config
+    runtime_env_names: tuple[str, ...] = ()  # secret-looking config read at run time
+    regenerate_command: str = ""
+    tool_version: str = ""
+    doc: str = ""
+    config_class_name: str = "FlowParameters"
+    datastore_type: str = "local"
+    datastore_root: str | None = None
+
+    @property
+    def datastore_kwargs(self) -> tuple[tuple[str, str | None], ...]:
+        return (("datastore_type", self.datastore_type), ("datastore_root", self.datastore_root))
+
+    @cached_property
+    def by_name(self) -> Mapping[str, StepIR]:
+        return {s.name: s for s in self.steps}
+
+    def step(self, name: str) -> StepIR:
+        return self.by_name[name]
+
+    @cached_property
+    def max_foreach_depth(self) -> int:
+        return max((s.foreach_depth for s in self.steps), default=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Builder: Metaflow graph + decorators -> FlowIR
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class CompileOptions:
+    """User options of `dagster create` that reach the IR."""
+
+    job_name: str
+    flow_file: str
+    tags: tuple[str, ...] = ()
+    namespace: str | None = None
+    max_workers: int = 16
+    workflow_timeout: int | None = None
+    top_level_args: tuple[str, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()
+    runtime_env_names: tuple[str, ...] = ()
+    regenerate_command: str = ""
+    tool_version: str = ""
+    datastore_type: str = "local"
+    datastore_root: str | None = None
+
+
+def _step_kind(node: Any, graph: Any) -> StepKind:
+    if node.name == graph.start_step and node.type != "end":
+        # the start step may itself split; its kind is what it does, start is implied
+        if node.type in ("foreach", "split", "split-switch"):
+            return _TYPE_TO_KIND[node.type]
+        return "start"
+    return _TYPE_TO_KIND[node.type]
+
+
+_TYPE_TO_KIND: dict[str, StepKind] = {
+    "start": "start",
+    "linear": "linear",
+    "split": "split",
+    "foreach": "foreach",
+    "join": "join",
+    "split-switch": "switch",
+    "end": "end",
+}
+
+
+def _foreach_depth(node: Any, graph: Any) -> int:
+    """Number of foreach levels enclosing the tasks of `node`."""
+    depth = sum(1 for p in node.split_parents if graph[p].type == "foreach")
+    # Metaflow keeps the foreach in split_parents of its own join; the join's tasks have
+    # already left that level.
+    if node.type == "join" and node.split_parents and graph[node.split_parents[-1]].type == "foreach":
+        depth -= 1
+    return depth
+
+
+def _retry_spec(step: str, decos: Iterable[Any]) -> tuple[RetrySpec | None, int]:
+    """RetryPolicy and --max-user-code-retries exactly as Metaflow's schedulers compute them."""
+    user_retries = 0
+    error_retries = 0
+    delay: int | None = None
+    for deco in decos:
+        u, e = deco.step_task_retry_count()
+        user_retries = max(user_retries, int(u))
+        error_retries = max(error_retries, int(e))
+        if deco.name == "retry":
+            user_set = getattr(deco, "_user_defined_attributes", set())
+            minutes = deco.attributes.get("minutes_between_retries")
+            if "minutes_between_retries" in user_set and minutes:
+                try:
+                    delay = int(float(minutes) * 60)
+                except (TypeError, ValueError) as exc:
+                    raise IRError(
+                        f"step {step!r}: @retry(minutes_between_retries={minutes!r}) is not a number"
+                    ) from exc
+    total = user_retries + error_retries
+    if total <= 0:
+        return None, user_retries
+    return RetrySpec(max_retries=total, delay_seconds=delay or None), user_retries
+
+
+def _stringify_mapping(step: str, deco: str, values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for k, v in sorted(values.items()):
+        if v is None:
+            continue
+        if not isinstance(k, str):
+            raise IRError(f"step {step!r}: @{deco} key {k!r} is not a string")
+        out.append((k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)))
+    return tuple(out)
+
+
+def build_step(node: Any, graph: Any, op_name: str, datastore_type: str = "local") -> StepIR:
+    """Read one graph node and its decorators into a StepIR (refusing what cannot work)."""
+    decos = list(node.decorators)
+    for deco in decos:
+        if deco.name in INTERNAL_DECORATORS:
+            continue
+        if deco.name in REMOTE_COMPUTE_DECORATORS:
+            if datastore_type == "local":
+                raise IRError(
+                    f"step {node.name!r}: @{deco.name} needs a remote datastore "
+                    f"(--datastore=s3/azure/gs); the local datastore is not shared with remote compute"
+                )
+            raise IRError(
+                f"step {node.name!r}: @{deco.name} is not supported by dagster-metaflow yet"
+            )
+        if deco.name == "parallel":
+            continue  # described by is_parallel; codegen decides whether it can compile it
+        if deco.name not in SUPPORTED_STEP_DECORATORS:
+            raise IRError(
+                f"step {node.name!r}: decorator @{deco.name} is not supported by dagster-metaflow"
+            )
+
+    retry, user_retries = _retry_spec(node.name, decos)
+    timeout = None
+    env: tuple[tuple[str, str], ...] = ()
+    resources: tuple[tuple[str, str], ...] = ()
+    for deco in decos:
+        if deco.name == "timeout":
+            timeout = int(getattr(deco, "secs", 0)) or None
+        elif deco.name == "environment":
+            env = _stringify_mapping(node.name, "environment", deco.attributes.get("vars") or {})
+        elif deco.name == "resources":
+            resources = _stringify_mapping(node.name, "resources", deco.attributes)
+    specs = tuple(
+        deco.make_decorator_spec()
+        for deco in decos
+        if not deco.statically_defined and deco.inserted_by is None
+    )
+    join_kind: JoinKind | None = None
+    if node.type == "join" and node.split_parents:
+        join_kind = "foreach" if graph[node.split_parents[-1]].type == "foreach" else "static"
+    return StepIR(
+        name=node.name,
+        op_name=op_name,
+        kind=_step_kind(node, graph),
+        next_steps=tuple(node.out_funcs),
+        in_steps=tuple(sorted(node.in_funcs)),
+        foreach_depth=_foreach_depth(node, graph),
+        split_parents=tuple(node.split_parents),
+        matching_join=node.matching_join,
+        join_kind=join_kind,
+        switch_cases=tuple(sorted((str(k), str(v)) for k, v in (node.switch_cases or {}).items())),
+        condition=node.condition,
+        is_parallel=bool(node.parallel_step),
+        parallel_foreach=bool(node.parallel_foreach),
+        num_parallel=int(node.num_parallel or 0) if not callable(node.num_parallel) else 0,
+        retry=retry,
+        max_user_code_retries=user_retries,
+        timeout_seconds=timeout,
+        env=env,
+        resources=resources,
+        decorator_specs=specs,
+        doc=(node.doc or "").strip(),
+    )
+
+
+def topological_steps(graph: Any) -> list[Any]:
+    """Graph nodes in a deterministic topological order (ignoring recursive self-edges)."""
+    nodes = {n.name: n for n in graph}
+    indegree = {name: 0 for name in nodes}
+    for n in nodes.values():
+        for out in set(n.out_funcs):
+            if out != n.name:
+                indegree[out] += 1
+    order: list[Any] = []
+    ready = sorted(name for name, d in indegree.items() if d == 0)
+    while ready:
+        name = ready.pop(0)
+        order.append(nodes[name])
+        for out in sorted(set(nodes[name].out_funcs)):
+            if out == name:
+                continue
+            indegree[out] -= 1
+            if indegree[out] == 0:
+                ready.append(out)
+                ready.sort()
+    if len(order) != len(nodes):
+        cyclic = sorted(set(nodes) - {n.name for n in order})
+        raise IRError(f"steps {', '.join(cyclic)} form a cycle that is not a self-loop")
+    return order
+
+
+_PARAM_TYPES: dict[str, ParamType] = {"int": "int", "float": "float", "bool": "bool", "str": "str"}
+
+
+def build_parameter(var: str, param: Any, taken: set[str]) -> ParameterIR:
+    """Read one metaflow.Parameter into a typed Config field."""
+    from metaflow.parameters import JSONTypeClass, deploy_time_eval
+
+    kwargs = param.kwargs
+    ptype = kwargs.get("type")
+    if isinstance(ptype, JSONTypeClass):
+        typ: ParamType = "json"
+    elif isinstance(ptype, type) and ptype.__name__ in _PARAM_TYPES:
+        typ = _PARAM_TYPES[ptype.__name__]
+    else:
+        typ = "str"  # FilePath and custom click types travel as text
+    has_default = "default" in kwargs
+    try:
+        default = deploy_time_eval(kwargs.get("default")) if has_default else None
+    except Exception as exc:  # a deploy-time function failed
+        raise IRError(f"parameter {param.name!r}: evaluating its default failed: {exc}") from exc
+    if default is not None:
+        if typ == "json":
+            default = default if isinstance(default, str) else json.dumps(default, sort_keys=True)
+        elif typ == "bool":
+            default = bool(default)
+        elif typ in ("int", "float"):
+            try:
+                default = int(default) if typ == "int" else float(default)
+            except (TypeError, ValueError) as exc:
+                raise IRError(
+                    f"parameter {param.name!r}: default {default!r} is not a valid {typ}"
+                ) from exc
+        else:
+            default = str(default)
+    required = bool(kwargs.get("required", False)) and default is None
+    return ParameterIR(
+        name=param.name,
+        field_name=naming.python_identifier(param.name, taken),
+        type=typ,
+        required=required,
+        has_default=has_default and default is not None,
+        default=default,
+        help=kwargs.get("help"),
+    )
+
+
+def build_flow_ir(flow: Any, graph: Any, options: CompileOptions) -> FlowIR:
+    """Read a loaded Metaflow flow (instance or class) and its graph into a FlowIR."""
+    nodes = topological_steps(graph)
+    ops = naming.op_names(n.name for n in nodes)
+    steps = tuple(build_step(n, graph, ops[n.name], options.datastore_type) for n in nodes)
+
+    taken: set[str] = {"model_config", "model_fields"}
+    params: list[ParameterIR] = []
+    seen: set[str] = set()
+    for var, param in flow._get_parameters():
+        if getattr(param, "IS_CONFIG_PARAMETER", False):
+            continue
+        norm = param.name.lower()
+        if norm in seen:
+            raise IRError(f"parameter {param.name!r} is defined twice (names are case-insensitive)")
+        seen.add(norm)
+        params.append(build_parameter(var, param, taken))
+
+    config_class = naming.python_identifier(
+        naming.to_dagster_alphabet(graph.name) + "Parameters", set()
+    )
+    return FlowIR(
+        flow_name=graph.name,
+        job_name=options.job_name,
+        flow_file=options.flow_file,
+        start_step=graph.start_step,
+        end_step=graph.end_step,
+        steps=steps,
+        parameters=tuple(params),
+        tags=options.tags,
+        namespace=options.namespace,
+        max_workers=options.max_workers,
+        workflow_timeout=options.workflow_timeout,
+        top_level_args=options.top_level_args,
+        environment=options.environment,
+        runtime_env_names=options.runtime_env_names,
+        regenerate_command=options.regenerate_command,
+        tool_version=options.tool_version,
+        doc=(graph.doc or "").strip(),
+        config_class_name=config_class,
+        datastore_type=options.datastore_type,
+        datastore_root=options.datastore_root,
+    )

@@ -1,0 +1,113 @@
+"""Names in Dagster's alphabet.
+
+Dagster accepts `[A-Za-z0-9_]+` for job, op and mapping-key names and forbids a few
+words; Metaflow step and flow names are Python identifiers (possibly non-ASCII). Every
+function here is deterministic so the same flow always compiles to the same file.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from collections.abc import Iterable
+
+DAGSTER_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+# Names Dagster refuses for ops/jobs (dagster._core.definitions.utils.DISALLOWED_NAMES)
+# plus the words the developers' guide lists as traps.
+RESERVED_NAMES = frozenset(
+    {
+        "context",
+        "conf",
+        "config",
+        "meta",
+        "arg_dict",
+        "dict",
+        "input_arg_dict",
+        "output_arg_dict",
+        "int",
+        "str",
+        "float",
+        "bool",
+        "input",
+        "output",
+        "type",
+    }
+)
+
+
+def to_dagster_alphabet(name: str) -> str:
+    """Map any string into `[A-Za-z0-9_]+`, escaping other characters reversibly-ish.
+
+    ASCII letters, digits and `_` pass through; anything else becomes `_x<hex>_`, so
+    `schritt_ä` -> `schritt__xe4_`. Distinct inputs can only collide with names that
+    already contain such escapes; `unique` resolves those.
+    """
+    out = []
+    for ch in name:
+        if ch.isascii() and (ch.isalnum() or ch == "_"):
+            out.append(ch)
+        else:
+            out.append(f"_x{ord(ch):x}_")
+    result = "".join(out)
+    return result or "_"
+
+
+def unique(name: str, taken: set[str]) -> str:
+    """Return `name`, or `name_2`, `name_3`, ... whichever is not in `taken`; record it."""
+    candidate = name
+    n = 2
+    while candidate in taken:
+        candidate = f"{name}_{n}"
+        n += 1
+    taken.add(candidate)
+    return candidate
+
+
+def op_names(steps: Iterable[str]) -> dict[str, str]:
+    """Op name per step: `op_<step>`, escaped into Dagster's alphabet, collision-free."""
+    taken: set[str] = set()
+    return {step: unique("op_" + to_dagster_alphabet(step), taken) for step in steps}
+
+
+def job_name_for(flow_name: str, project_prefix: str | None = None) -> str:
+    """Default job name: the flow name (or `<project>_<branch>_<Flow>`) in Dagster's alphabet."""
+    raw = f"{project_prefix}_{flow_name}" if project_prefix else flow_name
+    name = to_dagster_alphabet(raw.replace(".", "_").replace("-", "_"))
+    if name in RESERVED_NAMES:
+        name += "_job"
+    return name
+
+
+def validate_job_name(name: str) -> str | None:
+    """Return why `name` cannot be a Dagster job name, or None when it can."""
+    if not DAGSTER_NAME.match(name):
+        return (
+            f"job name {name!r} is not a valid Dagster name: use only letters, digits and "
+            "underscores ([A-Za-z0-9_]+)"
+        )
+    if name in RESERVED_NAMES:
+        return f"job name {name!r} is reserved by Dagster; choose another --name"
+    return None
+
+
+def python_identifier(name: str, taken: set[str]) -> str:
+    """A valid, non-keyword, unique Python identifier derived from `name`; recorded in `taken`."""
+    ident = to_dagster_alphabet(name)
+    if ident[0].isdigit():
+        ident = "_" + ident
+    if keyword.iskeyword(ident) or keyword.issoftkeyword(ident):
+        ident += "_"
+    return unique(ident, taken)
+
+
+def mapping_key(indices: Iterable[int]) -> str:
+    """Dagster mapping key for a foreach index path: (3, 1) -> `3_1`."""
+    return "_".join(str(i) for i in indices)
+
+
+def indices_from_mapping_key(key: str | None) -> tuple[int, ...]:
+    """Inverse of `mapping_key`; None or '' means "not inside a foreach"."""
+    if not key:
+        return ()
+    return tuple(int(part) for part in key.split("_"))

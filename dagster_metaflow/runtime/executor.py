@@ -1,0 +1,323 @@
+"""A Dagster executor that runs each op in a thread of the run worker.
+
+Every op of a compiled flow only supervises a `python flow.py step` subprocess, so it
+needs no interpreter of its own. Dagster's multiprocess executor pays ~1-3 s per op to
+start one; this executor starts a thread (milliseconds) and keeps Dagster's semantics:
+per-step events, retries with delay, skips, hooks, concurrency limits, per-step compute
+logs (each step's child output is written to its own log stream, not to the shared
+process stdout), run termination forwarded to every running step, and the flow-level
+`--workflow-timeout` enforced without the Dagster daemon.
+
+The loop follows `dagster._core.executor.multiprocess.MultiprocessExecutor.execute`;
+the per-step body is `dagster_event_sequence_for_step`, as in the in-process executor.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+from dagster import Field, Int, Noneable, executor
+from dagster import _check as check
+from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.events import DagsterEvent, EngineEventData
+from dagster._core.execution.api import ExecuteRunWithPlanIterable
+from dagster._core.execution.context.system import (
+    PlanExecutionContext,
+    PlanOrchestrationContext,
+    StepExecutionContext,
+)
+from dagster._core.execution.context_creation_job import PlanExecutionContextManager
+from dagster._core.execution.plan.execute_plan import _trigger_hook, dagster_event_sequence_for_step
+from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.retries import RetryMode, get_retries_config
+from dagster._core.executor.base import Executor
+from dagster._core.executor.init import InitExecutorContext
+from dagster._core.storage.compute_log_manager import ComputeIOType
+from dagster._utils.error import serializable_error_info_from_exc_info
+
+from .supervise import StepControl, current_control
+
+DEFAULT_MAX_CONCURRENT = 16
+
+
+class _StepDone:
+    """Queue marker: the thread running `step_key` has finished."""
+
+    __slots__ = ("step_key", "events")
+
+    def __init__(self, step_key: str, events: list[DagsterEvent]) -> None:
+        self.step_key = step_key
+        self.events = events
+
+
+class _StepLogs:
+    """Per-step compute log streams, written line by line by the step's supervisor."""
+
+    def __init__(self, job_context: PlanExecutionContext, step_key: str) -> None:
+        manager = job_context.instance.compute_log_manager
+        self.manager = manager
+        self.log_key = manager.build_log_key_for_run(job_context.run_id, _file_key(step_key))
+        self._stack = ExitStack()
+        self._streams: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        for name, io_type in (("stdout", ComputeIOType.STDOUT), ("stderr", ComputeIOType.STDERR)):
+            self._streams[name] = self._stack.enter_context(manager.open_log_stream(self.log_key, io_type))
+
+    def write(self, stream: str, line: bytes) -> None:
+        f = self._streams.get(stream)
+        if f is None:
+            return
+        with self._lock:
+            try:
+                f.write(line.decode("utf-8", errors="replace"))
+                f.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        self._stack.close()
+        complete = getattr(self.manager, "complete_artifact_path", None)
+        if complete is not None:  # LocalComputeLogManager marks finished captures this way
+            try:
+                path = complete(self.log_key)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "a"):
+                    pass
+            except OSError:
+                pass
+
+
+def _file_key(step_key: str) -> str:
+    # step keys of mapped ops look like `op_body[3_1]`; keep file names tame
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in step_key)
+
+
+def _run_step_in_thread(
+    step_context: StepExecutionContext,
+    control: StepControl,
+    logs: _StepLogs | None,
+    out: queue.Queue[DagsterEvent | _StepDone],
+) -> None:
+    current_control.set(control)
+    events: list[DagsterEvent] = []
+    try:
+        for event in dagster_event_sequence_for_step(step_context):
+            events.append(event)
+            out.put(event)
+    except BaseException:  # never lose a step: report the crash as an engine error
+        try:
+            err = serializable_error_info_from_exc_info(sys.exc_info())
+            ev = DagsterEvent.engine_event(
+                step_context,
+                f"Thread executor: step {step_context.step.key} crashed",
+                EngineEventData.engine_error(err),
+            )
+            out.put(ev)
+        except BaseException:
+            pass
+    finally:
+        if logs is not None:
+            logs.close()
+        out.put(_StepDone(step_context.step.key, events))
+
+
+def threaded_plan_iterator(
+    job_context: PlanExecutionContext,
+    execution_plan: ExecutionPlan,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    workflow_timeout: float | None = None,
+) -> Iterator[DagsterEvent]:
+    """Execute the plan's steps concurrently in threads, yielding Dagster events in order."""
+    started = time.monotonic()
+    events: queue.Queue[DagsterEvent | _StepDone] = queue.Queue()
+    running: dict[str, tuple[threading.Thread, StepControl, StepExecutionContext]] = {}
+    stopping = False
+    timed_out = False
+
+    with ExitStack() as stack:
+        concurrency = stack.enter_context(
+            InstanceConcurrencyContext(job_context.instance, job_context.dagster_run)
+        )
+        active = stack.enter_context(
+            execution_plan.start(
+                retry_mode=job_context.retry_mode,
+                instance_concurrency_context=concurrency,
+                step_dependency_config=job_context.step_dependency_config,
+            )
+        )
+        try:
+            while (not stopping and not active.is_complete) or running:
+                interrupted = active.check_for_interrupts()
+                if not stopping and workflow_timeout and time.monotonic() - started > workflow_timeout:
+                    timed_out = interrupted = True
+                if interrupted and not stopping:
+                    reason = (
+                        f"workflow timeout of {workflow_timeout:g}s exceeded"
+                        if timed_out
+                        else "run terminated"
+                    )
+                    yield DagsterEvent.engine_event(
+                        job_context,
+                        f"Thread executor: {reason} - stopping running steps",
+                        EngineEventData.interrupted(list(running)),
+                    )
+                    stopping = True
+                    active.mark_interrupted()
+                    for _thread, control, _ctx in running.values():
+                        control.reason = reason
+                        control.cancel.set()
+
+                while not stopping:
+                    steps = active.get_steps_to_execute(limit=max_concurrent - len(running))
+                    yield from active.concurrency_event_iterator(job_context)
+                    if not steps:
+                        break
+                    for step in steps:
+                        step_context = job_context.for_step(step, active.get_known_state())
+                        logs: _StepLogs | None
+                        try:
+                            logs = _StepLogs(job_context, step.key)
+                            yield DagsterEvent.capture_logs(
+                                job_context,
+                                [step.key],
+                                logs.log_key,
+                                _log_context(logs.log_key),
+                            )
+                        except Exception:
+                            logs = None
+                        control = StepControl(sink=logs.write if logs else None)
+                        thread = threading.Thread(
+                            target=_run_step_in_thread,
+                            args=(step_context, control, logs, events),
+                            name=f"dagster-metaflow:{step.key}",
+                            daemon=True,
+                        )
+                        running[step.key] = (thread, control, step_context)
+                        thread.start()
+
+                try:
+                    item = events.get(timeout=0.05)
+                except queue.Empty:
+                    if not running and not stopping:
+                        active.sleep_til_ready()
+                    continue
+                while True:
+                    if isinstance(item, _StepDone):
+                        _thread, _control, step_context = running.pop(item.step_key)
+                        active.verify_complete(job_context, item.step_key)
+                        yield from _trigger_hook(step_context, item.events)
+                    else:
+                        yield item
+                        active.handle_event(item)
+                    try:
+                        item = events.get_nowait()
+                    except queue.Empty:
+                        break
+                yield from active.plan_events_iterator(job_context)
+        except BaseException:
+            for _thread, control, _ctx in running.values():
+                control.cancel.set()
+            for thread, _control, _ctx in list(running.values()):
+                thread.join(timeout=30)
+            raise
+
+    if timed_out:
+        raise DagsterExecutionInterruptedError(
+            f"Run exceeded its workflow timeout of {workflow_timeout:g} seconds"
+        )
+    if stopping:
+        raise DagsterExecutionInterruptedError()
+
+
+def _log_context(log_key: list[str]) -> Any:
+    from dagster._core.storage.compute_log_manager import CapturedLogContext
+
+    return CapturedLogContext(log_key=log_key)
+
+
+class ThreadedExecutor(Executor):
+    """Runs every step in a thread of the run worker (see module docstring)."""
+
+    def __init__(
+        self,
+        retries: RetryMode,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        workflow_timeout: float | None = None,
+    ) -> None:
+        self._retries = check.inst_param(retries, "retries", RetryMode)
+        self._max_concurrent = max(1, int(max_concurrent))
+        self._workflow_timeout = workflow_timeout
+
+    @property
+    def retries(self) -> RetryMode:
+        return self._retries
+
+    def execute(
+        self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
+    ) -> Iterator[DagsterEvent]:
+        yield DagsterEvent.engine_event(
+            plan_context,
+            f"Executing steps in threads of process {os.getpid()} "
+            f"(max_concurrent={self._max_concurrent})",
+            event_specific_data=EngineEventData.in_process(
+                os.getpid(), execution_plan.step_keys_to_execute
+            ),
+        )
+        max_concurrent = self._max_concurrent
+        workflow_timeout = self._workflow_timeout
+
+        def iterator(
+            job_context: PlanExecutionContext, execution_plan: ExecutionPlan
+        ) -> Iterator[DagsterEvent]:
+            return threaded_plan_iterator(
+                job_context, execution_plan, max_concurrent, workflow_timeout
+            )
+
+        yield from iter(
+            ExecuteRunWithPlanIterable(
+                execution_plan=plan_context.execution_plan,
+                iterator=iterator,
+                execution_context_manager=PlanExecutionContextManager(
+                    job=plan_context.job,
+                    retry_mode=plan_context.retry_mode,
+                    execution_plan=plan_context.execution_plan,
+                    run_config=plan_context.run_config,
+                    dagster_run=plan_context.dagster_run,
+                    instance=plan_context.instance,
+                    raise_on_error=plan_context.raise_on_error,
+                    output_capture=plan_context.output_capture,
+                ),
+            )
+        )
+
+
+@executor(
+    name="metaflow_threads",
+    config_schema={
+        "max_concurrent": Field(
+            Int, default_value=DEFAULT_MAX_CONCURRENT, description="Steps running at once."
+        ),
+        "workflow_timeout": Field(
+            Noneable(Int),
+            default_value=None,
+            description="Seconds after which the run is stopped (dagster/max_runtime).",
+        ),
+        "retries": get_retries_config(),
+    },
+)
+def metaflow_executor(init_context: InitExecutorContext) -> ThreadedExecutor:
+    """Thread-per-step executor for compiled Metaflow flows (default of generated jobs)."""
+    cfg = init_context.executor_config
+    return ThreadedExecutor(
+        retries=RetryMode.from_config(cfg["retries"]),  # type: ignore[arg-type]
+        max_concurrent=cfg["max_concurrent"],  # type: ignore[arg-type]
+        workflow_timeout=cfg.get("workflow_timeout"),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,351 @@
+"""What a generated op calls: run one Metaflow task through the standard CLI.
+
+`MetaflowFlow` holds the constants baked into the generated file (flow file, top-level
+options, environment) and turns an op invocation into `python flow.py step ...`, supervised
+by `supervise.run_supervised`, with Metaflow's own log persistence and datastore reads.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from dagster import DynamicOutput, Failure, MetadataValue, OpExecutionContext
+
+from .. import naming
+from .supervise import StepInterrupted, run_supervised
+
+PARAMS_STEP = "_parameters"
+PARAMS_TASK_ID = "t-params"
+MAX_LOG_BYTES = 100 * 1024 * 1024
+
+
+def metaflow_run_id(dagster_run_id: str) -> str:
+    """Deterministic Metaflow run id for a Dagster run: every op and retry agrees on it."""
+    return "dagster-" + dagster_run_id.replace("-", "")[:12]
+
+
+def task_id_for(mapping_key: str | None) -> str:
+    """Non-numeric (hence registered) task id from the op's foreach index path."""
+    indices = naming.indices_from_mapping_key(mapping_key)
+    return "t" if not indices else "t-" + "-".join(str(i) for i in indices)
+
+
+class _MflogBuffer:
+    """Collects a stream in Metaflow's mflog format, like the native runtime's TruncatedBuffer."""
+
+    def __init__(self, maxsize: int = MAX_LOG_BYTES) -> None:
+        self._buf = io.BytesIO()
+        self._size = 0
+        self._max = maxsize
+        self._full = False
+        self._lock = threading.Lock()
+
+    def add(self, line: bytes) -> None:
+        from metaflow.mflog import RUNTIME_LOG_SOURCE, mflog
+
+        with self._lock:
+            if self._full:
+                return
+            if mflog.is_structured(line):
+                res = mflog.parse(line)
+                if res is None or not res.should_persist:
+                    return  # already persisted by the task itself
+                data = mflog.unset_should_persist(line)
+            else:
+                data = mflog.decorate(RUNTIME_LOG_SOURCE, line, now=datetime.now(timezone.utc).replace(tzinfo=None))
+            if self._size + len(data) > self._max:
+                data = mflog.decorate(RUNTIME_LOG_SOURCE, b"[TRUNCATED - MAXIMUM LOG FILE SIZE REACHED]\n")
+                self._full = True
+            self._buf.write(data)
+            self._size += len(data)
+
+    def getbuffer(self) -> io.BytesIO:
+        self._buf.seek(0)
+        return self._buf
+
+
+@dataclass(frozen=True)
+class MetaflowFlow:
+    """Constants of one compiled flow plus the operations its ops perform."""
+
+    name: str
+    file: str
+    top_level_args: tuple[str, ...] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    namespace: str | None = None
+    datastore_type: str = "local"
+    datastore_root: str | None = None
+    relative_to: str | None = None  # directory `file` is relative to (the generated file's)
+    # (Config field, METAFLOW_INIT_* variable, type) for every flow Parameter
+    parameters: tuple[tuple[str, str, str], ...] = ()
+
+    # -- paths and environment ---------------------------------------------------------
+    @cached_property
+    def flow_path(self) -> str:
+        p = Path(self.file)
+        if not p.is_absolute() and self.relative_to:
+            p = Path(self.relative_to) / p
+        return str(p.resolve())
+
+    @cached_property
+    def cwd(self) -> str:
+        return os.path.dirname(self.flow_path)
+
+    def base_argv(self) -> list[str]:
+        argv = [sys.executable, self.flow_path, *self.top_level_args]
+        argv.append(f"--datastore={self.datastore_type}")
+        if self.datastore_root:
+            argv.append(f"--datastore-root={self.datastore_root}")
+        return argv
+
+    def step_env(self, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.environment)
+        if extra_env:
+            env.update(extra_env)
+        env["PYTHONUNBUFFERED"] = "x"
+        if not env.get("USER") and not env.get("METAFLOW_USER"):
+            env["METAFLOW_USER"] = "dagster"  # Metaflow refuses to run without a user name
+        if self.datastore_type == "local" and self.datastore_root:
+            env.setdefault("METAFLOW_DATASTORE_SYSROOT_LOCAL", os.path.dirname(self.datastore_root))
+        return env
+
+    # -- datastore --------------------------------------------------------------------
+    @cached_property
+    def _flow_datastore(self) -> Any:
+        from metaflow.datastore import FlowDataStore
+        from metaflow.plugins import DATASTORES
+
+        impl = next((d for d in DATASTORES if d.TYPE == self.datastore_type), None)
+        if impl is None:
+            raise RuntimeError(f"Metaflow datastore {self.datastore_type!r} is not available")
+        root = self.datastore_root or impl.get_datastore_root_from_config(lambda *a, **k: None)
+        return FlowDataStore(self.name, None, None, None, None, storage_impl=impl, ds_root=root)
+
+    def task_datastore(self, pathspec: str, attempt: int | None = None, mode: str = "r") -> Any:
+        run_id, step, task_id = pathspec.split("/")
+        return self._flow_datastore.get_task_datastore(run_id, step, task_id, attempt=attempt, mode=mode)
+
+    def _is_done(self, pathspec: str) -> bool:
+        try:
+            self.task_datastore(pathspec)
+            return True
+        except Exception:
+            return False
+
+    # -- operations used by generated ops ----------------------------------------------
+    def run_id(self, context: OpExecutionContext) -> str:
+        return metaflow_run_id(context.run_id)
+
+    def task_id(self, context: OpExecutionContext) -> str:
+        return task_id_for(context.get_mapping_key())
+
+    def split_index(self, context: OpExecutionContext) -> int:
+        indices = naming.indices_from_mapping_key(context.get_mapping_key())
+        return indices[-1]
+
+    def init_run(
+        self,
+        context: OpExecutionContext,
+        run_id: str,
+        config: Any,
+        tags: Sequence[str] = (),
+    ) -> str:
+        """Persist the run's parameters once (`flow.py init`); returns the _parameters pathspec.
+
+        Idempotent: a retried start op finds the finished _parameters task and reuses it.
+        """
+        parameters = self.parameter_env(config)
+        pathspec = f"{run_id}/{PARAMS_STEP}/{PARAMS_TASK_ID}"
+        if self._is_done(pathspec):
+            context.log.info(f"Parameters of run {run_id} already persisted; reusing them")
+            return pathspec
+        argv = [*self.base_argv(), "init", "--run-id", run_id, "--task-id", PARAMS_TASK_ID]
+        for tag in tags:
+            argv += ["--tag", tag]
+        env = self.step_env({k: v for k, v in parameters.items() if v is not None})
+        result = self._supervise(context, argv, env, timeout=None)
+        if result.returncode != 0:
+            raise Failure(
+                description=f"Metaflow could not initialise run {run_id} (flow.py init "
+                f"exited with {result.returncode}):\n" + "\n".join(result.stderr_tail[-20:]),
+            )
+        return pathspec
+
+    def parameter_env(self, config: Any) -> dict[str, str | None]:
+        """METAFLOW_INIT_* values from the op's Config (None: keep the flow's default)."""
+        out: dict[str, str | None] = {}
+        for field_name, env_var, typ in self.parameters:
+            value = getattr(config, field_name, None) if config is not None else None
+            out[env_var] = _param_text(value, typ)
+        return out
+
+    def run_step(
+        self,
+        context: OpExecutionContext,
+        step: str,
+        run_id: str,
+        upstream: str | Sequence[str],
+        task_id: str,
+        *,
+        retry_count: int = 0,
+        max_user_code_retries: int = 0,
+        tags: Sequence[str] = (),
+        extra_env: Mapping[str, str] | None = None,
+        timeout: int | None = None,
+        split_index: int | None = None,
+        decorator_specs: Sequence[str] = (),
+    ) -> str:
+        """Run one Metaflow task to completion; return its pathspec `run/step/task`."""
+        from metaflow.mflog import RUNTIME_LOG_SOURCE
+        from metaflow.util import compress_list
+
+        paths = [upstream] if isinstance(upstream, str) else sorted(upstream, key=_path_sort_key)
+        argv = self.base_argv()
+        for spec in decorator_specs:
+            argv.append(f"--with={spec}")
+        argv += [
+            "step",
+            step,
+            "--run-id",
+            run_id,
+            "--task-id",
+            task_id,
+            "--retry-count",
+            str(retry_count),
+            "--max-user-code-retries",
+            str(max_user_code_retries),
+            "--input-paths",
+            compress_list(paths),
+        ]
+        if split_index is not None:
+            argv += ["--split-index", str(split_index)]
+        for tag in tags:
+            argv += ["--tag", tag]
+        if self.namespace is not None:
+            argv.append(f"--namespace={self.namespace}")
+        env = self.step_env(extra_env)
+        env["METAFLOW_RUN_ID"] = run_id
+
+        pathspec = f"{run_id}/{step}/{task_id}"
+        attempt = f" (retry {retry_count})" if retry_count else ""
+        context.log.info(f"Running Metaflow task {self.name}/{pathspec}{attempt}")
+        stdout, stderr = _MflogBuffer(), _MflogBuffer()
+
+        def keep(stream: str, line: bytes) -> None:
+            (stdout if stream == "stdout" else stderr).add(line)
+
+        try:
+            result = self._supervise(context, argv, env, timeout=timeout, on_line=keep)
+        except BaseException as exc:
+            keep("stderr", f"Task interrupted: {_describe_interrupt(exc)}\n".encode())
+            self._save_logs(pathspec, retry_count, stdout, stderr, RUNTIME_LOG_SOURCE)
+            if isinstance(exc, StepInterrupted):
+                from dagster._core.errors import DagsterExecutionInterruptedError
+
+                raise DagsterExecutionInterruptedError(
+                    f"step {step!r} stopped: {exc}"
+                ) from None
+            raise
+        if result.timed_out:
+            keep("stderr", f"Task timed out after {timeout} seconds (@timeout).\n".encode())
+        self._save_logs(pathspec, retry_count, stdout, stderr, RUNTIME_LOG_SOURCE)
+
+        if result.timed_out or result.returncode != 0:
+            why = (
+                f"timed out after {timeout}s (@timeout); its process group was terminated"
+                if result.timed_out
+                else f"exited with code {result.returncode}"
+            )
+            tail = "\n".join(result.stderr_tail[-25:]) or "(no stderr output)"
+            raise Failure(
+                description=f"Metaflow step {step!r} (task {pathspec}){attempt} {why}.\n"
+                f"Last lines of stderr:\n{tail}",
+                metadata={
+                    "pathspec": MetadataValue.text(f"{self.name}/{pathspec}"),
+                    "retry_count": MetadataValue.int(retry_count),
+                    "returncode": MetadataValue.int(result.returncode),
+                },
+            )
+        if _single_output(context):
+            context.add_output_metadata(self._task_metadata(pathspec, retry_count, result.duration))
+        return pathspec
+
+    def fan_out(self, context: OpExecutionContext, pathspec: str) -> Iterator[DynamicOutput[str]]:
+        """One DynamicOutput per foreach split, read from the task's final attempt."""
+        ds = self.task_datastore(pathspec)
+        num_splits = int(ds["_foreach_num_splits"] or 0)
+        parent = naming.indices_from_mapping_key(context.get_mapping_key())
+        context.log.info(f"Foreach {pathspec} yields {num_splits} child task(s)")
+        for i in range(num_splits):
+            yield DynamicOutput(pathspec, mapping_key=naming.mapping_key((*parent, i)))
+
+    # -- helpers ------------------------------------------------------------------------
+    def _supervise(self, context: OpExecutionContext, argv: list[str], env: dict[str, str], **kw: Any) -> Any:
+        return run_supervised(argv, env=env, cwd=self.cwd, **kw)
+
+    def _save_logs(
+        self, pathspec: str, attempt: int, stdout: _MflogBuffer, stderr: _MflogBuffer, source: str
+    ) -> None:
+        try:
+            ds = self.task_datastore(pathspec, attempt=attempt, mode="w")
+            ds.save_logs(source, {"stdout": stdout.getbuffer(), "stderr": stderr.getbuffer()})
+        except Exception as exc:  # logs must never turn a good task into a failure
+            print(f"dagster-metaflow: could not persist logs of {pathspec}: {exc}", file=sys.stderr)
+
+    def _task_metadata(self, pathspec: str, attempt: int, duration: float) -> dict[str, Any]:
+        md: dict[str, Any] = {
+            "pathspec": MetadataValue.text(f"{self.name}/{pathspec}"),
+            "attempt": MetadataValue.int(attempt),
+            "duration_s": MetadataValue.float(round(duration, 3)),
+            "client": MetadataValue.md(
+                f"```python\nfrom metaflow import Task\nTask({f'{self.name}/{pathspec}'!r})\n```"
+            ),
+        }
+        try:
+            ds = self.task_datastore(pathspec, attempt=attempt)
+            names = sorted(n for n in ds if not n.startswith("_"))  # names only, no loading
+            md["artifacts"] = MetadataValue.text(", ".join(names))
+        except Exception:
+            pass
+        return md
+
+
+def _param_text(value: Any, typ: str) -> str | None:
+    """Render a Config value as the text `flow.py init` parses for that parameter type."""
+    if value is None:
+        return None
+    if typ == "bool":
+        return "true" if value else "false"
+    if typ == "json" and not isinstance(value, str):
+        import json
+
+        return json.dumps(value)
+    return str(value)
+
+
+def _single_output(context: OpExecutionContext) -> bool:
+    try:
+        return len(context.op_def.output_defs) == 1 and not context.op_def.output_defs[0].is_dynamic
+    except Exception:
+        return False
+
+
+def _path_sort_key(pathspec: str) -> tuple[Any, ...]:
+    run, step, task = pathspec.split("/")
+    parts = task.split("-")[1:]
+    return (step, tuple(int(p) if p.isdigit() else p for p in parts))
+
+
+def _describe_interrupt(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

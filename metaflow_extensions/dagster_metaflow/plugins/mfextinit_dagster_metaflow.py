@@ -1,0 +1,3 @@
+# Metaflow extension registration for dagster-metaflow: names only, the code lives in
+# the `dagster_metaflow` package.
+CLIS_DESC = [("dagster", "dagster_metaflow.cli.cli")]
