@@ -6,14 +6,18 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metaflow._vendor import click
 from metaflow.exception import MetaflowException
 
 from . import __version__, naming
-from .codegen import CodegenError, render
-from .ir import CompileOptions, FlowIR, IRError, build_flow_ir
+
+if TYPE_CHECKING:
+    from .ir import FlowIR
+
+# Metaflow imports this module for every command it runs (each step included), so the
+# compiler (Jinja2, IR) is imported only inside the commands that use it.
 
 # Metaflow configuration that may be written into a generated file. Everything else, and
 # anything that looks like a credential, is read from the environment at run time.
@@ -26,6 +30,9 @@ BAKE_PREFIXES = (
     "METAFLOW_PROFILE",
 )
 SECRET_MARKERS = ("AUTH", "TOKEN", "SECRET", "PASSWORD", "HEADERS", "ACCESS_KEY", "PRIVATE", "CREDENTIAL")
+
+
+EXECUTORS = ("threads", "multiprocess", "forkserver", "in_process")
 
 
 class DagsterMetaflowException(MetaflowException):
@@ -104,10 +111,13 @@ def build_ir_from_obj(
     with_decorators: Sequence[str],
     workflow_timeout: int | None,
     max_workers: int,
+    executor: str = "threads",
 ) -> FlowIR:
     """Collect everything `create` needs from Metaflow's CLI state into a FlowIR."""
     from metaflow import decorators
     from metaflow.tagging_util import validate_tags
+
+    from .ir import CompileOptions, IRError, build_flow_ir
 
     if with_decorators:
         decorators._attach_decorators(obj.flow, list(with_decorators))
@@ -138,6 +148,7 @@ def build_ir_from_obj(
         tool_version=__version__,
         datastore_type=obj.flow_datastore.TYPE,
         datastore_root=obj.flow_datastore.datastore_root,
+        executor=executor,
     )
     try:
         return build_flow_ir(obj.flow, obj.graph, options)
@@ -170,6 +181,14 @@ def build_ir_from_obj(
     type=click.IntRange(min=1),
     help="Maximum number of steps running at once in one run.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default="threads",
+    show_default=True,
+    help="Dagster executor of the job: threads (one thread per running step, fastest), "
+    "multiprocess/forkserver (one process per step) or in_process (one step at a time).",
+)
 @click.pass_obj
 def create(
     obj: Any,
@@ -180,6 +199,7 @@ def create(
     with_decorators: Sequence[str] = (),
     workflow_timeout: int | None = None,
     max_workers: int = 16,
+    executor: str = "threads",
 ) -> None:
     job_name = _resolve_job_name(obj, name)
     out_file = file or f"{job_name.lower()}_dagster.py"
@@ -197,7 +217,10 @@ def create(
         with_decorators=with_decorators or (),
         workflow_timeout=workflow_timeout,
         max_workers=max_workers,
+        executor=executor,
     )
+    from .codegen import CodegenError, render
+
     try:
         text = render(ir)
     except CodegenError as exc:

@@ -38,6 +38,8 @@ MODULE_NAMES = frozenset(
         "op",
         "MetaflowFlow",
         "metaflow_executor",
+        "multiprocess_executor",
+        "in_process_executor",
         "FLOW",
         "TAGS",
         "_run_step",
@@ -78,6 +80,7 @@ class RenderModel:
     flow_kwargs: list[tuple[str, str]]
     parameters: list[dict[str, Any]] = field(default_factory=list)
     uses_field: bool = False
+    runtime_imports: list[str] = field(default_factory=list)
 
 
 def py(value: Any) -> str:
@@ -91,7 +94,13 @@ def py(value: Any) -> str:
         return "[" + ", ".join(py(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{py(k)}: {py(v)}" for k, v in value.items()) + "}"
-    if value is None or isinstance(value, (str, bool, int, float)):
+    if isinstance(value, str):
+        text = repr(value)
+        if text.startswith("'") and '"' not in value:
+            # prefer double quotes, as formatters do; repr already escaped everything else
+            text = '"' + text[1:-1].replace("\\'", "'") + '"'
+        return text
+    if value is None or isinstance(value, (bool, int, float)):
         return repr(value)
     raise CodegenError(f"internal error: cannot write {type(value).__name__} value {value!r}")
 
@@ -149,18 +158,17 @@ def _op_model(step: StepIR, ir: FlowIR) -> OpModel:
         kwargs.append("split_index=_split_index(context)")
     if step.decorator_specs:
         kwargs.append(f"decorator_specs={py(step.decorator_specs)}")
-    call = [f"_run_step(context, {py(step.name)}, run_id, {upstream_arg}, {task_arg},"]
-    call += [f"    {kw}," for kw in kwargs]
+    call = [
+        "_run_step(",
+        f"    context, {py(step.name)}, run_id, {upstream_arg}, {task_arg},",
+        *[f"    {kw}," for kw in kwargs],
+        ")",
+    ]
     if step.kind == "foreach":
-        body.append("task = " + call[0])
-        body += call[1:]
-        body.append(")")
-        body.append("yield from _fan_out(context, task)")
+        body += ["task = " + call[0], *call[1:], "yield from _fan_out(context, task)"]
         signature = f"def {step.op_name}(context: OpExecutionContext{sig_inputs}):"
     else:
-        body.append("return " + call[0])
-        body += call[1:]
-        body.append(")")
+        body += ["return " + call[0], *call[1:]]
         signature = f"def {step.op_name}(context: OpExecutionContext{sig_inputs}) -> str:"
     return OpModel(step=step, decorator_args=_op_decorator_args(step), signature=signature, body=body)
 
@@ -251,15 +259,31 @@ def build_render_model(ir: FlowIR) -> RenderModel:
     if ir.workflow_timeout:
         job_tags["dagster/max_runtime"] = str(ir.workflow_timeout)
     executor_cfg: dict[str, Any] = {"max_concurrent": ir.max_workers}
-    if ir.workflow_timeout:
-        executor_cfg["workflow_timeout"] = ir.workflow_timeout
+    executor_name = "metaflow_executor"
+    if ir.executor == "threads":
+        if ir.workflow_timeout:
+            executor_cfg["workflow_timeout"] = ir.workflow_timeout
+    elif ir.executor in ("multiprocess", "forkserver"):
+        executor_name = "multiprocess_executor"
+        if ir.executor == "forkserver":
+            executor_cfg["start_method"] = {"forkserver": {}}
+    elif ir.executor == "in_process":
+        executor_name, executor_cfg = "in_process_executor", {}
+    else:
+        raise CodegenError(f"unknown executor {ir.executor!r}")
     job_args = [f"name={py(ir.job_name)}"]
     if ir.doc:
         job_args.append(f"description={py(ir.doc)}")
-    job_args.append(f"executor_def=metaflow_executor.configured({py(executor_cfg)})")
+    job_args.append(
+        f"executor_def={executor_name}.configured({py(executor_cfg)})"
+        if executor_cfg
+        else f"executor_def={executor_name}"
+    )
     job_args.append(f"tags={py(job_tags)}")
 
     imports = ["Definitions", "OpExecutionContext", "job", "op"]
+    if executor_name != "metaflow_executor":
+        imports.append(executor_name)
     uses_field = any(p.help or p.field_name != p.name or not p.required for p in ir.parameters)
     if ir.parameters:
         imports.append("Config")
@@ -306,6 +330,7 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         job_decorator_args=job_args,
         wiring=wiring.lines,
         imports=sorted(imports, key=lambda n: (n[0].islower(), n.lower())),
+        runtime_imports=["MetaflowFlow"] + (["metaflow_executor"] if executor_name == "metaflow_executor" else []),
         flow_kwargs=flow_kwargs,
         parameters=params,
         uses_field=uses_field,

@@ -119,6 +119,7 @@ class FlowIR:
     config_class_name: str = "FlowParameters"
     datastore_type: str = "local"
     datastore_root: str | None = None
+    executor: str = "threads"
 
     @property
     def datastore_kwargs(self) -> tuple[tuple[str, str | None], ...]:
@@ -158,6 +159,7 @@ class CompileOptions:
     tool_version: str = ""
     datastore_type: str = "local"
     datastore_root: str | None = None
+    executor: str = "threads"
 
 
 def _step_kind(node: Any, graph: Any) -> StepKind:
@@ -406,4 +408,5 @@ def build_flow_ir(flow: Any, graph: Any, options: CompileOptions) -> FlowIR:
         config_class_name=config_class,
         datastore_type=options.datastore_type,
         datastore_root=options.datastore_root,
+        executor=options.executor,
     )

@@ -14,6 +14,7 @@ the per-step body is `dagster_event_sequence_for_step`, as in the in-process exe
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import sys
@@ -49,11 +50,12 @@ DEFAULT_MAX_CONCURRENT = 16
 
 
 class _StepDone:
-    """Queue marker: the thread running `step_key` has finished."""
+    """Queue marker: the thread running one attempt (`token`) of `step_key` has finished."""
 
-    __slots__ = ("step_key", "events")
+    __slots__ = ("token", "step_key", "events")
 
-    def __init__(self, step_key: str, events: list[DagsterEvent]) -> None:
+    def __init__(self, token: int, step_key: str, events: list[DagsterEvent]) -> None:
+        self.token = token
         self.step_key = step_key
         self.events = events
 
@@ -101,6 +103,7 @@ def _file_key(step_key: str) -> str:
 
 
 def _run_step_in_thread(
+    token: int,
     step_context: StepExecutionContext,
     control: StepControl,
     logs: _StepLogs | None,
@@ -126,7 +129,7 @@ def _run_step_in_thread(
     finally:
         if logs is not None:
             logs.close()
-        out.put(_StepDone(step_context.step.key, events))
+        out.put(_StepDone(token, step_context.step.key, events))
 
 
 def threaded_plan_iterator(
@@ -138,7 +141,10 @@ def threaded_plan_iterator(
     """Execute the plan's steps concurrently in threads, yielding Dagster events in order."""
     started = time.monotonic()
     events: queue.Queue[DagsterEvent | _StepDone] = queue.Queue()
-    running: dict[str, tuple[threading.Thread, StepControl, StepExecutionContext]] = {}
+    # keyed by a per-attempt token: a retried step reuses its step key while the thread of
+    # the failed attempt may still be reporting its last events
+    running: dict[int, tuple[threading.Thread, StepControl, StepExecutionContext]] = {}
+    tokens = itertools.count()
     stopping = False
     timed_out = False
 
@@ -167,7 +173,9 @@ def threaded_plan_iterator(
                     yield DagsterEvent.engine_event(
                         job_context,
                         f"Thread executor: {reason} - stopping running steps",
-                        EngineEventData.interrupted(list(running)),
+                        EngineEventData.interrupted(
+                            sorted({ctx.step.key for _t, _c, ctx in running.values()})
+                        ),
                     )
                     stopping = True
                     active.mark_interrupted()
@@ -194,13 +202,14 @@ def threaded_plan_iterator(
                         except Exception:
                             logs = None
                         control = StepControl(sink=logs.write if logs else None)
+                        token = next(tokens)
                         thread = threading.Thread(
                             target=_run_step_in_thread,
-                            args=(step_context, control, logs, events),
+                            args=(token, step_context, control, logs, events),
                             name=f"dagster-metaflow:{step.key}",
                             daemon=True,
                         )
-                        running[step.key] = (thread, control, step_context)
+                        running[token] = (thread, control, step_context)
                         thread.start()
 
                 try:
@@ -211,8 +220,11 @@ def threaded_plan_iterator(
                     continue
                 while True:
                     if isinstance(item, _StepDone):
-                        _thread, _control, step_context = running.pop(item.step_key)
-                        active.verify_complete(job_context, item.step_key)
+                        _thread, _control, step_context = running.pop(item.token)
+                        # an immediate retry may already be running under the same key; its
+                        # own completion will be verified when its thread ends
+                        if not any(c.step.key == item.step_key for _t, _c, c in running.values()):
+                            active.verify_complete(job_context, item.step_key)
                         yield from _trigger_hook(step_context, item.events)
                     else:
                         yield item

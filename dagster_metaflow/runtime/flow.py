@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ class _MflogBuffer:
                     return  # already persisted by the task itself
                 data = mflog.unset_should_persist(line)
             else:
-                data = mflog.decorate(RUNTIME_LOG_SOURCE, line, now=datetime.now(timezone.utc).replace(tzinfo=None))
+                data = mflog.decorate(RUNTIME_LOG_SOURCE, line, now=datetime.now(UTC).replace(tzinfo=None))
             if self._size + len(data) > self._max:
                 data = mflog.decorate(RUNTIME_LOG_SOURCE, b"[TRUNCATED - MAXIMUM LOG FILE SIZE REACHED]\n")
                 self._full = True
@@ -267,7 +267,7 @@ class MetaflowFlow:
                 if result.timed_out
                 else f"exited with code {result.returncode}"
             )
-            tail = "\n".join(result.stderr_tail[-25:]) or "(no stderr output)"
+            tail = "\n".join(result.stderr_tail) or "(no stderr output)"
             raise Failure(
                 description=f"Metaflow step {step!r} (task {pathspec}){attempt} {why}.\n"
                 f"Last lines of stderr:\n{tail}",

@@ -1,0 +1,130 @@
+"""Shared test set-up.
+
+Each pytest process (xdist worker) gets its own Metaflow datastore root, set before
+Metaflow is imported so the in-process Metaflow client reads the same place the compiled
+jobs and native runs write to. Flows are copied into a per-test directory below it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_ROOT = Path(tempfile.mkdtemp(prefix="dm-tests-"))
+os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(_ROOT)
+os.environ.setdefault("USER", "tester")
+os.environ.setdefault("METAFLOW_USER", os.environ["USER"])
+os.environ["DAGSTER_TELEMETRY_DISABLED"] = "1"
+(_ROOT / ".metaflow").mkdir(exist_ok=True)
+
+FLOWS = Path(__file__).parent / "flows"
+BIN = Path(sys.executable).parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Workspace:
+    """A directory with a copy of one fixture flow and its own Dagster instance."""
+
+    dir: Path
+    flow: Path
+    dagster_home: Path
+
+    def run(self, *args: str, check: bool = True, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            list(args),
+            cwd=self.dir,
+            env=_env(DAGSTER_HOME=str(self.dagster_home), **env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+            )
+        return proc
+
+    def metaflow(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return self.run(sys.executable, self.flow.name, *args, **kw)
+
+    def compile(self, *args: str, out: str = "out_dagster.py") -> Path:
+        self.metaflow("dagster", "create", out, *args)
+        return self.dir / out
+
+    def dagster_execute(self, out: Path, job: str, config_yaml: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(BIN / "dagster"), "job", "execute", "-f", str(out), "-j", job]
+        if config_yaml is not None:
+            cfg = self.dir / "run_config.yaml"
+            cfg.write_text(config_yaml)
+            cmd += ["-c", str(cfg)]
+        return self.run(*cmd, check=check)
+
+    def last_dagster_run(self) -> Any:
+        from dagster import DagsterInstance
+
+        with DagsterInstance.from_config(str(self.dagster_home)) as instance:
+            return instance.get_runs(limit=1)[0]
+
+    def dagster_events(self, run_id: str) -> list[Any]:
+        from dagster import DagsterInstance
+
+        with DagsterInstance.from_config(str(self.dagster_home)) as instance:
+            return list(instance.all_logs(run_id))
+
+
+@pytest.fixture
+def workspace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """Copy the flow named by the test's `flow` marker into a fresh dir under the datastore root."""
+    marker = request.node.get_closest_marker("flow")
+    assert marker is not None, "use @pytest.mark.flow('file.py')"
+    name = marker.args[0]
+    d = Path(tempfile.mkdtemp(prefix=f"{Path(name).stem}-", dir=_ROOT))
+    shutil.copy(FLOWS / name, d / name)
+    home = d / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return Workspace(dir=d, flow=d / name, dagster_home=home)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "flow(name): fixture flow copied into the workspace")
+
+
+def artifacts_by_task(pathspec: str) -> dict[tuple[str, tuple[int, ...]], dict[str, Any]]:
+    """{(step, foreach index path): {artifact: value}} of a run, user artifacts only."""
+    from metaflow import Run, namespace
+
+    namespace(None)
+    out: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
+    for step in Run(pathspec).steps():
+        for task in step.tasks():
+            stack = task["_foreach_stack"].data if "_foreach_stack" in task else []
+            path = tuple(frame.index for frame in stack or [])
+            out[(step.id, path)] = {
+                a.id: a.data for a in task.artifacts if not a.id.startswith("_") and a.id != "name"
+            }
+    return out
+
+
+def latest_run_pathspec(flow_name: str, prefix: str | None = None) -> str:
+    from metaflow import Flow, namespace
+
+    namespace(None)
+    for run in Flow(flow_name).runs():
+        if prefix is None or run.id.startswith(prefix):
+            return run.pathspec
+    raise AssertionError(f"no run of {flow_name} found")
