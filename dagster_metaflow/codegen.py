@@ -284,7 +284,7 @@ def build_render_model(ir: FlowIR) -> RenderModel:
     imports = ["Definitions", "OpExecutionContext", "job", "op"]
     if executor_name != "metaflow_executor":
         imports.append(executor_name)
-    uses_field = any(p.help or p.field_name != p.name or not p.required for p in ir.parameters)
+    uses_field = any(p.help or p.field_name != p.name for p in ir.parameters)
     if ir.parameters:
         imports.append("Config")
     if any(s.kind == "foreach" for s in ir.steps):
@@ -303,7 +303,9 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         if p.help:
             field_args.append(f"description={py(p.help)}")
         line = f"{p.field_name}: {annotation}"
-        if field_args:
+        if len(field_args) == 1 and not p.required and field_args[0].startswith("default="):
+            line += f" = {py(p.default)}"
+        elif field_args:
             line += f" = Field({', '.join(field_args)})"
         params.append({"line": line, "ir": p})
 

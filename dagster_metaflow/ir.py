@@ -228,6 +228,19 @@ def _stringify_mapping(step: str, deco: str, values: Mapping[str, Any]) -> tuple
     return tuple(out)
 
 
+def _timeout_seconds(step: str, attrs: Mapping[str, Any]) -> int | None:
+    """@timeout's units summed, as Metaflow's TimeoutDecorator does."""
+    try:
+        secs = (
+            int(attrs.get("hours") or 0) * 3600
+            + int(attrs.get("minutes") or 0) * 60
+            + int(attrs.get("seconds") or 0)
+        )
+    except (TypeError, ValueError) as exc:
+        raise IRError(f"step {step!r}: @timeout values must be whole numbers: {dict(attrs)}") from exc
+    return secs or None
+
+
 def build_step(node: Any, graph: Any, op_name: str, datastore_type: str = "local") -> StepIR:
     """Read one graph node and its decorators into a StepIR (refusing what cannot work)."""
     decos = list(node.decorators)
@@ -256,7 +269,7 @@ def build_step(node: Any, graph: Any, op_name: str, datastore_type: str = "local
     resources: tuple[tuple[str, str], ...] = ()
     for deco in decos:
         if deco.name == "timeout":
-            timeout = int(getattr(deco, "secs", 0)) or None
+            timeout = _timeout_seconds(node.name, deco.attributes)
         elif deco.name == "environment":
             env = _stringify_mapping(node.name, "environment", deco.attributes.get("vars") or {})
         elif deco.name == "resources":
@@ -327,6 +340,10 @@ def build_parameter(var: str, param: Any, taken: set[str]) -> ParameterIR:
     """Read one metaflow.Parameter into a typed Config field."""
     from metaflow.parameters import JSONTypeClass, deploy_time_eval
 
+    if "required" not in param.kwargs:
+        # Metaflow's CLI initialises parameters (resolving config expressions and merging
+        # explicit arguments) before commands run; do the same when called outside it.
+        param.init()
     kwargs = param.kwargs
     ptype = kwargs.get("type")
     if isinstance(ptype, JSONTypeClass):
@@ -357,7 +374,7 @@ def build_parameter(var: str, param: Any, taken: set[str]) -> ParameterIR:
     required = bool(kwargs.get("required", False)) and default is None
     return ParameterIR(
         name=param.name,
-        field_name=naming.python_identifier(param.name, taken),
+        field_name=naming.config_field_name(param.name, taken),
         type=typ,
         required=required,
         has_default=has_default and default is not None,
@@ -366,13 +383,20 @@ def build_parameter(var: str, param: Any, taken: set[str]) -> ParameterIR:
     )
 
 
+def reserved_config_fields() -> set[str]:
+    """Names a pydantic/Dagster Config field may not take (BaseModel's own attributes)."""
+    from pydantic import BaseModel
+
+    return {n for n in dir(BaseModel)} | {"model_config", "model_fields"}
+
+
 def build_flow_ir(flow: Any, graph: Any, options: CompileOptions) -> FlowIR:
     """Read a loaded Metaflow flow (instance or class) and its graph into a FlowIR."""
     nodes = topological_steps(graph)
     ops = naming.op_names(n.name for n in nodes)
     steps = tuple(build_step(n, graph, ops[n.name], options.datastore_type) for n in nodes)
 
-    taken: set[str] = {"model_config", "model_fields"}
+    taken = reserved_config_fields()
     params: list[ParameterIR] = []
     seen: set[str] = set()
     for var, param in flow._get_parameters():

@@ -101,6 +101,21 @@ def python_identifier(name: str, taken: set[str]) -> str:
     return unique(ident, taken)
 
 
+def config_field_name(name: str, taken: set[str]) -> str:
+    """Field of the generated Config class for a Metaflow parameter name.
+
+    `learning-rate` -> `learning_rate` (as Metaflow maps it to an environment variable);
+    pydantic refuses fields starting with `_`, so such names get a `p_` prefix. The original
+    name stays reachable through the field's alias.
+    """
+    ident = to_dagster_alphabet(name.replace("-", "_"))
+    if not ident[0].isalpha():
+        ident = "p_" + ident.lstrip("_") if ident.strip("_") else "p_"
+    if keyword.iskeyword(ident) or keyword.issoftkeyword(ident):
+        ident += "_"
+    return unique(ident, taken)
+
+
 def mapping_key(indices: Iterable[int]) -> str:
     """Dagster mapping key for a foreach index path: (3, 1) -> `3_1`."""
     return "_".join(str(i) for i in indices)

@@ -1,0 +1,275 @@
+"""IR building and code generation without running anything.
+
+Snapshots live in tests/snapshots/*.py.snap; regenerate them with
+`UPDATE_SNAPSHOTS=1 pytest tests/unit/test_codegen.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dagster_metaflow import naming
+from dagster_metaflow.codegen import CodegenError, py, render
+from dagster_metaflow.ir import (
+    CompileOptions,
+    FlowIR,
+    IRError,
+    ParameterIR,
+    RetrySpec,
+    StepIR,
+    build_flow_ir,
+    reserved_config_fields,
+)
+
+FLOWS = Path(__file__).parent.parent / "flows"
+SNAPSHOTS = Path(__file__).parent.parent / "snapshots"
+
+
+def load_flow(filename: str) -> Any:
+    path = FLOWS / filename
+    spec = importlib.util.spec_from_file_location(f"fixture_{path.stem}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from metaflow import FlowSpec
+
+    return next(
+        v for v in vars(module).values() if isinstance(v, type) and issubclass(v, FlowSpec) and v is not FlowSpec
+    )
+
+
+def ir_for(filename: str, **opts: Any) -> FlowIR:
+    from metaflow.graph import FlowGraph
+
+    cls = load_flow(filename)
+    options = CompileOptions(
+        job_name=opts.pop("job_name", cls.__name__),
+        flow_file=filename,
+        top_level_args=("--quiet", "--metadata=local", "--environment=local"),
+        regenerate_command=f"python {filename} dagster create",
+        tool_version="test",
+        datastore_root="/data/.metaflow",
+        **opts,
+    )
+    return build_flow_ir(cls, FlowGraph(cls), options)
+
+
+def load_module(text: str, tmp_path: Path, name: str = "gen_defs") -> ModuleType:
+    path = tmp_path / f"{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- snapshots -----------------------------------------------------------------------------
+
+SNAPSHOT_CASES = {
+    "hello_flow": ("hello_flow.py", {}),
+    "params_flow": ("params_flow.py", {}),
+    "retry_flow": ("retry_flow.py", {"tags": ("team:ml", "x y"), "workflow_timeout": 3600}),
+    "linear_forkserver": ("linear_flow.py", {"executor": "forkserver", "max_workers": 4}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SNAPSHOT_CASES))
+def test_snapshot(case: str) -> None:
+    filename, opts = SNAPSHOT_CASES[case]
+    text = render(ir_for(filename, **opts))
+    snap = SNAPSHOTS / f"{case}.py.snap"
+    if os.environ.get("UPDATE_SNAPSHOTS") or not snap.exists():
+        snap.parent.mkdir(exist_ok=True)
+        snap.write_text(text)
+    assert text == snap.read_text(), f"generated code changed; review and UPDATE_SNAPSHOTS=1 ({snap})"
+
+
+def test_deterministic() -> None:
+    assert render(ir_for("hello_flow.py")) == render(ir_for("hello_flow.py"))
+
+
+@pytest.mark.parametrize("case", sorted(SNAPSHOT_CASES))
+def test_generated_definitions_load_in_dagster(case: str, tmp_path: Path) -> None:
+    filename, opts = SNAPSHOT_CASES[case]
+    ir = ir_for(filename, **opts)
+    module = load_module(render(ir), tmp_path, f"gen_{case}")
+    job = module.defs.resolve_job_def(ir.job_name)
+    assert {n.name for n in job.nodes} == {s.op_name for s in ir.steps}
+
+
+# -- IR details ----------------------------------------------------------------------------
+
+
+def test_ir_shapes_and_decorators() -> None:
+    ir = ir_for("hello_flow.py")
+    kinds = {s.name: (s.kind, s.foreach_depth) for s in ir.steps}
+    assert kinds["start"] == ("foreach", 0)
+    assert kinds["square"] == ("linear", 1)
+    assert kinds["join"] == ("join", 0) and ir.step("join").join_kind == "foreach"
+    assert ir.step("merge").join_kind == "static"
+    assert [s.name for s in ir.steps][0] == "start" and ir.steps[-1].name == "end"
+
+    retry = ir_for("retry_flow.py").step("process")
+    assert retry.retry == RetrySpec(max_retries=2, delay_seconds=None)
+    assert retry.timeout_seconds == 120 and retry.max_user_code_retries == 2
+    assert dict(retry.env) == {"MY_VAR": "hello", "OTHER": "world"}
+
+
+def test_ir_parameters() -> None:
+    params = {p.name: p for p in ir_for("params_flow.py").parameters}
+    assert params["learning-rate"].field_name == "learning_rate"
+    assert params["learning-rate"].env_var == "METAFLOW_INIT_LEARNING_RATE"
+    assert params["needed"].required and params["needed"].type == "int"
+    assert params["config-json"].type == "json" and params["config-json"].default == '{"a": [1, 2]}'
+    assert params["flag"].type == "bool" and params["flag"].default is False
+    assert not params["maybe"].required and params["maybe"].default is None
+
+
+def test_retry_delay_only_when_user_wrote_it() -> None:
+    from metaflow import FlowSpec, retry, step
+    from metaflow.graph import FlowGraph
+
+    class DelayFlow(FlowSpec):
+        @retry(times=3, minutes_between_retries=2)
+        @step
+        def start(self):
+            self.next(self.end)
+
+        @retry(times=1, minutes_between_retries=0)
+        @step
+        def end(self):
+            pass
+
+    ir = build_flow_ir(DelayFlow, FlowGraph(DelayFlow), CompileOptions(job_name="D", flow_file="d.py"))
+    assert ir.step("start").retry == RetrySpec(3, 120)
+    assert ir.step("end").retry == RetrySpec(1, None)
+    text = render(ir)
+    assert "RetryPolicy(max_retries=3, delay=120)" in text and "RetryPolicy(max_retries=1)" in text
+
+
+def test_unsupported_decorator_is_refused_with_step_name() -> None:
+    from metaflow import FlowSpec, step
+    from metaflow.graph import FlowGraph
+
+    class Odd:
+        name = "mystery"
+
+    class RefusedFlow(FlowSpec):
+        @step
+        def start(self):
+            self.next(self.end)
+
+        @step
+        def end(self):
+            pass
+
+    graph = FlowGraph(RefusedFlow)
+    graph["end"].decorators.append(Odd())
+    with pytest.raises(IRError, match=r"step 'end': decorator @mystery is not supported"):
+        build_flow_ir(RefusedFlow, graph, CompileOptions(job_name="R", flow_file="r.py"))
+
+
+# -- hostile names and values --------------------------------------------------------------
+
+HOSTILE_STEPS = ["start", "input", "config", "context", "op_end", "class_", "defs", "FLOW", "TAGS",
+                 "item", "job", "op", "Path", "schritt_ä", "end"]
+HOSTILE_DEFAULTS: list[Any] = [
+    'a "quoted" \'value\'', '"""', "back\\slash\\", "line\nbreak", "ünï©ødé", "{{ jinja }}", "%s",
+    float("inf"), float("-inf"), float("nan"), -0.0, 10**30, True, None, "",
+]
+
+
+def _linear_ir(step_names: list[str], params: list[ParameterIR]) -> FlowIR:
+    ops = naming.op_names(step_names)
+    steps = []
+    for i, name in enumerate(step_names):
+        kind = "start" if i == 0 else "end" if i == len(step_names) - 1 else "linear"
+        steps.append(
+            StepIR(
+                name=name, op_name=ops[name], kind=kind,  # type: ignore[arg-type]
+                next_steps=(step_names[i + 1],) if i + 1 < len(step_names) else (),
+                in_steps=(step_names[i - 1],) if i else (), foreach_depth=0, split_parents=(),
+                doc='Doc with """ quotes and \\ backslash',
+                env=(("WEIRD", 'x"y\'z\\'),),
+            )
+        )
+    return FlowIR(
+        flow_name="Weird_Flow", job_name="Weird_Flow", flow_file="we'ird \"flow\".py",
+        start_step=step_names[0], end_step=step_names[-1], steps=tuple(steps),
+        parameters=tuple(params), tags=("t'ag", 'q"uote'), doc="Flow doc \"\"\" with quotes",
+        regenerate_command="python 'x y.py' dagster create",
+    )
+
+
+def _param(name: str, default: Any, taken: set[str]) -> ParameterIR:
+    typ = "float" if isinstance(default, float) else "bool" if isinstance(default, bool) else (
+        "int" if isinstance(default, int) else "str")
+    return ParameterIR(
+        name=name, field_name=naming.config_field_name(name, taken), type=typ,  # type: ignore[arg-type]
+        required=False, has_default=default is not None, default=default, help='help "with" quotes\n',
+    )
+
+
+def test_hostile_names_and_defaults_compile_and_load(tmp_path: Path) -> None:
+    taken = reserved_config_fields()
+    names = ["class", "my-param", "from", "config", "model_config", "x" * 100, "Ä-b", "def",
+             "json", "copy", "_hidden", "9lives", "-"]
+    params = [_param(n, HOSTILE_DEFAULTS[i % len(HOSTILE_DEFAULTS)], taken) for i, n in enumerate(names)]
+    params += [_param(f"p{i}", d, taken) for i, d in enumerate(HOSTILE_DEFAULTS)]
+    ir = _linear_ir(HOSTILE_STEPS, params)
+    text = render(ir)
+    ast.parse(text)
+    module = load_module(text, tmp_path, "hostile_defs")
+    job = module.defs.resolve_job_def("Weird_Flow")
+    assert len(job.nodes) == len(HOSTILE_STEPS)
+    assert len({n.name for n in job.nodes}) == len(HOSTILE_STEPS)
+    assert module.FLOW.file == "we'ird \"flow\".py"
+    cfg_fields = getattr(module, ir.config_class_name).model_fields
+    assert cfg_fields["p7"].default == float("inf") and math.isnan(cfg_fields["p9"].default)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=5, unique_by=str.lower),
+    st.lists(st.one_of(st.text(max_size=20), st.floats(), st.integers(), st.booleans(), st.none()),
+             min_size=1, max_size=5),
+)
+def test_any_parameter_name_and_default_is_valid_python(names: list[str], defaults: list[Any]) -> None:
+    taken = reserved_config_fields()
+    params = [_param(n, defaults[i % len(defaults)], taken) for i, n in enumerate(names)]
+    text = render(_linear_ir(["start", "end"], params))
+    tree = ast.parse(text)
+    compile(tree, "<generated>", "exec")
+
+
+@given(st.one_of(st.text(), st.floats(), st.integers(), st.booleans(), st.none(),
+                 st.lists(st.text(max_size=5), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)))
+def test_py_literal_roundtrip(value: Any) -> None:
+    back = eval(py(value), {})  # noqa: S307 - the point of the test
+    if isinstance(value, float) and math.isnan(value):
+        assert math.isnan(back)
+    else:
+        assert back == value and type(back) is type(value)
+
+
+def test_unsupported_shape_refused_with_step_name() -> None:
+    ir = _linear_ir(["start", "middle", "end"], [])
+    steps = list(ir.steps)
+    steps[1] = StepIR(**{**steps[1].__dict__, "kind": "switch", "next_steps": ("end",), "switch_cases": (("a", "end"),)})
+    bad = FlowIR(**{**ir.__dict__, "steps": tuple(steps)})
+    bad.__dict__.pop("by_name", None)
+    with pytest.raises(CodegenError, match="step 'middle'"):
+        render(bad)
