@@ -202,7 +202,7 @@ def _retry_spec(step: str, decos: Iterable[Any]) -> tuple[RetrySpec | None, int]
         user_retries = max(user_retries, int(u))
         error_retries = max(error_retries, int(e))
         if deco.name == "retry":
-            user_set = getattr(deco, "_user_defined_attributes", set())
+            user_set: set[str] = getattr(deco, "_user_defined_attributes", set())
             minutes = deco.attributes.get("minutes_between_retries")
             if "minutes_between_retries" in user_set and minutes:
                 try:

@@ -20,7 +20,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -249,7 +249,7 @@ def threaded_plan_iterator(
         raise DagsterExecutionInterruptedError()
 
 
-def _log_context(log_key: list[str]) -> Any:
+def _log_context(log_key: Sequence[str]) -> Any:
     from dagster._core.storage.compute_log_manager import CapturedLogContext
 
     return CapturedLogContext(log_key=log_key)

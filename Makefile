@@ -1,0 +1,38 @@
+# The two commands of this project (see README): `make demo` and `make test`.
+# Both create/refresh .venv and install what they need; nothing else is required.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-test
+
+.PHONY: demo test lint unit e2e bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/run_demo.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check dagster_metaflow tests benchmarks examples
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
+
+e2e: $(STAMP)
+	$(BIN)/python -m pytest tests/e2e -q -n 2
+
+test: lint
+	$(BIN)/python -m pytest tests -q -n 2 --durations=10
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/executors.py --repeat 3
+
+clean:
+	rm -rf $(VENV) .dagster_home examples/.metaflow examples/*_dagster.py *.egg-info
