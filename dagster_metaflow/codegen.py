@@ -38,6 +38,7 @@ MODULE_NAMES = frozenset(
         "op",
         "MetaflowFlow",
         "metaflow_executor",
+        "metaflow_io_manager",
         "multiprocess_executor",
         "in_process_executor",
         "FLOW",
@@ -279,6 +280,7 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         if executor_cfg
         else f"executor_def={executor_name}"
     )
+    job_args.append('resource_defs={"io_manager": metaflow_io_manager}')
     job_args.append(f"tags={py(job_tags)}")
 
     imports = ["Definitions", "OpExecutionContext", "job", "op"]
@@ -332,7 +334,9 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         job_decorator_args=job_args,
         wiring=wiring.lines,
         imports=sorted(imports, key=lambda n: (n[0].islower(), n.lower())),
-        runtime_imports=["MetaflowFlow"] + (["metaflow_executor"] if executor_name == "metaflow_executor" else []),
+        runtime_imports=["MetaflowFlow"]
+        + (["metaflow_executor"] if executor_name == "metaflow_executor" else [])
+        + ["metaflow_io_manager"],
         flow_kwargs=flow_kwargs,
         parameters=params,
         uses_field=uses_field,

@@ -1,15 +1,29 @@
-"""Runtime helpers imported by generated definitions files."""
+"""Runtime helpers imported by generated definitions files.
 
-from .executor import ThreadedExecutor, metaflow_executor
-from .flow import MetaflowFlow, metaflow_run_id, task_id_for
-from .supervise import StepControl, run_supervised
+Attributes are resolved lazily so that light submodules (the zygote server in particular,
+which must not import Dagster) can be imported on their own.
+"""
 
-__all__ = [
-    "MetaflowFlow",
-    "StepControl",
-    "ThreadedExecutor",
-    "metaflow_executor",
-    "metaflow_run_id",
-    "run_supervised",
-    "task_id_for",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MetaflowFlow": ".flow",
+    "metaflow_run_id": ".flow",
+    "task_id_for": ".flow",
+    "ThreadedExecutor": ".executor",
+    "metaflow_executor": ".executor",
+    "metaflow_io_manager": ".io",
+    "StepControl": ".supervise",
+    "run_supervised": ".supervise",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

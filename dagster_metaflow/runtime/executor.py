@@ -140,6 +140,9 @@ def threaded_plan_iterator(
 ) -> Iterator[DagsterEvent]:
     """Execute the plan's steps concurrently in threads, yielding Dagster events in order."""
     started = time.monotonic()
+    from .flow import warm_up_flows
+
+    threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
     events: queue.Queue[DagsterEvent | _StepDone] = queue.Queue()
     # keyed by a per-attempt token: a retried step reuses its step key while the thread of
     # the failed attempt may still be reporting its last events

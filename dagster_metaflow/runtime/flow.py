@@ -21,11 +21,24 @@ from typing import Any
 from dagster import DynamicOutput, Failure, MetadataValue, OpExecutionContext
 
 from .. import naming
-from .supervise import StepInterrupted, run_supervised
+from .supervise import StepInterrupted, current_control, run_supervised
+from .zygote import POOL, fork_enabled, spawn_step_process
 
 PARAMS_STEP = "_parameters"
 PARAMS_TASK_ID = "t-params"
 MAX_LOG_BYTES = 100 * 1024 * 1024
+
+
+_LIVE_FLOWS: list[MetaflowFlow] = []
+
+
+def warm_up_flows() -> None:
+    """Called by the executor when a run starts: prepare every flow defined in this process."""
+    for flow in list(_LIVE_FLOWS):
+        try:
+            flow.warm_up()
+        except Exception:
+            pass
 
 
 def metaflow_run_id(dagster_run_id: str) -> str:
@@ -88,6 +101,14 @@ class MetaflowFlow:
     relative_to: str | None = None  # directory `file` is relative to (the generated file's)
     # (Config field, METAFLOW_INIT_* variable, type) for every flow Parameter
     parameters: tuple[tuple[str, str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        _LIVE_FLOWS.append(self)
+
+    def warm_up(self) -> None:
+        """Start the zygote this flow's steps will fork from (off the critical path)."""
+        if fork_enabled():
+            POOL.get(sys.executable, self.step_env())
 
     # -- paths and environment ---------------------------------------------------------
     @cached_property
@@ -239,7 +260,9 @@ class MetaflowFlow:
 
         pathspec = f"{run_id}/{step}/{task_id}"
         attempt = f" (retry {retry_count})" if retry_count else ""
-        context.log.info(f"Running Metaflow task {self.name}/{pathspec}{attempt}")
+        # announced in the step's own compute log, not as an event: on the default SQLite
+        # instance every event is an fsync'd commit
+        _announce(f"[dagster-metaflow] running Metaflow task {self.name}/{pathspec}{attempt}\n")
         stdout, stderr = _MflogBuffer(), _MflogBuffer()
 
         def keep(stream: str, line: bytes) -> None:
@@ -292,7 +315,7 @@ class MetaflowFlow:
 
     # -- helpers ------------------------------------------------------------------------
     def _supervise(self, context: OpExecutionContext, argv: list[str], env: dict[str, str], **kw: Any) -> Any:
-        return run_supervised(argv, env=env, cwd=self.cwd, **kw)
+        return run_supervised(argv, env=env, cwd=self.cwd, spawn=spawn_step_process, **kw)
 
     def _save_logs(
         self, pathspec: str, attempt: int, stdout: _MflogBuffer, stderr: _MflogBuffer, source: str
@@ -319,6 +342,16 @@ class MetaflowFlow:
         except Exception:
             pass
         return md
+
+
+def _announce(text: str) -> None:
+    control = current_control.get()
+    line = text.encode()
+    if control is not None and control.sink is not None:
+        control.sink("stderr", line)
+    else:
+        sys.stderr.write(text)
+        sys.stderr.flush()
 
 
 def _param_text(value: Any, typ: str) -> str | None:

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import psutil
 
@@ -74,7 +74,7 @@ def _default_sink(stream: str, line: bytes) -> None:
         pass  # a closed/captured stream must never kill the step
 
 
-def kill_tree(proc: subprocess.Popen[bytes], grace: float = GRACE_SECONDS) -> None:
+def kill_tree(proc: Any, grace: float = GRACE_SECONDS) -> None:
     """SIGTERM the process group and every descendant, wait `grace`, then SIGKILL survivors."""
     try:
         root = psutil.Process(proc.pid)
@@ -124,8 +124,12 @@ def run_supervised(
     control: StepControl | None = None,
     grace: float = GRACE_SECONDS,
     tail_lines: int = 40,
+    spawn: Callable[[Sequence[str], Mapping[str, str], str | None], Any] | None = None,
 ) -> ProcessResult:
     """Run argv to completion in a new process group, streaming lines as they come.
+
+    `spawn` may start the process some other way (see zygote.py) and return a Popen-like
+    object already in its own session, or None to fall back to `subprocess.Popen`.
 
     Raises StepInterrupted if `control.cancel` is set, and re-raises any BaseException
     (Dagster's DagsterExecutionInterruptedError, KeyboardInterrupt) after the whole
@@ -135,15 +139,17 @@ def run_supervised(
     sink = (control.sink if control and control.sink else None) or _default_sink
     tails: dict[str, deque[str]] = {"stdout": deque(maxlen=tail_lines), "stderr": deque(maxlen=tail_lines)}
 
-    proc = subprocess.Popen(
-        list(argv),
-        env=dict(env),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # own session => own process group, pgid == pid
-    )
+    proc = spawn(argv, env, cwd) if spawn is not None else None
+    if proc is None:
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # own session => own process group, pgid == pid
+        )
     started = time.monotonic()
 
     def pump(stream: str, pipe: IO[bytes]) -> None:

@@ -1,0 +1,420 @@
+"""Start step commands by forking a process that has already imported Metaflow.
+
+`python flow.py step ...` spends most of its ~0.8 s importing Metaflow. A zygote is a
+single-threaded helper process that imports Metaflow once and then, per request, forks a
+child that becomes exactly that command: its own session/process group, the given
+stdout/stderr pipes, working directory, environment and `sys.argv`, and the flow file run
+as `__main__` (so Metaflow's CLI runs as usual). Exit statuses are reported back over the
+request's connection.
+
+Metaflow reads its configuration from the environment at import time, so a zygote only
+serves commands whose interpreter-relevant environment (`METAFLOW_*`, `PYTHON*`) equals the
+one it was started with; `ZygotePool` keeps one per such environment. Anything unexpected
+(start-up failure, a dead zygote) falls back to a plain subprocess. Set
+`DAGSTER_METAFLOW_FORK=0` to always use plain subprocesses.
+
+The server half (`serve`) must not import Dagster: it runs in the zygote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+HEADER = struct.Struct("!I")
+PRELOAD = ("metaflow", "metaflow.cli", "metaflow.task", "metaflow.datastore", "metaflow.runtime")
+# per-command variables that Metaflow reads when used, not at import
+VOLATILE_ENV = ("METAFLOW_RUN_ID", "METAFLOW_INIT_")
+
+
+def fork_enabled() -> bool:
+    return os.environ.get("DAGSTER_METAFLOW_FORK", "1").lower() not in ("0", "false", "no", "off")
+
+
+def env_key(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The part of an environment that a preloaded Metaflow interpreter depends on."""
+    return tuple(
+        sorted(
+            (k, v)
+            for k, v in env.items()
+            if (k.startswith("METAFLOW_") and not k.startswith(VOLATILE_ENV))
+            or k.startswith("PYTHON")
+            or k in ("USER", "USERNAME", "SUDO_USER", "HOME", "PATH", "LANG", "LC_ALL", "TZ")
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# client side (runs in the Dagster run worker)
+# ------------------------------------------------------------------------------------------
+
+
+class ForkedProcess:
+    """The subset of `subprocess.Popen` that the supervisor uses, for a zygote child."""
+
+    def __init__(self, conn: socket.socket, pid: int, stdout: IO[bytes], stderr: IO[bytes]) -> None:
+        self._conn = conn
+        self.pid = pid
+        self.stdout = stdout
+        self.stderr = stderr
+        self.returncode: int | None = None
+        self._buf = b""
+
+    def _read_status(self, timeout: float | None) -> None:
+        if self.returncode is not None:
+            return
+        ready, _, _ = select.select([self._conn], [], [], timeout)
+        if not ready:
+            return
+        chunk = self._conn.recv(4096)
+        if not chunk:  # zygote gone: we cannot learn the status, wait for the pid to vanish
+            if not _pid_alive(self.pid):
+                self.returncode = 255
+                self._conn.close()
+            return
+        self._buf += chunk
+        if b"\n" in self._buf:
+            self.returncode = int(json.loads(self._buf.split(b"\n", 1)[0])["exit"])
+            self._conn.close()
+
+    def poll(self) -> int | None:
+        self._read_status(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else _now() + timeout
+        while self.returncode is None:
+            remaining = None if deadline is None else max(0.0, deadline - _now())
+            self._read_status(0.5 if remaining is None else min(0.5, remaining))
+            if self.returncode is None and deadline is not None and _now() >= deadline:
+                raise subprocess.TimeoutExpired("zygote child", timeout or 0)
+        return self.returncode
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+class Zygote:
+    """Client handle of one zygote process."""
+
+    def __init__(self, python: str, env: Mapping[str, str]) -> None:
+        self._dir = tempfile.mkdtemp(prefix="dm-zygote-")
+        self.path = os.path.join(self._dir, "sock")
+        code = "import sys; from dagster_metaflow.runtime.zygote import serve; serve(sys.argv[1])"
+        self.proc = subprocess.Popen(
+            [python, "-u", "-c", code, self.path],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "ready\n" once Metaflow is imported
+        if line.strip() != b"ready":
+            self.close()
+            raise RuntimeError("zygote failed to start")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> ForkedProcess:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(self.path)
+            body = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
+            socket.send_fds(conn, [HEADER.pack(len(body))], [out_w, err_w])
+            conn.sendall(body)
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    raise RuntimeError("zygote closed the connection")
+                reply += chunk
+            pid = int(json.loads(reply)["pid"])
+        except BaseException:
+            conn.close()
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        return ForkedProcess(conn, pid, os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        try:
+            os.unlink(self.path)
+            os.rmdir(self._dir)
+        except OSError:
+            pass
+
+
+class ZygotePool:
+    """One zygote per (interpreter, environment key), started on first use, thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._zygotes: dict[Any, Zygote | None] = {}
+
+    def get(self, python: str, env: Mapping[str, str]) -> Zygote | None:
+        key = (python, env_key(env))
+        with self._lock:
+            z = self._zygotes.get(key, False)
+            if z is None:
+                return None  # failed before: don't retry on every step
+            if isinstance(z, Zygote) and z.alive():
+                return z
+            try:
+                base = {k: v for k, v in env.items() if not k.startswith(VOLATILE_ENV)}
+                z = Zygote(python, base)
+            except Exception as exc:
+                print(f"dagster-metaflow: fork server unavailable ({exc}); using subprocesses", file=sys.stderr)
+                self._zygotes[key] = None
+                return None
+            self._zygotes[key] = z
+            return z
+
+    def close(self) -> None:
+        with self._lock:
+            for z in self._zygotes.values():
+                if isinstance(z, Zygote):
+                    z.close()
+            self._zygotes.clear()
+
+
+POOL = ZygotePool()
+
+
+def spawn_step_process(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> Any:
+    """Start argv (a `python flow.py ...` command) through a zygote, or return None."""
+    if not fork_enabled() or len(argv) < 2 or argv[0] != sys.executable:
+        return None
+    zygote = POOL.get(argv[0], env)
+    if zygote is None:
+        return None
+    try:
+        return zygote.spawn(argv, env, cwd)
+    except Exception as exc:
+        print(f"dagster-metaflow: fork server failed ({exc}); using a subprocess", file=sys.stderr)
+        return None
+
+
+# ------------------------------------------------------------------------------------------
+# server side (runs in the zygote; no Dagster here)
+# ------------------------------------------------------------------------------------------
+
+
+def _recv_exact(conn: socket.socket, n: int, initial: bytes = b"") -> bytes:
+    data = initial
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("client went away")
+        data += chunk
+    return data
+
+
+def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[str, Any]) -> None:
+    """In the forked child: become `python <flow file> <args...>` and never return."""
+    code = 1
+    try:
+        os.setsid()
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.set_wakeup_fd(-1)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        for fd in (devnull, out_fd, err_fd):
+            os.close(fd)
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        argv = request["argv"][1:]
+        script = os.path.abspath(argv[0])
+        sys.argv = argv
+        sys.path[0] = os.path.dirname(script)
+        try:
+            _run_as_main(script, main_extras)
+            code = 0
+        except SystemExit as exc:
+            if exc.code is None:
+                code = 0
+            elif isinstance(exc.code, int):
+                code = exc.code
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except KeyboardInterrupt:
+            code = 130
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        # what interpreter shutdown would do: join threads, run atexit handlers
+        import atexit
+
+        try:
+            threading._shutdown()  # type: ignore[attr-defined]
+        except Exception:
+            pass
+        atexit._run_exitfuncs()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        os._exit(code & 0xFF if code >= 0 else 1)
+
+
+def _run_as_main(script: str, main_extras: dict[str, Any]) -> None:
+    """Execute `script` in the real `__main__` module, as `python script` does.
+
+    Metaflow registers pickling helpers (ForeachFrame, ...) in `__main__` when imported; a
+    fresh interpreter gets them when the flow file imports metaflow, here they are carried
+    over from the preload (`runpy` would run the script in a new module without them).
+    """
+    import builtins
+
+    import __main__
+
+    ns = __main__.__dict__
+    ns.clear()
+    ns.update(
+        {
+            "__name__": "__main__",
+            "__doc__": None,
+            "__package__": None,
+            "__loader__": None,
+            "__spec__": None,
+            "__file__": script,
+            "__cached__": None,
+            "__builtins__": builtins,
+        }
+    )
+    ns.update(main_extras)
+    with open(script, "rb") as f:
+        code = compile(f.read(), script, "exec")
+    exec(code, ns)
+
+
+def serve(path: str) -> None:
+    """Zygote main loop: preload Metaflow, then fork one child per request."""
+    import importlib
+
+    import __main__
+
+    before = set(vars(__main__))
+    for name in PRELOAD:
+        importlib.import_module(name)
+    main_extras = {k: v for k, v in vars(__main__).items() if k not in before}
+    parent = os.getppid()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    conns: dict[int, socket.socket] = {}
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    try:
+        while True:
+            ready: list[Any]
+            watched: list[Any] = [listener, wake_r]
+            try:
+                ready, _, _ = select.select(watched, [], [], 1.0)
+            except InterruptedError:
+                ready = []
+            if os.getppid() != parent:
+                return  # the run worker is gone; children live on in their own sessions
+            if wake_r in ready:
+                os.read(wake_r, 4096)
+            if listener in ready:
+                conn, _ = listener.accept()
+                try:
+                    msg, fds, _flags, _addr = socket.recv_fds(conn, HEADER.size, 2)
+                    if len(fds) != 2:
+                        raise ConnectionError("expected two file descriptors")
+                    header = _recv_exact(conn, HEADER.size, msg)
+                    (length,) = HEADER.unpack(header)
+                    request = json.loads(_recv_exact(conn, length))
+                except (OSError, ValueError):
+                    conn.close()
+                    continue
+                pid = os.fork()
+                if pid == 0:
+                    listener.close()
+                    conn.close()
+                    for c in conns.values():
+                        c.close()
+                    os.close(wake_r)
+                    os.close(wake_w)
+                    _child(request, fds[0], fds[1], main_extras)
+                for fd in fds:
+                    os.close(fd)
+                conns[pid] = conn
+                try:
+                    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                except OSError:
+                    pass
+            while conns:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                done = conns.pop(pid, None)
+                if done is not None:
+                    try:
+                        code = os.waitstatus_to_exitcode(status)
+                        done.sendall(json.dumps({"exit": code}).encode() + b"\n")
+                    except OSError:
+                        pass
+                    done.close()
+    finally:
+        listener.close()
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
