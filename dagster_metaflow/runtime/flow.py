@@ -280,14 +280,19 @@ class MetaflowFlow:
                     f"step {step!r} stopped: {exc}"
                 ) from None
             raise
-        if result.timed_out:
+        # Metaflow's own @timeout alarm inside the task may win the race against ours by a
+        # few milliseconds; a failure at the deadline is a timeout either way
+        timed_out = result.timed_out or (
+            timeout is not None and result.returncode != 0 and result.duration >= timeout - 0.5
+        )
+        if timed_out:
             keep("stderr", f"Task timed out after {timeout} seconds (@timeout).\n".encode())
         self._save_logs(pathspec, retry_count, stdout, stderr, RUNTIME_LOG_SOURCE)
 
-        if result.timed_out or result.returncode != 0:
+        if timed_out or result.returncode != 0:
             why = (
                 f"timed out after {timeout}s (@timeout); its process group was terminated"
-                if result.timed_out
+                if timed_out
                 else f"exited with code {result.returncode}"
             )
             tail = "\n".join(result.stderr_tail) or "(no stderr output)"

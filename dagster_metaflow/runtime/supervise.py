@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from typing import IO, Any
 import psutil
 
 GRACE_SECONDS = 10.0
+# every process of a step inherits this variable: how escaped descendants are found
+TOKEN_VAR = "DAGSTER_METAFLOW_STEP_TOKEN"
 POLL_SECONDS = 0.05
 
 
@@ -74,37 +77,120 @@ def _default_sink(stream: str, line: bytes) -> None:
         pass  # a closed/captured stream must never kill the step
 
 
-def kill_tree(proc: Any, grace: float = GRACE_SECONDS) -> None:
-    """SIGTERM the process group and every descendant, wait `grace`, then SIGKILL survivors."""
-    try:
-        root = psutil.Process(proc.pid)
-        members = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        members = []
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for p in members:  # descendants that moved to another group/session
+class _Tree:
+    """The processes of one step: its process group plus every descendant ever seen.
+
+    Descendants can leave the group (setsid, `start_new_session`) and get re-parented when
+    their parent exits, after which the parent chain no longer finds them; so descendants
+    are remembered (pid + create time, safe against pid reuse) while the step runs.
+    """
+
+    SNAPSHOT_EVERY = 0.5
+
+    def __init__(self, pid: int, token: str | None = None) -> None:
+        self.pid = pid
+        self.token = token
+        self.known: dict[int, psutil.Process] = {}
+        self._last = 0.0
+        self.snapshot(force=True)
+
+    def adopt_by_token(self) -> None:
+        """Find processes carrying this step's token in their environment (descendants that
+        escaped and were re-parented before any snapshot saw them)."""
+        if not self.token:
+            return
+        me = os.getpid()
+        for p in psutil.process_iter():
+            if p.pid in (me, self.pid) or p.pid in self.known:
+                continue
+            try:
+                if p.environ().get(TOKEN_VAR) == self.token:
+                    self.known[p.pid] = p
+            except (psutil.Error, OSError):
+                continue
+
+    def snapshot(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.SNAPSHOT_EVERY:
+            return
+        self._last = now
         try:
-            p.send_signal(signal.SIGTERM)
+            root = psutil.Process(self.pid)
+            found = [root, *root.children(recursive=True)]
         except psutil.Error:
+            return
+        for p in found:
+            self.known.setdefault(p.pid, p)
+
+    def outside_group(self) -> list[psutil.Process]:
+        """Known, still-running processes that are not in the step's process group."""
+        out = []
+        for p in self.known.values():
+            if not _alive(p):
+                continue
+            try:
+                if os.getpgid(p.pid) != self.pid:
+                    out.append(p)
+            except (ProcessLookupError, PermissionError, OSError):
+                continue
+        return out
+
+    def signal(self, sig: int) -> None:
+        """Signal the group once, and each known process outside it once."""
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
             pass
+        for p in self.outside_group():
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
+
+    def any_alive(self) -> bool:
+        try:
+            os.killpg(self.pid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            pass
+        return bool(self.outside_group())
+
+
+def kill_tree(proc: Any, grace: float = GRACE_SECONDS, tree: _Tree | None = None) -> None:
+    """SIGTERM the process group and every descendant, wait `grace`, then SIGKILL survivors."""
+    tree = tree or _Tree(proc.pid)
+    tree.snapshot(force=True)
+    tree.adopt_by_token()
+    tree.signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if proc.poll() is not None and not any(_alive(p) for p in members):
+        proc.poll()  # reap the root so it does not count as alive
+        if not tree.any_alive():
             break
         time.sleep(POLL_SECONDS)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for p in members:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
+    tree.signal(signal.SIGKILL)
     proc.wait()
+
+
+def _pipe_ids(pipes: Sequence[IO[bytes]]) -> set[str]:
+    """`/proc/<pid>/fd` link targets of these pipes (both ends share the inode)."""
+    return {f"pipe:[{os.fstat(p.fileno()).st_ino}]" for p in pipes}
+
+
+def _kill_pipe_holders(pipe_ids: set[str]) -> None:
+    """SIGKILL every other process that holds one of these pipes open (an escaped step
+    descendant keeping our readers from ever seeing end-of-file)."""
+    me = os.getpid()
+    for pid_dir in os.listdir("/proc"):
+        if not pid_dir.isdigit() or int(pid_dir) == me:
+            continue
+        try:
+            for entry in os.listdir(f"/proc/{pid_dir}/fd"):
+                if os.readlink(f"/proc/{pid_dir}/fd/{entry}") in pipe_ids:
+                    os.kill(int(pid_dir), signal.SIGKILL)
+                    break
+        except OSError:
+            continue
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -112,6 +198,25 @@ def _alive(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def _report_sink_error(exc: Exception) -> None:
+    try:
+        sys.stderr.write(f"dagster-metaflow: log sink failed: {exc!r}\n")
+    except Exception:
+        pass
+
+
+def _finish_readers(readers: list[threading.Thread], pipe_ids: set[str], detached: threading.Event) -> None:
+    """Wait for the output readers; if an unknown process still holds the pipes, kill it."""
+    for r in readers:
+        r.join(timeout=0.5)
+    if any(r.is_alive() for r in readers):
+        _kill_pipe_holders(pipe_ids)
+        for r in readers:
+            r.join(timeout=2.0)
+    if any(r.is_alive() for r in readers):
+        detached.set()  # give up on them; they will not touch the sink or tails again
 
 
 def run_supervised(
@@ -139,6 +244,8 @@ def run_supervised(
     sink = (control.sink if control and control.sink else None) or _default_sink
     tails: dict[str, deque[str]] = {"stdout": deque(maxlen=tail_lines), "stderr": deque(maxlen=tail_lines)}
 
+    token = uuid.uuid4().hex
+    env = {**env, TOKEN_VAR: token}
     proc = spawn(argv, env, cwd) if spawn is not None else None
     if proc is None:
         proc = subprocess.Popen(
@@ -152,15 +259,25 @@ def run_supervised(
         )
     started = time.monotonic()
 
+    detached = threading.Event()  # set when we stop waiting for the readers
+
     def pump(stream: str, pipe: IO[bytes]) -> None:
+        # keep draining whatever happens: a reader that stops makes the child block on write
         for line in iter(pipe.readline, b""):
+            if detached.is_set():
+                continue
             tails[stream].append(line.decode("utf-8", errors="replace").rstrip("\n"))
-            sink(stream, line)
-            if on_line is not None:
-                on_line(stream, line)
+            for fn in (sink, on_line):
+                if fn is None:
+                    continue
+                try:
+                    fn(stream, line)
+                except Exception as exc:  # a broken sink must not stall the step
+                    _report_sink_error(exc)
         pipe.close()
 
     assert proc.stdout is not None and proc.stderr is not None
+    pipe_ids = _pipe_ids([proc.stdout, proc.stderr])
     readers = [
         threading.Thread(target=pump, args=("stdout", proc.stdout), daemon=True),
         threading.Thread(target=pump, args=("stderr", proc.stderr), daemon=True),
@@ -168,6 +285,7 @@ def run_supervised(
     for r in readers:
         r.start()
 
+    tree = _Tree(proc.pid, token)
     timed_out = False
     try:
         while True:
@@ -176,25 +294,23 @@ def run_supervised(
                 break
             except subprocess.TimeoutExpired:
                 pass
+            tree.snapshot()
             if control is not None and control.cancel.is_set():
                 raise StepInterrupted(control.reason)
             if timeout is not None and time.monotonic() - started >= timeout:
                 timed_out = True
-                kill_tree(proc, grace)
+                kill_tree(proc, grace, tree)
                 break
     except BaseException:
-        kill_tree(proc, grace)
-        for r in readers:
-            r.join(timeout=2)
+        kill_tree(proc, grace, tree)
+        _finish_readers(readers, pipe_ids, detached)
         raise
     if not timed_out:
-        # the step may have left children behind in its group: never orphan them
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for r in readers:
-        r.join(timeout=grace)
+        # the step may have left processes behind, in its group or escaped from it:
+        # never orphan them
+        tree.adopt_by_token()
+        tree.signal(signal.SIGKILL)
+    _finish_readers(readers, pipe_ids, detached)
     return ProcessResult(
         returncode=proc.returncode,
         timed_out=timed_out,

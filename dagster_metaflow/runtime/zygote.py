@@ -34,7 +34,7 @@ from typing import IO, Any
 HEADER = struct.Struct("!I")
 PRELOAD = ("metaflow", "metaflow.cli", "metaflow.task", "metaflow.datastore", "metaflow.runtime")
 # per-command variables that Metaflow reads when used, not at import
-VOLATILE_ENV = ("METAFLOW_RUN_ID", "METAFLOW_INIT_")
+VOLATILE_ENV = ("METAFLOW_RUN_ID", "METAFLOW_INIT_", "DAGSTER_METAFLOW_STEP_TOKEN")
 
 
 def fork_enabled() -> bool:
