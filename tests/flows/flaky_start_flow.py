@@ -22,7 +22,7 @@ class FlakyStartFlow(FlowSpec):
     @step
     def join(self, inputs):
         self.total = sum(i.sq for i in inputs)
-        self.n = len(inputs)
+        self.n = len(list(inputs))
         self.next(self.end)
 
     @step
