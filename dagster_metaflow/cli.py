@@ -146,6 +146,7 @@ def build_ir_from_obj(
         runtime_env_names=runtime_names,
         regenerate_command="python " + " ".join(shlex.quote(a) for a in argv),
         tool_version=__version__,
+        output_name=os.path.basename(out_file),
         datastore_type=obj.flow_datastore.TYPE,
         datastore_root=obj.flow_datastore.datastore_root,
         executor=executor,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any, Literal
 
@@ -95,17 +95,12 @@ class ParameterIR:
         return "METAFLOW_INIT_" + self.name.upper().replace("-", "_")
 
 
-@dataclass(frozen=True)
-class FlowIR:
-    """A whole flow plus the compile options that shape the generated file."""
+@dataclass(frozen=True, kw_only=True)
+class CompileOptions:
+    """User options of `dagster create` (and facts of its environment) that shape the file."""
 
-    flow_name: str
     job_name: str
     flow_file: str  # as written into the generated file (relative to it when possible)
-    start_step: str
-    end_step: str
-    steps: tuple[StepIR, ...]  # topological order
-    parameters: tuple[ParameterIR, ...] = ()
     tags: tuple[str, ...] = ()
     namespace: str | None = None
     max_workers: int = 16
@@ -115,11 +110,23 @@ class FlowIR:
     runtime_env_names: tuple[str, ...] = ()  # secret-looking config read at run time
     regenerate_command: str = ""
     tool_version: str = ""
-    doc: str = ""
-    config_class_name: str = "FlowParameters"
+    output_name: str = "<this file>"
     datastore_type: str = "local"
     datastore_root: str | None = None
     executor: str = "threads"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowIR(CompileOptions):
+    """A whole flow: the compile options plus everything read from the Metaflow graph."""
+
+    flow_name: str
+    start_step: str
+    end_step: str
+    steps: tuple[StepIR, ...]  # topological order
+    parameters: tuple[ParameterIR, ...] = ()
+    doc: str = ""
+    config_class_name: str = "FlowParameters"
 
     @property
     def datastore_kwargs(self) -> tuple[tuple[str, str | None], ...]:
@@ -140,26 +147,6 @@ class FlowIR:
 # ---------------------------------------------------------------------------------------
 # Builder: Metaflow graph + decorators -> FlowIR
 # ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class CompileOptions:
-    """User options of `dagster create` that reach the IR."""
-
-    job_name: str
-    flow_file: str
-    tags: tuple[str, ...] = ()
-    namespace: str | None = None
-    max_workers: int = 16
-    workflow_timeout: int | None = None
-    top_level_args: tuple[str, ...] = ()
-    environment: tuple[tuple[str, str], ...] = ()
-    runtime_env_names: tuple[str, ...] = ()
-    regenerate_command: str = ""
-    tool_version: str = ""
-    datastore_type: str = "local"
-    datastore_root: str | None = None
-    executor: str = "threads"
 
 
 def _step_kind(node: Any, graph: Any) -> StepKind:
@@ -412,25 +399,12 @@ def build_flow_ir(flow: Any, graph: Any, options: CompileOptions) -> FlowIR:
         naming.to_dagster_alphabet(graph.name) + "Parameters", set()
     )
     return FlowIR(
+        **{f.name: getattr(options, f.name) for f in fields(CompileOptions)},
         flow_name=graph.name,
-        job_name=options.job_name,
-        flow_file=options.flow_file,
         start_step=graph.start_step,
         end_step=graph.end_step,
         steps=steps,
         parameters=tuple(params),
-        tags=options.tags,
-        namespace=options.namespace,
-        max_workers=options.max_workers,
-        workflow_timeout=options.workflow_timeout,
-        top_level_args=options.top_level_args,
-        environment=options.environment,
-        runtime_env_names=options.runtime_env_names,
-        regenerate_command=options.regenerate_command,
-        tool_version=options.tool_version,
         doc=(graph.doc or "").strip(),
         config_class_name=config_class,
-        datastore_type=options.datastore_type,
-        datastore_root=options.datastore_root,
-        executor=options.executor,
     )

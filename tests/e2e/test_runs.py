@@ -14,11 +14,18 @@ from dagster_metaflow.runtime import metaflow_run_id
 pytestmark = pytest.mark.e2e
 
 
-def run_both(ws: Workspace, flow_name: str, job: str | None = None, native_args: tuple[str, ...] = (), config_yaml: str | None = None) -> tuple[str, str]:
+def run_both(
+    ws: Workspace,
+    flow_name: str,
+    job: str | None = None,
+    native_args: tuple[str, ...] = (),
+    config_yaml: str | None = None,
+    create_args: tuple[str, ...] = (),
+) -> tuple[str, str]:
     """Run natively and under Dagster; return (native pathspec, dagster pathspec)."""
     ws.metaflow("run", *native_args)
     native = latest_run_pathspec(flow_name)
-    out = ws.compile()
+    out = ws.compile(*create_args)
     ws.dagster_execute(out, job or flow_name, config_yaml)
     run = ws.last_dagster_run()
     return native, f"{flow_name}/{metaflow_run_id(run.run_id)}"
@@ -41,8 +48,11 @@ def test_foreach_and_split_match_native(workspace: Workspace) -> None:
 
 @pytest.mark.flow("linear_flow.py")
 def test_linear_and_definitions_validate(workspace: Workspace) -> None:
-    native, dag = run_both(workspace, "LinearFlow")
+    from metaflow import Run
+
+    native, dag = run_both(workspace, "LinearFlow", create_args=("--tag", "team:ml", "--tag", "nightly"))
     assert artifacts_by_task(dag) == artifacts_by_task(native)
+    assert {"team:ml", "nightly"} <= set(Run(dag).tags)
     out = workspace.dir / "out_dagster.py"
     res = workspace.run(str(BIN / "dagster"), "definitions", "validate", "-f", str(out))
     assert res.returncode == 0
