@@ -244,6 +244,10 @@ def threaded_plan_iterator(
                 thread.join(timeout=30)
             raise
 
+    from .zygote import POOL
+
+    POOL.close()  # the run is over: don't keep forked interpreters around
+
     if timed_out:
         raise DagsterExecutionInterruptedError(
             f"Run exceeded its workflow timeout of {workflow_timeout:g} seconds"

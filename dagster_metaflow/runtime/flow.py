@@ -306,7 +306,7 @@ class MetaflowFlow:
                 },
             )
         if _single_output(context):
-            context.add_output_metadata(self._task_metadata(pathspec, retry_count, result.duration))
+            context.add_output_metadata(self._task_metadata(pathspec, duration=result.duration))
         return pathspec
 
     def fan_out(self, context: OpExecutionContext, pathspec: str) -> Iterator[DynamicOutput[str]]:
@@ -315,8 +315,9 @@ class MetaflowFlow:
         num_splits = int(ds["_foreach_num_splits"] or 0)
         parent = naming.indices_from_mapping_key(context.get_mapping_key())
         context.log.info(f"Foreach {pathspec} yields {num_splits} child task(s)")
+        metadata = self._task_metadata(pathspec, ds)
         for i in range(num_splits):
-            yield DynamicOutput(pathspec, mapping_key=naming.mapping_key((*parent, i)))
+            yield DynamicOutput(pathspec, mapping_key=naming.mapping_key((*parent, i)), metadata=metadata)
 
     # -- helpers ------------------------------------------------------------------------
     def _supervise(self, context: OpExecutionContext, argv: list[str], env: dict[str, str], **kw: Any) -> Any:
@@ -331,17 +332,19 @@ class MetaflowFlow:
         except Exception as exc:  # logs must never turn a good task into a failure
             print(f"dagster-metaflow: could not persist logs of {pathspec}: {exc}", file=sys.stderr)
 
-    def _task_metadata(self, pathspec: str, attempt: int, duration: float) -> dict[str, Any]:
+    def _task_metadata(self, pathspec: str, ds: Any = None, duration: float | None = None) -> dict[str, Any]:
+        """What the UI shows on an op's output: where the task is and what it produced."""
         md: dict[str, Any] = {
             "pathspec": MetadataValue.text(f"{self.name}/{pathspec}"),
-            "attempt": MetadataValue.int(attempt),
-            "duration_s": MetadataValue.float(round(duration, 3)),
             "client": MetadataValue.md(
                 f"```python\nfrom metaflow import Task\nTask({f'{self.name}/{pathspec}'!r})\n```"
             ),
         }
+        if duration is not None:
+            md["duration_s"] = MetadataValue.float(round(duration, 3))
         try:
-            ds = self.task_datastore(pathspec, attempt=attempt)
+            ds = ds if ds is not None else self.task_datastore(pathspec)
+            md["attempt"] = MetadataValue.int(int(ds.attempt))
             names = sorted(n for n in ds if not n.startswith("_"))  # names only, no loading
             md["artifacts"] = MetadataValue.text(", ".join(names))
         except Exception:

@@ -18,6 +18,7 @@ The server half (`serve`) must not import Dagster: it runs in the zygote.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
@@ -129,7 +130,9 @@ class Zygote:
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=None,
+            # never hold the run worker's own stdout/stderr: whoever waits for those to
+            # close (a shell pipeline, CI) would wait for the zygote too
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         assert self.proc.stdout is not None
@@ -215,6 +218,7 @@ class ZygotePool:
 
 
 POOL = ZygotePool()
+atexit.register(POOL.close)
 
 
 def spawn_step_process(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> Any:
@@ -341,6 +345,8 @@ def serve(path: str) -> None:
 
     import __main__
 
+    # (no PR_SET_PDEATHSIG: it fires when the *thread* that started us exits, and zygotes
+    # are started from short-lived executor threads; the parent poll below is used instead)
     before = set(vars(__main__))
     for name in PRELOAD:
         importlib.import_module(name)
