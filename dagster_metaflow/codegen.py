@@ -17,6 +17,7 @@ import jinja2
 
 from . import naming
 from .ir import FlowIR, StepIR
+from .wiring import HelperOp, StepWiring, WiringError, plan
 
 
 class CodegenError(Exception):
@@ -49,6 +50,11 @@ MODULE_NAMES = frozenset(
         "_run_id",
         "_task_id",
         "_split_index",
+        "_fan_out_all",
+        "_regroup",
+        "_switch",
+        "_run_loop",
+        "Out",
         "defs",
         "context",
         "config",
@@ -64,7 +70,7 @@ MODULE_NAMES = frozenset(
 class OpModel:
     """Everything the template needs to render one `@op`."""
 
-    step: StepIR
+    step: StepIR | None  # None for fanout_*/regroup_* helper ops
     decorator_args: list[str]
     signature: str
     body: list[str]
@@ -82,6 +88,8 @@ class RenderModel:
     parameters: list[dict[str, Any]] = field(default_factory=list)
     uses_field: bool = False
     runtime_imports: list[str] = field(default_factory=list)
+    uses_nesting: bool = False  # fanout_*/regroup_* helpers present
+    uses_switch: bool = False
 
 
 def py(value: Any) -> str:
@@ -106,10 +114,13 @@ def py(value: Any) -> str:
     raise CodegenError(f"internal error: cannot write {type(value).__name__} value {value!r}")
 
 
-def _op_decorator_args(step: StepIR) -> list[str]:
+def _op_decorator_args(step: StepIR, w: StepWiring) -> list[str]:
     args: list[str] = []
-    if step.kind == "foreach":
+    if w.dynamic_out:
         args.append("out=DynamicOut(str)")
+    if w.switch_outputs:
+        outs = ", ".join(f"{py(name)}: Out(str, is_required=False)" for _t, name in w.switch_outputs)
+        args.append("out={" + outs + "}")
     if step.doc:
         args.append(f"description={py(step.doc)}")
     if step.retry is not None:
@@ -129,24 +140,28 @@ def _is_foreach_child(step: StepIR, ir: FlowIR) -> bool:
     return any(ir.step(p).kind == "foreach" for p in step.in_steps)
 
 
-def _op_model(step: StepIR, ir: FlowIR) -> OpModel:
-    is_start = step.name == ir.start_step
-    if is_start:
+def _op_model(step: StepIR, ir: FlowIR, w: StepWiring) -> OpModel:
+    """One `@op` for one step, shaped by where the wiring placed it."""
+    body: list[str] = []
+    if w.input_form == "none":
         sig_inputs = f", config: {ir.config_class_name}" if ir.parameters else ""
-        body = ["run_id = _run_id(context)"]
-        body.append(
-            "upstream = _init_run(context, run_id, config, tags=TAGS)"
-            if ir.parameters
-            else "upstream = _init_run(context, run_id, None, tags=TAGS)"
-        )
-    elif step.kind == "join":
-        sig_inputs = ", upstreams: list[str]"
-        body = ['run_id = upstreams[0].split("/")[0]']
-    else:
+        body.append("run_id = _run_id(context)")
+        cfg = "config" if ir.parameters else "None"
+        body.append(f"upstream = _init_run(context, run_id, {cfg}, tags=TAGS)")
+        upstream_arg = "upstream"
+    elif w.input_form == "single":
         sig_inputs = ", upstream: str"
-        body = ['run_id = upstream.split("/")[0]']
-    upstream_arg = "upstreams" if step.kind == "join" and not is_start else "upstream"
-    task_arg = "_task_id(context)" if step.foreach_depth > 0 else py("t")
+        body.append('run_id = upstream.split("/")[0]')
+        upstream_arg = "upstream"
+    elif w.input_form == "list":
+        sig_inputs = ", upstreams: list[str]"
+        body.append('run_id = upstreams[0].split("/")[0]')
+        upstream_arg = "upstreams"
+    else:
+        sig_inputs = "".join(f", {n}: str" for n in w.input_names)
+        body.append(f'run_id = {w.input_names[0]}.split("/")[0]')
+        upstream_arg = "[" + ", ".join(w.input_names) + "]"
+    task_arg = "_task_id(context)" if w.in_map else py("t")
     kwargs = [
         "retry_count=context.retry_number",
         f"max_user_code_retries={step.max_user_code_retries}",
@@ -159,102 +174,59 @@ def _op_model(step: StepIR, ir: FlowIR) -> OpModel:
         kwargs.append("split_index=_split_index(context)")
     if step.decorator_specs:
         kwargs.append(f"decorator_specs={py(step.decorator_specs)}")
-    call = [
-        "_run_step(",
-        f"    context, {py(step.name)}, run_id, {upstream_arg}, {task_arg},",
-        *[f"    {kw}," for kw in kwargs],
-        ")",
-    ]
-    if step.kind == "foreach":
-        body += ["task = " + call[0], *call[1:], "yield from _fan_out(context, task)"]
-        signature = f"def {step.op_name}(context: OpExecutionContext{sig_inputs}):"
+    head = f"    context, {py(step.name)}, run_id, {upstream_arg}, {task_arg},"
+    targets = {t: name for t, name in w.switch_outputs}
+    signature = f"def {step.op_name}(context: OpExecutionContext{sig_inputs})"
+    if step.is_recursive:
+        body += [
+            "yield from _run_loop(",
+            head,
+            f"    outputs={py(targets)},",
+            *[f"    {kw}," for kw in kwargs],
+            ")",
+        ]
+        signature += ":"
     else:
-        body += ["return " + call[0], *call[1:]]
-        signature = f"def {step.op_name}(context: OpExecutionContext{sig_inputs}) -> str:"
-    return OpModel(step=step, decorator_args=_op_decorator_args(step), signature=signature, body=body)
+        call = ["_run_step(", head, *[f"    {kw}," for kw in kwargs], ")"]
+        if w.dynamic_out:
+            body += ["task = " + call[0], *call[1:], "yield from _fan_out(context, task)"]
+            signature += ":"
+        elif w.switch_outputs:
+            body += ["task = " + call[0], *call[1:], f"yield from _switch(context, task, {py(targets)})"]
+            signature += ":"
+        else:
+            body += ["return " + call[0], *call[1:]]
+            signature += " -> str:"
+    return OpModel(step=step, decorator_args=_op_decorator_args(step, w), signature=signature, body=body)
 
 
-class _Wiring:
-    """Emits the job body: one assignment per step, foreach bodies as nested functions."""
-
-    def __init__(self, ir: FlowIR, taken: set[str]) -> None:
-        self.ir = ir
-        self.taken = set(taken)
-        self.var: dict[str, str] = {}
-        self.lines: list[str] = []
-
-    def name_for(self, step: str) -> str:
-        if step not in self.var:
-            self.var[step] = naming.python_identifier(step, self.taken)
-        return self.var[step]
-
-    def emit(self, step_name: str, arg: str, indent: int) -> tuple[str, str | None]:
-        """Emit `step_name` and its successors; stop before a join owned by an outer split.
-
-        Returns (variable of the last emitted step, the join step reached or None at end).
-        """
-        pad = "    " * indent
-        step = self.ir.step(step_name)
-        if step.kind == "switch" or step.is_parallel or step.parallel_foreach:
-            raise CodegenError(
-                f"step {step.name!r}: {_shape_name(step)} is not supported by this version of "
-                "dagster-metaflow yet"
-            )
-        v = self.name_for(step.name)
-        self.lines.append(f"{pad}{v} = {step.op_name}({arg})")
-        if step.kind == "end" or not step.next_steps:
-            return v, None
-        if step.kind == "split":
-            branch_vars = []
-            join = step.matching_join
-            for branch in step.next_steps:
-                bv, reached = self.emit(branch, v, indent)
-                if reached != join:
-                    raise CodegenError(f"step {step.name!r}: branch {branch!r} does not reach join {join!r}")
-                branch_vars.append(bv)
-            assert join is not None
-            return self.emit(join, "[" + ", ".join(branch_vars) + "]", indent)
-        if step.kind == "foreach":
-            if step.foreach_depth > 0:
-                raise CodegenError(
-                    f"step {step.name!r}: nested foreach is not supported by this version of "
-                    "dagster-metaflow yet"
-                )
-            join = step.matching_join
-            assert join is not None
-            fn = naming.python_identifier(f"foreach_{step.name}", self.taken)
-            item = naming.python_identifier("item", self.taken)
-            self.lines.append(f"{pad}")
-            self.lines.append(f"{pad}def {fn}({item}):")
-            body_start = len(self.lines)
-            bv, reached = self.emit(step.next_steps[0], item, indent + 1)
-            if reached != join:
-                raise CodegenError(f"step {step.name!r}: foreach body does not reach join {join!r}")
-            del body_start
-            self.lines.append(f"{pad}    return {bv}")
-            self.lines.append(f"{pad}")
-            return self.emit(join, f"{v}.map({fn}).collect()", indent)
-        nxt = self.ir.step(step.next_steps[0])
-        if nxt.kind == "join":
-            return v, nxt.name
-        return self.emit(nxt.name, v, indent)
-
-
-def _shape_name(step: StepIR) -> str:
-    if step.kind == "switch":
-        return "a recursive switch" if step.is_recursive else "conditional branching (switch)"
-    return "@parallel"
+def _helper_model(h: HelperOp) -> OpModel:
+    """A fanout_*/regroup_* op: Dagster plumbing for nested levels, no Metaflow task."""
+    if h.kind == "fanout":
+        doc = f"Fan out the children of every {h.step!r} task (nested foreach)."
+        args = ["out=DynamicOut(str)", f"description={py(doc)}", f"tags={py({'metaflow/fanout': h.step})}"]
+        sig = f"def {h.name}(context: OpExecutionContext, upstreams: list[str]):"
+        body = ["yield from _fan_out_all(context, upstreams)"]
+    else:
+        doc = f"Group the inputs of {h.step!r} per outer foreach index."
+        args = ["out=DynamicOut(list)", f"description={py(doc)}", f"tags={py({'metaflow/regroup': h.step})}"]
+        ins = "".join(f", {n}: list[str]" for n in h.input_names)
+        sig = f"def {h.name}(context: OpExecutionContext{ins}):"
+        body = [f"yield from _regroup(context, {h.depth}, {', '.join(h.input_names)})"]
+    return OpModel(step=None, decorator_args=args, signature=sig, body=body)
 
 
 def build_render_model(ir: FlowIR) -> RenderModel:
     """Turn the IR into the pieces the template prints."""
-    ops = [_op_model(s, ir) for s in ir.steps]
     taken = set(MODULE_NAMES) | {s.op_name for s in ir.steps} | {ir.config_class_name}
     job_fn = naming.python_identifier(ir.flow_name, taken)
-    wiring = _Wiring(ir, taken | {job_fn})
-    _, end = wiring.emit(ir.start_step, "", 1)
-    if end is not None:
-        raise CodegenError(f"the graph reaches join {end!r} without a matching split")
+    try:
+        wiring = plan(ir, taken | {job_fn})
+    except WiringError as exc:
+        raise CodegenError(str(exc)) from None
+    taken |= {h.name for h in wiring.helpers}
+    ops = [_op_model(s, ir, wiring.steps[s.name]) for s in ir.steps]
+    ops += [_helper_model(h) for h in wiring.helpers]
 
     job_tags = {"metaflow/flow": ir.flow_name}
     if ir.workflow_timeout:
@@ -289,8 +261,10 @@ def build_render_model(ir: FlowIR) -> RenderModel:
     uses_field = any(p.help or p.field_name != p.name for p in ir.parameters)
     if ir.parameters:
         imports.append("Config")
-    if any(s.kind == "foreach" for s in ir.steps):
+    if any(w.dynamic_out for w in wiring.steps.values()) or wiring.helpers:
         imports.append("DynamicOut")
+    if any(w.switch_outputs for w in wiring.steps.values()):
+        imports.append("Out")
     if any(s.retry for s in ir.steps):
         imports.append("RetryPolicy")
 
@@ -332,7 +306,7 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         ops=ops,
         job_function=job_fn,
         job_decorator_args=job_args,
-        wiring=wiring.lines,
+        wiring=["    " + ln if ln else "" for ln in wiring.body],
         imports=sorted(imports, key=lambda n: (n[0].islower(), n.lower())),
         runtime_imports=["MetaflowFlow"]
         + (["metaflow_executor"] if executor_name == "metaflow_executor" else [])
@@ -340,6 +314,8 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         flow_kwargs=flow_kwargs,
         parameters=params,
         uses_field=uses_field,
+        uses_nesting=bool(wiring.helpers),
+        uses_switch=any(w.switch_outputs for w in wiring.steps.values()),
     )
 
 

@@ -93,19 +93,20 @@ def workspace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     assert marker is not None, "use @pytest.mark.flow('file.py')"
     name = marker.args[0]
     d = Path(tempfile.mkdtemp(prefix=f"{Path(name).stem}-", dir=_ROOT))
-    shutil.copy(FLOWS / name, d / name)
+    flow = d / Path(name).name
+    shutil.copy(FLOWS / name, flow)
     home = d / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return Workspace(dir=d, flow=d / name, dagster_home=home)
+    return Workspace(dir=d, flow=flow, dagster_home=home)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "flow(name): fixture flow copied into the workspace")
 
 
-def artifacts_by_task(pathspec: str) -> dict[tuple[str, tuple[int, ...]], dict[str, Any]]:
-    """{(step, foreach index path): {artifact: value}} of a run, user artifacts only."""
+def artifacts_by_task(pathspec: str) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """{(step, foreach index path, loop iteration path): {artifact: value}}, user artifacts only."""
     from metaflow import Run, namespace
 
     namespace(None)
@@ -114,7 +115,8 @@ def artifacts_by_task(pathspec: str) -> dict[tuple[str, tuple[int, ...]], dict[s
         for task in step.tasks():
             stack = task["_foreach_stack"].data if "_foreach_stack" in task else []
             path = tuple(frame.index for frame in stack or [])
-            out[(step.id, path)] = {
+            loops = tuple(task["_iteration_stack"].data or ()) if "_iteration_stack" in task else ()
+            out[(step.id, path, loops)] = {
                 a.id: a.data for a in task.artifacts if not a.id.startswith("_") and a.id != "name"
             }
     return out

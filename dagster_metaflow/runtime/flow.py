@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from dagster import DynamicOutput, Failure, MetadataValue, OpExecutionContext
+from dagster import DynamicOutput, Failure, MetadataValue, OpExecutionContext, Output
 
 from .. import naming
 from .supervise import StepInterrupted, current_control, run_supervised
@@ -46,10 +46,24 @@ def metaflow_run_id(dagster_run_id: str) -> str:
     return "dagster-" + dagster_run_id.replace("-", "")[:12]
 
 
-def task_id_for(mapping_key: str | None) -> str:
-    """Non-numeric (hence registered) task id from the op's foreach index path."""
+def task_id_for(mapping_key: str | None, iteration: int = 0) -> str:
+    """Non-numeric (hence registered) task id from the op's foreach index path.
+
+    `t`, `t-3`, `t-3-1`; iterations of a recursive step after the first get `-r<n>`.
+    """
     indices = naming.indices_from_mapping_key(mapping_key)
-    return "t" if not indices else "t-" + "-".join(str(i) for i in indices)
+    base = "t" if not indices else "t-" + "-".join(str(i) for i in indices)
+    return f"{base}-r{iteration}" if iteration else base
+
+
+def indices_of(pathspec: str) -> tuple[int, ...]:
+    """Foreach index path encoded in a task id made by `task_id_for`."""
+    out = []
+    for part in pathspec.rsplit("/", 1)[-1].split("-")[1:]:
+        if not part.isdigit():
+            break
+        out.append(int(part))
+    return tuple(out)
 
 
 class _MflogBuffer:
@@ -319,6 +333,73 @@ class MetaflowFlow:
         for i in range(num_splits):
             yield DynamicOutput(pathspec, mapping_key=naming.mapping_key((*parent, i)), metadata=metadata)
 
+    def fan_out_all(self, context: OpExecutionContext, pathspecs: Sequence[str]) -> Iterator[DynamicOutput[str]]:
+        """Nested foreach: fan out the children of every collected foreach task at once."""
+        for pathspec in sorted(pathspecs, key=_path_sort_key):
+            ds = self.task_datastore(pathspec)
+            num_splits = int(ds["_foreach_num_splits"] or 0)
+            parent = indices_of(pathspec)
+            for i in range(num_splits):
+                yield DynamicOutput(pathspec, mapping_key=naming.mapping_key((*parent, i)))
+        context.log.info(f"Fanned out the children of {len(pathspecs)} foreach task(s)")
+
+    def regroup(
+        self, context: OpExecutionContext, depth: int, *inputs: Sequence[str]
+    ) -> Iterator[DynamicOutput[list[str]]]:
+        """Group collected pathspecs by their first `depth` foreach indices, one output each."""
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for values in inputs:
+            for pathspec in values:
+                groups.setdefault(indices_of(pathspec)[:depth], []).append(pathspec)
+        for key in sorted(groups):
+            yield DynamicOutput(sorted(groups[key], key=_path_sort_key), mapping_key=naming.mapping_key(key))
+
+    def chosen_step(self, pathspec: str) -> str:
+        """The step a switch task chose, read from its final attempt."""
+        transition = self.task_datastore(pathspec)["_transition"]
+        steps = transition[0] if transition else []
+        if len(steps) != 1:
+            raise Failure(description=f"switch task {pathspec} chose {steps!r}; expected one step")
+        return str(steps[0])
+
+    def switch(
+        self, context: OpExecutionContext, pathspec: str, outputs: Mapping[str, str]
+    ) -> Iterator[Output[str]]:
+        """Yield only the output of the branch the switch task chose; the others are skipped."""
+        chosen = self.chosen_step(pathspec)
+        if chosen not in outputs:
+            raise Failure(description=f"switch task {pathspec} chose unknown step {chosen!r}")
+        context.log.info(f"Switch {pathspec} chose {chosen!r}")
+        yield Output(pathspec, outputs[chosen])
+
+    def run_loop(
+        self,
+        context: OpExecutionContext,
+        step: str,
+        run_id: str,
+        upstream: str | Sequence[str],
+        task_id: str,
+        *,
+        outputs: Mapping[str, str],
+        **kwargs: Any,
+    ) -> Iterator[Output[str]]:
+        """A recursive switch: one Metaflow task per iteration until it leaves the loop.
+
+        A retried op resumes after the last finished iteration instead of redoing them.
+        """
+        iteration, previous = 0, upstream
+        while True:
+            tid = task_id if iteration == 0 else f"{task_id}-r{iteration}"
+            pathspec = f"{run_id}/{step}/{tid}"
+            if not self._is_done(pathspec):
+                self.run_step(context, step, run_id, previous, tid, **kwargs)
+            chosen = self.chosen_step(pathspec)
+            if chosen != step:
+                context.log.info(f"Loop {step!r} finished after {iteration + 1} iteration(s)")
+                yield Output(pathspec, outputs[chosen])
+                return
+            iteration, previous = iteration + 1, pathspec
+
     # -- helpers ------------------------------------------------------------------------
     def _supervise(self, context: OpExecutionContext, argv: list[str], env: dict[str, str], **kw: Any) -> Any:
         return run_supervised(argv, env=env, cwd=self.cwd, spawn=spawn_step_process, **kw)
@@ -383,9 +464,8 @@ def _single_output(context: OpExecutionContext) -> bool:
 
 
 def _path_sort_key(pathspec: str) -> tuple[Any, ...]:
-    run, step, task = pathspec.split("/")
-    parts = task.split("-")[1:]
-    return (step, tuple(int(p) if p.isdigit() else p for p in parts))
+    step = pathspec.split("/")[1]
+    return (step, indices_of(pathspec), pathspec)
 
 
 def _describe_interrupt(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ logs nothing.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -18,7 +19,7 @@ from dagster import InputContext, IOManager, OutputContext, io_manager
 
 
 class PathspecIOManager(IOManager):
-    """Stores op outputs as text files: `<storage>/<run_id>/<step>/<output>[/<mapping key>]`."""
+    """Stores op outputs as small JSON files: `<storage>/<run_id>/<step>/<output>[/<mapping key>]`."""
 
     def _path(self, context: InputContext | OutputContext) -> str:
         if isinstance(context, InputContext):
@@ -35,12 +36,12 @@ class PathspecIOManager(IOManager):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(str(obj))
+            json.dump(obj, f)  # a pathspec, or a list of them (regroup_* outputs)
         os.replace(tmp, path)
 
-    def load_input(self, context: InputContext) -> str:
+    def load_input(self, context: InputContext) -> Any:
         with open(self._path(context), encoding="utf-8") as f:
-            return f.read()
+            return json.load(f)
 
 
 @io_manager(description="Stores Metaflow task pathspecs passed between compiled ops.")

@@ -75,7 +75,7 @@ def test_parameters_typed_config(workspace: Workspace) -> None:
     native, dag = run_both(workspace, "ParamsFlow", native_args=native_args, config_yaml=cfg)
     a, b = artifacts_by_task(dag), artifacts_by_task(native)
     assert a == b
-    seen = a[("start", ())]["seen"]
+    seen = a[("start", (), ())]["seen"]
     assert seen["needed"] == 7 and seen["alpha"] == 2.5 and seen["flag"] is True
     assert seen["learning_rate"] == 0.3 and seen["config_json"] == {"a": [1, 2]}
     assert seen["label"] == 'it\'s "quoted"' and seen["maybe"] is None

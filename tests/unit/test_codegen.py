@@ -268,8 +268,8 @@ def test_py_literal_roundtrip(value: Any) -> None:
 def test_unsupported_shape_refused_with_step_name() -> None:
     ir = _linear_ir(["start", "middle", "end"], [])
     steps = list(ir.steps)
-    steps[1] = StepIR(**{**steps[1].__dict__, "kind": "switch", "next_steps": ("end",), "switch_cases": (("a", "end"),)})
+    steps[1] = StepIR(**{**steps[1].__dict__, "is_parallel": True})
     bad = FlowIR(**{**ir.__dict__, "steps": tuple(steps)})
     bad.__dict__.pop("by_name", None)
-    with pytest.raises(CodegenError, match="step 'middle'"):
+    with pytest.raises(CodegenError, match="step 'middle': @parallel"):
         render(bad)
