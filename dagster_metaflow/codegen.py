@@ -54,6 +54,7 @@ MODULE_NAMES = frozenset(
         "_regroup",
         "_switch",
         "_run_loop",
+        "_mapper_tasks",
         "Out",
         "defs",
         "context",
@@ -90,6 +91,7 @@ class RenderModel:
     runtime_imports: list[str] = field(default_factory=list)
     uses_nesting: bool = False  # fanout_*/regroup_* helpers present
     uses_switch: bool = False
+    uses_parallel: bool = False
 
 
 def py(value: Any) -> str:
@@ -152,7 +154,7 @@ def _op_model(step: StepIR, ir: FlowIR, w: StepWiring) -> OpModel:
     elif w.input_form == "single":
         sig_inputs = ", upstream: str"
         body.append('run_id = upstream.split("/")[0]')
-        upstream_arg = "upstream"
+        upstream_arg = "_mapper_tasks(upstream)" if w.parallel_join else "upstream"
     elif w.input_form == "list":
         sig_inputs = ", upstreams: list[str]"
         body.append('run_id = upstreams[0].split("/")[0]')
@@ -170,7 +172,9 @@ def _op_model(step: StepIR, ir: FlowIR, w: StepWiring) -> OpModel:
     ]
     if step.timeout_seconds:
         kwargs.append(f"timeout={step.timeout_seconds}")
-    if _is_foreach_child(step, ir):
+    if w.ubf_control:
+        kwargs.append('ubf_context="ubf_control"')
+    elif _is_foreach_child(step, ir):
         kwargs.append("split_index=_split_index(context)")
     if step.decorator_specs:
         kwargs.append(f"decorator_specs={py(step.decorator_specs)}")
@@ -316,6 +320,7 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         uses_field=uses_field,
         uses_nesting=bool(wiring.helpers),
         uses_switch=any(w.switch_outputs for w in wiring.steps.values()),
+        uses_parallel=any(w.parallel_join for w in wiring.steps.values()),
     )
 
 

@@ -77,6 +77,8 @@ class StepWiring:
     in_map: bool = False  # runs inside a region (task id from the mapping key)
     dynamic_out: bool = False  # top-level foreach: the op itself fans out
     switch_outputs: tuple[tuple[str, str], ...] = ()  # (target step, output name)
+    ubf_control: bool = False  # @parallel step: one control task that runs the workers
+    parallel_join: bool = False  # join of a @parallel step: inputs are its mapper tasks
 
 
 @dataclass
@@ -149,7 +151,9 @@ class _Builder:
             if pred_name == step.name:
                 continue
             pred = self.ir.step(pred_name)
-            if pred.kind == "foreach":
+            if pred.kind == "foreach" and pred.parallel_foreach:
+                vals.append(self.value[pred.name])  # @parallel: no fan-out, one control task
+            elif pred.kind == "foreach":
                 stream = self.children_of(pred)
                 vals.append(Val(stream.param, stream))
             elif pred.kind == "switch":
@@ -189,17 +193,15 @@ class _Builder:
 
     # -- steps ------------------------------------------------------------------------------
     def place(self, step: StepIR) -> None:
-        if step.is_parallel or step.parallel_foreach:
-            raise WiringError(
-                f"step {step.name!r}: @parallel (num_parallel) is not supported by this version "
-                "of dagster-metaflow"
-            )
-        w = StepWiring()
+        w = StepWiring(ubf_control=step.is_parallel)
         needs: list[Stream] = []  # streams whose collected values this statement uses
         vals = self.incoming(step)
         conditional_merge = len(vals) > 1 and step.kind != "join"
         if step.name == self.ir.start_step:
             w.input_form, stream, arg = "none", None, ""
+        elif step.kind == "join" and any(self.ir.step(p).is_parallel for p in step.in_steps):
+            (control,) = vals
+            w.input_form, w.parallel_join, stream, arg = "single", True, control.stream, control.var
         elif step.kind == "join" and step.join_kind == "foreach":
             (body,) = vals
             assert body.stream is not None
@@ -242,7 +244,7 @@ class _Builder:
             lhs = ", ".join(out_vars)  # one output: the handle itself, not a tuple
             statement = self.emit(stream, f"{lhs} = {step.op_name}({arg})", needs)
         else:
-            w.dynamic_out = step.kind == "foreach" and stream is None
+            w.dynamic_out = step.kind == "foreach" and stream is None and not step.parallel_foreach
             statement = self.emit(stream, f"{var} = {step.op_name}({arg})", needs)
         if statement is not None:
             self.statement[step.name] = statement

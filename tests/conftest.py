@@ -27,6 +27,8 @@ os.environ["DAGSTER_TELEMETRY_DISABLED"] = "1"
 
 FLOWS = Path(__file__).parent / "flows"
 BIN = Path(sys.executable).parent
+# native runs start some processes as `python` (@parallel workers): use this interpreter
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -149,6 +149,12 @@ class MetaflowFlow:
         if extra_env:
             env.update(extra_env)
         env["PYTHONUNBUFFERED"] = "x"
+        # Metaflow starts some processes as plain `python` (@parallel workers): make that
+        # the interpreter running this job, as an activated virtualenv would
+        bindir = os.path.dirname(sys.executable)
+        path = env.get("PATH", "")
+        if path.split(os.pathsep)[0] != bindir:
+            env["PATH"] = bindir + (os.pathsep + path if path else "")
         if not env.get("USER") and not env.get("METAFLOW_USER"):
             env["METAFLOW_USER"] = "dagster"  # Metaflow refuses to run without a user name
         if self.datastore_type == "local" and self.datastore_root:
@@ -239,6 +245,7 @@ class MetaflowFlow:
         extra_env: Mapping[str, str] | None = None,
         timeout: int | None = None,
         split_index: int | None = None,
+        ubf_context: str | None = None,
         decorator_specs: Sequence[str] = (),
     ) -> str:
         """Run one Metaflow task to completion; return its pathspec `run/step/task`."""
@@ -265,6 +272,11 @@ class MetaflowFlow:
         ]
         if split_index is not None:
             argv += ["--split-index", str(split_index)]
+        if ubf_context is not None:
+            argv += ["--ubf-context", ubf_context]
+        if ubf_context == "ubf_control":
+            # what @parallel's runtime_step_cli adds for a local control task
+            argv += ["--num-parallel", str(self.num_parallel(paths[0])), "--split-index", "0"]
         for tag in tags:
             argv += ["--tag", tag]
         if self.namespace is not None:
@@ -353,6 +365,18 @@ class MetaflowFlow:
                 groups.setdefault(indices_of(pathspec)[:depth], []).append(pathspec)
         for key in sorted(groups):
             yield DynamicOutput(sorted(groups[key], key=_path_sort_key), mapping_key=naming.mapping_key(key))
+
+    def num_parallel(self, pathspec: str) -> int:
+        """N of `self.next(..., num_parallel=N)`, from the splitting task's final attempt."""
+        ds = self.task_datastore(pathspec)
+        return int(ds[ds["_foreach_var"]].num_parallel)
+
+    def mapper_tasks(self, pathspec: str) -> list[str]:
+        """The tasks of a @parallel step (control + workers), from its control task."""
+        tasks = self.task_datastore(pathspec)["_control_mapper_tasks"]
+        if not tasks:
+            raise Failure(description=f"@parallel control task {pathspec} listed no mapper tasks")
+        return [str(t) for t in tasks]
 
     def chosen_step(self, pathspec: str) -> str:
         """The step a switch task chose, read from its final attempt."""

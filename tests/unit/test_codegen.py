@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dagster_metaflow import naming
-from dagster_metaflow.codegen import CodegenError, py, render
+from dagster_metaflow.codegen import py, render
 from dagster_metaflow.ir import (
     CompileOptions,
     FlowIR,
@@ -265,11 +265,8 @@ def test_py_literal_roundtrip(value: Any) -> None:
         assert back == value and type(back) is type(value)
 
 
-def test_unsupported_shape_refused_with_step_name() -> None:
-    ir = _linear_ir(["start", "middle", "end"], [])
-    steps = list(ir.steps)
-    steps[1] = StepIR(**{**steps[1].__dict__, "is_parallel": True})
-    bad = FlowIR(**{**ir.__dict__, "steps": tuple(steps)})
-    bad.__dict__.pop("by_name", None)
-    with pytest.raises(CodegenError, match="step 'middle': @parallel"):
-        render(bad)
+def test_parallel_compiles_to_one_control_op_and_mapper_join() -> None:
+    text = render(ir_for("shapes/parallel_flow.py"))
+    assert 'ubf_context="ubf_control"' in text  # @parallel step: one control task
+    assert "_mapper_tasks(upstream)" in text  # its join reads the control's mapper tasks
+    assert "DynamicOut" not in text  # num_parallel does not fan out in Dagster
