@@ -79,3 +79,15 @@ def test_empty_inner_foreach_fails_like_native(workspace: Workspace) -> None:
     ]
     assert [e.step_key for e in failed] == ["op_outer_step[1]"]
     assert "zero splits" in failed[0].dagster_event.step_failure_data.user_failure_data.description
+
+
+@pytest.mark.flow("shapes/switch_retry_flow.py")
+def test_switch_choice_comes_from_final_attempt(workspace: Workspace) -> None:
+    got = _differential(workspace)
+    assert got[("merge", (), ())]["took"] == "b"
+    run = workspace.last_dagster_run()
+    skipped = {
+        e.step_key for e in workspace.dagster_events(run.run_id)
+        if e.dagster_event and e.dagster_event.event_type_value == "STEP_SKIPPED"
+    }
+    assert "op_branch_a" in skipped
