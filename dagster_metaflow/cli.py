@@ -157,6 +157,27 @@ def build_ir_from_obj(
         raise DagsterMetaflowException(str(exc)) from None
 
 
+def dagster_load_problem(text: str, out_file: str, job_name: str) -> str | None:
+    """Build the generated definitions in memory, as `dagster dev` would; None if Dagster
+    accepts them, else Dagster's one-line complaint. A refused shape must fail at create,
+    never as a stack trace when Dagster loads the file."""
+    import types
+
+    name = "dagster_metaflow_generated_check"
+    module = types.ModuleType(name)
+    module.__file__ = os.path.abspath(out_file)
+    sys.modules[name] = module  # Dagster resolves annotations through the module
+    try:
+        exec(compile(text, module.__file__, "exec", dont_inherit=True), module.__dict__)
+        module.__dict__["defs"].resolve_job_def(job_name)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"{type(exc).__name__}: {first}"
+    finally:
+        sys.modules.pop(name, None)
+    return None
+
+
 @dagster.command(help="Compile this flow into a Dagster definitions file.")
 @click.argument("file", required=False, default=None)
 @click.option("--name", default=None, help="Dagster job name (default: the flow name).")
@@ -226,6 +247,12 @@ def create(
         text = render(ir)
     except CodegenError as exc:
         raise DagsterMetaflowException(str(exc)) from None
+    problem = dagster_load_problem(text, out_file, ir.job_name)
+    if problem:
+        raise DagsterMetaflowException(
+            f"Dagster refused the job generated for this flow ({problem}); no file was written. "
+            "This is a dagster-metaflow bug: please report it with the flow."
+        )
     tmp = out_file + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

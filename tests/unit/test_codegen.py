@@ -270,3 +270,13 @@ def test_parallel_compiles_to_one_control_op_and_mapper_join() -> None:
     assert 'ubf_context="ubf_control"' in text  # @parallel step: one control task
     assert "_mapper_tasks(upstream)" in text  # its join reads the control's mapper tasks
     assert "DynamicOut" not in text  # num_parallel does not fan out in Dagster
+
+
+def test_create_guard_reports_what_dagster_refuses(tmp_path: Path) -> None:
+    from dagster_metaflow.cli import dagster_load_problem
+
+    good = render(ir_for("hello_flow.py"))
+    assert dagster_load_problem(good, str(tmp_path / "out.py"), "HelloFlow") is None
+    bad = good.replace("join = op_join(square_each.collect())", "join = op_join([square_each])")
+    problem = dagster_load_problem(bad, str(tmp_path / "out.py"), "HelloFlow")
+    assert problem is not None and problem.startswith("DagsterInvalidDefinitionError")
