@@ -177,10 +177,11 @@ class MetaflowFlow:
         run_id, step, task_id = pathspec.split("/")
         return self._flow_datastore.get_task_datastore(run_id, step, task_id, attempt=attempt, mode=mode)
 
-    def _is_done(self, pathspec: str) -> bool:
+    def _succeeded(self, pathspec: str) -> bool:
+        """The task's latest attempt finished successfully (Metaflow marks failed attempts
+        done too, with `_task_ok` False)."""
         try:
-            self.task_datastore(pathspec)
-            return True
+            return bool(self.task_datastore(pathspec).get("_task_ok", False))
         except Exception:
             return False
 
@@ -208,7 +209,7 @@ class MetaflowFlow:
         """
         parameters = self.parameter_env(config)
         pathspec = f"{run_id}/{PARAMS_STEP}/{PARAMS_TASK_ID}"
-        if self._is_done(pathspec):
+        if self._succeeded(pathspec):
             context.log.info(f"Parameters of run {run_id} already persisted; reusing them")
             return pathspec
         argv = [*self.base_argv(), "init", "--run-id", run_id, "--task-id", PARAMS_TASK_ID]
@@ -415,7 +416,7 @@ class MetaflowFlow:
         while True:
             tid = task_id if iteration == 0 else f"{task_id}-r{iteration}"
             pathspec = f"{run_id}/{step}/{tid}"
-            if not self._is_done(pathspec):
+            if not self._succeeded(pathspec):
                 self.run_step(context, step, run_id, previous, tid, **kwargs)
             chosen = self.chosen_step(pathspec)
             if chosen != step:
