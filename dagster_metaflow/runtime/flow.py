@@ -338,23 +338,27 @@ class MetaflowFlow:
 
     def fan_out(self, context: OpExecutionContext, pathspec: str) -> Iterator[DynamicOutput[str]]:
         """One DynamicOutput per foreach split, read from the task's final attempt."""
-        ds = self.task_datastore(pathspec)
-        num_splits = int(ds["_foreach_num_splits"] or 0)
-        parent = naming.indices_from_mapping_key(context.get_mapping_key())
-        context.log.info(f"Foreach {pathspec} yields {num_splits} child task(s)")
-        metadata = self._task_metadata(pathspec, ds)
-        for i in range(num_splits):
-            yield DynamicOutput(pathspec, mapping_key=naming.mapping_key((*parent, i)), metadata=metadata)
+        children = list(self._children(pathspec, with_metadata=True))
+        context.log.info(f"Foreach {pathspec} yields {len(children)} child task(s)")
+        yield from children
 
     def fan_out_all(self, context: OpExecutionContext, pathspecs: Sequence[str]) -> Iterator[DynamicOutput[str]]:
         """Nested foreach: fan out the children of every collected foreach task at once."""
+        count = 0
         for pathspec in sorted(pathspecs, key=_path_sort_key):
-            ds = self.task_datastore(pathspec)
-            num_splits = int(ds["_foreach_num_splits"] or 0)
-            parent = indices_of(pathspec)
-            for i in range(num_splits):
-                yield DynamicOutput(pathspec, mapping_key=naming.mapping_key((*parent, i)))
-        context.log.info(f"Fanned out the children of {len(pathspecs)} foreach task(s)")
+            for child in self._children(pathspec):
+                count += 1
+                yield child
+        context.log.info(f"{len(pathspecs)} foreach task(s) yield {count} child task(s)")
+
+    def _children(self, pathspec: str, with_metadata: bool = False) -> Iterator[DynamicOutput[str]]:
+        """Children of one foreach task, keyed by its index path (from its task id) + i."""
+        ds = self.task_datastore(pathspec)
+        num_splits = int(ds["_foreach_num_splits"] or 0)
+        metadata = self._task_metadata(pathspec, ds) if with_metadata else None
+        parent = indices_of(pathspec)
+        for i in range(num_splits):
+            yield DynamicOutput(pathspec, mapping_key=naming.mapping_key((*parent, i)), metadata=metadata)
 
     def regroup(
         self, context: OpExecutionContext, depth: int, *inputs: Sequence[str]
