@@ -44,18 +44,14 @@ def is_secret_name(name: str) -> bool:
     return any(marker in upper for marker in SECRET_MARKERS)
 
 
-def baked_environment(environ: dict[str, str]) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """(allow-listed METAFLOW_* settings to bake, secret-looking names left to run time)."""
-    baked: list[tuple[str, str]] = []
-    runtime: list[str] = []
-    for name in sorted(environ):
-        if not name.startswith("METAFLOW_"):
-            continue
-        if is_secret_name(name):
-            runtime.append(name)
-        elif name.startswith(BAKE_PREFIXES):
-            baked.append((name, environ[name]))
-    return tuple(baked), tuple(runtime)
+def baked_environment(environ: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Allow-listed METAFLOW_* settings to bake into the file. Secret-looking ones are never
+    written: steps inherit the run worker's environment, so they are read at run time."""
+    return tuple(
+        (name, environ[name])
+        for name in sorted(environ)
+        if name.startswith(BAKE_PREFIXES) and not is_secret_name(name)
+    )
 
 
 @click.group()
@@ -105,7 +101,7 @@ def build_ir_from_obj(
     obj: Any,
     *,
     out_file: str,
-    name: str | None,
+    job_name: str,
     tags: Sequence[str],
     namespace: str | None,
     with_decorators: Sequence[str],
@@ -132,10 +128,10 @@ def build_ir_from_obj(
         flow_ref = rel if not rel.startswith("..") else flow_file
     except ValueError:
         flow_ref = flow_file
-    baked, runtime_names = baked_environment(dict(os.environ))
+    baked = baked_environment(dict(os.environ))
     argv = [os.path.basename(sys.argv[0]), *sys.argv[1:]]
     options = CompileOptions(
-        job_name=_resolve_job_name(obj, name),
+        job_name=job_name,
         flow_file=flow_ref,
         tags=tuple(tags),
         namespace=namespace,
@@ -143,7 +139,6 @@ def build_ir_from_obj(
         workflow_timeout=workflow_timeout,
         top_level_args=_top_level_args(obj),
         environment=baked,
-        runtime_env_names=runtime_names,
         regenerate_command="python " + " ".join(shlex.quote(a) for a in argv),
         tool_version=__version__,
         output_name=os.path.basename(out_file),
@@ -233,7 +228,7 @@ def create(
     ir = build_ir_from_obj(
         obj,
         out_file=out_file,
-        name=name,
+        job_name=job_name,
         tags=tags or (),
         namespace=namespace,
         with_decorators=with_decorators or (),

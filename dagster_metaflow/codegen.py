@@ -9,7 +9,6 @@ The result is checked with `ast.parse` before it is returned.
 from __future__ import annotations
 
 import ast
-import keyword
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +70,6 @@ MODULE_NAMES = frozenset(
 class OpModel:
     """Everything the template needs to render one `@op`."""
 
-    step: StepIR | None  # None for fanout_*/regroup_* helper ops
     decorator_args: list[str]
     signature: str
     body: list[str]
@@ -86,7 +84,7 @@ class RenderModel:
     wiring: list[str]
     imports: list[str]
     flow_kwargs: list[tuple[str, str]]
-    parameters: list[dict[str, Any]] = field(default_factory=list)
+    parameters: list[str] = field(default_factory=list)  # Config class field lines
     uses_field: bool = False
     runtime_imports: list[str] = field(default_factory=list)
     uses_nesting: bool = False  # fanout_*/regroup_* helpers present
@@ -201,7 +199,7 @@ def _op_model(step: StepIR, ir: FlowIR, w: StepWiring) -> OpModel:
         else:
             body += ["return " + call[0], *call[1:]]
             signature += " -> str:"
-    return OpModel(step=step, decorator_args=_op_decorator_args(step, w), signature=signature, body=body)
+    return OpModel(decorator_args=_op_decorator_args(step, w), signature=signature, body=body)
 
 
 def _helper_model(h: HelperOp) -> OpModel:
@@ -217,7 +215,7 @@ def _helper_model(h: HelperOp) -> OpModel:
         ins = "".join(f", {n}: list[str]" for n in h.input_names)
         sig = f"def {h.name}(context: OpExecutionContext{ins}):"
         body = [f"yield from _regroup(context, {h.depth}, {', '.join(h.input_names)})"]
-    return OpModel(step=None, decorator_args=args, signature=sig, body=body)
+    return OpModel(decorator_args=args, signature=sig, body=body)
 
 
 def build_render_model(ir: FlowIR) -> RenderModel:
@@ -287,7 +285,7 @@ def build_render_model(ir: FlowIR) -> RenderModel:
             line += f" = {py(p.default)}"
         elif field_args:
             line += f" = Field({', '.join(field_args)})"
-        params.append({"line": line, "ir": p})
+        params.append(line)
 
     flow_kwargs: list[tuple[str, str]] = [
         ("name", py(ir.flow_name)),
@@ -345,6 +343,3 @@ def render(ir: FlowIR) -> str:
         raise CodegenError(f"internal error: generated code does not parse: {exc}") from exc
     return text
 
-
-def is_identifier(name: str) -> bool:
-    return name.isidentifier() and not keyword.iskeyword(name)

@@ -72,10 +72,6 @@ class StepIR:
         """A switch step that can route back to itself."""
         return self.kind == "switch" and self.name in self.next_steps
 
-    @property
-    def has_fanout(self) -> bool:
-        return self.kind == "foreach"
-
 
 @dataclass(frozen=True)
 class ParameterIR:
@@ -107,7 +103,6 @@ class CompileOptions:
     workflow_timeout: int | None = None
     top_level_args: tuple[str, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()  # baked, allow-listed METAFLOW_* config
-    runtime_env_names: tuple[str, ...] = ()  # secret-looking config read at run time
     regenerate_command: str = ""
     tool_version: str = ""
     output_name: str = "<this file>"
@@ -139,9 +134,6 @@ class FlowIR(CompileOptions):
     def step(self, name: str) -> StepIR:
         return self.by_name[name]
 
-    @cached_property
-    def max_foreach_depth(self) -> int:
-        return max((s.foreach_depth for s in self.steps), default=0)
 
 
 # ---------------------------------------------------------------------------------------
