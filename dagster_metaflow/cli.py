@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from metaflow import parameters
 from metaflow._vendor import click
 from metaflow.exception import MetaflowException
 
@@ -59,13 +60,20 @@ def cli() -> None:
     pass
 
 
-@cli.group(help="Compile this flow to a Dagster job and operate it.")
+@cli.group(help="Compile this flow to a Dagster job, deploy it to a Dagster instance and operate it.")
+@click.option(
+    "--name",
+    default=None,
+    help="Deployment (= Dagster job) name; default: the flow name, or P_<branch>_<Flow> with @project.",
+)
 @click.pass_obj
-def dagster(obj: Any) -> None:
+def dagster(obj: Any, name: str | None = None) -> None:
     obj.check(obj.graph, obj.flow, obj.environment, pylint=obj.pylint)
+    obj.dagster_name = name
 
 
 def _resolve_job_name(obj: Any, name: str | None) -> str:
+    name = name or getattr(obj, "dagster_name", None)
     if name is not None:
         problem = naming.validate_job_name(name)
         if problem:
@@ -78,6 +86,613 @@ def _resolve_job_name(obj: Any, name: str | None) -> str:
         # proj.branch.Flow -> proj_branch_Flow; branch names may contain '-' and '.'
         return naming.job_name_for(project_flow.replace(".", "_"))
     return naming.job_name_for(obj.flow.name)
+
+
+def _token_prefix(obj: Any, job_name: str) -> str:
+    """Where Metaflow keeps this deployment's production token (as its schedulers do)."""
+    import base64
+    from hashlib import sha1
+
+    from metaflow import current
+
+    if current.get("project_name"):
+        branch = f"{current.get('project_name')}.{current.get('branch_name')}".encode()
+        return ("mfprj-" + base64.b32encode(sha1(branch).digest()).decode()[:16]).lower()
+    return f"dagster-{job_name}".lower()
+
+
+def _username() -> str:
+    from metaflow.util import get_username
+
+    user = get_username()
+    if not user:
+        raise DagsterMetaflowException(
+            "no user name: set METAFLOW_USER (Metaflow ignores USER=root)"
+        )
+    return user
+
+
+def _check_authorized(obj: Any, prev: Any, authorize: str | None, token_prefix: str, action: str) -> None:
+    """A deployment made by someone else may only be changed with its production token."""
+    from metaflow.plugins.aws.step_functions.production_token import load_token
+
+    if prev is None or not prev.production_token:
+        return
+    if authorize is None:
+        authorize = load_token(token_prefix)
+    elif authorize.startswith("production:"):
+        authorize = authorize[len("production:") :]
+    if prev.owner != _username() and authorize != prev.production_token:
+        raise DagsterMetaflowException(
+            f"deployment {prev.name!r} was created by {prev.owner!r}; to {action} it you need its "
+            f"production token: ask them for it, then run `dagster {action} --authorize TOKEN`"
+        )
+
+
+def _resolve_token(
+    obj: Any,
+    prev: Any,
+    token_prefix: str,
+    authorize: str | None,
+    given_token: str | None,
+    generate_new_token: bool,
+) -> str:
+    """The production token of a (re)deployment, as `argo-workflows create` resolves it."""
+    from metaflow import current
+    from metaflow.plugins.aws.step_functions.production_token import new_token, store_token
+
+    _check_authorized(obj, prev, authorize, token_prefix, "create")
+    prev_token = prev.production_token if prev is not None else None
+    if given_token:
+        if current.get("project_name"):
+            raise DagsterMetaflowException(
+                "--new-token is not supported for @project flows; use --generate-new-token"
+            )
+        token = given_token[len("production:") :] if given_token.startswith("production:") else given_token
+    elif prev_token is None or generate_new_token:
+        token = new_token(token_prefix, prev_token)
+        if token is None:
+            raise DagsterMetaflowException(
+                "--generate-new-token is not supported after --new-token; use --new-token"
+            )
+        obj.echo("A new production token was generated.")
+    else:
+        token = prev_token
+    obj.echo("The namespace of this production flow is")
+    obj.echo(f"    production:{token}", fg="green")
+    obj.echo("Others can deploy new versions of it with")
+    obj.echo(f"    python {os.path.basename(sys.argv[0])} dagster create --authorize {token}", fg="green")
+    store_token(token_prefix, token)
+    return str(token)
+
+
+def _parameter_infos(obj: Any, ir: FlowIR) -> tuple[Any, ...]:
+    from .deployments import ParameterInfo
+
+    by_name = {p.name: p for p in ir.parameters}
+    out = []
+    for var, param in obj.flow._get_parameters():
+        if getattr(param, "IS_CONFIG_PARAMETER", False) or param.name not in by_name:
+            continue
+        p = by_name[param.name]
+        out.append(
+            ParameterInfo(
+                name=p.name, python_var_name=var, type=p.type, required=p.required, help=p.help or ""
+            )
+        )
+    return tuple(out)
+
+
+def _open_instance(obj: Any) -> Any:
+    from .deployments import dagster_home, open_instance
+
+    home, chosen = dagster_home()
+    if chosen and not getattr(obj, "_home_announced", False):
+        obj.echo(
+            f"DAGSTER_HOME is not set: using the dagster-metaflow instance at {home} "
+            "(export DAGSTER_HOME to use another one).",
+            err=True,
+        )
+        obj._home_announced = True
+    return open_instance(home)
+
+
+def _deployment(obj: Any, instance: Any) -> Any:
+    from .deployments import DeploymentError, require
+
+    try:
+        return require(instance, _resolve_job_name(obj, None))
+    except DeploymentError as exc:
+        raise DagsterMetaflowException(str(exc)) from None
+
+
+def _write_attribute_file(path: str | None, content: dict[str, Any]) -> None:
+    if path:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(content, f)
+
+
+@dagster.command(help="Compile this flow into a Dagster definitions file and record the deployment.")
+@click.argument("file", required=False, default=None)
+@click.option("--name", default=None, help="Dagster job name (same as `dagster --name`).")
+@click.option("--tag", "tags", multiple=True, default=None, help="Metaflow tag for every run (repeatable).")
+@click.option(
+    "--namespace",
+    "user_namespace",
+    default=None,
+    help="Namespace the steps run in instead of the production namespace.",
+)
+@click.option(
+    "--with",
+    "with_decorators",
+    multiple=True,
+    default=None,
+    help="Add a step decorator to every step, e.g. --with=retry or --with=resources:cpu=4.",
+)
+@click.option(
+    "--workflow-timeout",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Stop the whole run after this many seconds.",
+)
+@click.option(
+    "--max-workers",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Maximum number of steps running at once in one run.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default="threads",
+    show_default=True,
+    help="Dagster executor of the job: threads (one thread per running step, fastest), "
+    "multiprocess/forkserver (one process per step) or in_process (one step at a time).",
+)
+@click.option("--authorize", default=None, help="Authorize this deployment with a production token.")
+@click.option(
+    "--generate-new-token",
+    is_flag=True,
+    default=False,
+    help="Generate a new production token (moves the deployment to a new namespace).",
+)
+@click.option("--new-token", "given_token", default=None, help="Use this production token.")
+@click.option("--deployer-attribute-file", default=None, hidden=True, help="Used by Metaflow's Deployer API.")
+@click.pass_obj
+def create(
+    obj: Any,
+    file: str | None = None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    user_namespace: str | None = None,
+    with_decorators: Sequence[str] = (),
+    workflow_timeout: int | None = None,
+    max_workers: int = 16,
+    executor: str = "threads",
+    authorize: str | None = None,
+    generate_new_token: bool = False,
+    given_token: str | None = None,
+    deployer_attribute_file: str | None = None,
+) -> None:
+    from . import deployments
+
+    job_name = _resolve_job_name(obj, name)
+    out_file = file or f"{job_name.lower()}_dagster.py"
+    if os.path.realpath(out_file) == os.path.realpath(sys.argv[0]):
+        raise DagsterMetaflowException(
+            f"refusing to overwrite the flow file {sys.argv[0]!r}; choose another output FILE"
+        )
+    obj.echo(f"Compiling *{obj.flow.name}* to Dagster job *{job_name}*...", bold=True)
+    owner = _username()
+    with _open_instance(obj) as instance:
+        prev = deployments.get(instance, job_name)
+        token = _resolve_token(
+            obj, prev, _token_prefix(obj, job_name), authorize, given_token, generate_new_token
+        )
+        ir = build_ir_from_obj(
+            obj,
+            out_file=out_file,
+            job_name=job_name,
+            tags=tags or (),
+            namespace=user_namespace,
+            with_decorators=with_decorators or (),
+            workflow_timeout=workflow_timeout,
+            max_workers=max_workers,
+            executor=executor,
+            owner=owner,
+            production_token=token,
+        )
+        from .codegen import CodegenError, render
+
+        try:
+            text = render(ir)
+        except CodegenError as exc:
+            raise DagsterMetaflowException(str(exc)) from None
+        problem = dagster_load_problem(text, out_file, ir.job_name)
+        if problem:
+            raise DagsterMetaflowException(
+                f"Dagster refused the job generated for this flow ({problem}); no file was written. "
+                "This is a dagster-metaflow bug: please report it with the flow."
+            )
+        tmp = out_file + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, out_file)
+        from metaflow import current
+
+        dep = deployments.Deployment(
+            name=job_name,
+            flow_name=obj.flow.name,
+            flow_file=os.path.realpath(sys.argv[0]),
+            definitions_file=os.path.realpath(out_file),
+            owner=owner,
+            production_token=token,
+            start_op=ir.step(ir.start_step).op_name,
+            parameters=_parameter_infos(obj, ir),
+            project_name=current.get("project_name"),
+            branch_name=current.get("branch_name"),
+            metadata=obj.metadata.metadata_str(),
+            tool_version=__version__,
+        )
+        deployments.put(instance, dep)
+        obj.echo(f"Wrote {out_file} ({len(ir.steps)} ops, job {job_name}).")
+        obj.echo(f"Deployed as *{job_name}* in the Dagster instance at {instance.root_directory}.")
+        obj.echo(f"Trigger it with:  python {os.path.basename(sys.argv[0])} dagster trigger")
+        obj.echo(f"Load it with:     dagster dev -f {out_file}")
+        obj.echo(f"All deployments:  dagster dev -w {deployments.workspace_path(instance)}")
+    _write_attribute_file(
+        deployer_attribute_file,
+        {"name": job_name, "flow_name": obj.flow.name, "metadata": obj.metadata.metadata_str()},
+    )
+
+
+# -- parameters -------------------------------------------------------------------------
+
+
+def _config_value(info: Any, value: Any, origin: str) -> Any:
+    """A parameter value as the start op's Config field expects it (JSON: text)."""
+    import json
+
+    if value is None:
+        return None
+    try:
+        if info.type == "json":
+            if isinstance(value, str):
+                json.loads(value)
+                return value
+            return json.dumps(value)
+        if info.type == "bool":
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no", "y", "n", "t", "f"):
+                    raise ValueError(value)
+                return low in ("true", "1", "yes", "y", "t")
+            return bool(value)
+        if info.type == "int":
+            return int(value)
+        if info.type == "float":
+            return float(value)
+        return value if isinstance(value, str) else str(value)
+    except (TypeError, ValueError) as exc:
+        raise DagsterMetaflowException(
+            f"parameter {info.name!r} ({origin}): {value!r} is not a valid {info.type}"
+        ) from exc
+
+
+def _run_config(
+    obj: Any,
+    dep: Any,
+    kwargs: dict[str, Any],
+    run_params: Sequence[str],
+    base: dict[str, Any] | None = None,
+    use_env: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(run config, explicitly given values) from typed options, --run-param name=value,
+    and METAFLOW_RUN_<NAME> variables (the prefix of `flow.py run`)."""
+    from metaflow import parameters as mf_parameters
+
+    infos = {p.name: p for p in dep.parameters}
+    values: dict[str, Any] = dict(base or {})
+    given: dict[str, Any] = {}
+    for info in dep.parameters:
+        raw = kwargs.get(info.name.replace("-", "_").lower())
+        if isinstance(raw, mf_parameters.DelayedEvaluationParameter):
+            raw = raw(return_str=True)
+        if raw is not None:
+            given[info.name] = _config_value(info, raw, f"--{info.name}")
+    for item in run_params:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise DagsterMetaflowException(f"--run-param {item!r}: expected name=value")
+        info = infos.get(key) or infos.get(key.replace("_", "-"))
+        if info is None:
+            known = ", ".join(sorted(infos)) or "none"
+            raise DagsterMetaflowException(f"--run-param {key!r}: the flow has no such parameter (parameters: {known})")
+        given[info.name] = _config_value(info, text, "--run-param")
+    if use_env:
+        for info in dep.parameters:
+            var = "METAFLOW_RUN_" + info.name.upper().replace("-", "_")
+            if info.name not in given and info.name not in values and var in os.environ:
+                given[info.name] = _config_value(info, os.environ[var], var)
+    values.update(given)
+    missing = [p.name for p in dep.parameters if p.required and values.get(p.name) is None]
+    if missing:
+        raise DagsterMetaflowException(
+            f"missing required parameter {missing[0]!r}: pass --{missing[0]} VALUE or --run-param {missing[0]}=VALUE"
+        )
+    cfg = {k: v for k, v in values.items() if v is not None}
+    run_config = {"ops": {dep.start_op: {"config": cfg}}} if dep.parameters else {}
+    return run_config, given
+
+
+def _start(
+    obj: Any,
+    instance: Any,
+    dep: Any,
+    run_config: dict[str, Any],
+    extra_tags: dict[str, str],
+    run_id_file: str | None,
+    deployer_attribute_file: str | None,
+    wait: bool,
+    verb: str,
+) -> None:
+    import uuid
+
+    from . import launch
+    from .runtime.flow import metaflow_run_id
+
+    dagster_run_id = str(uuid.uuid4())
+    mf_run_id = metaflow_run_id(dagster_run_id)
+    pathspec = f"{dep.flow_name}/{mf_run_id}"
+    tags = {launch.TAG_DEPLOYMENT: dep.name, launch.TAG_PATHSPEC: pathspec, **extra_tags}
+    try:
+        run, queued = launch.start_run(instance, dep, run_config, tags, run_id=dagster_run_id)
+    except launch.LaunchError as exc:
+        raise DagsterMetaflowException(f"could not start a run of {dep.name!r}: {exc}") from None
+    if run_id_file:
+        with open(run_id_file, "w") as f:
+            f.write(mf_run_id)
+    _write_attribute_file(
+        deployer_attribute_file,
+        {
+            "name": dep.name,
+            "metadata": dep.metadata or obj.metadata.metadata_str(),
+            "pathspec": pathspec,
+            "dagster_run_id": run.run_id,
+            "dagster_home": instance.root_directory,
+        },
+    )
+    how = (
+        "queued: dagster-daemon (running against this instance) dequeues and launches it"
+        if queued
+        else "launched"
+    )
+    obj.echo(f"Run *{pathspec}* {verb} ({how}).", bold=True)
+    obj.echo(f"Dagster run {run.run_id}: {launch.ui_url(run.run_id)}")
+    if wait:
+        _follow(obj, instance, run.run_id, pathspec)
+
+
+def _follow(obj: Any, instance: Any, run_id: str, pathspec: str) -> None:
+    """Print progress (tasks done, steps running) until the run ends; one summary line."""
+    import time
+
+    from dagster import DagsterEventType
+
+    from . import launch
+
+    kinds = {
+        DagsterEventType.STEP_START,
+        DagsterEventType.STEP_SUCCESS,
+        DagsterEventType.STEP_FAILURE,
+        DagsterEventType.STEP_SKIPPED,
+    }
+    started = time.monotonic()
+    last = ""
+    cursor = None
+    running: set[str] = set()
+    done = 0
+    failed: list[str] = []
+    while True:
+        records = instance.get_records_for_run(run_id, cursor=cursor, of_type=kinds)
+        cursor = records.cursor
+        for rec in records.records:
+            ev = rec.event_log_entry.dagster_event
+            if ev is None or ev.step_key is None or ev.step_key.startswith(("fanout_", "regroup_")):
+                continue
+            if ev.event_type == DagsterEventType.STEP_START:
+                running.add(ev.step_key)
+            else:
+                running.discard(ev.step_key)
+                done += ev.event_type == DagsterEventType.STEP_SUCCESS
+                if ev.event_type == DagsterEventType.STEP_FAILURE:
+                    failed.append(ev.step_key)
+        run = instance.get_run_by_id(run_id)
+        line = f"{done} task(s) done" + (f", running: {', '.join(sorted(running))}" if running else "")
+        if failed:
+            line += f", failed: {', '.join(failed)}"
+        if line != last:
+            obj.echo(f"[{time.monotonic() - started:6.1f}s] {line}")
+            last = line
+        if run is None or run.is_finished:
+            break
+        time.sleep(1.0)
+    status = run.status.value if run is not None else "UNKNOWN"
+    obj.echo(f"{pathspec} {status} | Dagster run {run_id} | {launch.ui_url(run_id)}", bold=True)
+    if status != "SUCCESS":
+        raise DagsterMetaflowException(f"run {pathspec} ended with status {status}")
+
+
+@parameters.add_custom_parameters(deploy_mode=False)
+@dagster.command(help="Start a run of the deployed flow on the Dagster instance.")
+@click.option("--run-param", "run_params", multiple=True, default=None, help="name=value (repeatable).")
+@click.option("--run-id-file", default=None, help="Write the Metaflow run id to this file.")
+@click.option("--wait", is_flag=True, default=False, help="Follow the run until it ends.")
+@click.option("--deployer-attribute-file", default=None, hidden=True, help="Used by Metaflow's Deployer API.")
+@click.pass_obj
+def trigger(
+    obj: Any,
+    run_params: Sequence[str] = (),
+    run_id_file: str | None = None,
+    wait: bool = False,
+    deployer_attribute_file: str | None = None,
+    **kwargs: Any,
+) -> None:
+    with _open_instance(obj) as instance:
+        dep = _deployment(obj, instance)
+        run_config, _ = _run_config(obj, dep, kwargs, run_params or ())
+        _start(obj, instance, dep, run_config, {}, run_id_file, deployer_attribute_file, wait, "triggered")
+
+
+def _origin_parameters(obj: Any, dep: Any, origin_run_id: str) -> dict[str, Any]:
+    """Parameter values of a run, read from its _parameters task (Metaflow's datastore)."""
+    from .runtime.flow import PARAMS_STEP
+
+    try:
+        stores = list(obj.flow_datastore.get_task_datastores(run_id=origin_run_id, steps=[PARAMS_STEP]))
+    except Exception:
+        stores = []
+    if not stores:
+        raise DagsterMetaflowException(
+            f"run {dep.flow_name}/{origin_run_id} not found (no _parameters task in the datastore)"
+        )
+    ds = stores[0]
+    values = {}
+    for info in dep.parameters:
+        if info.python_var_name in ds:
+            values[info.name] = _config_value(info, ds[info.python_var_name], "origin run")
+    return values
+
+
+def _closure(obj: Any, step: str) -> list[str]:
+    if step not in obj.graph:
+        raise DagsterMetaflowException(f"--step-to-rerun: the flow has no step {step!r}")
+    out: list[str] = []
+    todo = [step]
+    while todo:
+        s = todo.pop()
+        if s in out:
+            continue
+        out.append(s)
+        todo.extend(obj.graph[s].out_funcs)
+    return sorted(out)
+
+
+@parameters.add_custom_parameters(deploy_mode=False)
+@dagster.command(help="Start a new run that clones the successful tasks of an earlier run.")
+@click.option("--origin-run-id", required=True, help="Metaflow run id (dagster-...) or Dagster run id to resume.")
+@click.option("--step-to-rerun", default=None, help="Run this step and every step after it again.")
+@click.option("--run-param", "run_params", multiple=True, default=None, help="Override a parameter: name=value.")
+@click.option("--run-id-file", default=None, help="Write the Metaflow run id to this file.")
+@click.option("--wait", is_flag=True, default=False, help="Follow the run until it ends.")
+@click.option("--deployer-attribute-file", default=None, hidden=True, help="Used by Metaflow's Deployer API.")
+@click.pass_obj
+def resume(
+    obj: Any,
+    origin_run_id: str,
+    step_to_rerun: str | None = None,
+    run_params: Sequence[str] = (),
+    run_id_file: str | None = None,
+    wait: bool = False,
+    deployer_attribute_file: str | None = None,
+    **kwargs: Any,
+) -> None:
+    import json
+
+    from .runtime.flow import metaflow_run_id
+    from .runtime.resume import TAG_ORIGIN_RUN, TAG_STEPS_TO_RERUN
+
+    with _open_instance(obj) as instance:
+        dep = _deployment(obj, instance)
+        origin = origin_run_id if origin_run_id.startswith("dagster-") else metaflow_run_id(origin_run_id)
+        base = _origin_parameters(obj, dep, origin)
+        run_config, _ = _run_config(obj, dep, kwargs, run_params or (), base=base, use_env=False)
+        tags = {TAG_ORIGIN_RUN: origin}
+        if step_to_rerun:
+            tags[TAG_STEPS_TO_RERUN] = json.dumps(_closure(obj, step_to_rerun))
+        _start(obj, instance, dep, run_config, tags, run_id_file, deployer_attribute_file, wait, f"resumed from {origin}")
+
+
+def _find(obj: Any, instance: Any, dep: Any, run_id: str) -> Any:
+    from . import launch
+
+    run = launch.find_run(instance, run_id, dep.name)
+    if run is None:
+        raise DagsterMetaflowException(f"no run {run_id!r} of deployment {dep.name!r} in {instance.root_directory}")
+    return run
+
+
+@dagster.command(help="Show the status of a run (Metaflow run id or Dagster run id).")
+@click.option("--run-id", required=True, help="dagster-... (Metaflow) or a Dagster run id.")
+@click.pass_obj
+def status(obj: Any, run_id: str) -> None:
+    from . import launch
+    from .runtime.flow import metaflow_run_id
+
+    with _open_instance(obj) as instance:
+        dep = _deployment(obj, instance)
+        run = _find(obj, instance, dep, run_id)
+        obj.echo(
+            f"{dep.flow_name}/{metaflow_run_id(run.run_id)}: {launch.status_name(run)} "
+            f"(Dagster {run.status.value}, run {run.run_id}) {launch.ui_url(run.run_id)}"
+        )
+
+
+@dagster.command(help="Stop a run and every step process it started.")
+@click.option("--run-id", required=True, help="dagster-... (Metaflow) or a Dagster run id.")
+@click.option("--authorize", default=None, help="Authorize with the deployment's production token.")
+@click.pass_obj
+def terminate(obj: Any, run_id: str, authorize: str | None = None) -> None:
+    from . import launch
+
+    with _open_instance(obj) as instance:
+        dep = _deployment(obj, instance)
+        _check_authorized(obj, dep, authorize, _token_prefix(obj, dep.name), "terminate")
+        run = _find(obj, instance, dep, run_id)
+        if run.is_finished:
+            obj.echo(f"Run {run.run_id} already ended ({run.status.value}); nothing to terminate.")
+            return
+        if launch.terminate(instance, run.run_id):
+            obj.echo(f"Run {run.run_id} terminated.", bold=True)
+        else:
+            raise DagsterMetaflowException(f"run {run.run_id} did not stop within 15 s")
+
+
+@dagster.command("list-runs", help="List the runs of this deployment, newest first.")
+@click.option("--running", "states", flag_value="STARTED", multiple=True, help="Only running runs.")
+@click.option("--succeeded", "states", flag_value="SUCCESS", multiple=True, help="Only successful runs.")
+@click.option("--failed", "states", flag_value="FAILURE", multiple=True, help="Only failed runs.")
+@click.pass_obj
+def list_runs(obj: Any, states: Sequence[str] = ()) -> None:
+    from . import launch
+    from .runtime.flow import metaflow_run_id
+
+    with _open_instance(obj) as instance:
+        dep = _deployment(obj, instance)
+        runs = launch.list_runs(instance, dep.name, list(states or ()))
+        if not runs:
+            obj.echo(f"No runs of {dep.name}.")
+        for run in runs:
+            obj.echo(
+                f"{dep.flow_name}/{metaflow_run_id(run.run_id)}  {run.status.value:<10} {run.run_id}"
+            )
+
+
+@dagster.command(help="Remove the deployment from the Dagster instance (runs are kept).")
+@click.option("--authorize", default=None, help="Authorize with the deployment's production token.")
+@click.pass_obj
+def delete(obj: Any, authorize: str | None = None) -> None:
+    from . import deployments
+
+    with _open_instance(obj) as instance:
+        dep = _deployment(obj, instance)
+        _check_authorized(obj, dep, authorize, _token_prefix(obj, dep.name), "delete")
+        deployments.remove(instance, dep.name)
+        obj.echo(f"Deleted deployment *{dep.name}*; its runs stay in the instance.", bold=True)
+        obj.echo(f"The definitions file {dep.definitions_file} was left in place.")
 
 
 def _top_level_args(obj: Any) -> tuple[str, ...]:
@@ -108,6 +723,8 @@ def build_ir_from_obj(
     workflow_timeout: int | None,
     max_workers: int,
     executor: str = "threads",
+    owner: str | None = None,
+    production_token: str | None = None,
 ) -> FlowIR:
     """Collect everything `create` needs from Metaflow's CLI state into a FlowIR."""
     from metaflow import decorators
@@ -145,6 +762,8 @@ def build_ir_from_obj(
         datastore_type=obj.flow_datastore.TYPE,
         datastore_root=obj.flow_datastore.datastore_root,
         executor=executor,
+        owner=owner,
+        production_token=production_token,
     )
     try:
         return build_flow_ir(obj.flow, obj.graph, options)
@@ -173,85 +792,3 @@ def dagster_load_problem(text: str, out_file: str, job_name: str) -> str | None:
     return None
 
 
-@dagster.command(help="Compile this flow into a Dagster definitions file.")
-@click.argument("file", required=False, default=None)
-@click.option("--name", default=None, help="Dagster job name (default: the flow name).")
-@click.option("--tag", "tags", multiple=True, default=None, help="Metaflow tag for every run (repeatable).")
-@click.option("--namespace", default=None, help="Metaflow namespace the steps run in.")
-@click.option(
-    "--with",
-    "with_decorators",
-    multiple=True,
-    default=None,
-    help="Add a step decorator to every step, e.g. --with=retry or --with=resources:cpu=4.",
-)
-@click.option(
-    "--workflow-timeout",
-    default=None,
-    type=click.IntRange(min=1),
-    help="Stop the whole run after this many seconds.",
-)
-@click.option(
-    "--max-workers",
-    default=16,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Maximum number of steps running at once in one run.",
-)
-@click.option(
-    "--executor",
-    type=click.Choice(EXECUTORS),
-    default="threads",
-    show_default=True,
-    help="Dagster executor of the job: threads (one thread per running step, fastest), "
-    "multiprocess/forkserver (one process per step) or in_process (one step at a time).",
-)
-@click.pass_obj
-def create(
-    obj: Any,
-    file: str | None = None,
-    name: str | None = None,
-    tags: Sequence[str] = (),
-    namespace: str | None = None,
-    with_decorators: Sequence[str] = (),
-    workflow_timeout: int | None = None,
-    max_workers: int = 16,
-    executor: str = "threads",
-) -> None:
-    job_name = _resolve_job_name(obj, name)
-    out_file = file or f"{job_name.lower()}_dagster.py"
-    if os.path.realpath(out_file) == os.path.realpath(sys.argv[0]):
-        raise DagsterMetaflowException(
-            f"refusing to overwrite the flow file {sys.argv[0]!r}; choose another output FILE"
-        )
-    obj.echo(f"Compiling *{obj.flow.name}* to Dagster job *{job_name}*...", bold=True)
-    ir = build_ir_from_obj(
-        obj,
-        out_file=out_file,
-        job_name=job_name,
-        tags=tags or (),
-        namespace=namespace,
-        with_decorators=with_decorators or (),
-        workflow_timeout=workflow_timeout,
-        max_workers=max_workers,
-        executor=executor,
-    )
-    from .codegen import CodegenError, render
-
-    try:
-        text = render(ir)
-    except CodegenError as exc:
-        raise DagsterMetaflowException(str(exc)) from None
-    problem = dagster_load_problem(text, out_file, ir.job_name)
-    if problem:
-        raise DagsterMetaflowException(
-            f"Dagster refused the job generated for this flow ({problem}); no file was written. "
-            "This is a dagster-metaflow bug: please report it with the flow."
-        )
-    tmp = out_file + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, out_file)
-    obj.echo(f"Wrote {out_file} ({len(ir.steps)} ops, job {job_name}).")
-    obj.echo(f"Load it with:  dagster dev -f {out_file}")
-    obj.echo(f"Run it with:   dagster job execute -f {out_file} -j {job_name}")

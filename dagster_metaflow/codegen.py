@@ -143,23 +143,22 @@ def _is_foreach_child(step: StepIR, ir: FlowIR) -> bool:
 def _op_model(step: StepIR, ir: FlowIR, w: StepWiring) -> OpModel:
     """One `@op` for one step, shaped by where the wiring placed it."""
     body: list[str] = []
+    # the Metaflow run comes from the Dagster run, never from an input: a re-execution
+    # reuses inputs of its parent run but writes a new Metaflow run
+    body.append("run_id = _run_id(context)")
     if w.input_form == "none":
         sig_inputs = f", config: {ir.config_class_name}" if ir.parameters else ""
-        body.append("run_id = _run_id(context)")
         cfg = "config" if ir.parameters else "None"
         body.append(f"upstream = _init_run(context, run_id, {cfg}, tags=TAGS)")
         upstream_arg = "upstream"
     elif w.input_form == "single":
         sig_inputs = ", upstream: str"
-        body.append('run_id = upstream.split("/")[0]')
         upstream_arg = "_mapper_tasks(upstream)" if w.parallel_join else "upstream"
     elif w.input_form == "list":
         sig_inputs = ", upstreams: list[str]"
-        body.append('run_id = upstreams[0].split("/")[0]')
         upstream_arg = "upstreams"
     else:
         sig_inputs = "".join(f", {n}: str" for n in w.input_names)
-        body.append(f'run_id = {w.input_names[0]}.split("/")[0]')
         upstream_arg = "[" + ", ".join(w.input_names) + "]"
     task_arg = "_task_id(context)" if w.in_map else py("t")
     kwargs = [
@@ -295,6 +294,8 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         ("environment", py(dict(ir.environment))),
         ("tags", "tuple(TAGS)"),
         ("namespace", py(ir.namespace)),
+        ("owner", py(ir.owner)),
+        ("production_token", py(ir.production_token)),
     ]
     flow_kwargs += [(k, py(v)) for k, v in ir.datastore_kwargs]
     flow_kwargs.append(

@@ -109,6 +109,8 @@ class CompileOptions:
     datastore_type: str = "local"
     datastore_root: str | None = None
     executor: str = "threads"
+    owner: str | None = None  # deploying user (runs' `user:`, steps' METAFLOW_USER)
+    production_token: str | None = None  # steps run in namespace production:<token>
 
 
 @dataclass(frozen=True, kw_only=True)

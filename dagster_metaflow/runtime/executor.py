@@ -162,9 +162,10 @@ def threaded_plan_iterator(
                 step_dependency_config=job_context.step_dependency_config,
             )
         )
+        canceled = _CancelWatch(job_context)
         try:
             while (not stopping and not active.is_complete) or running:
-                interrupted = active.check_for_interrupts()
+                interrupted = active.check_for_interrupts() or canceled.requested()
                 if not stopping and workflow_timeout and time.monotonic() - started > workflow_timeout:
                     timed_out = interrupted = True
                 if interrupted and not stopping:
@@ -254,6 +255,30 @@ def threaded_plan_iterator(
         )
     if stopping:
         raise DagsterExecutionInterruptedError()
+
+
+class _CancelWatch:
+    """Notices a termination recorded in the instance (CANCELING/CANCELED), whoever asked:
+    the UI, `dagster-metaflow terminate`, or a run launcher that could not reach this process."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, job_context: PlanExecutionContext) -> None:
+        self._ctx = job_context
+        self._next = time.monotonic() + self.INTERVAL
+
+    def requested(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.INTERVAL
+        from dagster import DagsterRunStatus
+
+        try:
+            run = self._ctx.instance.get_run_by_id(self._ctx.run_id)
+        except Exception:
+            return False
+        return run is not None and run.status in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED)
 
 
 def _log_context(log_key: Sequence[str]) -> Any:

@@ -21,12 +21,15 @@ from typing import Any
 from dagster import DynamicOutput, Failure, MetadataValue, OpExecutionContext, Output
 
 from .. import naming
+from .resume import OncePerRun, in_run, origin_of
 from .supervise import StepInterrupted, current_control, run_supervised
 from .zygote import POOL, fork_enabled, spawn_step_process
 
 PARAMS_STEP = "_parameters"
 PARAMS_TASK_ID = "t-params"
 MAX_LOG_BYTES = 100 * 1024 * 1024
+TAG_PATHSPEC = "metaflow/pathspec"  # on the Dagster run: its Metaflow run
+_PREPARE = OncePerRun()
 
 
 _LIVE_FLOWS: list[MetaflowFlow] = []
@@ -115,6 +118,8 @@ class MetaflowFlow:
     relative_to: str | None = None  # directory `file` is relative to (the generated file's)
     # (Config field, METAFLOW_INIT_* variable, type) for every flow Parameter
     parameters: tuple[tuple[str, str, str], ...] = ()
+    owner: str | None = None  # the deploying user: `user:` of every run, steps' METAFLOW_USER
+    production_token: str | None = None  # steps run in namespace production:<token>
 
     def __post_init__(self) -> None:
         _LIVE_FLOWS.append(self)
@@ -155,8 +160,15 @@ class MetaflowFlow:
         path = env.get("PATH", "")
         if path.split(os.pathsep)[0] != bindir:
             env["PATH"] = bindir + (os.pathsep + path if path else "")
-        if not env.get("USER") and not env.get("METAFLOW_USER"):
+        env["METAFLOW_RUNTIME_NAME"] = "dagster"  # system tag runtime:dagster
+        if self.owner:
+            # the deployer, as Metaflow's schedulers do; also makes USER=root work (Metaflow
+            # ignores root when it looks for a user name)
+            env["METAFLOW_USER"] = env["METAFLOW_OWNER"] = self.owner
+        elif not _usable_user(env):
             env["METAFLOW_USER"] = "dagster"  # Metaflow refuses to run without a user name
+        if self.production_token:
+            env["METAFLOW_PRODUCTION_TOKEN"] = self.production_token
         if self.datastore_type == "local" and self.datastore_root:
             env.setdefault("METAFLOW_DATASTORE_SYSROOT_LOCAL", os.path.dirname(self.datastore_root))
         return env
@@ -187,7 +199,31 @@ class MetaflowFlow:
 
     # -- operations used by generated ops ----------------------------------------------
     def run_id(self, context: OpExecutionContext) -> str:
-        return metaflow_run_id(context.run_id)
+        """The Metaflow run of this Dagster run; prepares it once per process (tags, and for a
+        Dagster re-execution the new Metaflow run with the reused tasks cloned)."""
+        run_id = metaflow_run_id(context.run_id)
+        _PREPARE.once(context.run_id, lambda: self._prepare_run(context, run_id))
+        return run_id
+
+    def run_tags(self, context: OpExecutionContext, tags: Sequence[str]) -> list[str]:
+        """The flow's tags plus attribution: the deployer and the Dagster run id."""
+        extra = [f"dagster-run-id:{context.run_id}"]
+        if self.owner:
+            extra.append(f"user:{self.owner}")
+        return [*tags, *(t for t in extra if t not in tags)]
+
+    def _prepare_run(self, context: OpExecutionContext, run_id: str) -> None:
+        from .resume import prepare_reexecution
+
+        tag = f"{self.name}/{run_id}"
+        try:
+            if context.run.tags.get(TAG_PATHSPEC) != tag:
+                context.instance.add_run_tags(context.run_id, {TAG_PATHSPEC: tag})
+        except Exception:
+            pass
+        origin = origin_of(context)
+        if origin is not None and origin.reexecution:
+            prepare_reexecution(self, context, run_id, origin)
 
     def task_id(self, context: OpExecutionContext) -> str:
         return task_id_for(context.get_mapping_key())
@@ -207,13 +243,23 @@ class MetaflowFlow:
 
         Idempotent: a retried start op finds the finished _parameters task and reuses it.
         """
-        parameters = self.parameter_env(config)
         pathspec = f"{run_id}/{PARAMS_STEP}/{PARAMS_TASK_ID}"
         if self._succeeded(pathspec):
             context.log.info(f"Parameters of run {run_id} already persisted; reusing them")
             return pathspec
+        return self.persist_parameters(context, run_id, self.parameter_env(config), tags)
+
+    def persist_parameters(
+        self,
+        context: OpExecutionContext,
+        run_id: str,
+        parameters: Mapping[str, str | None],
+        tags: Sequence[str] | None = None,
+    ) -> str:
+        """`flow.py init`: register the run and persist its parameters (METAFLOW_INIT_*)."""
+        pathspec = f"{run_id}/{PARAMS_STEP}/{PARAMS_TASK_ID}"
         argv = [*self.base_argv(), "init", "--run-id", run_id, "--task-id", PARAMS_TASK_ID]
-        for tag in tags:
+        for tag in self.run_tags(context, self.tags if tags is None else tags):
             argv += ["--tag", tag]
         env = self.step_env({k: v for k, v in parameters.items() if v is not None})
         result = self._supervise(context, argv, env, timeout=None)
@@ -223,6 +269,41 @@ class MetaflowFlow:
                 f"exited with {result.returncode}):\n" + "\n".join(result.stderr_tail[-20:]),
             )
         return pathspec
+
+    def parameter_env_from_run_config(self, run_config: Mapping[str, Any]) -> dict[str, str | None]:
+        """METAFLOW_INIT_* values from a run config (a re-execution runs no start op)."""
+        ops = run_config.get("ops") or {}
+        start = next((v for k, v in ops.items() if k == "op_start" or k.endswith("start")), None) or {}
+        values = start.get("config") or {}
+        out: dict[str, str | None] = {}
+        for field_name, env_var, typ in self.parameters:
+            alias = env_var[len("METAFLOW_INIT_") :].lower()
+            value = values.get(field_name)
+            if value is None:
+                value = next((v for k, v in values.items() if k.lower().replace("-", "_") == alias), None)
+            out[env_var] = _param_text(value, typ)
+        return out
+
+    def origin_tasks(self, origin_run_id: str) -> list[Any]:
+        """Task datastores (latest attempt) of every task of a Metaflow run."""
+        return list(self._flow_datastore.get_task_datastores(run_id=origin_run_id))
+
+    def clone_task(self, context: OpExecutionContext, source: str, target: str, tags: Sequence[str] = ()) -> None:
+        """Clone task `source` (run/step/task) as `target` with Metaflow's `step --clone-only`."""
+        if self._succeeded(target):
+            return
+        run_id, step, task_id = target.split("/")
+        argv = [*self.base_argv(), "step", step, "--run-id", run_id, "--task-id", task_id]
+        argv += ["--clone-only", source, "--clone-run-id", source.split("/")[0], "--retry-count", "0"]
+        for tag in tags:
+            argv += ["--tag", tag]
+        _announce(f"[dagster-metaflow] cloning Metaflow task {self.name}/{source} as {target}\n")
+        result = self._supervise(context, argv, self.step_env(), timeout=None)
+        if result.returncode != 0:
+            raise Failure(
+                description=f"Metaflow could not clone task {source} into {target} (exit "
+                f"{result.returncode}):\n" + "\n".join(result.stderr_tail[-20:])
+            )
 
     def parameter_env(self, config: Any) -> dict[str, str | None]:
         """METAFLOW_INIT_* values from the op's Config (None: keep the flow's default)."""
@@ -253,7 +334,18 @@ class MetaflowFlow:
         from metaflow.mflog import RUNTIME_LOG_SOURCE
         from metaflow.util import compress_list
 
-        paths = [upstream] if isinstance(upstream, str) else sorted(upstream, key=_path_sort_key)
+        paths = [upstream] if isinstance(upstream, str) else list(upstream)
+        # inputs reused from a parent run (Dagster re-execution) were cloned into this run
+        paths = sorted((in_run(p, run_id) for p in paths), key=_path_sort_key)
+        pathspec = f"{run_id}/{step}/{task_id}"
+        origin = origin_of(context)
+        if origin is not None and origin.may_clone(step):
+            source = f"{origin.run_id}/{step}/{task_id}"
+            if self._succeeded(source):
+                self.clone_task(context, source, pathspec, tags=self.run_tags(context, tags))
+                if _single_output(context):
+                    context.add_output_metadata(self._task_metadata(pathspec))
+                return pathspec
         argv = self.base_argv()
         for spec in decorator_specs:
             argv.append(f"--with={spec}")
@@ -278,14 +370,13 @@ class MetaflowFlow:
         if ubf_context == "ubf_control":
             # what @parallel's runtime_step_cli adds for a local control task
             argv += ["--num-parallel", str(self.num_parallel(paths[0])), "--split-index", "0"]
-        for tag in tags:
+        for tag in self.run_tags(context, tags):
             argv += ["--tag", tag]
         if self.namespace is not None:
             argv.append(f"--namespace={self.namespace}")
         env = self.step_env(extra_env)
         env["METAFLOW_RUN_ID"] = run_id
 
-        pathspec = f"{run_id}/{step}/{task_id}"
         attempt = f" (retry {retry_count})" if retry_count else ""
         # announced in the step's own compute log, not as an event: on the default SQLite
         # instance every event is an fsync'd commit
@@ -483,6 +574,11 @@ def _param_text(value: Any, typ: str) -> str | None:
 
         return json.dumps(value)
     return str(value)
+
+
+def _usable_user(env: Mapping[str, str]) -> bool:
+    """Metaflow finds a user name (it skips root, as `metaflow.util.get_username` does)."""
+    return any(env.get(v) and env.get(v) != "root" for v in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER"))
 
 
 def _single_output(context: OpExecutionContext) -> bool:

@@ -1,0 +1,205 @@
+"""DeployedFlow and TriggeredRun of the Dagster deployer (see `deployer`).
+
+Commands that change
+things (create, trigger, resume, delete) run `python flow.py dagster ...` as Metaflow's own
+deployers do; status and termination read and act on the Dagster instance directly.
+
+Identifiers: `DeployedFlow.name` is the deployment (= Dagster job) name; `DeployedFlow.id`
+is `<name>@<DAGSTER_HOME>`, which finds the deployment without DAGSTER_HOME set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from metaflow.exception import MetaflowException
+from metaflow.runner.deployer import DeployedFlow, TriggeredRun, generate_fake_flow_file_contents
+from metaflow.runner.utils import get_lower_level_group, handle_timeout, temporary_fifo
+
+from . import deployments, launch
+
+_FAKE_TYPES = {"json": "JSON", "int": "int", "float": "float", "bool": "bool", "str": "str"}
+
+
+def _split_identifier(identifier: str) -> tuple[str, str | None]:
+    name, sep, home = identifier.partition("@")
+    return name, (home if sep else None)
+
+
+@contextmanager
+def _instance(home: str | None) -> Iterator[Any]:
+    with deployments.open_instance(home) as instance:
+        yield instance
+
+
+class DagsterTriggeredRun(TriggeredRun):
+    """A run started on the Dagster instance."""
+
+    def __init__(self, deployer: Any, content: str) -> None:
+        super().__init__(deployer, content)
+        data = json.loads(content)
+        self.dagster_run_id: str | None = data.get("dagster_run_id")
+        self.dagster_home: str | None = data.get("dagster_home") or getattr(deployer, "dagster_home", None)
+
+    def _run(self) -> Any:
+        with _instance(self.dagster_home) as instance:
+            if self.dagster_run_id:
+                return instance.get_run_by_id(self.dagster_run_id)
+            run = launch.find_run(instance, self.pathspec.split("/")[1], self.deployer.name)
+            if run is not None:
+                self.dagster_run_id = run.run_id
+            return run
+
+    @property
+    def status(self) -> str | None:
+        """PENDING, RUNNING, SUCCEEDED, FAILED or ABORTED (None if the run is unknown)."""
+        name = launch.status_name(self._run())
+        if name == "RUNNING" and self.run is None:
+            return "PENDING"
+        return name
+
+    @property
+    def is_running(self) -> bool:
+        return self.status in ("PENDING", "RUNNING")
+
+    @property
+    def dagster_ui(self) -> str | None:
+        """URL of the Dagster run in `dagster dev` (DAGSTER_METAFLOW_UI_URL to change the host)."""
+        run = self._run()
+        return launch.ui_url(run.run_id) if run is not None else None
+
+    def wait_for_completion(self, check_interval: int = 5, timeout: int | None = None) -> None:
+        """Wait until the run ends; TimeoutError after `timeout` seconds."""
+        start = time.time()
+        while self.is_running:
+            if timeout is not None and time.time() - start > timeout:
+                raise TimeoutError("Run did not complete within specified timeout.")
+            time.sleep(min(check_interval, 1) if check_interval else 1)
+
+    def terminate(self, **kwargs: Any) -> bool:
+        """Stop the run and all its step processes; True if it is stopped."""
+        run = self._run()
+        if run is None or run.is_finished:
+            return False
+        with _instance(self.dagster_home) as instance:
+            return launch.terminate(instance, run.run_id)
+
+
+class DagsterDeployedFlow(DeployedFlow):
+    """A flow deployed to a Dagster instance."""
+
+    TYPE: ClassVar[str | None] = "dagster"
+
+    @property
+    def id(self) -> str:
+        """`<name>@<DAGSTER_HOME>`: finds the deployment from any process on this machine."""
+        home = getattr(self.deployer, "dagster_home", None) or deployments.dagster_home()[0]
+        return f"{self.deployer.name}@{os.path.abspath(home)}"
+
+    @classmethod
+    def list_deployed_flows(cls, flow_name: str | None = None) -> Iterator[DagsterDeployedFlow]:
+        with _instance(None) as instance:
+            names = [d.name for d in deployments.list_all(instance, flow_name)]
+        for name in names:
+            try:
+                yield cls.from_deployment(name)
+            except Exception:
+                continue
+
+    @classmethod
+    def from_deployment(cls, identifier: str, metadata: str | None = None) -> DagsterDeployedFlow:
+        name, home = _split_identifier(identifier)
+        with _instance(home) as instance:
+            dep = deployments.get(instance, name)
+            home = instance.root_directory
+        if dep is None:
+            raise MetaflowException(f"No deployed flow found for: {identifier}")
+        param_info = {
+            p.name: {
+                "name": p.name,
+                "python_var_name": p.python_var_name,
+                "type": _FAKE_TYPES.get(p.type, "str"),
+                "description": p.help,
+                "is_required": p.required,
+            }
+            for p in dep.parameters
+        }
+        contents = generate_fake_flow_file_contents(
+            flow_name=dep.flow_name, param_info=param_info, project_name=dep.project_name
+        )
+        fake = tempfile.NamedTemporaryFile(suffix=".py", delete=False, mode="w")
+        with fake:
+            fake.write(contents)
+        from metaflow import Deployer
+
+        deployer: Any = Deployer(fake.name, env={"METAFLOW_USER": dep.owner, "DAGSTER_HOME": home})
+        d = deployer.dagster(name=dep.name)
+        d.name = dep.name
+        d.flow_name = dep.flow_name
+        d.metadata = metadata or dep.metadata
+        return cls(deployer=d)
+
+    @classmethod
+    def get_triggered_run(cls, identifier: str, run_id: str, metadata: str | None = None) -> DagsterTriggeredRun:
+        flow = cls.from_deployment(identifier, metadata)
+        impl: Any = flow.deployer
+        content = json.dumps(
+            {
+                "metadata": impl.metadata,
+                "pathspec": f"{impl.flow_name}/{run_id}",
+                "name": run_id,
+                "dagster_home": impl.dagster_home,
+            }
+        )
+        return DagsterTriggeredRun(deployer=impl, content=content)
+
+    @property
+    def production_token(self) -> str | None:
+        with _instance(getattr(self.deployer, "dagster_home", None)) as instance:
+            dep = deployments.get(instance, self.deployer.name)
+        return dep.production_token if dep else None
+
+    def _command(self, name: str, **kwargs: Any) -> list[str]:
+        impl: Any = self.deployer
+        group: Any = get_lower_level_group(impl.api, impl.top_level_kwargs, impl.TYPE, impl.deployer_kwargs)
+        return [sys.executable, *getattr(group, name)(**kwargs)]
+
+    def _start(self, verb: str, **kwargs: Any) -> DagsterTriggeredRun:
+        impl: Any = self.deployer
+        fifo: Any = temporary_fifo()
+        with fifo as (attribute_file_path, attribute_file_fd):
+            command = self._command(verb, deployer_attribute_file=attribute_file_path, **kwargs)
+            pid = impl.spm.run_command(command, env=impl.env_vars, cwd=impl.cwd, show_output=impl.show_output)
+            command_obj: Any = impl.spm.get(pid)
+            content = handle_timeout(attribute_file_fd, command_obj, impl.file_read_timeout)
+            command_obj.sync_wait()
+            if command_obj.process.returncode == 0:
+                return DagsterTriggeredRun(deployer=impl, content=content)
+        raise Exception(f"Error running `dagster {verb}` for {impl.name} ({impl.flow_file})")
+
+    def trigger(self, **kwargs: Any) -> DagsterTriggeredRun:
+        """Start a run (returns at once); keyword arguments are the flow's parameters."""
+        return self._start("trigger", **kwargs)
+
+    def resume(self, **kwargs: Any) -> DagsterTriggeredRun:
+        """Start a run that clones the successful tasks of `origin_run_id` and runs the rest
+        (`step_to_rerun` and everything after it run again); other keyword arguments override
+        parameters of the origin run."""
+        return self._start("resume", **kwargs)
+
+    def delete(self, **kwargs: Any) -> bool:
+        """Remove the deployment (its runs stay in the instance)."""
+        impl: Any = self.deployer
+        pid = impl.spm.run_command(
+            self._command("delete", **kwargs), env=impl.env_vars, cwd=impl.cwd, show_output=impl.show_output
+        )
+        command_obj: Any = impl.spm.get(pid)
+        command_obj.sync_wait()
+        return bool(command_obj.process.returncode == 0)

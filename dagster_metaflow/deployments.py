@@ -1,0 +1,179 @@
+"""What a deployment is: a record in the Dagster instance, keyed by the Dagster job name.
+
+`python flow.py dagster create` compiles a definitions file and records it here, so that any
+process that reaches the same Dagster instance (same DAGSTER_HOME, or the same Postgres
+storage) can trigger, list, resume or delete it by name. Records live in the instance's
+key-value store (`run_storage` cursor values, present in every Dagster storage), as JSON:
+
+    dagster_metaflow/deployments          JSON list of deployment names
+    dagster_metaflow/deployment/<name>    JSON of one `Deployment`
+
+Next to the instance's dagster.yaml, `dagster_metaflow_workspace.yaml` lists the
+definitions file of every deployment recorded from this machine, so that
+`dagster dev -w $DAGSTER_HOME/dagster_metaflow_workspace.yaml` shows them all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+INDEX_KEY = "dagster_metaflow/deployments"
+RECORD_PREFIX = "dagster_metaflow/deployment/"
+WORKSPACE_FILE = "dagster_metaflow_workspace.yaml"
+DEFAULT_HOME = "~/.dagster_metaflow"
+
+
+class DeploymentError(Exception):
+    """A deployment that does not exist or cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ParameterInfo:
+    """A flow Parameter as `trigger` needs it (and as Metaflow's fake-flow generator reads it)."""
+
+    name: str  # Metaflow name; also the key in the start op's run config (field alias)
+    python_var_name: str
+    type: str  # int, float, bool, str, json
+    required: bool
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One compiled flow registered in a Dagster instance."""
+
+    name: str  # Dagster job name; the deployer's identifier
+    flow_name: str
+    flow_file: str  # absolute path at create time
+    definitions_file: str  # absolute path of the generated file
+    owner: str
+    production_token: str
+    start_op: str = "op_start"
+    parameters: tuple[ParameterInfo, ...] = ()
+    project_name: str | None = None
+    branch_name: str | None = None
+    metadata: str = ""  # Metaflow metadata_str of the deploying process
+    tool_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def location_name(self) -> str:
+        """Code location name Dagster gives `-f <definitions file>` (`dagster dev`, daemon)."""
+        return os.path.basename(self.definitions_file)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Deployment:
+        data = json.loads(text)
+        data["parameters"] = tuple(ParameterInfo(**p) for p in data.get("parameters", ()))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def dagster_home() -> tuple[str, bool]:
+    """The instance directory and whether it was chosen for the user (DAGSTER_HOME unset)."""
+    env = os.environ.get("DAGSTER_HOME")
+    if env:
+        return os.path.abspath(os.path.expanduser(env)), False
+    return os.path.abspath(os.path.expanduser(DEFAULT_HOME)), True
+
+
+def ensure_home(home: str) -> None:
+    """Create an instance directory with a dagster.yaml, as `dagster dev` would need one."""
+    os.makedirs(home, exist_ok=True)
+    cfg = os.path.join(home, "dagster.yaml")
+    if not os.path.exists(cfg):
+        with open(cfg, "w", encoding="utf-8") as f:
+            f.write("telemetry:\n  enabled: false\n")
+
+
+@contextmanager
+def open_instance(home: str | None = None) -> Iterator[DagsterInstance]:
+    """The Dagster instance deployments live in (DAGSTER_HOME, else ~/.dagster_metaflow)."""
+    from dagster import DagsterInstance
+
+    home = home or dagster_home()[0]
+    ensure_home(home)
+    with DagsterInstance.from_config(home) as instance:
+        yield instance
+
+
+def _get(instance: DagsterInstance, key: str) -> str | None:
+    value = instance.run_storage.get_cursor_values({key}).get(key)
+    return value or None
+
+
+def list_names(instance: DagsterInstance) -> list[str]:
+    text = _get(instance, INDEX_KEY)
+    return sorted(json.loads(text)) if text else []
+
+
+def get(instance: DagsterInstance, name: str) -> Deployment | None:
+    text = _get(instance, RECORD_PREFIX + name)
+    return Deployment.from_json(text) if text else None
+
+
+def require(instance: DagsterInstance, name: str) -> Deployment:
+    dep = get(instance, name)
+    if dep is None:
+        known = ", ".join(list_names(instance)) or "none"
+        raise DeploymentError(
+            f"no deployment named {name!r} in the Dagster instance at "
+            f"{instance.root_directory} (deployed: {known}); run `python <flow>.py dagster create` first"
+        )
+    return dep
+
+
+def put(instance: DagsterInstance, dep: Deployment) -> None:
+    names = set(list_names(instance)) | {dep.name}
+    instance.run_storage.set_cursor_values(
+        {RECORD_PREFIX + dep.name: dep.to_json(), INDEX_KEY: json.dumps(sorted(names))}
+    )
+    _write_workspace(instance)
+
+
+def remove(instance: DagsterInstance, name: str) -> None:
+    names = set(list_names(instance)) - {name}
+    # the key-value store has no delete: an empty value means "no record"
+    instance.run_storage.set_cursor_values({RECORD_PREFIX + name: "", INDEX_KEY: json.dumps(sorted(names))})
+    _write_workspace(instance)
+
+
+def list_all(instance: DagsterInstance, flow_name: str | None = None) -> list[Deployment]:
+    out = []
+    for name in list_names(instance):
+        dep = get(instance, name)
+        if dep is not None and (flow_name is None or dep.flow_name == flow_name):
+            out.append(dep)
+    return out
+
+
+def workspace_path(instance: DagsterInstance) -> str:
+    return os.path.join(instance.root_directory, WORKSPACE_FILE)
+
+
+def _write_workspace(instance: DagsterInstance) -> None:
+    """workspace.yaml with every deployment whose definitions file exists on this machine."""
+    files = sorted(
+        {d.definitions_file for d in list_all(instance) if Path(d.definitions_file).exists()}
+    )
+    lines = ["# Written by dagster-metaflow: every deployment of this instance.", "load_from:"]
+    lines += [f"  - python_file: {json.dumps(f)}" for f in files]
+    if not files:
+        lines[-1] = "load_from: []"
+    path = workspace_path(instance)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,181 @@
+"""Resume and Dagster re-execution, with Metaflow's clone semantics.
+
+Both start a NEW Metaflow run (`dagster-<12 hex of the new Dagster run id>`); the origin run is
+only read. A task that is reused is *cloned* into the new run with Metaflow's own
+`flow.py step <step> --clone-only <origin task>` (artifacts copied, `origin-run-id` and
+`origin-task-id` recorded, never executed again), exactly as `flow.py resume` does.
+
+- `dagster resume` / `DeployedFlow.resume`: a full run of the job tagged with the origin run
+  (`dagster-metaflow/origin-run-id`) and the steps to run again (`--step-to-rerun` and
+  everything after it). Each op clones its task when the origin's task with the same id
+  succeeded and its step is not to be run again; otherwise it runs the step.
+- Dagster re-execution (UI "from failure", "selected", "all"; run retries): the new Dagster
+  run reuses the parent run's outputs for the ops it does not execute. Before any op runs,
+  the new Metaflow run is prepared once: `_parameters` persisted with the run's parameters,
+  and every task that succeeded in the parent's Metaflow run and that no executed op will
+  run again is cloned. Executed ops always run their step (that is what was asked for);
+  pathspecs they receive from the parent are read in the new run (`in_run`).
+
+Task ids encode the task's place in the graph (foreach index path, loop iteration), so the
+origin task of a task is the one with the same step and task id.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import naming
+
+if TYPE_CHECKING:
+    from dagster import OpExecutionContext
+
+    from .flow import MetaflowFlow
+
+TAG_ORIGIN_RUN = "dagster-metaflow/origin-run-id"
+TAG_STEPS_TO_RERUN = "dagster-metaflow/steps-to-rerun"
+CLONE_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where the tasks of this run may be cloned from."""
+
+    run_id: str  # Metaflow run id of the origin
+    reexecution: bool  # Dagster re-execution (clones prepared up front) vs resume
+    steps_to_rerun: frozenset[str] = frozenset()
+
+    def may_clone(self, step: str) -> bool:
+        """Resume: an executed op clones unless its step is to run again. Re-execution:
+        executed ops were asked to run, so they never clone."""
+        return not self.reexecution and step not in self.steps_to_rerun
+
+
+def origin_of(context: OpExecutionContext) -> Origin | None:
+    from .flow import metaflow_run_id
+
+    run = context.run
+    if run.parent_run_id:
+        return Origin(run_id=metaflow_run_id(run.parent_run_id), reexecution=True)
+    origin = run.tags.get(TAG_ORIGIN_RUN)
+    if origin:
+        steps = frozenset(json.loads(run.tags.get(TAG_STEPS_TO_RERUN) or "[]"))
+        return Origin(run_id=origin, reexecution=False, steps_to_rerun=steps)
+    return None
+
+
+def in_run(pathspec: str, run_id: str) -> str:
+    """The same task in run `run_id` (inputs reused from a parent run were cloned here)."""
+    parts = pathspec.split("/")
+    if len(parts) == 3 and parts[0] != run_id:
+        return f"{run_id}/{parts[1]}/{parts[2]}"
+    return pathspec
+
+
+class OncePerRun:
+    """Run a preparation once per Dagster run across the threads and processes of a run
+    worker host (a lock file under the system temp dir serialises processes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: set[str] = set()
+
+    def once(self, key: str, fn: Callable[[], None]) -> None:
+        if key in self._done:
+            return
+        with self._lock:
+            if key in self._done:
+                return
+            lock_dir = os.path.join(_tmpdir(), "dagster_metaflow_runs")
+            os.makedirs(lock_dir, exist_ok=True)
+            with open(os.path.join(lock_dir, f"{key}.lock"), "a+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    f.seek(0)
+                    if f.read().strip() != "done":
+                        fn()
+                        f.seek(0)
+                        f.truncate()
+                        f.write("done")
+                        f.flush()
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+            self._done.add(key)
+
+
+def _tmpdir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def executed_tasks(context: OpExecutionContext) -> tuple[set[str], set[tuple[str, tuple[int, ...]]]]:
+    """(steps whose every task runs again, (step, index path) of single tasks that run again)
+    for the ops this Dagster run executes."""
+    keys = context.run.step_keys_to_execute
+    whole: set[str] = set()
+    single: set[tuple[str, tuple[int, ...]]] = set()
+    steps_of = _op_steps(context)
+    if keys is None:
+        return set(steps_of.values()), single
+    for key in keys:
+        op, _, mapping = key.partition("[")
+        step = steps_of.get(op)
+        if step is None:
+            continue
+        mapping = mapping.rstrip("]")
+        if not mapping or mapping == "?" or "?" in mapping:
+            whole.add(step)
+        else:
+            single.add((step, naming.indices_from_mapping_key(mapping)))
+    # ops outside any foreach have no mapping key: they rerun their only task
+    return whole, single
+
+
+def _op_steps(context: OpExecutionContext) -> dict[str, str]:
+    out = {}
+    for node in context.job_def.graph.node_dict.values():
+        step = node.definition.tags.get("metaflow/step") if hasattr(node.definition, "tags") else None
+        if step:
+            out[node.name] = step
+    return out
+
+
+def prepare_reexecution(flow: MetaflowFlow, context: OpExecutionContext, run_id: str, origin: Origin) -> None:
+    """Create the new Metaflow run of a Dagster re-execution: parameters, then clones of
+    every task of the parent run that this run does not execute."""
+    from .flow import PARAMS_STEP, PARAMS_TASK_ID, indices_of
+
+    params = f"{run_id}/{PARAMS_STEP}/{PARAMS_TASK_ID}"
+    if not flow._succeeded(params):
+        flow.persist_parameters(context, run_id, flow.parameter_env_from_run_config(context.run_config))
+    whole, single = executed_tasks(context)
+    to_clone = []
+    for ds in flow.origin_tasks(origin.run_id):
+        _, step, task_id = ds.pathspec.split("/")
+        if step == PARAMS_STEP or step in whole or (step, indices_of(task_id)) in single:
+            continue
+        if not ds.get("_task_ok", False):
+            continue
+        target = f"{run_id}/{step}/{task_id}"
+        if not flow._succeeded(target):
+            to_clone.append((ds.pathspec, target))
+    if not to_clone:
+        return
+    context.log.info(
+        f"Re-execution: cloning {len(to_clone)} task(s) of Metaflow run {origin.run_id} into {run_id}"
+    )
+    tags = flow.run_tags(context, flow.tags)
+    _parallel(lambda pair: flow.clone_task(context, pair[0], pair[1], tags=tags), to_clone)
+
+
+def _parallel(fn: Callable[[Any], None], items: Iterable[Any]) -> None:
+    with ThreadPoolExecutor(max_workers=CLONE_WORKERS) as pool:
+        for fut in [pool.submit(fn, item) for item in items]:
+            fut.result()
