@@ -581,6 +581,19 @@ def _closure(obj: Any, step: str) -> list[str]:
     return sorted(out)
 
 
+def _overrides_only(cmd: Any) -> Any:
+    """Flow parameter options of `resume` default to None: only values given explicitly
+    override the origin run's parameters."""
+    names = {o.name for o in getattr(cmd, "original_params", [])}
+    for opt in cmd.params:
+        if opt.name not in names:
+            opt.default = None
+            opt.required = False
+            opt.show_default = False
+    return cmd
+
+
+@_overrides_only
 @parameters.add_custom_parameters(deploy_mode=False)
 @dagster.command(help="Start a new run that clones the successful tasks of an earlier run.")
 @click.option("--origin-run-id", required=True, help="Metaflow run id (dagster-...) or Dagster run id to resume.")
@@ -609,8 +622,14 @@ def resume(
         dep = _deployment(obj, instance)
         origin = origin_run_id if origin_run_id.startswith("dagster-") else metaflow_run_id(origin_run_id)
         base = _origin_parameters(obj, dep, origin)
-        run_config, _ = _run_config(obj, dep, kwargs, run_params or (), base=base, use_env=False)
+        run_config, given = _run_config(obj, dep, kwargs, run_params or (), base=base, use_env=False)
         tags = {TAG_ORIGIN_RUN: origin}
+        changed = sorted(k for k, v in given.items() if base.get(k) != v)
+        if changed:
+            # every task inherits the parameters from its parents: as with `flow.py resume`,
+            # a task that saw other values cannot be reused, so everything runs again
+            obj.echo(f"Parameters changed ({', '.join(changed)}): every step runs again.")
+            step_to_rerun = obj.graph.sorted_nodes[0]
         if step_to_rerun:
             tags[TAG_STEPS_TO_RERUN] = json.dumps(_closure(obj, step_to_rerun))
         _start(obj, instance, dep, run_config, tags, run_id_file, deployer_attribute_file, wait, f"resumed from {origin}")

@@ -135,18 +135,22 @@ def require(instance: DagsterInstance, name: str) -> Deployment:
     return dep
 
 
+def _set(instance: DagsterInstance, key: str, value: str) -> None:
+    # one key per call: the SQL storages insert a batch as a whole and, when any key
+    # exists, only update the existing ones
+    instance.run_storage.set_cursor_values({key: value})
+
+
 def put(instance: DagsterInstance, dep: Deployment) -> None:
-    names = set(list_names(instance)) | {dep.name}
-    instance.run_storage.set_cursor_values(
-        {RECORD_PREFIX + dep.name: dep.to_json(), INDEX_KEY: json.dumps(sorted(names))}
-    )
+    _set(instance, RECORD_PREFIX + dep.name, dep.to_json())
+    _set(instance, INDEX_KEY, json.dumps(sorted(set(list_names(instance)) | {dep.name})))
     _write_workspace(instance)
 
 
 def remove(instance: DagsterInstance, name: str) -> None:
-    names = set(list_names(instance)) - {name}
     # the key-value store has no delete: an empty value means "no record"
-    instance.run_storage.set_cursor_values({RECORD_PREFIX + name: "", INDEX_KEY: json.dumps(sorted(names))})
+    _set(instance, RECORD_PREFIX + name, "")
+    _set(instance, INDEX_KEY, json.dumps(sorted(set(list_names(instance)) - {name})))
     _write_workspace(instance)
 
 
