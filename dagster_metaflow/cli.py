@@ -214,6 +214,13 @@ def _write_attribute_file(path: str | None, content: dict[str, Any]) -> None:
             json.dump(content, f)
 
 
+def _positive(ctx: Any, param: Any, value: int | None) -> int | None:
+    # a plain int option with a check: Metaflow's Runner/Deployer API knows no IntRange
+    if value is not None and value < 1:
+        raise click.BadParameter(f"{value} is not >= 1")
+    return value
+
+
 @dagster.command(help="Compile this flow into a Dagster definitions file and record the deployment.")
 @click.argument("file", required=False, default=None)
 @click.option("--name", default=None, help="Dagster job name (same as `dagster --name`).")
@@ -234,14 +241,16 @@ def _write_attribute_file(path: str | None, content: dict[str, Any]) -> None:
 @click.option(
     "--workflow-timeout",
     default=None,
-    type=click.IntRange(min=1),
+    type=int,
+    callback=_positive,
     help="Stop the whole run after this many seconds.",
 )
 @click.option(
     "--max-workers",
     default=16,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=int,
+    callback=_positive,
     help="Maximum number of steps running at once in one run.",
 )
 @click.option(
@@ -654,7 +663,7 @@ def status(obj: Any, run_id: str) -> None:
     with _open_instance(obj) as instance:
         dep = _deployment(obj, instance)
         run = _find(obj, instance, dep, run_id)
-        obj.echo(
+        click.echo(
             f"{dep.flow_name}/{metaflow_run_id(run.run_id)}: {launch.status_name(run)} "
             f"(Dagster {run.status.value}, run {run.run_id}) {launch.ui_url(run.run_id)}"
         )
@@ -695,7 +704,7 @@ def list_runs(obj: Any, states: Sequence[str] = ()) -> None:
         if not runs:
             obj.echo(f"No runs of {dep.name}.")
         for run in runs:
-            obj.echo(
+            click.echo(
                 f"{dep.flow_name}/{metaflow_run_id(run.run_id)}  {run.status.value:<10} {run.run_id}"
             )
 

@@ -1,0 +1,340 @@
+"""Operating deployed flows: create/trigger/status/terminate/list-runs/resume/delete, the
+Deployer API, production tokens, attribution, the queued path with a real dagster-daemon, and
+Dagster re-execution as a new Metaflow run with clones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from conftest import BIN, Workspace
+
+from dagster_metaflow.runtime import metaflow_run_id
+
+pytestmark = pytest.mark.e2e
+
+
+def _instance(ws: Workspace) -> Any:
+    from dagster import DagsterInstance
+
+    return DagsterInstance.from_config(str(ws.dagster_home))
+
+
+def _wait_finished(ws: Workspace, dagster_run_id: str, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    with _instance(ws) as instance:
+        while True:
+            run = instance.get_run_by_id(dagster_run_id)
+            if run is not None and run.is_finished:
+                return run
+            assert time.monotonic() < deadline, f"run {dagster_run_id} still {run and run.status}"
+            time.sleep(0.5)
+
+
+def _dagster_run_of(ws: Workspace, mf_run_id: str) -> Any:
+    with _instance(ws) as instance:
+        for run in instance.get_runs():
+            if metaflow_run_id(run.run_id) == mf_run_id:
+                return run
+    raise AssertionError(f"no Dagster run for {mf_run_id}")
+
+
+def _tasks(pathspec: str) -> dict[str, Any]:
+    from metaflow import Run, namespace
+
+    namespace(None)
+    return {t.pathspec.split("/", 2)[2]: t for s in Run(pathspec).steps() for t in s.tasks()}
+
+
+def _snapshot(pathspec: str) -> dict[str, tuple[Any, ...]]:
+    """What must not change in an origin run: every task with its attempt and finish time."""
+    return {k: (t.current_attempt, t.finished_at, t.successful) for k, t in _tasks(pathspec).items()}
+
+
+@pytest.mark.flow("deploy_flow.py")
+def test_trigger_typed_parameters_status_and_attribution(workspace: Workspace) -> None:
+    from metaflow import Run
+
+    workspace.compile("--tag", "team:x")
+    t0 = time.monotonic()
+    res = workspace.metaflow(
+        "dagster", "trigger", "--alpha", "0.25", "--retry_count", "42", "--payload", '{"k": "v"}',
+        "--run-param", "flag=true", "--run-id-file", "run-id",
+    )
+    assert time.monotonic() - t0 < 60
+    mf_run_id = (workspace.dir / "run-id").read_text()
+    assert mf_run_id.startswith("dagster-") and "triggered (launched)" in res.stderr + res.stdout
+    drun = _dagster_run_of(workspace, mf_run_id)
+    assert drun.tags["metaflow/pathspec"] == f"DeployFlow/{mf_run_id}"
+    assert _wait_finished(workspace, drun.run_id).status.value == "SUCCESS"
+
+    run = Run(f"DeployFlow/{mf_run_id}", _namespace_check=False)
+    assert run.successful
+    assert run["start"].task.data.seen == {
+        "alpha": 0.25, "retry_count": 42, "payload": {"k": "v"}, "flag": True,
+    }
+    assert run["join"].task.data.results == [2, 4, 6]
+    tags = run.tags
+    user = os.environ["METAFLOW_USER"]
+    assert {"runtime:dagster", f"user:{user}", "team:x", f"dagster-run-id:{drun.run_id}"} <= set(tags)
+    assert any(t.startswith("production:") for t in run.system_tags)
+
+    for ident in (mf_run_id, drun.run_id):
+        out = workspace.metaflow("dagster", "status", "--run-id", ident).stdout
+        assert f"DeployFlow/{mf_run_id}: SUCCEEDED" in out
+    listed = workspace.metaflow("dagster", "list-runs", "--succeeded").stdout
+    assert mf_run_id in listed
+    assert mf_run_id not in workspace.metaflow("dagster", "list-runs", "--failed").stdout
+
+
+@pytest.mark.flow("deploy_flow.py")
+def test_bad_input_gives_one_line_and_nonzero_exit(workspace: Workspace) -> None:
+    res = workspace.metaflow("dagster", "trigger", check=False)
+    assert res.returncode != 0 and "no deployment named 'DeployFlow'" in res.stderr
+    workspace.compile()
+    cases = [
+        (("--run-param", "nope=1"), "the flow has no such parameter"),
+        (("--run-param", "flag=maybe"), "is not a valid bool"),
+        (("--run-param", "payload={bad"), "is not a valid json"),
+        (("--alpha", "abc"), "abc"),
+    ]
+    for args, message in cases:
+        res = workspace.metaflow("dagster", "trigger", *args, check=False)
+        assert res.returncode != 0 and message in res.stderr, (args, res.stderr[-2000:])
+        assert "Traceback" not in res.stderr
+    res = workspace.metaflow("dagster", "status", "--run-id", "dagster-000000000000", check=False)
+    assert res.returncode != 0 and "no run 'dagster-000000000000'" in res.stderr
+    workspace.metaflow("dagster", "delete")
+    res = workspace.metaflow("dagster", "trigger", check=False)
+    assert res.returncode != 0 and "no deployment named 'DeployFlow'" in res.stderr
+
+
+@pytest.mark.flow("sleepy_flow.py")
+def test_terminate_stops_every_step_process(workspace: Workspace) -> None:
+    import psutil
+    from metaflow import Run
+
+    workspace.flow.write_text(workspace.flow.read_text().replace("@timeout(seconds=4)", ""))
+    workspace.compile()
+    workspace.metaflow("dagster", "trigger", "--marker-dir", str(workspace.dir), "--run-id-file", "run-id")
+    mf_run_id = (workspace.dir / "run-id").read_text()
+    pid_file = workspace.dir / "pids"
+    deadline = time.monotonic() + 120
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.5)
+    pids = [int(p) for p in pid_file.read_text().split()]
+    t0 = time.monotonic()
+    workspace.metaflow("dagster", "terminate", "--run-id", mf_run_id)
+
+    def alive() -> list[int]:
+        return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+    while alive() and time.monotonic() - t0 < 15:
+        time.sleep(0.2)
+    assert not alive(), "step processes survived terminate"
+    drun = _wait_finished(workspace, _dagster_run_of(workspace, mf_run_id).run_id, timeout=15)
+    assert drun.status.value == "CANCELED"
+    assert not Run(f"SleepyFlow/{mf_run_id}", _namespace_check=False).successful
+    out = workspace.metaflow("dagster", "status", "--run-id", mf_run_id).stdout
+    assert "ABORTED" in out
+
+
+@pytest.mark.flow("deploy_flow.py")
+def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Workspace) -> None:
+    (workspace.dir / "fail-2").write_text("")
+    workspace.compile()
+    marker = ("--marker-dir", str(workspace.dir))
+    res = workspace.metaflow("dagster", "trigger", *marker, "--wait", "--run-id-file", "first", check=False)
+    assert res.returncode != 0 and "FAILURE" in res.stderr
+    origin = (workspace.dir / "first").read_text()
+    before = _snapshot(f"DeployFlow/{origin}")
+    assert before["body/t-1"][2] is False
+
+    # same parameters, marker still there: the same task fails again, the others are clones
+    res = workspace.metaflow("dagster", "resume", "--origin-run-id", origin, "--wait", "--run-id-file", "second", check=False)
+    assert res.returncode != 0
+    second = _tasks(f"DeployFlow/{(workspace.dir / 'second').read_text()}")
+    assert second["start/t"].metadata_dict.get("origin-run-id") == origin
+    assert second["body/t-0"].metadata_dict.get("origin-task-id") == "t-0"
+    assert "origin-task-id" not in second["body/t-1"].metadata_dict
+
+    (workspace.dir / "fail-2").unlink()
+    workspace.metaflow("dagster", "resume", "--origin-run-id", origin, "--wait", "--run-id-file", "third")
+    third_id = (workspace.dir / "third").read_text()
+    third = _tasks(f"DeployFlow/{third_id}")
+    assert third["join/t"].data.results == [2, 4, 6]
+    origin_tasks = _tasks(f"DeployFlow/{origin}")
+    for cloned in ("start/t", "body/t-0", "body/t-2"):
+        assert third[cloned].metadata_dict.get("origin-run-id") == origin, cloned
+    for cloned in ("body/t-0", "body/t-2"):
+        # not executed again: the time written while running is the origin's
+        assert third[cloned].data.ran_at == origin_tasks[cloned].data.ran_at
+    assert "origin-task-id" not in third["body/t-1"].metadata_dict
+    assert _snapshot(f"DeployFlow/{origin}") == before
+
+    # --step-to-rerun: that step and everything after it run again
+    workspace.metaflow(
+        "dagster", "resume", "--origin-run-id", third_id, "--step-to-rerun", "join", "--wait",
+        "--run-id-file", "fourth",
+    )
+    fourth = _tasks(f"DeployFlow/{(workspace.dir / 'fourth').read_text()}")
+    assert fourth["body/t-1"].metadata_dict.get("origin-run-id") == third_id
+    assert "origin-task-id" not in fourth["join/t"].metadata_dict
+    assert "origin-task-id" not in fourth["end/t"].metadata_dict
+
+
+@pytest.mark.flow("deploy_flow.py")
+def test_dagster_reexecution_from_failure_is_a_new_metaflow_run(workspace: Workspace) -> None:
+    """What the UI's "Re-execute from failure" does, through Dagster's Python API."""
+    (workspace.dir / "fail-3").write_text("")
+    out = workspace.compile()
+    workspace.metaflow("dagster", "trigger", "--marker-dir", str(workspace.dir), "--run-id-file", "first")
+    origin = (workspace.dir / "first").read_text()
+    parent = _wait_finished(workspace, _dagster_run_of(workspace, origin).run_id)
+    assert parent.status.value == "FAILURE"
+    before = _snapshot(f"DeployFlow/{origin}")
+    (workspace.dir / "fail-3").unlink()
+
+    code = f"""
+import sys
+from dagster import DagsterInstance, ReexecutionOptions, execute_job
+from dagster._core.definitions.reconstruct import ReconstructableJob
+job = ReconstructableJob.for_file({str(out)!r}, "DeployFlow")
+with DagsterInstance.from_config({str(workspace.dagster_home)!r}) as instance:
+    res = execute_job(job, instance, reexecution_options=ReexecutionOptions.from_failure({parent.run_id!r}, instance))
+    print("RUN", res.run_id, res.success)
+"""
+    res = workspace.run(sys.executable, "-c", code)
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RUN "))
+    _, child_id, ok = line.split()
+    assert ok == "True"
+    child = f"DeployFlow/{metaflow_run_id(child_id)}"
+    tasks = _tasks(child)
+    assert tasks["join/t"].data.results == [2, 4, 6]
+    for cloned in ("start/t", "body/t-0", "body/t-1"):
+        assert tasks[cloned].metadata_dict.get("origin-run-id") == origin, cloned
+    assert "origin-task-id" not in tasks["body/t-2"].metadata_dict
+    assert tasks["body/t-2"].current_attempt == 0  # a new run: attempts start again
+    assert _snapshot(f"DeployFlow/{origin}") == before  # the origin run was not written to
+    from metaflow import Run
+
+    assert Run(child, _namespace_check=False).successful
+
+
+@pytest.mark.flow("deploy_flow.py")
+def test_deployer_api(workspace: Workspace) -> None:
+    from metaflow import Deployer
+    from metaflow.runner.deployer import DeployedFlow
+
+    env = {"DAGSTER_HOME": str(workspace.dagster_home)}
+    deployer = Deployer(str(workspace.flow), env=env, cwd=str(workspace.dir), show_output=False)
+    flow = deployer.dagster().create(tags=["api"])
+    assert flow.name == "DeployFlow" and flow.id == f"DeployFlow@{workspace.dagster_home}"
+    t0 = time.monotonic()
+    triggered = flow.trigger(alpha=2.5, retry_count=7, payload={"x": 1}, flag=True)
+    assert time.monotonic() - t0 < 30
+    assert triggered.status in ("PENDING", "RUNNING", "SUCCEEDED")
+    assert triggered.dagster_ui and triggered.dagster_ui.startswith("http://127.0.0.1:3000/runs/")
+    run = triggered.wait_for_run(check_interval=1, timeout=120)
+    assert run is not None
+    triggered.wait_for_completion(check_interval=1, timeout=180)
+    assert triggered.status == "SUCCEEDED" and not triggered.is_running
+    assert triggered.run.successful
+    assert triggered.run["start"].task.data.seen == {"alpha": 2.5, "retry_count": 7, "payload": {"x": 1}, "flag": True}
+
+    # a fresh process finds the deployment by name and by id, and triggers it
+    for ident in ("DeployFlow", flow.id):
+        code = (
+            "from metaflow.runner.deployer import DeployedFlow\n"
+            f"f = DeployedFlow.from_deployment({ident!r}, impl='dagster')\n"
+            "t = f.trigger(alpha=1.5)\n"
+            "t.wait_for_completion(check_interval=1, timeout=180)\n"
+            "print('RESULT', t.status, t.run.successful, t.run['start'].task.data.seen['alpha'])\n"
+        )
+        env_ident = dict(os.environ, **(env if ident == "DeployFlow" else {}))
+        if ident != "DeployFlow":
+            env_ident.pop("DAGSTER_HOME", None)
+        res = subprocess.run([sys.executable, "-c", code], cwd=workspace.dir, env=env_ident, capture_output=True, text=True, timeout=300)
+        assert "RESULT SUCCEEDED True 1.5" in res.stdout, res.stderr[-3000:]
+
+    os.environ["DAGSTER_HOME"] = str(workspace.dagster_home)
+    try:
+        names = [f.name for f in DeployedFlow.list_deployed_flows(impl="dagster")]
+        assert names == ["DeployFlow"]
+        again = DeployedFlow.get_triggered_run("DeployFlow", run.id, impl="dagster")
+        assert again.status == "SUCCEEDED" and again.run.id == run.id
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+    # a failing run reports FAILED promptly; resume through the Deployer fixes it
+    (workspace.dir / "fail-1").write_text("")
+    failing = flow.trigger(marker_dir=str(workspace.dir))
+    deadline = time.monotonic() + 120
+    while failing.status != "FAILED":
+        assert time.monotonic() < deadline, failing.status
+        time.sleep(1)
+    assert not failing.run.successful and "body" in [s.id for s in failing.run.steps()]
+    (workspace.dir / "fail-1").unlink()
+    resumed = flow.resume(origin_run_id=failing.run.id)
+    resumed.wait_for_completion(check_interval=1, timeout=180)
+    assert resumed.status == "SUCCEEDED" and resumed.run["join"].task.data.results == [2, 4, 6]
+    assert resumed.run["start"].task.metadata_dict.get("origin-run-id") == failing.run.id
+    assert flow.delete()
+    os.environ["DAGSTER_HOME"] = str(workspace.dagster_home)
+    try:
+        assert list(DeployedFlow.list_deployed_flows(impl="dagster")) == []
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+@pytest.mark.flow("linear_flow.py")
+def test_production_token_guards_redeploy_and_root_user_runs(workspace: Workspace) -> None:
+    res = workspace.metaflow("dagster", "create", "out_dagster.py", METAFLOW_HOME=str(workspace.dir / "alice"))
+    token = res.stderr.split("production:")[1].split()[0]
+    assert f'production_token="{token}"' in (workspace.dir / "out_dagster.py").read_text()
+    # another user, with their own Metaflow home (so not holding the token)
+    other = {"METAFLOW_USER": "mallory", "METAFLOW_HOME": str(workspace.dir / "mallory")}
+    res = workspace.metaflow("dagster", "create", "out_dagster.py", check=False, **other)
+    assert res.returncode != 0 and "production token" in res.stderr and "--authorize" in res.stderr
+    assert "Traceback" not in res.stderr
+    workspace.metaflow("dagster", "create", "out_dagster.py", "--authorize", token, **other)
+    # a run worker started as root (a systemd service) works: steps run as the deployer
+    out = workspace.dir / "out_dagster.py"
+    workspace.run(str(BIN / "dagster"), "job", "execute", "-f", str(out), "-j", "LinearFlow",
+                  USER="root", METAFLOW_USER="", SUDO_USER="", USERNAME="")
+    from metaflow import Run
+
+    run = Run(f"LinearFlow/{metaflow_run_id(workspace.last_dagster_run().run_id)}", _namespace_check=False)
+    assert run.successful and "user:mallory" in run.tags
+
+
+@pytest.mark.flow("linear_flow.py")
+def test_queued_instance_runs_through_a_real_daemon(workspace: Workspace) -> None:
+    (workspace.dagster_home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nrun_coordinator:\n"
+        "  module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator\n"
+    )
+    workspace.compile()
+    res = workspace.metaflow("dagster", "trigger", "--run-id-file", "rid")
+    assert "queued: dagster-daemon" in res.stderr
+    mf_run_id = (workspace.dir / "rid").read_text()
+    drun = _dagster_run_of(workspace, mf_run_id)
+    assert drun.status.value == "QUEUED"
+    env = dict(os.environ, DAGSTER_HOME=str(workspace.dagster_home))
+    daemon = subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-w", str(workspace.dagster_home / "dagster_metaflow_workspace.yaml")],
+        cwd=workspace.dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        assert _wait_finished(workspace, drun.run_id, timeout=240).status.value == "SUCCESS"
+    finally:
+        os.killpg(daemon.pid, 15)
+        daemon.wait(timeout=60)
+    from metaflow import Run
+
+    assert Run(f"LinearFlow/{mf_run_id}", _namespace_check=False).successful
