@@ -485,8 +485,15 @@ def _start(
         _follow(obj, instance, run.run_id, pathspec)
 
 
+def _step_of(step_key: str) -> str:
+    """Metaflow step of an op's step key (`op_body[2_1]` -> `body`)."""
+    op = step_key.split("[", 1)[0]
+    return op[3:] if op.startswith("op_") else op
+
+
 def _follow(obj: Any, instance: Any, run_id: str, pathspec: str) -> None:
-    """Print progress (tasks done, steps running) until the run ends; one summary line."""
+    """Print progress (steps done/total, tasks done, steps running) until the run ends, then
+    one summary line; exit non-zero unless the run succeeded."""
     import time
 
     from dagster import DagsterEventType
@@ -499,11 +506,13 @@ def _follow(obj: Any, instance: Any, run_id: str, pathspec: str) -> None:
         DagsterEventType.STEP_FAILURE,
         DagsterEventType.STEP_SKIPPED,
     }
+    total = len(list(obj.graph))
     started = time.monotonic()
     last = ""
     cursor = None
     running: set[str] = set()
-    done = 0
+    finished_steps: set[str] = set()
+    tasks_done = 0
     failed: list[str] = []
     while True:
         records = instance.get_records_for_run(run_id, cursor=cursor, of_type=kinds)
@@ -514,13 +523,21 @@ def _follow(obj: Any, instance: Any, run_id: str, pathspec: str) -> None:
                 continue
             if ev.event_type == DagsterEventType.STEP_START:
                 running.add(ev.step_key)
+                continue
+            running.discard(ev.step_key)
+            if ev.event_type == DagsterEventType.STEP_SUCCESS:
+                tasks_done += 1
+                finished_steps.add(_step_of(ev.step_key))
+            elif ev.event_type == DagsterEventType.STEP_SKIPPED:
+                finished_steps.add(_step_of(ev.step_key))
             else:
-                running.discard(ev.step_key)
-                done += ev.event_type == DagsterEventType.STEP_SUCCESS
-                if ev.event_type == DagsterEventType.STEP_FAILURE:
-                    failed.append(ev.step_key)
+                failed.append(ev.step_key)
         run = instance.get_run_by_id(run_id)
-        line = f"{done} task(s) done" + (f", running: {', '.join(sorted(running))}" if running else "")
+        busy = {_step_of(k) for k in running}
+        done = len(finished_steps - busy)
+        line = f"steps done {done}/{total}, tasks done {tasks_done}"
+        if running:
+            line += f", running: {', '.join(sorted(running))}"
         if failed:
             line += f", failed: {', '.join(failed)}"
         if line != last:
@@ -530,7 +547,7 @@ def _follow(obj: Any, instance: Any, run_id: str, pathspec: str) -> None:
             break
         time.sleep(1.0)
     status = run.status.value if run is not None else "UNKNOWN"
-    obj.echo(f"{pathspec} {status} | Dagster run {run_id} | {launch.ui_url(run_id)}", bold=True)
+    click.echo(f"{pathspec} {status} | Dagster run {run_id} | {launch.ui_url(run_id)}")
     if status != "SUCCESS":
         raise DagsterMetaflowException(f"run {pathspec} ended with status {status}")
 
