@@ -792,6 +792,12 @@ def build_ir_from_obj(
         flow_ref = flow_file
     baked = baked_environment(dict(os.environ))
     argv = [os.path.basename(sys.argv[0]), *sys.argv[1:]]
+    import json
+
+    from metaflow.user_configs.config_parameters import dump_config_values
+
+    dumped = dump_config_values(obj.flow)
+    config_values = json.dumps(dumped, sort_keys=True) if dumped else None
     options = CompileOptions(
         job_name=job_name,
         flow_file=flow_ref,
@@ -809,6 +815,7 @@ def build_ir_from_obj(
         executor=executor,
         owner=owner,
         production_token=production_token,
+        config_values=config_values,
     )
     try:
         return build_flow_ir(obj.flow, obj.graph, options)

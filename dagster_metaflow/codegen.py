@@ -297,6 +297,8 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         ("owner", py(ir.owner)),
         ("production_token", py(ir.production_token)),
     ]
+    if ir.config_values:
+        flow_kwargs.append(("config_values", py(ir.config_values)))
     flow_kwargs += [(k, py(v)) for k, v in ir.datastore_kwargs]
     flow_kwargs.append(
         (

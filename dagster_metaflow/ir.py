@@ -110,6 +110,9 @@ class CompileOptions:
     datastore_root: str | None = None
     executor: str = "threads"
     owner: str | None = None  # deploying user (runs' `user:`, steps' METAFLOW_USER)
+    # Metaflow's dump of the flow's resolved configs ({"user_configs": {name: [value, plain]}}),
+    # JSON text: fixed at create, read by every step through --local-config-file
+    config_values: str | None = None
     production_token: str | None = None  # steps run in namespace production:<token>
 
 

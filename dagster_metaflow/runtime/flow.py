@@ -120,6 +120,8 @@ class MetaflowFlow:
     parameters: tuple[tuple[str, str, str], ...] = ()
     owner: str | None = None  # the deploying user: `user:` of every run, steps' METAFLOW_USER
     production_token: str | None = None  # steps run in namespace production:<token>
+    # the flow's configs as resolved at create (Metaflow's dump_config_values, JSON text)
+    config_values: str | None = None
 
     def __post_init__(self) -> None:
         _LIVE_FLOWS.append(self)
@@ -146,13 +148,33 @@ class MetaflowFlow:
         argv.append(f"--datastore={self.datastore_type}")
         if self.datastore_root:
             argv.append(f"--datastore-root={self.datastore_root}")
+        if self.config_values:
+            argv.append(f"--local-config-file={self.config_file}")
         return argv
+
+    @cached_property
+    def config_file(self) -> str:
+        """The deployment's configs as a file Metaflow reads with --local-config-file."""
+        assert self.config_values is not None
+        return _content_file("configs", self.config_values)
+
+    @cached_property
+    def config_env(self) -> dict[str, str]:
+        """METAFLOW_FLOW_CONFIG_VALUE naming every config as `kv.<name>`: read its value from
+        the config file, never parse it again (what Metaflow's schedulers do)."""
+        if not self.config_values:
+            return {}
+        import json
+
+        names = sorted(json.loads(self.config_values).get("user_configs", {}))
+        return {"METAFLOW_FLOW_CONFIG_VALUE": json.dumps({n: f"kv.{n}" for n in names})}
 
     def step_env(self, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.environment)
         if extra_env:
             env.update(extra_env)
+        env.update(self.config_env)
         env["PYTHONUNBUFFERED"] = "x"
         # Metaflow starts some processes as plain `python` (@parallel workers): make that
         # the interpreter running this job, as an activated virtualenv would
@@ -574,6 +596,23 @@ def _param_text(value: Any, typ: str) -> str | None:
 
         return json.dumps(value)
     return str(value)
+
+
+def _content_file(kind: str, text: str) -> str:
+    """A file holding `text`, named by its hash, under the temp dir (written once)."""
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+    folder = os.path.join(tempfile.gettempdir(), f"dagster_metaflow_{kind}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{digest}.json")
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return path
 
 
 def _usable_user(env: Mapping[str, str]) -> bool:

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 HEADER = struct.Struct("!I")
+START_TIMEOUT = 30.0
 PRELOAD = ("metaflow", "metaflow.cli", "metaflow.task", "metaflow.datastore", "metaflow.runtime")
 # per-command variables that Metaflow reads when used, not at import
 VOLATILE_ENV = ("METAFLOW_RUN_ID", "METAFLOW_INIT_", "DAGSTER_METAFLOW_STEP_TOKEN")
@@ -136,28 +137,36 @@ class Zygote:
             start_new_session=True,
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "ready\n" once Metaflow is imported
+        # "ready\n" once Metaflow is imported; a zygote that is not ready in time is given up
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
+        line = self.proc.stdout.readline() if ready else b""
         if line.strip() != b"ready":
             self.close()
-            raise RuntimeError("zygote failed to start")
+            raise RuntimeError("zygote did not start" if ready else f"zygote not ready after {START_TIMEOUT:g}s")
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> ForkedProcess:
+        """Fork `argv` in the zygote. Raises ZygoteUnavailable when the request never
+        reached it (the caller may run the command itself); any later failure is a plain
+        error: the command may have started, so it must not be started a second time."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            conn.connect(self.path)
-            body = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
-            socket.send_fds(conn, [HEADER.pack(len(body))], [out_w, err_w])
+            try:
+                conn.connect(self.path)
+                body = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
+                socket.send_fds(conn, [HEADER.pack(len(body))], [out_w, err_w])
+            except OSError as exc:
+                raise ZygoteUnavailable(str(exc)) from exc
             conn.sendall(body)
             reply = b""
             while not reply.endswith(b"\n"):
                 chunk = conn.recv(4096)
                 if not chunk:
-                    raise RuntimeError("zygote closed the connection")
+                    raise RuntimeError("fork server closed the connection after taking the command")
                 reply += chunk
             pid = int(json.loads(reply)["pid"])
         except BaseException:
@@ -184,30 +193,40 @@ class Zygote:
             pass
 
 
+class ZygoteUnavailable(Exception):
+    """The zygote could not take a command; nothing was started."""
+
+
 class ZygotePool:
-    """One zygote per (interpreter, environment key), started on first use, thread-safe."""
+    """One zygote per (interpreter, environment key), started on first use, thread-safe.
+
+    A zygote is started outside the lock: steps that need it meanwhile run as plain
+    subprocesses instead of waiting."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._zygotes: dict[Any, Zygote | None] = {}
+        self._starting: set[Any] = set()
 
     def get(self, python: str, env: Mapping[str, str]) -> Zygote | None:
         key = (python, env_key(env))
         with self._lock:
             z = self._zygotes.get(key, False)
-            if z is None:
-                return None  # failed before: don't retry on every step
+            if z is None or key in self._starting:
+                return None  # failed before, or being started by another thread
             if isinstance(z, Zygote) and z.alive():
                 return z
-            try:
-                base = {k: v for k, v in env.items() if not k.startswith(VOLATILE_ENV)}
-                z = Zygote(python, base)
-            except Exception as exc:
-                print(f"dagster-metaflow: fork server unavailable ({exc}); using subprocesses", file=sys.stderr)
-                self._zygotes[key] = None
-                return None
-            self._zygotes[key] = z
-            return z
+            self._starting.add(key)
+        started: Zygote | None = None
+        try:
+            base = {k: v for k, v in env.items() if not k.startswith(VOLATILE_ENV)}
+            started = Zygote(python, base)
+        except Exception as exc:
+            print(f"dagster-metaflow: fork server unavailable ({exc}); using subprocesses", file=sys.stderr)
+        with self._lock:
+            self._starting.discard(key)
+            self._zygotes[key] = started
+        return started
 
     def close(self) -> None:
         with self._lock:
@@ -230,8 +249,8 @@ def spawn_step_process(argv: Sequence[str], env: Mapping[str, str], cwd: str | N
         return None
     try:
         return zygote.spawn(argv, env, cwd)
-    except Exception as exc:
-        print(f"dagster-metaflow: fork server failed ({exc}); using a subprocess", file=sys.stderr)
+    except ZygoteUnavailable as exc:
+        print(f"dagster-metaflow: fork server unavailable ({exc}); using a subprocess", file=sys.stderr)
         return None
 
 
@@ -271,6 +290,7 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[
         os.environ.update(request["env"])
         argv = request["argv"][1:]
         script = os.path.abspath(argv[0])
+        _set_title(request["argv"])
         sys.argv = argv
         sys.path[0] = os.path.dirname(script)
         try:
@@ -308,6 +328,16 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[
         os._exit(code & 0xFF if code >= 0 else 1)
 
 
+def _set_title(argv: Sequence[str]) -> None:
+    """`ps` shows the step command, as for a plain `python flow.py step ...`."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(" ".join(argv))
+    except Exception:
+        pass
+
+
 def _run_as_main(script: str, main_extras: dict[str, Any]) -> None:
     """Execute `script` in the real `__main__` module, as `python script` does.
 
@@ -339,6 +369,54 @@ def _run_as_main(script: str, main_extras: dict[str, Any]) -> None:
     exec(code, ns)
 
 
+def _forget_cli() -> None:
+    """Drop Metaflow's CLI modules (keeping everything they imported).
+
+    Metaflow builds the options of its commands when `metaflow.cli` is imported, from the
+    flow class known at that moment: `--config`/`--config-value`, flow decorator options
+    such as @project's `--branch`, the parameters of `init`. A plain `python flow.py step`
+    imports the CLI from inside the flow's `__init__`; forgetting the preloaded copy makes a
+    forked child do the same.
+    """
+    import metaflow
+
+    for name in list(sys.modules):
+        if name == "metaflow.cli" or name.startswith("metaflow.cli_components"):
+            del sys.modules[name]
+    for attr in ("cli", "cli_components"):
+        if attr in vars(metaflow):
+            delattr(metaflow, attr)
+
+
+def _stop_children(pids: Sequence[int], grace: float = 10.0) -> None:
+    """The run worker died: stop every step this zygote started (their whole process
+    groups: each step is a session leader), SIGTERM first, SIGKILL after `grace`."""
+    import time
+
+    for pid in pids:
+        _killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                alive.remove(pid)
+        time.sleep(0.1)
+    for pid in pids:
+        _killpg(pid, signal.SIGKILL)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def serve(path: str) -> None:
     """Zygote main loop: preload Metaflow, then fork one child per request."""
     import importlib
@@ -351,6 +429,7 @@ def serve(path: str) -> None:
     for name in PRELOAD:
         importlib.import_module(name)
     main_extras = {k: v for k, v in vars(__main__).items() if k not in before}
+    _forget_cli()
     parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -372,7 +451,9 @@ def serve(path: str) -> None:
             except InterruptedError:
                 ready = []
             if os.getppid() != parent:
-                return  # the run worker is gone; children live on in their own sessions
+                # the run worker is gone (killed, crashed): its steps must not live on
+                _stop_children(list(conns))
+                return
             if wake_r in ready:
                 os.read(wake_r, 4096)
             if listener in ready:
