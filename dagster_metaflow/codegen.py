@@ -336,6 +336,15 @@ _ENV = jinja2.Environment(
 _ENV.filters["py"] = py
 
 
+def doctext(value: Any) -> str:
+    """`value` as text that is safe inside the generated module's \"\"\"docstring\"\"\": one line,
+    backslashes, control characters and non-ASCII escaped, quotes escaped."""
+    return str(value).encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+_ENV.filters["doc"] = doctext
+
+
 def render(ir: FlowIR) -> str:
     """Render the definitions file for `ir`; raises CodegenError on unsupported shapes."""
     model = build_render_model(ir)

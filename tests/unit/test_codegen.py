@@ -286,3 +286,63 @@ def test_create_guard_reports_what_dagster_refuses(tmp_path: Path) -> None:
     bad = good.replace("join = op_join(square_each.collect())", "join = op_join([square_each])")
     problem = dagster_load_problem(bad, str(tmp_path / "out.py"), "HelloFlow")
     assert problem is not None and problem.startswith("DagsterInvalidDefinitionError")
+
+
+HOSTILE_TEXT = st.lists(
+    st.sampled_from(list("ab'\"\\\n\r\t #{}%é\u2028\x00") + ['"""', "'''", "\\N", "\\u", "{{", "{%"]),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    tags=st.lists(HOSTILE_TEXT, max_size=3),
+    namespace=st.one_of(st.none(), HOSTILE_TEXT),
+    flow_file=HOSTILE_TEXT.filter(bool),
+    regenerate=HOSTILE_TEXT,
+    output_name=HOSTILE_TEXT,
+    env_value=HOSTILE_TEXT,
+    owner=HOSTILE_TEXT,
+    config_text=HOSTILE_TEXT,
+    doc=HOSTILE_TEXT,
+)
+def test_user_values_never_escape_generated_source(
+    tags: list[str], namespace: str | None, flow_file: str, regenerate: str, output_name: str,
+    env_value: str, owner: str, config_text: str, doc: str,
+) -> None:
+    """Tags, namespace, paths, commands, owner, config text, docstrings: whatever they hold,
+    the file is valid Python, runs nothing, and the values come back unchanged."""
+    import dataclasses
+
+    base = _linear_ir(["start", "end"], [])
+    steps = tuple(dataclasses.replace(s, doc=doc) for s in base.steps)
+    ir = dataclasses.replace(
+        base, tags=tuple(tags), namespace=namespace, flow_file=flow_file, regenerate_command=regenerate,
+        output_name=output_name, environment=(("METAFLOW_DEFAULT_X", env_value),), owner=owner,
+        production_token=owner, config_values=config_text or None, steps=steps, doc=doc,
+    )
+    text = render(ir)
+    tree = ast.parse(text)
+    docstring = ast.get_docstring(tree, clean=False) or ""
+    assert f"Regenerate:  {regenerate}\n" in docstring and f"Flow file:   {flow_file}\n" in docstring
+    flow_call = next(
+        n.value for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "FLOW"
+    )
+    assert isinstance(flow_call, ast.Call)
+    kw = {k.arg: k.value for k in flow_call.keywords}
+    assert ast.literal_eval(kw["file"]) == flow_file
+    assert ast.literal_eval(kw["namespace"]) == namespace
+    assert ast.literal_eval(kw["owner"]) == owner
+    assert ast.literal_eval(kw["environment"]) == {"METAFLOW_DEFAULT_X": env_value}
+    if config_text:
+        assert ast.literal_eval(kw["config_values"]) == config_text
+    tags_node = next(
+        n.value for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TAGS"
+    )
+    assert ast.literal_eval(tags_node) == tags
+    # nothing but imports, assignments, classes and functions at top level: no code runs
+    allowed = (ast.Expr, ast.ImportFrom, ast.Import, ast.Assign, ast.FunctionDef, ast.ClassDef)
+    assert all(isinstance(n, allowed) for n in tree.body)
+    assert all(isinstance(n.value, ast.Constant) for n in tree.body if isinstance(n, ast.Expr))
