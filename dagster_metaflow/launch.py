@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -121,6 +122,7 @@ def launch_detached(instance: DagsterInstance, run: DagsterRun) -> DagsterRun:
     DefaultRunLauncher does from a code server, so it outlives this process."""
     from dagster._core.events import DagsterEvent, DagsterEventType
     from dagster._grpc.types import ExecuteRunArgs
+    from dagster._serdes import serialize_value
 
     assert run.job_code_origin is not None
     instance.report_dagster_event(
@@ -128,13 +130,16 @@ def launch_detached(instance: DagsterInstance, run: DagsterRun) -> DagsterRun:
         run_id=run.run_id,
     )
     args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=instance.get_ref())
+    # `dagster api execute_run ...` with this interpreter: the `dagster` script may not be
+    # on PATH (a virtualenv's python called by its full path)
+    command = [sys.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)]
     log_dir = os.path.join(instance.storage_directory(), "dagster_metaflow_workers")
     os.makedirs(log_dir, exist_ok=True)
     env = dict(os.environ)
     env["DAGSTER_HOME"] = instance.root_directory
     with open(os.path.join(log_dir, f"{run.run_id}.log"), "ab") as log:
         proc = subprocess.Popen(
-            list(args.get_command_args()),
+            command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
