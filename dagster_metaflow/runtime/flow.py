@@ -28,6 +28,7 @@ from .zygote import POOL, fork_enabled, spawn_step_process
 PARAMS_STEP = "_parameters"
 PARAMS_TASK_ID = "t-params"
 MAX_LOG_BYTES = 100 * 1024 * 1024
+TIMEOUT_BACKSTOP = 5  # seconds after @timeout's deadline before the runtime kills the step
 TAG_PATHSPEC = "metaflow/pathspec"  # on the Dagster run: its Metaflow run
 _PREPARE = OncePerRun()
 
@@ -408,8 +409,12 @@ class MetaflowFlow:
         def keep(stream: str, line: bytes) -> None:
             (stdout if stream == "stdout" else stderr).add(line)
 
+        # Metaflow's own @timeout handler ends the task at the deadline and records it as
+        # natively (TimeoutException, attempt done and not ok); ours is the backstop that
+        # guarantees the deadline and leaves no survivors
+        backstop = None if timeout is None else timeout + TIMEOUT_BACKSTOP
         try:
-            result = self._supervise(context, argv, env, timeout=timeout, on_line=keep)
+            result = self._supervise(context, argv, env, timeout=backstop, on_line=keep)
         except BaseException as exc:
             keep("stderr", f"Task interrupted: {_describe_interrupt(exc)}\n".encode())
             self._save_logs(pathspec, retry_count, stdout, stderr, RUNTIME_LOG_SOURCE)
@@ -420,13 +425,14 @@ class MetaflowFlow:
                     f"step {step!r} stopped: {exc}"
                 ) from None
             raise
-        # Metaflow's own @timeout alarm inside the task may win the race against ours by a
-        # few milliseconds; a failure at the deadline is a timeout either way
+        # a failure at the deadline is a timeout, whichever side ended it
         timed_out = result.timed_out or (
             timeout is not None and result.returncode != 0 and result.duration >= timeout - 0.5
         )
         if timed_out:
             keep("stderr", f"Task timed out after {timeout} seconds (@timeout).\n".encode())
+        if result.timed_out:
+            self._record_backstop_timeout(pathspec, retry_count, timeout)
         self._save_logs(pathspec, retry_count, stdout, stderr, RUNTIME_LOG_SOURCE)
 
         if timed_out or result.returncode != 0:
@@ -545,6 +551,16 @@ class MetaflowFlow:
     # -- helpers ------------------------------------------------------------------------
     def _supervise(self, context: OpExecutionContext, argv: list[str], env: dict[str, str], **kw: Any) -> Any:
         return run_supervised(argv, env=env, cwd=self.cwd, spawn=spawn_step_process, **kw)
+
+    def _record_backstop_timeout(self, pathspec: str, attempt: int, timeout: int | None) -> None:
+        """The task ignored Metaflow's own timeout (stuck outside Python) and was killed:
+        mark its attempt done as Metaflow would have, so clients see a finished, failed task."""
+        try:
+            ds = self.task_datastore(pathspec, attempt=attempt, mode="w")
+            if not ds.has_metadata("attempt_done"):
+                ds.done()
+        except Exception as exc:
+            print(f"dagster-metaflow: could not mark {pathspec} done after timeout {timeout}s: {exc}", file=sys.stderr)
 
     def _save_logs(
         self, pathspec: str, attempt: int, stdout: _MflogBuffer, stderr: _MflogBuffer, source: str

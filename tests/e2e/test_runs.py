@@ -159,6 +159,14 @@ def test_timeout_kills_process_group(workspace: Workspace) -> None:
             for e in workspace.dagster_events(run.run_id)
             if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"]
     assert any("timed out after 4s" in m for m in msgs)
+    # recorded exactly as natively: Metaflow's TimeoutException, attempt finished and not ok
+    from metaflow import Task
+
+    task = Task(f"SleepyFlow/{metaflow_run_id(run.run_id)}/nap/t", _namespace_check=False)
+    assert task.exception is not None and "TimeoutException" in repr(task.exception.type)
+    assert task.finished_at is not None and not task.successful
+    assert task.metadata_dict.get("attempt_ok") == "False"
+    assert "timed out" in task.stderr.lower()
 
 
 @pytest.mark.flow("sleepy_flow.py")
