@@ -123,7 +123,7 @@ def _op_decorator_args(step: StepIR, w: StepWiring) -> list[str]:
         args.append("out={" + outs + "}")
     if step.doc:
         args.append(f"description={py(step.doc)}")
-    if step.retry is not None:
+    if step.retry is not None and not step.is_recursive:
         delay = f", delay={step.retry.delay_seconds}" if step.retry.delay_seconds else ""
         args.append(f"retry_policy=RetryPolicy(max_retries={step.retry.max_retries}{delay})")
     tags: dict[str, str] = {}
@@ -179,11 +179,17 @@ def _op_model(step: StepIR, ir: FlowIR, w: StepWiring) -> OpModel:
     targets = {t: name for t, name in w.switch_outputs}
     signature = f"def {step.op_name}(context: OpExecutionContext{sig_inputs})"
     if step.is_recursive:
+        # a loop retries each iteration itself (attempts per iteration, as natively)
+        loop_kwargs = [kw for kw in kwargs if not kw.startswith("retry_count=")]
+        if step.retry is not None:
+            loop_kwargs.append(f"max_retries={step.retry.max_retries}")
+            if step.retry.delay_seconds:
+                loop_kwargs.append(f"retry_delay={step.retry.delay_seconds}")
         body += [
             "yield from _run_loop(",
             head,
             f"    outputs={py(targets)},",
-            *[f"    {kw}," for kw in kwargs],
+            *[f"    {kw}," for kw in loop_kwargs],
             ")",
         ]
         signature += ":"
@@ -266,7 +272,7 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         imports.append("DynamicOut")
     if any(w.switch_outputs for w in wiring.steps.values()):
         imports.append("Out")
-    if any(s.retry for s in ir.steps):
+    if any(s.retry and not s.is_recursive for s in ir.steps):
         imports.append("RetryPolicy")
 
     params = []

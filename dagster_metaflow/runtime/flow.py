@@ -529,18 +529,37 @@ class MetaflowFlow:
         task_id: str,
         *,
         outputs: Mapping[str, str],
+        max_retries: int = 0,
+        retry_delay: int | None = None,
         **kwargs: Any,
     ) -> Iterator[Output[str]]:
         """A recursive switch: one Metaflow task per iteration until it leaves the loop.
 
-        A retried op resumes after the last finished iteration instead of redoing them.
+        Each iteration has its own attempts, as natively: `current.retry_count` starts at 0
+        in every iteration and @retry (`max_retries`, `retry_delay`) applies per iteration.
+        An op that is started again resumes after the last finished iteration.
         """
+        import time
+
+        kwargs.pop("retry_count", None)
         iteration, previous = 0, upstream
         while True:
             tid = task_id if iteration == 0 else f"{task_id}-r{iteration}"
             pathspec = f"{run_id}/{step}/{tid}"
-            if not self._succeeded(pathspec):
-                self.run_step(context, step, run_id, previous, tid, **kwargs)
+            attempt = self._attempts_made(pathspec)
+            while not self._succeeded(pathspec):
+                try:
+                    self.run_step(context, step, run_id, previous, tid, retry_count=attempt, **kwargs)
+                except Failure:
+                    if attempt >= max_retries:
+                        raise
+                    context.log.warning(
+                        f"Loop {step!r} iteration {iteration + 1} attempt {attempt} failed; "
+                        f"retrying{f' in {retry_delay}s' if retry_delay else ''}"
+                    )
+                    if retry_delay:
+                        time.sleep(retry_delay)
+                    attempt += 1
             chosen = self.chosen_step(pathspec)
             if chosen != step:
                 context.log.info(f"Loop {step!r} finished after {iteration + 1} iteration(s)")
@@ -551,6 +570,13 @@ class MetaflowFlow:
     # -- helpers ------------------------------------------------------------------------
     def _supervise(self, context: OpExecutionContext, argv: list[str], env: dict[str, str], **kw: Any) -> Any:
         return run_supervised(argv, env=env, cwd=self.cwd, spawn=spawn_step_process, **kw)
+
+    def _attempts_made(self, pathspec: str) -> int:
+        """Number of attempts a task already has (0 when it never started)."""
+        try:
+            return int(self.task_datastore(pathspec).attempt) + 1
+        except Exception:
+            return 0
 
     def _record_backstop_timeout(self, pathspec: str, attempt: int, timeout: int | None) -> None:
         """The task ignored Metaflow's own timeout (stuck outside Python) and was killed:
