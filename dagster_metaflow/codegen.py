@@ -130,6 +130,8 @@ def _op_decorator_args(step: StepIR, w: StepWiring) -> list[str]:
     if step.timeout_seconds:
         tags["dagster/op_execution_timeout"] = str(step.timeout_seconds)
     tags["metaflow/step"] = step.name
+    if step.kind == "end":
+        tags["metaflow/end"] = "true"  # the executor checks that the run reached it
     for key, value in step.resources:
         tags[f"metaflow/resources/{key}"] = value
     args.append(f"tags={py(tags)}")
@@ -157,6 +159,9 @@ def _op_model(step: StepIR, ir: FlowIR, w: StepWiring) -> OpModel:
     elif w.input_form == "list":
         sig_inputs = ", upstreams: list[str]"
         upstream_arg = "upstreams"
+    elif w.input_form == "lists":
+        sig_inputs = "".join(f", {n}: list[str]" for n in w.input_names)
+        upstream_arg = "[" + ", ".join(f"*{n}" for n in w.input_names) + "]"
     else:
         sig_inputs = "".join(f", {n}: str" for n in w.input_names)
         upstream_arg = "[" + ", ".join(w.input_names) + "]"
@@ -199,7 +204,8 @@ def _op_model(step: StepIR, ir: FlowIR, w: StepWiring) -> OpModel:
             body += ["task = " + call[0], *call[1:], "yield from _fan_out(context, task)"]
             signature += ":"
         elif w.switch_outputs:
-            body += ["task = " + call[0], *call[1:], f"yield from _switch(context, task, {py(targets)})"]
+            always = ", always=True" if w.switch_always else ""
+            body += ["task = " + call[0], *call[1:], f"yield from _switch(context, task, {py(targets)}{always})"]
             signature += ":"
         else:
             body += ["return " + call[0], *call[1:]]

@@ -26,7 +26,7 @@ from typing import Literal
 from . import naming
 from .ir import FlowIR, StepIR
 
-InputForm = Literal["none", "single", "list", "named"]
+InputForm = Literal["none", "single", "list", "named", "lists"]
 
 
 class WiringError(Exception):
@@ -53,6 +53,7 @@ class Val:
     var: str
     stream: Stream | None
     outer_var: str | None = None  # name of the mapped output at top level, once exported
+    optional: bool = False  # may be skipped by Dagster (after a top-level switch)
 
     def collected(self) -> str:
         assert self.stream is not None and self.outer_var is not None
@@ -73,10 +74,14 @@ class StepWiring:
     """What one step's op looks like, given where it sits in the job."""
 
     input_form: InputForm = "single"
-    input_names: tuple[str, ...] = ()  # for "named"
+    input_names: tuple[str, ...] = ()  # for "named" and "lists"
     in_map: bool = False  # runs inside a region (task id from the mapping key)
     dynamic_out: bool = False  # top-level foreach: the op itself fans out
     switch_outputs: tuple[tuple[str, str], ...] = ()  # (target step, output name)
+    # inside a region a switch yields every output ("" for branches not taken): Dagster
+    # skips an op whose input was skipped and a collect that is skipped for every key, so
+    # joins and merges inside regions (and foreach joins) need every value to exist
+    switch_always: bool = False
     ubf_control: bool = False  # @parallel step: one control task that runs the workers
     parallel_join: bool = False  # join of a @parallel step: inputs are its mapper tasks
 
@@ -196,30 +201,42 @@ class _Builder:
         w = StepWiring(ubf_control=step.is_parallel)
         needs: list[Stream] = []  # streams whose collected values this statement uses
         vals = self.incoming(step)
-        conditional_merge = len(vals) > 1 and step.kind != "join"
+        merging = len(vals) > 1
+        optional_in = any(v.optional for v in vals)
+        optional_out = False
         if step.name == self.ir.start_step:
             w.input_form, stream, arg = "none", None, ""
         elif step.kind == "join" and any(self.ir.step(p).is_parallel for p in step.in_steps):
             (control,) = vals
             w.input_form, w.parallel_join, stream, arg = "single", True, control.stream, control.var
         elif step.kind == "join" and step.join_kind == "foreach":
-            (body,) = vals
-            assert body.stream is not None
-            if body.stream.depth == 1:
+            streams = {id(v.stream) for v in vals}
+            body = vals[0]
+            assert body.stream is not None and len(streams) == 1
+            if body.stream.depth == 1 and len(vals) == 1:
                 w.input_form, stream, arg = "list", None, self.export(body)
                 needs.append(body.stream)
+            elif body.stream.depth == 1:
+                # switch branches ending the body: one collected list per branch
+                w.input_form, stream = "lists", None
+                w.input_names = tuple(naming.python_identifier(f"from_{p}", {"context", "config"}) for p in step.in_steps)
+                arg = ", ".join(self.export(v) for v in vals)
+                needs.append(body.stream)
             else:
-                grouped = self.regroup(step, [body], body.stream.depth - 1)
+                grouped = self.regroup(step, vals, body.stream.depth - 1)
                 w.input_form, stream, arg = "list", grouped.stream, grouped.var
-        elif len(vals) > 1:
+        elif merging:
             streams = {id(v.stream) for v in vals}
-            if not conditional_merge and len(streams) == 1:
+            top = all(v.stream is None for v in vals)
+            if top and (step.kind != "join" or optional_in):
+                # a conditional merge, or a join fed by switch branches: Dagster runs a
+                # fan-in list unless every item is missing
+                w.input_form, stream = "list", None
+                arg = "[" + ", ".join(v.var for v in vals) + "]"
+            elif len(streams) == 1:
                 names = tuple(naming.python_identifier(p, {"context", "config"}) for p in step.in_steps)
                 w.input_form, w.input_names = "named", names
                 stream, arg = vals[0].stream, ", ".join(v.var for v in vals)
-            elif all(v.stream is None for v in vals):
-                w.input_form, stream = "list", None
-                arg = "[" + ", ".join(v.var for v in vals) + "]"
             else:
                 depth = step.foreach_depth
                 if any(v.stream is None for v in vals) or depth == 0:
@@ -231,6 +248,7 @@ class _Builder:
         else:
             (v,) = vals
             w.input_form, stream, arg = "single", v.stream, v.var
+            optional_out = v.optional
         w.in_map = stream is not None
 
         var = self.var(step.name)
@@ -238,9 +256,14 @@ class _Builder:
             targets = tuple(t for t in dict.fromkeys(step.next_steps) if t != step.name)
             outs = tuple((t, naming.python_identifier(f"to_{t}", {"result"})) for t in targets)
             w.switch_outputs = outs
+            w.switch_always = stream is not None and not step.is_recursive
             out_vars = [self.var(f"{step.name}_to_{t}") for t, _ in outs]
             for (t, _), ov in zip(outs, out_vars, strict=True):
-                self.switch_val[(step.name, t)] = Val(ov, stream)
+                # a top-level switch's unchosen outputs are skipped; a recursive switch
+                # yields only its exit
+                self.switch_val[(step.name, t)] = Val(
+                    ov, stream, optional=optional_out or (not w.switch_always and len(outs) > 1)
+                )
             lhs = ", ".join(out_vars)  # one output: the handle itself, not a tuple
             statement = self.emit(stream, f"{lhs} = {step.op_name}({arg})", needs)
         else:
@@ -248,7 +271,7 @@ class _Builder:
             statement = self.emit(stream, f"{var} = {step.op_name}({arg})", needs)
         if statement is not None:
             self.statement[step.name] = statement
-        self.value[step.name] = Val(var, stream)
+        self.value[step.name] = Val(var, stream, optional=optional_out)
         self.wiring[step.name] = w
 
     # -- final ordering -------------------------------------------------------------------------

@@ -163,6 +163,7 @@ def threaded_plan_iterator(
             )
         )
         canceled = _CancelWatch(job_context)
+        succeeded: set[str] = set()
         try:
             while (not stopping and not active.is_complete) or running:
                 interrupted = active.check_for_interrupts() or canceled.requested()
@@ -233,6 +234,8 @@ def threaded_plan_iterator(
                     else:
                         yield item
                         active.handle_event(item)
+                        if item.is_step_success and item.step_key:
+                            succeeded.add(item.step_key)
                     try:
                         item = events.get_nowait()
                     except queue.Empty:
@@ -255,6 +258,28 @@ def threaded_plan_iterator(
         )
     if stopping:
         raise DagsterExecutionInterruptedError()
+    _check_reached_end(job_context, execution_plan, succeeded)
+
+
+class MetaflowRunIncomplete(Exception):
+    """Every op ended without error but the Metaflow run did not reach its end step."""
+
+
+def _check_reached_end(job_context: PlanExecutionContext, plan: ExecutionPlan, succeeded: set[str]) -> None:
+    """Safety net: a Dagster run succeeds only if the op of the flow's `end` step did (an
+    op skipped for a missing input would otherwise leave the Metaflow run unfinished)."""
+    try:
+        nodes = job_context.job.get_definition().graph.node_dict
+    except Exception:
+        return
+    end_ops = {name for name, node in nodes.items() if node.definition.tags.get("metaflow/end") == "true"}
+    planned = {key for key in plan.step_keys_to_execute if key.split("[", 1)[0] in end_ops}
+    missing = sorted(planned - succeeded)
+    if missing:
+        raise MetaflowRunIncomplete(
+            f"the Metaflow run did not reach its end step: {', '.join(missing)} did not run "
+            "(an op it depends on was skipped); this is a dagster-metaflow bug, please report it"
+        )
 
 
 class _CancelWatch:

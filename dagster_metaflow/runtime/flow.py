@@ -30,6 +30,7 @@ PARAMS_TASK_ID = "t-params"
 MAX_LOG_BYTES = 100 * 1024 * 1024
 TIMEOUT_BACKSTOP = 5  # seconds after @timeout's deadline before the runtime kills the step
 TAG_PATHSPEC = "metaflow/pathspec"  # on the Dagster run: its Metaflow run
+NOT_TAKEN = ""  # the value ops of a branch not taken pass on (switches inside a foreach)
 _PREPARE = OncePerRun()
 
 
@@ -358,9 +359,13 @@ class MetaflowFlow:
         from metaflow.util import compress_list
 
         paths = [upstream] if isinstance(upstream, str) else list(upstream)
+        # "" comes from a branch not taken (a switch inside a foreach yields every output);
         # inputs reused from a parent run (Dagster re-execution) were cloned into this run
-        paths = sorted((in_run(p, run_id) for p in paths), key=_path_sort_key)
+        paths = sorted((in_run(p, run_id) for p in paths if p), key=_path_sort_key)
         pathspec = f"{run_id}/{step}/{task_id}"
+        if not paths:
+            _announce(f"[dagster-metaflow] branch not taken: no Metaflow task for step {step!r}\n")
+            return NOT_TAKEN
         origin = origin_of(context)
         if origin is not None and origin.may_clone(step):
             source = f"{origin.run_id}/{step}/{task_id}"
@@ -464,7 +469,7 @@ class MetaflowFlow:
     def fan_out_all(self, context: OpExecutionContext, pathspecs: Sequence[str]) -> Iterator[DynamicOutput[str]]:
         """Nested foreach: fan out the children of every collected foreach task at once."""
         count = 0
-        for pathspec in sorted(pathspecs, key=_path_sort_key):
+        for pathspec in sorted((p for p in pathspecs if p), key=_path_sort_key):
             for child in self._children(pathspec):
                 count += 1
                 yield child
@@ -486,7 +491,8 @@ class MetaflowFlow:
         groups: dict[tuple[int, ...], list[str]] = {}
         for values in inputs:
             for pathspec in values:
-                groups.setdefault(indices_of(pathspec)[:depth], []).append(pathspec)
+                if pathspec:
+                    groups.setdefault(indices_of(pathspec)[:depth], []).append(pathspec)
         for key in sorted(groups):
             yield DynamicOutput(sorted(groups[key], key=_path_sort_key), mapping_key=naming.mapping_key(key))
 
@@ -497,6 +503,8 @@ class MetaflowFlow:
 
     def mapper_tasks(self, pathspec: str) -> list[str]:
         """The tasks of a @parallel step (control + workers), from its control task."""
+        if pathspec == NOT_TAKEN:
+            return []
         tasks = self.task_datastore(pathspec)["_control_mapper_tasks"]
         if not tasks:
             raise Failure(description=f"@parallel control task {pathspec} listed no mapper tasks")
@@ -511,14 +519,23 @@ class MetaflowFlow:
         return str(steps[0])
 
     def switch(
-        self, context: OpExecutionContext, pathspec: str, outputs: Mapping[str, str]
+        self, context: OpExecutionContext, pathspec: str, outputs: Mapping[str, str], always: bool = False
     ) -> Iterator[Output[str]]:
-        """Yield only the output of the branch the switch task chose; the others are skipped."""
+        """Yield the output of the branch the switch task chose. The other outputs are not
+        yielded (Dagster skips those branches) or, with `always`, carry NOT_TAKEN."""
+        if pathspec == NOT_TAKEN:  # this switch itself is on a branch not taken
+            for name in outputs.values():
+                yield Output(NOT_TAKEN, name)
+            return
         chosen = self.chosen_step(pathspec)
         if chosen not in outputs:
             raise Failure(description=f"switch task {pathspec} chose unknown step {chosen!r}")
         context.log.info(f"Switch {pathspec} chose {chosen!r}")
         yield Output(pathspec, outputs[chosen])
+        if always:
+            for step, name in outputs.items():
+                if step != chosen:
+                    yield Output(NOT_TAKEN, name)
 
     def run_loop(
         self,
@@ -542,6 +559,10 @@ class MetaflowFlow:
         import time
 
         kwargs.pop("retry_count", None)
+        if upstream == NOT_TAKEN or (not isinstance(upstream, str) and not any(upstream)):
+            for name in outputs.values():
+                yield Output(NOT_TAKEN, name)
+            return
         iteration, previous = 0, upstream
         while True:
             tid = task_id if iteration == 0 else f"{task_id}-r{iteration}"

@@ -53,15 +53,17 @@ def test_shape_matches_native(shape: str, request: pytest.FixtureRequest, tmp_pa
 
 
 @pytest.mark.flow("shapes/nested_switch_flow.py")
-def test_unchosen_branches_are_skipped_and_keys_show_index_paths(workspace: Workspace) -> None:
+def test_branches_not_taken_inside_foreach_run_no_task_and_keys_show_index_paths(workspace: Workspace) -> None:
     _differential(workspace)
     run = workspace.last_dagster_run()
     events = workspace.dagster_events(run.run_id)
     skipped = {e.step_key for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_SKIPPED"}
     succeeded = {e.step_key for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_SUCCESS"}
-    # (row, col) cells: on_diag runs for (0,0),(1,1); off_diag for the other four
-    assert {"op_on_diag[0_0]", "op_on_diag[1_1]"} <= succeeded
-    assert {"op_on_diag[0_1]", "op_off_diag[1_1]"} <= skipped
+    # (row, col) cells: on_diag runs for (0,0),(1,1); off_diag for the other four. Inside a
+    # foreach a switch passes "not taken" to the other branch, whose op ends at once without
+    # a Metaflow task (the differential check above compares every task with native)
+    assert {"op_on_diag[0_0]", "op_on_diag[1_1]", "op_on_diag[0_1]", "op_off_diag[1_1]"} <= succeeded
+    assert not {k for k in skipped if k.startswith(("op_on_diag", "op_off_diag"))}
     assert run.status.value == "SUCCESS"
 
 
