@@ -105,8 +105,24 @@ def open_instance(home: str | None = None) -> Iterator[DagsterInstance]:
 
     home = home or dagster_home()[0]
     ensure_home(home)
-    with DagsterInstance.from_config(home) as instance:
+    # a new SQLite instance creates its schema when first opened: two processes doing that
+    # at once leave it broken (two alembic heads), so opening is serialised per home
+    with _home_lock(home):
+        instance = DagsterInstance.from_config(home)
+    with instance:
         yield instance
+
+
+@contextmanager
+def _home_lock(home: str) -> Iterator[None]:
+    import fcntl
+
+    with open(os.path.join(home, ".dagster_metaflow.lock"), "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _get(instance: DagsterInstance, key: str) -> str | None:

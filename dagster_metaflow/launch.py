@@ -137,19 +137,26 @@ def launch_detached(instance: DagsterInstance, run: DagsterRun) -> DagsterRun:
     os.makedirs(log_dir, exist_ok=True)
     env = dict(os.environ)
     env["DAGSTER_HOME"] = instance.root_directory
-    with open(os.path.join(log_dir, f"{run.run_id}.log"), "ab") as log:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=os.path.dirname(run.job_code_origin.repository_origin.code_pointer.python_file)  # type: ignore[attr-defined]
-            if hasattr(run.job_code_origin.repository_origin.code_pointer, "python_file")
-            else None,
-            start_new_session=True,
-            close_fds=True,
-        )
+    cwd = None
+    pointer = run.job_code_origin.repository_origin.code_pointer
+    if hasattr(pointer, "python_file"):
+        cwd = os.path.dirname(pointer.python_file)
+    try:
+        with open(os.path.join(log_dir, f"{run.run_id}.log"), "ab") as log:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as exc:
+        # never leave the run STARTING forever
+        instance.report_run_failed(run, message=f"dagster-metaflow could not start the run worker: {exc}")
+        raise LaunchError(f"could not start the run worker: {exc}") from exc
     instance.add_run_tags(run.run_id, {TAG_WORKER_PID: str(proc.pid), TAG_WORKER_HOST: socket.gethostname()})
     fresh = instance.get_run_by_id(run.run_id)
     assert fresh is not None

@@ -210,20 +210,21 @@ class _Builder:
             (control,) = vals
             w.input_form, w.parallel_join, stream, arg = "single", True, control.stream, control.var
         elif step.kind == "join" and step.join_kind == "foreach":
-            streams = {id(v.stream) for v in vals}
-            body = vals[0]
-            assert body.stream is not None and len(streams) == 1
-            if body.stream.depth == 1 and len(vals) == 1:
-                w.input_form, stream, arg = "list", None, self.export(body)
-                needs.append(body.stream)
-            elif body.stream.depth == 1:
+            depths = {v.stream.depth if v.stream is not None else 0 for v in vals}
+            if len(depths) != 1 or 0 in depths:
+                raise WiringError(f"step {step.name!r}: joins branches from different foreach levels")
+            (depth,) = depths
+            if depth == 1 and len(vals) == 1:
+                w.input_form, stream, arg = "list", None, self.export(vals[0])
+                needs.append(vals[0].stream)  # type: ignore[arg-type]
+            elif depth == 1:
                 # switch branches ending the body: one collected list per branch
                 w.input_form, stream = "lists", None
                 w.input_names = tuple(naming.python_identifier(f"from_{p}", {"context", "config"}) for p in step.in_steps)
                 arg = ", ".join(self.export(v) for v in vals)
-                needs.append(body.stream)
+                needs.extend(v.stream for v in vals if v.stream is not None)
             else:
-                grouped = self.regroup(step, vals, body.stream.depth - 1)
+                grouped = self.regroup(step, vals, depth - 1)
                 w.input_form, stream, arg = "list", grouped.stream, grouped.var
         elif merging:
             streams = {id(v.stream) for v in vals}

@@ -30,7 +30,18 @@ PARAMS_TASK_ID = "t-params"
 MAX_LOG_BYTES = 100 * 1024 * 1024
 TIMEOUT_BACKSTOP = 5  # seconds after @timeout's deadline before the runtime kills the step
 TAG_PATHSPEC = "metaflow/pathspec"  # on the Dagster run: its Metaflow run
-NOT_TAKEN = ""  # the value ops of a branch not taken pass on (switches inside a foreach)
+# Inside a foreach, a switch yields every output: the branch not taken gets "~<pathspec>",
+# a marker that keeps the task's place (run/step/task id, hence its foreach index path), and
+# every op on that branch passes a marker on without running a Metaflow task.
+NOT_TAKEN = "~"
+
+
+def not_taken(pathspec: str) -> str:
+    return NOT_TAKEN + pathspec
+
+
+def taken(value: str) -> bool:
+    return bool(value) and not value.startswith(NOT_TAKEN)
 _PREPARE = OncePerRun()
 
 
@@ -361,11 +372,11 @@ class MetaflowFlow:
         paths = [upstream] if isinstance(upstream, str) else list(upstream)
         # "" comes from a branch not taken (a switch inside a foreach yields every output);
         # inputs reused from a parent run (Dagster re-execution) were cloned into this run
-        paths = sorted((in_run(p, run_id) for p in paths if p), key=_path_sort_key)
+        paths = sorted((in_run(p, run_id) for p in paths if taken(p)), key=_path_sort_key)
         pathspec = f"{run_id}/{step}/{task_id}"
         if not paths:
             _announce(f"[dagster-metaflow] branch not taken: no Metaflow task for step {step!r}\n")
-            return NOT_TAKEN
+            return not_taken(pathspec)
         origin = origin_of(context)
         if origin is not None and origin.may_clone(step):
             source = f"{origin.run_id}/{step}/{task_id}"
@@ -469,7 +480,11 @@ class MetaflowFlow:
     def fan_out_all(self, context: OpExecutionContext, pathspecs: Sequence[str]) -> Iterator[DynamicOutput[str]]:
         """Nested foreach: fan out the children of every collected foreach task at once."""
         count = 0
-        for pathspec in sorted((p for p in pathspecs if p), key=_path_sort_key):
+        for pathspec in sorted(pathspecs, key=_path_sort_key):
+            if not taken(pathspec):
+                # a foreach on a branch not taken: one marker child keeps its place
+                yield DynamicOutput(pathspec, mapping_key=naming.mapping_key((*indices_of(pathspec), 0)))
+                continue
             for child in self._children(pathspec):
                 count += 1
                 yield child
@@ -491,8 +506,7 @@ class MetaflowFlow:
         groups: dict[tuple[int, ...], list[str]] = {}
         for values in inputs:
             for pathspec in values:
-                if pathspec:
-                    groups.setdefault(indices_of(pathspec)[:depth], []).append(pathspec)
+                groups.setdefault(indices_of(pathspec)[:depth], []).append(pathspec)
         for key in sorted(groups):
             yield DynamicOutput(sorted(groups[key], key=_path_sort_key), mapping_key=naming.mapping_key(key))
 
@@ -503,8 +517,8 @@ class MetaflowFlow:
 
     def mapper_tasks(self, pathspec: str) -> list[str]:
         """The tasks of a @parallel step (control + workers), from its control task."""
-        if pathspec == NOT_TAKEN:
-            return []
+        if not taken(pathspec):
+            return [pathspec]
         tasks = self.task_datastore(pathspec)["_control_mapper_tasks"]
         if not tasks:
             raise Failure(description=f"@parallel control task {pathspec} listed no mapper tasks")
@@ -522,10 +536,10 @@ class MetaflowFlow:
         self, context: OpExecutionContext, pathspec: str, outputs: Mapping[str, str], always: bool = False
     ) -> Iterator[Output[str]]:
         """Yield the output of the branch the switch task chose. The other outputs are not
-        yielded (Dagster skips those branches) or, with `always`, carry NOT_TAKEN."""
-        if pathspec == NOT_TAKEN:  # this switch itself is on a branch not taken
+        yielded (Dagster skips those branches) or, with `always`, carry a not-taken marker."""
+        if not taken(pathspec):  # this switch itself is on a branch not taken
             for name in outputs.values():
-                yield Output(NOT_TAKEN, name)
+                yield Output(pathspec, name)
             return
         chosen = self.chosen_step(pathspec)
         if chosen not in outputs:
@@ -535,7 +549,7 @@ class MetaflowFlow:
         if always:
             for step, name in outputs.items():
                 if step != chosen:
-                    yield Output(NOT_TAKEN, name)
+                    yield Output(not_taken(pathspec), name)
 
     def run_loop(
         self,
@@ -559,9 +573,10 @@ class MetaflowFlow:
         import time
 
         kwargs.pop("retry_count", None)
-        if upstream == NOT_TAKEN or (not isinstance(upstream, str) and not any(upstream)):
+        ups = [upstream] if isinstance(upstream, str) else list(upstream)
+        if not any(taken(u) for u in ups):
             for name in outputs.values():
-                yield Output(NOT_TAKEN, name)
+                yield Output(not_taken(f"{run_id}/{step}/{task_id}"), name)
             return
         iteration, previous = 0, upstream
         while True:

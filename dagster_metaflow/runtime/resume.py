@@ -73,7 +73,7 @@ def origin_of(context: OpExecutionContext) -> Origin | None:
 def in_run(pathspec: str, run_id: str) -> str:
     """The same task in run `run_id` (inputs reused from a parent run were cloned here)."""
     parts = pathspec.split("/")
-    if len(parts) == 3 and parts[0] != run_id:
+    if len(parts) == 3 and parts[0] != run_id and not pathspec.startswith("~"):
         return f"{run_id}/{parts[1]}/{parts[2]}"
     return pathspec
 

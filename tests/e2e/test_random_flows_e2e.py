@@ -19,15 +19,19 @@ pytestmark = pytest.mark.e2e
 
 
 def _rich_seeds(count: int) -> list[int]:
-    """First seeds whose flows combine foreach, switch and split (deterministic)."""
-    seeds = []
+    """First seeds whose flows combine foreach, switch and split (deterministic), then the
+    first seeds with a switch going straight into a foreach join (no merge step)."""
+    seeds: list[int] = []
+    open_into_foreach: list[int] = []
     seed = 0
-    while len(seeds) < count:
+    while len(seeds) < count or len(open_into_foreach) < 2:
         _cls, src = random_flow(seed)
-        if "foreach=" in src and "condition=" in src and "def split" in src:
+        if len(seeds) < count and "foreach=" in src and "condition=" in src and "def split" in src:
             seeds.append(seed)
+        elif len(open_into_foreach) < 2 and "def osw" in src and "foreach=" in src and seed not in seeds:
+            open_into_foreach.append(seed)
         seed += 1
-    return seeds
+    return seeds + open_into_foreach + [29]  # 29: a foreach on a branch not taken
 
 
 @pytest.mark.parametrize("seed", _rich_seeds(3))
