@@ -67,13 +67,15 @@ class Workspace:
         self.metaflow("dagster", "create", out, *args)
         return self.dir / out
 
-    def dagster_execute(self, out: Path, job: str, config_yaml: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def dagster_execute(
+        self, out: Path, job: str, config_yaml: str | None = None, check: bool = True, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [str(BIN / "dagster"), "job", "execute", "-f", str(out), "-j", job]
         if config_yaml is not None:
             cfg = self.dir / "run_config.yaml"
             cfg.write_text(config_yaml)
             cmd += ["-c", str(cfg)]
-        return self.run(*cmd, check=check)
+        return self.run(*cmd, check=check, **env)
 
     def last_dagster_run(self) -> Any:
         from dagster import DagsterInstance

@@ -284,13 +284,13 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[
         os.dup2(err_fd, 2)
         for fd in (devnull, out_fd, err_fd):
             os.close(fd)
+        _set_title(request["argv"])
         if request.get("cwd"):
             os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
         argv = request["argv"][1:]
         script = os.path.abspath(argv[0])
-        _set_title(request["argv"])
         sys.argv = argv
         sys.path[0] = os.path.dirname(script)
         try:
@@ -430,6 +430,12 @@ def serve(path: str) -> None:
         importlib.import_module(name)
     main_extras = {k: v for k, v in vars(__main__).items() if k not in before}
     _forget_cli()
+    try:  # set up once here: it needs the process's original argv/environ memory
+        import setproctitle
+
+        setproctitle.getproctitle()
+    except Exception:
+        pass
     parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)

@@ -26,14 +26,14 @@ def _flow_class_name(path: Path) -> str:
     return next(n.name for n in tree.body if isinstance(n, ast.ClassDef))
 
 
-def _differential(ws: Workspace) -> dict:
+def _differential(ws: Workspace, fork: str = "1") -> dict:
     from metaflow import Run
 
     flow_name = _flow_class_name(ws.flow)
     ws.metaflow("run")
     native = latest_run_pathspec(flow_name)
     out = ws.compile()
-    ws.dagster_execute(out, flow_name)
+    ws.dagster_execute(out, flow_name, DAGSTER_METAFLOW_FORK=fork)
     dagster_run = ws.last_dagster_run()
     dag = f"{flow_name}/{metaflow_run_id(dagster_run.run_id)}"
     assert Run(dag).successful
@@ -45,11 +45,14 @@ def _differential(ws: Workspace) -> dict:
     return got
 
 
+@pytest.mark.parametrize("fork", ["1", "0"], ids=["zygote", "subprocess"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_shape_matches_native(shape: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_shape_matches_native(shape: str, fork: str, request: pytest.FixtureRequest) -> None:
+    """The whole catalogue, with steps forked from the zygote and as plain subprocesses:
+    the fast path must be indistinguishable from `python flow.py step`."""
     request.node.add_marker(pytest.mark.flow(f"shapes/{shape}"))
     ws = request.getfixturevalue("workspace")
-    _differential(ws)
+    _differential(ws, fork)
 
 
 @pytest.mark.flow("shapes/nested_switch_flow.py")
