@@ -458,9 +458,11 @@ class MetaflowFlow:
                 else f"exited with code {result.returncode}"
             )
             tail = "\n".join(result.stderr_tail) or "(no stderr output)"
+            user_error = self._user_error(pathspec, retry_count)
             raise Failure(
                 description=f"Metaflow step {step!r} (task {pathspec}){attempt} {why}.\n"
-                f"Last lines of stderr:\n{tail}",
+                + (f"{user_error}\n" if user_error else "")
+                + f"Last lines of stderr:\n{tail}",
                 metadata={
                     "pathspec": MetadataValue.text(f"{self.name}/{pathspec}"),
                     "retry_count": MetadataValue.int(retry_count),
@@ -606,6 +608,25 @@ class MetaflowFlow:
     # -- helpers ------------------------------------------------------------------------
     def _supervise(self, context: OpExecutionContext, argv: list[str], env: dict[str, str], **kw: Any) -> Any:
         return run_supervised(argv, env=env, cwd=self.cwd, spawn=spawn_step_process, **kw)
+
+    def _user_error(self, pathspec: str, attempt: int) -> str | None:
+        """The user's exception as Metaflow recorded it (`_exception`), with the traceback
+        from the first frame outside Metaflow: what the Dagster failure shows first."""
+        try:
+            ds = self.task_datastore(pathspec, attempt=attempt)
+            if "_exception" not in ds:
+                return None
+            exc = ds["_exception"]
+        except Exception:
+            return None
+        head = f"{getattr(exc, 'type', 'Exception')}: {getattr(exc, 'exception', '')}"
+        import metaflow
+
+        internal = os.path.dirname(os.path.abspath(metaflow.__file__))
+        trace = (getattr(exc, "stacktrace", None) or "").splitlines()
+        user = [i for i, ln in enumerate(trace) if ln.strip().startswith("File ") and internal not in ln]
+        frames = trace[user[0] :] if user else []
+        return "\n".join([head, *(["Traceback (user code):", *frames] if frames else [])])
 
     def _attempts_made(self, pathspec: str) -> int:
         """Number of attempts a task already has (0 when it never started)."""

@@ -131,6 +131,11 @@ def test_failure_names_step_and_shows_stderr(workspace: Workspace) -> None:
     assert failures, res.stdout[-2000:]
     msg = failures[0].step_failure_data.user_failure_data.description
     assert "'explode'" in msg and "boom-7f3a" in msg and "about to fail" in msg
+    # the user's exception comes first, with the user's frames only, before the stderr tail
+    lines = msg.splitlines()
+    assert lines[1] == "builtins.ValueError: boom-7f3a", lines[:3]
+    assert lines[2] == "Traceback (user code):" and "failing_flow.py" in lines[3]
+    assert not any("metaflow/cli.py" in ln for ln in lines[: lines.index("Last lines of stderr:")])
 
 
 def _alive(pid: int) -> bool:
