@@ -366,6 +366,7 @@ def create(
             executor=executor,
             owner=owner,
             production_token=token,
+            package=True,
         )
         from .codegen import CodegenError, render
 
@@ -820,6 +821,7 @@ def build_ir_from_obj(
     executor: str = "threads",
     owner: str | None = None,
     production_token: str | None = None,
+    package: bool = False,
 ) -> FlowIR:
     """Collect everything `create` needs from Metaflow's CLI state into a FlowIR."""
     from metaflow import decorators
@@ -848,6 +850,7 @@ def build_ir_from_obj(
 
     dumped = dump_config_values(obj.flow)
     config_values = json.dumps(dumped, sort_keys=True) if dumped else None
+    code_package = _save_code_package(obj) if package else ()
     options = CompileOptions(
         job_name=job_name,
         flow_file=flow_ref,
@@ -866,11 +869,24 @@ def build_ir_from_obj(
         owner=owner,
         production_token=production_token,
         config_values=config_values,
+        code_package=code_package,
     )
     try:
         return build_flow_ir(obj.flow, obj.graph, options)
     except IRError as exc:
         raise DagsterMetaflowException(str(exc)) from None
+
+
+def _save_code_package(obj: Any) -> tuple[tuple[str, str], ...]:
+    """Metaflow's code package of the flow (flow file, modules beside it with
+    --package-suffixes), saved in the flow's datastore as Metaflow's schedulers do: a
+    deployment runs the code it was compiled from."""
+    from metaflow.package import MetaflowPackage
+
+    obj.echo("Packaging the flow's code...")
+    pkg = MetaflowPackage(obj.flow, obj.environment, obj.echo, suffixes=obj.package_suffixes)
+    url, sha = obj.flow_datastore.save_data([pkg.blob], len_hint=1)[0]
+    return (("url", str(url)), ("sha", str(sha)), ("metadata", str(pkg.package_metadata)))
 
 
 def dagster_load_problem(text: str, out_file: str, job_name: str) -> str | None:

@@ -311,6 +311,8 @@ def build_render_model(ir: FlowIR) -> RenderModel:
     ]
     if ir.config_values:
         flow_kwargs.append(("config_values", py(ir.config_values)))
+    if ir.code_package:
+        flow_kwargs.append(("code_package", py(dict(ir.code_package))))
     flow_kwargs += [(k, py(v)) for k, v in ir.datastore_kwargs]
     flow_kwargs.append(
         (

@@ -113,6 +113,9 @@ class CompileOptions:
     # Metaflow's dump of the flow's resolved configs ({"user_configs": {name: [value, plain]}}),
     # JSON text: fixed at create, read by every step through --local-config-file
     config_values: str | None = None
+    # Metaflow code package of the flow, saved in the flow's datastore at create:
+    # (("url", ...), ("sha", ...), ("metadata", ...)); steps run from it
+    code_package: tuple[tuple[str, str], ...] = ()
     production_token: str | None = None  # steps run in namespace production:<token>
 
 

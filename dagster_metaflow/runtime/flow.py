@@ -135,6 +135,8 @@ class MetaflowFlow:
     production_token: str | None = None  # steps run in namespace production:<token>
     # the flow's configs as resolved at create (Metaflow's dump_config_values, JSON text)
     config_values: str | None = None
+    # Metaflow code package saved at create ({"url", "sha", "metadata"}): steps run from it
+    code_package: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         _LIVE_FLOWS.append(self)
@@ -146,15 +148,29 @@ class MetaflowFlow:
 
     # -- paths and environment ---------------------------------------------------------
     @cached_property
-    def flow_path(self) -> str:
+    def source_path(self) -> str:
+        """The flow file `create` compiled (it may have changed or gone since)."""
         p = Path(self.file)
         if not p.is_absolute() and self.relative_to:
             p = Path(self.relative_to) / p
         return str(p.resolve())
 
     @cached_property
+    def flow_path(self) -> str:
+        """The flow file steps run: the code package's copy when there is one."""
+        if not self.code_package:
+            return self.source_path
+        from .package import extracted
+
+        root = extracted(self._flow_datastore, self.code_package)
+        return os.path.join(root, os.path.basename(self.source_path))
+
+    @cached_property
     def cwd(self) -> str:
-        return os.path.dirname(self.flow_path)
+        """Steps run where the flow lives (relative paths as with `python flow.py run`), or
+        in the package's directory if that is gone."""
+        here = os.path.dirname(self.source_path)
+        return here if os.path.isdir(here) else os.path.dirname(self.flow_path)
 
     def base_argv(self) -> list[str]:
         argv = [sys.executable, self.flow_path, *self.top_level_args]
@@ -188,6 +204,11 @@ class MetaflowFlow:
         if extra_env:
             env.update(extra_env)
         env.update(self.config_env)
+        if self.code_package:  # recorded as the tasks' code package, as Argo does
+            env["METAFLOW_CODE_URL"] = self.code_package["url"]
+            env["METAFLOW_CODE_SHA"] = self.code_package["sha"]
+            env["METAFLOW_CODE_DS"] = self.datastore_type
+            env["METAFLOW_CODE_METADATA"] = self.code_package.get("metadata", "")
         env["PYTHONUNBUFFERED"] = "x"
         # Metaflow starts some processes as plain `python` (@parallel workers): make that
         # the interpreter running this job, as an activated virtualenv would

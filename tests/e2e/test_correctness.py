@@ -90,3 +90,32 @@ def test_create_refuses_bad_output_paths_with_one_line(workspace: Workspace) -> 
     workspace.metaflow("dagster", "create", "mine.py")  # ours now: overwritten without --force
     leftovers = [p.name for p in workspace.dir.iterdir() if ".tmp" in p.name]
     assert leftovers == []
+
+
+@pytest.mark.flow("linear_flow.py")
+def test_deployment_runs_the_code_it_was_compiled_from(workspace: Workspace) -> None:
+    """Editing, renaming steps in or deleting the flow file after `create` changes nothing
+    until the next `create`: steps run Metaflow's code package saved at create."""
+    from metaflow import Run
+
+    original = workspace.flow.read_text()
+    workspace.compile()
+    # add a step and rename one: a run of the deployment must not see either
+    edited = original.replace("self.next(self.end)", "self.next(self.extra)", 1)
+    edited = edited.replace("    @step\n    def end(self):", "    @step\n    def extra(self):\n        self.next(self.end)\n\n    @step\n    def end(self):", 1)
+    workspace.flow.write_text(edited)
+    workspace.metaflow("dagster", "trigger", "--wait", "--run-id-file", "rid")
+    run = Run(f"LinearFlow/{(workspace.dir / 'rid').read_text()}", _namespace_check=False)
+    assert run.successful and "extra" not in [s.id for s in run.steps()]
+    assert run.code is not None
+    flowspec = run.code.flowspec
+    assert (flowspec.decode() if isinstance(flowspec, bytes) else flowspec) == original
+    # the flow file is gone: the deployment still runs (trigger needs no flow file either
+    # through the Deployer; here the run is started with `dagster job execute`)
+    workspace.flow.unlink()
+    out = workspace.dir / "out_dagster.py"
+    workspace.dagster_execute(out, "LinearFlow")
+    from dagster_metaflow.runtime import metaflow_run_id
+
+    again = Run(f"LinearFlow/{metaflow_run_id(workspace.last_dagster_run().run_id)}", _namespace_check=False)
+    assert again.successful
