@@ -481,7 +481,7 @@ def _run_config(
     missing = [p.name for p in dep.parameters if p.required and values.get(p.name) is None]
     if missing:
         raise DagsterMetaflowException(
-            f"missing required parameter {missing[0]!r}: pass --{missing[0]} VALUE or --run-param {missing[0]}=VALUE"
+            f"missing required parameter {missing[0]!r}: pass --{missing[0]} VALUE, --run-param {missing[0]}=VALUE or set METAFLOW_RUN_{missing[0].upper().replace('-', '_')}"
         )
     cfg = {k: v for k, v in values.items() if v is not None}
     run_config = {"ops": {dep.start_op: {"config": cfg}}} if dep.parameters else {}
@@ -603,6 +603,25 @@ def _follow(obj: Any, instance: Any, run_id: str, pathspec: str) -> None:
         raise DagsterMetaflowException(f"run {pathspec} ended with status {status}")
 
 
+def _flow_options(cmd: Any) -> list[Any]:
+    """The options Metaflow's add_custom_parameters added to `cmd` (one per Parameter)."""
+    names = {o.name for o in getattr(cmd, "original_params", [])}
+    return [opt for opt in cmd.params if opt.name not in names]
+
+
+def _overrides_only(cmd: Any) -> Any:
+    """Flow parameter options of `trigger`/`resume` default to None: only values given
+    explicitly (or through --run-param / METAFLOW_RUN_<NAME>) are passed; the others keep
+    the deployment's compiled defaults (trigger) or the origin run's values (resume). A
+    required parameter may come from any of those, so `_run_config` checks it, not click."""
+    for opt in _flow_options(cmd):
+        opt.default = None
+        opt.required = False
+        opt.show_default = False
+    return cmd
+
+
+@_overrides_only
 @parameters.add_custom_parameters(deploy_mode=False)
 @dagster.command(help="Start a run of the deployed flow on the Dagster instance.")
 @click.option("--run-param", "run_params", multiple=True, default=None, help="name=value (repeatable).")
@@ -656,18 +675,6 @@ def _closure(obj: Any, step: str) -> list[str]:
         out.append(s)
         todo.extend(obj.graph[s].out_funcs)
     return sorted(out)
-
-
-def _overrides_only(cmd: Any) -> Any:
-    """Flow parameter options of `resume` default to None: only values given explicitly
-    override the origin run's parameters."""
-    names = {o.name for o in getattr(cmd, "original_params", [])}
-    for opt in cmd.params:
-        if opt.name not in names:
-            opt.default = None
-            opt.required = False
-            opt.show_default = False
-    return cmd
 
 
 @_overrides_only
