@@ -857,7 +857,20 @@ def build_ir_from_obj(
 
     dumped = dump_config_values(obj.flow)
     config_values = json.dumps(dumped, sort_keys=True) if dumped else None
-    code_package = _save_code_package(obj) if package else ()
+    code_package: tuple[tuple[str, str], ...] = ()
+    fingerprint = None
+    if package:
+        try:
+            code_package = _save_code_package(obj)
+        except Exception as exc:
+            # no snapshot: runs check that the flow file is still the one compiled
+            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            obj.echo(
+                f"Warning: could not package the flow's code ({why}); runs will refuse to start "
+                "if the flow file changes before the next `create`.",
+                err=True,
+            )
+            fingerprint = file_fingerprint(flow_file)
     options = CompileOptions(
         job_name=job_name,
         flow_file=flow_ref,
@@ -877,11 +890,19 @@ def build_ir_from_obj(
         production_token=production_token,
         config_values=config_values,
         code_package=code_package,
+        flow_fingerprint=fingerprint,
     )
     try:
         return build_flow_ir(obj.flow, obj.graph, options)
     except IRError as exc:
         raise DagsterMetaflowException(str(exc)) from None
+
+
+def file_fingerprint(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _save_code_package(obj: Any) -> tuple[tuple[str, str], ...]:

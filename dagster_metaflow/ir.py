@@ -116,6 +116,8 @@ class CompileOptions:
     # Metaflow code package of the flow, saved in the flow's datastore at create:
     # (("url", ...), ("sha", ...), ("metadata", ...)); steps run from it
     code_package: tuple[tuple[str, str], ...] = ()
+    # when no code package could be made: sha256 of the flow file, checked before a run
+    flow_fingerprint: str | None = None
     production_token: str | None = None  # steps run in namespace production:<token>
 
 

@@ -137,6 +137,7 @@ class MetaflowFlow:
     config_values: str | None = None
     # Metaflow code package saved at create ({"url", "sha", "metadata"}): steps run from it
     code_package: Mapping[str, str] | None = None
+    flow_fingerprint: str | None = None  # sha256 of the compiled flow file (no code package)
 
     def __post_init__(self) -> None:
         _LIVE_FLOWS.append(self)
@@ -271,6 +272,7 @@ class MetaflowFlow:
     def _prepare_run(self, context: OpExecutionContext, run_id: str) -> None:
         from .resume import prepare_reexecution
 
+        self._check_flow_unchanged()
         tag = f"{self.name}/{run_id}"
         try:
             if context.run.tags.get(TAG_PATHSPEC) != tag:
@@ -280,6 +282,24 @@ class MetaflowFlow:
         origin = origin_of(context)
         if origin is not None and origin.reexecution:
             prepare_reexecution(self, context, run_id, origin)
+
+    def _check_flow_unchanged(self) -> None:
+        """Without a code package, a run may only use the flow file `create` compiled."""
+        if not self.flow_fingerprint:
+            return
+        import hashlib
+
+        try:
+            with open(self.source_path, "rb") as f:
+                current = hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            current = None
+        if current != self.flow_fingerprint:
+            state = "is missing" if current is None else "changed"
+            raise Failure(
+                description=f"the flow file {self.source_path} {state} since `dagster create`: "
+                f"run `python {os.path.basename(self.source_path)} dagster create` again"
+            )
 
     def task_id(self, context: OpExecutionContext) -> str:
         return task_id_for(context.get_mapping_key())

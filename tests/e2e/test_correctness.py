@@ -119,3 +119,24 @@ def test_deployment_runs_the_code_it_was_compiled_from(workspace: Workspace) -> 
 
     again = Run(f"LinearFlow/{metaflow_run_id(workspace.last_dagster_run().run_id)}", _namespace_check=False)
     assert again.successful
+
+
+@pytest.mark.flow("linear_flow.py")
+def test_without_a_code_package_a_changed_flow_refuses_to_run(workspace: Workspace) -> None:
+    import os
+
+    # a dangling symlink beside the flow makes Metaflow's packaging fail
+    os.symlink(workspace.dir / "gone.py", workspace.dir / "broken.py")
+    res = workspace.metaflow("dagster", "create", "out_dagster.py")
+    assert "could not package the flow's code" in res.stderr
+    workspace.metaflow("dagster", "trigger", "--wait")  # unchanged: runs
+    workspace.flow.write_text(workspace.flow.read_text() + "\n# edited\n")
+    res = workspace.metaflow("dagster", "trigger", "--wait", check=False)
+    assert res.returncode != 0
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
+        run = instance.get_runs(limit=1)[0]
+        text = " ".join(str(e.dagster_event.event_specific_data) for e in instance.all_logs(run.run_id)
+                        if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE")
+    assert "changed since `dagster create`: run `python linear_flow.py dagster create` again" in text
