@@ -20,10 +20,17 @@ StepKind = Literal["start", "linear", "split", "foreach", "join", "switch", "end
 JoinKind = Literal["static", "foreach"]
 ParamType = Literal["int", "float", "bool", "str", "json"]
 
-# Step decorators that work unchanged when the step runs through `flow.py step` locally.
+# Metaflow's step decorators whose local-runtime hooks the compiler reproduces itself
+# (retry/catch -> RetryPolicy and --max-user-code-retries, timeout -> enforced deadline,
+# environment -> step environment, parallel -> control task, ...). Any other decorator is
+# accepted when its behaviour lives in the task (step_init, task_pre_step, task_decorate,
+# task_post_step, ...), which `flow.py step` runs unchanged.
 SUPPORTED_STEP_DECORATORS = frozenset(
-    {"retry", "catch", "timeout", "environment", "resources", "card", "secrets", "project"}
+    {"retry", "catch", "timeout", "environment", "resources", "card", "secrets", "project", "parallel"}
 )
+# hooks only Metaflow's local runtime (`flow.py run`) calls: a decorator that needs them
+# cannot work under another orchestrator unless it is handled above
+RUNTIME_HOOKS = ("runtime_init", "runtime_task_created", "runtime_step_cli", "runtime_finished")
 # Decorators that Metaflow attaches on its own; never user-visible, always fine.
 INTERNAL_DECORATORS = frozenset({"argo_workflows_internal", "dagster_internal"})
 REMOTE_COMPUTE_DECORATORS = frozenset({"kubernetes", "batch"})
@@ -230,6 +237,19 @@ def _timeout_seconds(step: str, attrs: Mapping[str, Any]) -> int | None:
     return secs or None
 
 
+def runtime_hooks_of(deco: Any) -> list[str]:
+    """The local-runtime hooks a step decorator overrides (or sets as a *_ctx hook)."""
+    from metaflow.decorators import StepDecorator
+
+    out = []
+    for hook in RUNTIME_HOOKS:
+        if getattr(type(deco), hook, None) is not getattr(StepDecorator, hook, None):
+            out.append(hook)
+        elif getattr(deco, f"{hook}_ctx", None) is not None:
+            out.append(f"{hook}_ctx")
+    return out
+
+
 def build_step(node: Any, graph: Any, op_name: str, datastore_type: str = "local") -> StepIR:
     """Read one graph node and its decorators into a StepIR (refusing what cannot work)."""
     decos = list(node.decorators)
@@ -245,11 +265,13 @@ def build_step(node: Any, graph: Any, op_name: str, datastore_type: str = "local
             raise IRError(
                 f"step {node.name!r}: @{deco.name} is not supported by dagster-metaflow yet"
             )
-        if deco.name == "parallel":
-            continue  # described by is_parallel; codegen decides whether it can compile it
-        if deco.name not in SUPPORTED_STEP_DECORATORS:
+        if deco.name in SUPPORTED_STEP_DECORATORS:
+            continue
+        hooks = runtime_hooks_of(deco)
+        if hooks:
             raise IRError(
-                f"step {node.name!r}: decorator @{deco.name} is not supported by dagster-metaflow"
+                f"step {node.name!r}: decorator @{deco.name} needs Metaflow's local runtime hook "
+                f"{hooks[0]}(), which runs only under `flow.py run`; dagster-metaflow cannot run it"
             )
 
     retry, user_retries = _retry_spec(node.name, decos)

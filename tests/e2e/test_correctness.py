@@ -140,3 +140,27 @@ def test_without_a_code_package_a_changed_flow_refuses_to_run(workspace: Workspa
         text = " ".join(str(e.dagster_event.event_specific_data) for e in instance.all_logs(run.run_id)
                         if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE")
     assert "changed since `dagster create`: run `python linear_flow.py dagster create` again" in text
+
+
+@pytest.mark.flow("ext_deco_flow.py")
+def test_extension_step_decorators_run_and_runtime_only_ones_are_refused(workspace: Workspace) -> None:
+    from pathlib import Path
+
+    from conftest import artifacts_by_task, latest_run_pathspec
+    from metaflow import Run
+
+    ext = str(Path(__file__).parent.parent / "extensions")
+    env = {"PYTHONPATH": ext}
+    workspace.metaflow("run", **env)
+    native = latest_run_pathspec("ExtDecoFlow")
+    workspace.metaflow("dagster", "create", "out_dagster.py", **env)
+    workspace.metaflow("dagster", "trigger", "--wait", "--run-id-file", "rid", **env)
+    got = f"ExtDecoFlow/{(workspace.dir / 'rid').read_text()}"
+    run = Run(got, _namespace_check=False)
+    assert run["start"].task.data.dm_before.startswith("hello:start:")
+    assert run["start"].task.data.dm_after == "start"
+    assert artifacts_by_task(got).keys() == artifacts_by_task(native).keys()
+    # a decorator that needs the local runtime's hooks: one line naming it and the hook
+    res = workspace.metaflow("--with", "dm_runtime_only", "dagster", "create", "x_dagster.py", check=False, **env)
+    assert res.returncode != 0
+    assert "decorator @dm_runtime_only needs Metaflow's local runtime hook runtime_step_cli()" in res.stderr

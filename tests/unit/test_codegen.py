@@ -166,12 +166,26 @@ def test_retry_delay_only_when_user_wrote_it() -> None:
     assert "RetryPolicy(max_retries=3, delay=120)" in text and "RetryPolicy(max_retries=1)" in text
 
 
-def test_unsupported_decorator_is_refused_with_step_name() -> None:
+def test_decorators_needing_runtime_hooks_are_refused_task_side_ones_accepted() -> None:
     from metaflow import FlowSpec, step
+    from metaflow.decorators import StepDecorator
     from metaflow.graph import FlowGraph
 
-    class Odd:
+    class TaskSide(StepDecorator):
+        name = "task_side"
+
+        def task_post_step(self, *args: Any) -> None:
+            pass
+
+    class NeedsRuntime(StepDecorator):
         name = "mystery"
+
+        def runtime_task_created(self, *args: Any) -> None:
+            pass
+
+    class CtxHook(StepDecorator):
+        name = "ctx_hook"
+        runtime_finished_ctx = staticmethod(lambda *a: None)
 
     class RefusedFlow(FlowSpec):
         @step
@@ -183,8 +197,13 @@ def test_unsupported_decorator_is_refused_with_step_name() -> None:
             pass
 
     graph = FlowGraph(RefusedFlow)
-    graph["end"].decorators.append(Odd())
-    with pytest.raises(IRError, match=r"step 'end': decorator @mystery is not supported"):
+    graph["start"].decorators.append(TaskSide())
+    build_flow_ir(RefusedFlow, graph, CompileOptions(job_name="R", flow_file="r.py"))
+    graph["end"].decorators.append(NeedsRuntime())
+    with pytest.raises(IRError, match=r"step 'end': decorator @mystery needs Metaflow's local runtime hook runtime_task_created\(\)"):
+        build_flow_ir(RefusedFlow, graph, CompileOptions(job_name="R", flow_file="r.py"))
+    graph["end"].decorators[-1] = CtxHook()
+    with pytest.raises(IRError, match=r"@ctx_hook needs Metaflow's local runtime hook runtime_finished_ctx\(\)"):
         build_flow_ir(RefusedFlow, graph, CompileOptions(job_name="R", flow_file="r.py"))
 
 
