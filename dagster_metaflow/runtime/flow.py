@@ -443,6 +443,10 @@ class MetaflowFlow:
             "--input-paths",
             compress_list(paths),
         ]
+        if origin is not None:
+            # a task run again in a resumed run: `current.origin_run_id` and its
+            # `origin-run-id` metadata name the origin, as under `flow.py resume`
+            argv += ["--clone-run-id", origin.run_id]
         if split_index is not None:
             argv += ["--split-index", str(split_index)]
         if ubf_context is not None:
