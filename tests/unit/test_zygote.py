@@ -1,0 +1,82 @@
+"""Zygote client rules: a command is never started twice; a slow zygote blocks no one."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dagster_metaflow.runtime import zygote
+from dagster_metaflow.runtime.zygote import HEADER, Zygote, ZygotePool, ZygoteUnavailable
+
+
+def _fake_zygote(path: str) -> threading.Thread:
+    """A server that takes one command (header, fds, body) and hangs up without a pid: the
+    command may have started."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        msg, fds, _flags, _addr = socket.recv_fds(conn, HEADER.size, 2)
+        for fd in fds:
+            os.close(fd)
+        conn.recv(65536)
+        conn.close()  # took the command, then went away without saying what happened
+        listener.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def _client(path: str) -> Zygote:
+    z = Zygote.__new__(Zygote)
+    z.path = path
+    return z
+
+
+def test_a_command_the_zygote_took_is_not_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "sock")
+    _fake_zygote(path)
+    z = _client(path)
+    monkeypatch.setattr(zygote.POOL, "get", lambda python, env: z)
+    monkeypatch.setattr(zygote, "fork_enabled", lambda: True)
+    # spawn_step_process must raise (the step fails and retries), never return None (which
+    # would make the caller start the same command as a subprocess)
+    with pytest.raises(RuntimeError, match="after taking the command"):
+        zygote.spawn_step_process([sys.executable, "flow.py", "step", "x"], dict(os.environ), None)
+
+
+def test_a_zygote_that_cannot_take_the_command_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    z = _client(str(tmp_path / "nobody-listens"))
+    with pytest.raises(ZygoteUnavailable):
+        z.spawn([sys.executable, "flow.py"], {}, None)
+    monkeypatch.setattr(zygote.POOL, "get", lambda python, env: z)
+    monkeypatch.setattr(zygote, "fork_enabled", lambda: True)
+    assert zygote.spawn_step_process([sys.executable, "flow.py", "step", "x"], dict(os.environ), None) is None
+
+
+def test_a_zygote_slow_to_start_is_given_up_and_blocks_no_other_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    slow = tmp_path / "slow-python"
+    slow.write_text("#!/bin/sh\nsleep 30\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(zygote, "START_TIMEOUT", 2.0)
+    pool = ZygotePool()
+    result: list[object] = []
+    starter = threading.Thread(target=lambda: result.append(pool.get(str(slow), {"A": "1"})))
+    t0 = time.monotonic()
+    starter.start()
+    time.sleep(0.3)
+    # another step needing the same zygote meanwhile: runs as a subprocess at once
+    assert pool.get(str(slow), {"A": "1"}) is None
+    assert time.monotonic() - t0 < 1.5
+    starter.join(timeout=20)
+    assert result == [None] and time.monotonic() - t0 < 10
+    assert pool.get(str(slow), {"A": "1"}) is None  # given up: not retried for every step
