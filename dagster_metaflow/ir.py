@@ -195,8 +195,8 @@ def _retry_spec(step: str, decos: Iterable[Any]) -> tuple[RetrySpec | None, int]
     delay: int | None = None
     for deco in decos:
         u, e = deco.step_task_retry_count()
-        user_retries = max(user_retries, int(u))
-        error_retries = max(error_retries, int(e))
+        user_retries = max(user_retries, int(u or 0))
+        error_retries = max(error_retries, int(e or 0))
         if deco.name == "retry":
             user_set: set[str] = getattr(deco, "_user_defined_attributes", set())
             minutes = deco.attributes.get("minutes_between_retries")
