@@ -366,7 +366,6 @@ def create(
             executor=executor,
             owner=owner,
             production_token=token,
-            package=True,
         )
         from .codegen import CodegenError, render
 
@@ -396,6 +395,8 @@ def create(
             branch_name=current.get("branch_name"),
             metadata=obj.metadata.metadata_str(),
             tool_version=__version__,
+            flow_fingerprint=ir.flow_fingerprint or "",
+            code_package=_save_code_package(obj),
         )
         deployments.put(instance, dep)
         obj.echo(f"Wrote {out_file} ({len(ir.steps)} ops, job {job_name}).")
@@ -828,7 +829,6 @@ def build_ir_from_obj(
     executor: str = "threads",
     owner: str | None = None,
     production_token: str | None = None,
-    package: bool = False,
 ) -> FlowIR:
     """Collect everything `create` needs from Metaflow's CLI state into a FlowIR."""
     from metaflow import decorators
@@ -857,20 +857,7 @@ def build_ir_from_obj(
 
     dumped = dump_config_values(obj.flow)
     config_values = json.dumps(dumped, sort_keys=True) if dumped else None
-    code_package: tuple[tuple[str, str], ...] = ()
-    fingerprint = None
-    if package:
-        try:
-            code_package = _save_code_package(obj)
-        except Exception as exc:
-            # no snapshot: runs check that the flow file is still the one compiled
-            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            obj.echo(
-                f"Warning: could not package the flow's code ({why}); runs will refuse to start "
-                "if the flow file changes before the next `create`.",
-                err=True,
-            )
-            fingerprint = file_fingerprint(flow_file)
+    fingerprint = file_fingerprint(flow_file)
     options = CompileOptions(
         job_name=job_name,
         flow_file=flow_ref,
@@ -889,7 +876,6 @@ def build_ir_from_obj(
         owner=owner,
         production_token=production_token,
         config_values=config_values,
-        code_package=code_package,
         flow_fingerprint=fingerprint,
     )
     try:
@@ -905,16 +891,27 @@ def file_fingerprint(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _save_code_package(obj: Any) -> tuple[tuple[str, str], ...]:
+def _save_code_package(obj: Any) -> dict[str, str]:
     """Metaflow's code package of the flow (flow file, modules beside it with
     --package-suffixes), saved in the flow's datastore as Metaflow's schedulers do: a
-    deployment runs the code it was compiled from."""
+    deployment runs the code it was compiled from. Kept in the deployment record, not in
+    the generated file (a package carries its creation time; the file stays deterministic).
+    Empty, with a warning, where Metaflow cannot package the code."""
     from metaflow.package import MetaflowPackage
 
     obj.echo("Packaging the flow's code...")
-    pkg = MetaflowPackage(obj.flow, obj.environment, obj.echo, suffixes=obj.package_suffixes)
-    url, sha = obj.flow_datastore.save_data([pkg.blob], len_hint=1)[0]
-    return (("url", str(url)), ("sha", str(sha)), ("metadata", str(pkg.package_metadata)))
+    try:
+        pkg = MetaflowPackage(obj.flow, obj.environment, obj.echo, suffixes=obj.package_suffixes)
+        url, sha = obj.flow_datastore.save_data([pkg.blob], len_hint=1)[0]
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        obj.echo(
+            f"Warning: could not package the flow's code ({why}); runs will refuse to start "
+            "if the flow file changes before the next `create`.",
+            err=True,
+        )
+        return {}
+    return {"url": str(url), "sha": str(sha), "metadata": str(pkg.package_metadata)}
 
 
 def dagster_load_problem(text: str, out_file: str, job_name: str) -> str | None:

@@ -311,8 +311,6 @@ def build_render_model(ir: FlowIR) -> RenderModel:
     ]
     if ir.config_values:
         flow_kwargs.append(("config_values", py(ir.config_values)))
-    if ir.code_package:
-        flow_kwargs.append(("code_package", py(dict(ir.code_package))))
     if ir.flow_fingerprint:
         flow_kwargs.append(("flow_fingerprint", py(ir.flow_fingerprint)))
     flow_kwargs += [(k, py(v)) for k, v in ir.datastore_kwargs]

@@ -63,6 +63,8 @@ class Deployment:
     branch_name: str | None = None
     metadata: str = ""  # Metaflow metadata_str of the deploying process
     tool_version: str = ""
+    flow_fingerprint: str = ""  # sha256 of the flow file compiled (also in the generated file)
+    code_package: dict[str, str] = field(default_factory=dict)  # url, sha, metadata
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -120,10 +120,8 @@ class CompileOptions:
     # Metaflow's dump of the flow's resolved configs ({"user_configs": {name: [value, plain]}}),
     # JSON text: fixed at create, read by every step through --local-config-file
     config_values: str | None = None
-    # Metaflow code package of the flow, saved in the flow's datastore at create:
-    # (("url", ...), ("sha", ...), ("metadata", ...)); steps run from it
-    code_package: tuple[tuple[str, str], ...] = ()
-    # when no code package could be made: sha256 of the flow file, checked before a run
+    # sha256 of the compiled flow file: a run uses the deployment's code package when the
+    # deployment record matches it, and otherwise refuses a flow file that changed
     flow_fingerprint: str | None = None
     production_token: str | None = None  # steps run in namespace production:<token>
 

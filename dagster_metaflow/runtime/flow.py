@@ -43,6 +43,7 @@ def not_taken(pathspec: str) -> str:
 def taken(value: str) -> bool:
     return bool(value) and not value.startswith(NOT_TAKEN)
 _PREPARE = OncePerRun()
+_CODE: dict[str, Mapping[str, str] | None] = {}  # flow fingerprint -> code package (per process)
 
 
 _LIVE_FLOWS: list[MetaflowFlow] = []
@@ -135,9 +136,10 @@ class MetaflowFlow:
     production_token: str | None = None  # steps run in namespace production:<token>
     # the flow's configs as resolved at create (Metaflow's dump_config_values, JSON text)
     config_values: str | None = None
-    # Metaflow code package saved at create ({"url", "sha", "metadata"}): steps run from it
+    # Metaflow code package ({"url", "sha", "metadata"}) steps run from; normally found in
+    # the deployment record (`resolve_code`), which keeps generated files deterministic
     code_package: Mapping[str, str] | None = None
-    flow_fingerprint: str | None = None  # sha256 of the compiled flow file (no code package)
+    flow_fingerprint: str | None = None  # sha256 of the compiled flow file
 
     def __post_init__(self) -> None:
         _LIVE_FLOWS.append(self)
@@ -156,15 +158,38 @@ class MetaflowFlow:
             p = Path(self.relative_to) / p
         return str(p.resolve())
 
-    @cached_property
+    @property
+    def package(self) -> Mapping[str, str] | None:
+        """The code package this process runs: given explicitly, or found by resolve_code."""
+        return self.code_package or _CODE.get(self.flow_fingerprint or "")
+
+    @property
     def flow_path(self) -> str:
         """The flow file steps run: the code package's copy when there is one."""
-        if not self.code_package:
+        package = self.package
+        if not package:
             return self.source_path
         from .package import extracted
 
-        root = extracted(self._flow_datastore, self.code_package)
+        root = extracted(self._flow_datastore, package)
         return os.path.join(root, os.path.basename(self.source_path))
+
+    def resolve_code(self, context: OpExecutionContext) -> None:
+        """Find the code package of this file's deployment (once per process): the record
+        in the run's instance whose flow fingerprint is this file's."""
+        key = self.flow_fingerprint or ""
+        if self.code_package or not key or key in _CODE:
+            return
+        from ..deployments import get
+
+        found = None
+        try:
+            dep = get(context.instance, context.job_def.name)
+            if dep is not None and dep.flow_fingerprint == key and dep.code_package:
+                found = dict(dep.code_package)
+        except Exception as exc:
+            context.log.warning(f"could not read the deployment record of {context.job_def.name}: {exc}")
+        _CODE[key] = found
 
     @cached_property
     def cwd(self) -> str:
@@ -205,11 +230,12 @@ class MetaflowFlow:
         if extra_env:
             env.update(extra_env)
         env.update(self.config_env)
-        if self.code_package:  # recorded as the tasks' code package, as Argo does
-            env["METAFLOW_CODE_URL"] = self.code_package["url"]
-            env["METAFLOW_CODE_SHA"] = self.code_package["sha"]
+        package = self.package
+        if package:  # recorded as the tasks' code package, as Argo does
+            env["METAFLOW_CODE_URL"] = package["url"]
+            env["METAFLOW_CODE_SHA"] = package["sha"]
             env["METAFLOW_CODE_DS"] = self.datastore_type
-            env["METAFLOW_CODE_METADATA"] = self.code_package.get("metadata", "")
+            env["METAFLOW_CODE_METADATA"] = package.get("metadata", "")
         env["PYTHONUNBUFFERED"] = "x"
         # Metaflow starts some processes as plain `python` (@parallel workers): make that
         # the interpreter running this job, as an activated virtualenv would
@@ -259,6 +285,7 @@ class MetaflowFlow:
         """The Metaflow run of this Dagster run; prepares it once per process (tags, and for a
         Dagster re-execution the new Metaflow run with the reused tasks cloned)."""
         run_id = metaflow_run_id(context.run_id)
+        self.resolve_code(context)
         _PREPARE.once(context.run_id, lambda: self._prepare_run(context, run_id))
         return run_id
 
@@ -285,7 +312,7 @@ class MetaflowFlow:
 
     def _check_flow_unchanged(self) -> None:
         """Without a code package, a run may only use the flow file `create` compiled."""
-        if not self.flow_fingerprint:
+        if not self.flow_fingerprint or self.package:
             return
         import hashlib
 

@@ -36,7 +36,7 @@ HEADER = struct.Struct("!I")
 START_TIMEOUT = 30.0
 PRELOAD = ("metaflow", "metaflow.cli", "metaflow.task", "metaflow.datastore", "metaflow.runtime")
 # per-command variables that Metaflow reads when used, not at import
-VOLATILE_ENV = ("METAFLOW_RUN_ID", "METAFLOW_INIT_", "DAGSTER_METAFLOW_STEP_TOKEN")
+VOLATILE_ENV = ("METAFLOW_RUN_ID", "METAFLOW_INIT_", "DAGSTER_METAFLOW_STEP_TOKEN", "METAFLOW_CODE_")
 
 
 def fork_enabled() -> bool:
