@@ -604,6 +604,17 @@ def _follow(obj: Any, instance: Any, run_id: str, pathspec: str) -> None:
         raise DagsterMetaflowException(f"run {pathspec} ended with status {status}")
 
 
+def _run_start_options(f: Any) -> Any:
+    """Options of the commands that start a run (trigger, resume)."""
+    f = click.option("--deployer-attribute-file", default=None, hidden=True, help="Used by Metaflow's Deployer API.")(f)
+    f = click.option("--wait", is_flag=True, default=False, help="Follow the run until it ends.")(f)
+    f = click.option("--run-id-file", default=None, help="Write the Metaflow run id to this file.")(f)
+    f = click.option(
+        "--run-param", "run_params", multiple=True, default=None, help="Set a parameter: name=value (repeatable)."
+    )(f)
+    return f
+
+
 def _flow_options(cmd: Any) -> list[Any]:
     """The options Metaflow's add_custom_parameters added to `cmd` (one per Parameter)."""
     names = {o.name for o in getattr(cmd, "original_params", [])}
@@ -625,10 +636,7 @@ def _overrides_only(cmd: Any) -> Any:
 @_overrides_only
 @parameters.add_custom_parameters(deploy_mode=False)
 @dagster.command(help="Start a run of the deployed flow on the Dagster instance.")
-@click.option("--run-param", "run_params", multiple=True, default=None, help="name=value (repeatable).")
-@click.option("--run-id-file", default=None, help="Write the Metaflow run id to this file.")
-@click.option("--wait", is_flag=True, default=False, help="Follow the run until it ends.")
-@click.option("--deployer-attribute-file", default=None, hidden=True, help="Used by Metaflow's Deployer API.")
+@_run_start_options
 @click.pass_obj
 def trigger(
     obj: Any,
@@ -683,10 +691,7 @@ def _closure(obj: Any, step: str) -> list[str]:
 @dagster.command(help="Start a new run that clones the successful tasks of an earlier run.")
 @click.option("--origin-run-id", required=True, help="Metaflow run id (dagster-...) or Dagster run id to resume.")
 @click.option("--step-to-rerun", default=None, help="Run this step and every step after it again.")
-@click.option("--run-param", "run_params", multiple=True, default=None, help="Override a parameter: name=value.")
-@click.option("--run-id-file", default=None, help="Write the Metaflow run id to this file.")
-@click.option("--wait", is_flag=True, default=False, help="Follow the run until it ends.")
-@click.option("--deployer-attribute-file", default=None, hidden=True, help="Used by Metaflow's Deployer API.")
+@_run_start_options
 @click.pass_obj
 def resume(
     obj: Any,
