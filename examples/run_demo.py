@@ -25,7 +25,7 @@ def sh(*cmd: str, **kw: object) -> None:
 def main() -> None:
     env = dict(os.environ)
     env.setdefault("USER", "demo")
-    env["PYTHONWARNINGS"] = "ignore"  # Dagster's CLI nags that `job execute` is superseded
+    env["PYTHONWARNINGS"] = "ignore"
     env["DAGSTER_HOME"] = str(HOME)
     env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(EXAMPLES)
     HOME.mkdir(exist_ok=True)
@@ -36,13 +36,8 @@ def main() -> None:
     print("\n== 1. Compile the Metaflow flow into a Dagster definitions file")
     sh(sys.executable, "demo_flow.py", "dagster", "create", out.name, cwd=EXAMPLES, env=env)
 
-    print("\n== 2. Run the job on the embedded Dagster instance (SQLite in .dagster_home)")
-    cfg = EXAMPLES / ".demo_run_config.yaml"
-    cfg.write_text(
-        "loggers:\n  console:\n    config:\n      log_level: INFO\n"
-        "ops:\n  op_start:\n    config:\n      epochs: 25\n"
-    )
-    sh(str(BIN / "dagster"), "job", "execute", "-f", str(out), "-j", "DemoFlow", "-c", str(cfg),
+    print("\n== 2. Trigger a run on the Dagster instance (SQLite in .dagster_home) and follow it")
+    sh(sys.executable, "demo_flow.py", "dagster", "trigger", "--epochs", "25", "--wait",
        cwd=EXAMPLES, env=env)
 
     print("\n== 3. What the run produced, read back through the Metaflow client (new artifacts per task)")
