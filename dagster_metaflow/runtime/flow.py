@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -519,6 +520,10 @@ class MetaflowFlow:
         )
         if timed_out:
             keep("stderr", f"Task timed out after {timeout} seconds (@timeout).\n".encode())
+        elif result.returncode != 0:
+            # what the native runtime writes into the task's log for a failed process
+            crash = result.returncode == -signal.SIGSEGV
+            keep("stderr", b"Task failed with a segmentation fault.\n" if crash else b"Task failed.\n")
         if result.timed_out:
             self._record_backstop_timeout(pathspec, retry_count, timeout)
         self._save_logs(pathspec, retry_count, stdout, stderr, RUNTIME_LOG_SOURCE)

@@ -164,3 +164,15 @@ def test_extension_step_decorators_run_and_runtime_only_ones_are_refused(workspa
     res = workspace.metaflow("--with", "dm_runtime_only", "dagster", "create", "x_dagster.py", check=False, **env)
     assert res.returncode != 0
     assert "decorator @dm_runtime_only needs Metaflow's local runtime hook runtime_step_cli()" in res.stderr
+
+
+@pytest.mark.flow("segfault_flow.py")
+def test_a_crashed_task_is_reported_as_natively(workspace: Workspace) -> None:
+    from metaflow import Run
+
+    workspace.compile()
+    res = workspace.metaflow("dagster", "trigger", "--wait", "--run-id-file", "rid", check=False)
+    assert res.returncode != 0
+    task = Run(f"SegfaultFlow/{(workspace.dir / 'rid').read_text()}", _namespace_check=False)["crash"].task
+    assert "before the crash" in task.stdout
+    assert "Task failed with a segmentation fault." in task.stderr
