@@ -503,12 +503,12 @@ def _start(
     import uuid
 
     from . import launch
-    from .runtime.flow import metaflow_run_id
+    from .runtime.flow import TAG_PATHSPEC, metaflow_run_id
 
     dagster_run_id = str(uuid.uuid4())
     mf_run_id = metaflow_run_id(dagster_run_id)
     pathspec = f"{dep.flow_name}/{mf_run_id}"
-    tags = {launch.TAG_DEPLOYMENT: dep.name, launch.TAG_PATHSPEC: pathspec, **extra_tags}
+    tags = {launch.TAG_DEPLOYMENT: dep.name, TAG_PATHSPEC: pathspec, **extra_tags}
     try:
         run, queued = launch.start_run(instance, dep, run_config, tags, run_id=dagster_run_id)
     except launch.LaunchError as exc:
@@ -862,6 +862,8 @@ def build_ir_from_obj(
 
     dumped = dump_config_values(obj.flow)
     config_values = json.dumps(dumped, sort_keys=True) if dumped else None
+    from .runtime.package import file_fingerprint
+
     fingerprint = file_fingerprint(flow_file)
     options = CompileOptions(
         job_name=job_name,
@@ -887,13 +889,6 @@ def build_ir_from_obj(
         return build_flow_ir(obj.flow, obj.graph, options)
     except IRError as exc:
         raise DagsterMetaflowException(str(exc)) from None
-
-
-def file_fingerprint(path: str) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _save_code_package(obj: Any) -> dict[str, str]:

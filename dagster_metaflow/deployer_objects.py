@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from metaflow.exception import MetaflowException
@@ -33,11 +32,6 @@ def _split_identifier(identifier: str) -> tuple[str, str | None]:
     return name, (home if sep else None)
 
 
-@contextmanager
-def _instance(home: str | None) -> Iterator[Any]:
-    with deployments.open_instance(home) as instance:
-        yield instance
-
 
 class DagsterTriggeredRun(TriggeredRun):
     """A run started on the Dagster instance."""
@@ -49,7 +43,7 @@ class DagsterTriggeredRun(TriggeredRun):
         self.dagster_home: str | None = data.get("dagster_home") or getattr(deployer, "dagster_home", None)
 
     def _run(self) -> Any:
-        with _instance(self.dagster_home) as instance:
+        with deployments.open_instance(self.dagster_home) as instance:
             if self.dagster_run_id:
                 return instance.get_run_by_id(self.dagster_run_id)
             run = launch.find_run(instance, self.pathspec.split("/")[1], self.deployer.name)
@@ -88,7 +82,7 @@ class DagsterTriggeredRun(TriggeredRun):
         run = self._run()
         if run is None or run.is_finished:
             return False
-        with _instance(self.dagster_home) as instance:
+        with deployments.open_instance(self.dagster_home) as instance:
             return launch.terminate(instance, run.run_id)
 
 
@@ -105,7 +99,7 @@ class DagsterDeployedFlow(DeployedFlow):
 
     @classmethod
     def list_deployed_flows(cls, flow_name: str | None = None) -> Iterator[DagsterDeployedFlow]:
-        with _instance(None) as instance:
+        with deployments.open_instance(None) as instance:
             names = [d.name for d in deployments.list_all(instance, flow_name)]
         for name in names:
             try:
@@ -116,7 +110,7 @@ class DagsterDeployedFlow(DeployedFlow):
     @classmethod
     def from_deployment(cls, identifier: str, metadata: str | None = None) -> DagsterDeployedFlow:
         name, home = _split_identifier(identifier)
-        with _instance(home) as instance:
+        with deployments.open_instance(home) as instance:
             dep = deployments.get(instance, name)
             home = instance.root_directory
         if dep is None:
@@ -162,7 +156,7 @@ class DagsterDeployedFlow(DeployedFlow):
 
     @property
     def production_token(self) -> str | None:
-        with _instance(getattr(self.deployer, "dagster_home", None)) as instance:
+        with deployments.open_instance(getattr(self.deployer, "dagster_home", None)) as instance:
             dep = deployments.get(instance, self.deployer.name)
         return dep.production_token if dep else None
 

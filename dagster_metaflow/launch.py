@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 
 TAG_WORKER_PID = "dagster-metaflow/worker-pid"
 TAG_WORKER_HOST = "dagster-metaflow/worker-host"
-TAG_PATHSPEC = "metaflow/pathspec"
-TAG_ORIGIN_RUN = "dagster-metaflow/origin-run-id"
-TAG_STEPS_TO_RERUN = "dagster-metaflow/steps-to-rerun"
 TAG_DEPLOYMENT = "dagster-metaflow/deployment"
 
 # Dagster run status -> the status string a Metaflow TriggeredRun reports

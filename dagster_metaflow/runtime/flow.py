@@ -315,11 +315,10 @@ class MetaflowFlow:
         """Without a code package, a run may only use the flow file `create` compiled."""
         if not self.flow_fingerprint or self.package:
             return
-        import hashlib
+        from .package import file_fingerprint
 
         try:
-            with open(self.source_path, "rb") as f:
-                current = hashlib.sha256(f.read()).hexdigest()
+            current: str | None = file_fingerprint(self.source_path)
         except OSError:
             current = None
         if current != self.flow_fingerprint:

@@ -18,6 +18,14 @@ from collections.abc import Mapping
 from typing import Any
 
 
+def file_fingerprint(path: str) -> str:
+    """sha256 of a file: how a generated file names the flow file it was compiled from."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def extracted(flow_datastore: Any, package: Mapping[str, str]) -> str:
     """Directory holding the extracted package (fetched and extracted on first use)."""
     sha = package["sha"]
