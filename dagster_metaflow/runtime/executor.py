@@ -164,6 +164,7 @@ def threaded_plan_iterator(
         )
         canceled = _CancelWatch(job_context)
         succeeded: set[str] = set()
+        failed = False
         try:
             while (not stopping and not active.is_complete) or running:
                 interrupted = active.check_for_interrupts() or canceled.requested()
@@ -236,6 +237,8 @@ def threaded_plan_iterator(
                         active.handle_event(item)
                         if item.is_step_success and item.step_key:
                             succeeded.add(item.step_key)
+                        elif item.is_step_failure:
+                            failed = True
                     try:
                         item = events.get_nowait()
                     except queue.Empty:
@@ -258,7 +261,8 @@ def threaded_plan_iterator(
         )
     if stopping:
         raise DagsterExecutionInterruptedError()
-    _check_reached_end(job_context, execution_plan, succeeded)
+    if not failed:  # a failed step already fails the run, with its own error
+        _check_reached_end(job_context, execution_plan, succeeded)
 
 
 class MetaflowRunIncomplete(Exception):
