@@ -165,7 +165,7 @@ def _op_model(step: StepIR, ir: FlowIR, w: StepWiring) -> OpModel:
     else:
         sig_inputs = "".join(f", {n}: str" for n in w.input_names)
         upstream_arg = "[" + ", ".join(w.input_names) + "]"
-    task_arg = "_task_id(context)" if w.in_map else py("t")
+    task_arg = f"_task_id(context, {py(step.name)})" if w.in_map else py(naming.task_id_for(step.name))
     kwargs = [
         "retry_count=context.retry_number",
         f"max_user_code_retries={step.max_user_code_retries}",

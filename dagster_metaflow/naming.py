@@ -116,13 +116,36 @@ def config_field_name(name: str, taken: set[str]) -> str:
     return unique(ident, taken)
 
 
-def mapping_key(indices: Iterable[int]) -> str:
-    """Dagster mapping key for a foreach index path: (3, 1) -> `3_1`."""
-    return "_".join(str(i) for i in indices)
+UBF = "ubf"  # last part of the mapping key / task id of an unbounded-foreach control task
+
+
+def mapping_key(indices: Iterable[int], ubf: bool = False) -> str:
+    """Dagster mapping key for a foreach index path: (3, 1) -> `3_1`; the control task of an
+    unbounded foreach below (3,) -> `3_ubf`."""
+    return "_".join([*(str(i) for i in indices), *([UBF] if ubf else [])])
 
 
 def indices_from_mapping_key(key: str | None) -> tuple[int, ...]:
-    """Inverse of `mapping_key`; None or '' means "not inside a foreach"."""
+    """Inverse of `mapping_key` (the index path only); None or '' means "not inside a foreach"."""
     if not key:
         return ()
-    return tuple(int(part) for part in key.split("_"))
+    return tuple(int(part) for part in key.split("_") if part != UBF)
+
+
+def is_ubf_key(key: str | None) -> bool:
+    """Whether a mapping key places the control task of an unbounded foreach."""
+    return key is not None and key.rsplit("_", 1)[-1] == UBF
+
+
+def task_id_for(step: str, mapping_key: str | None = None, iteration: int = 0) -> str:
+    """Readable task id, unique within the run (as natively), from the step and its place.
+
+    `train`, `train-3`, `train-3-1` (foreach index path); iterations of a recursive step after
+    the first get `-r<n>`; the control task of an unbounded foreach ends in `-ubf`. Step names
+    are identifiers, so no two steps share an id, and ids never look numeric.
+    """
+    parts = [step, *(str(i) for i in indices_from_mapping_key(mapping_key))]
+    if is_ubf_key(mapping_key):
+        parts.append(UBF)
+    base = "-".join(parts)
+    return f"{base}-r{iteration}" if iteration else base

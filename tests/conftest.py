@@ -121,9 +121,14 @@ def artifacts_by_task(pathspec: str) -> dict[tuple[Any, ...], dict[str, Any]]:
             path = tuple(frame.index for frame in stack or [])
             loops = tuple(task["_iteration_stack"].data or ()) if "_iteration_stack" in task else ()
             out[(step.id, path, loops)] = {
-                a.id: a.data for a in task.artifacts if not a.id.startswith("_") and a.id != "name"
+                a.id: _comparable(a.data) for a in task.artifacts if not a.id.startswith("_") and a.id != "name"
             }
     return out
+
+
+def _comparable(value: Any) -> Any:
+    """Objects without their own equality compare by repr (e.g. an unbounded foreach input)."""
+    return repr(value) if type(value).__eq__ is object.__eq__ else value
 
 
 def latest_run_pathspec(flow_name: str, prefix: str | None = None) -> str:

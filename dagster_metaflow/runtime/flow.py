@@ -64,20 +64,19 @@ def metaflow_run_id(dagster_run_id: str) -> str:
     return "dagster-" + dagster_run_id.replace("-", "")[:12]
 
 
-def task_id_for(mapping_key: str | None, iteration: int = 0) -> str:
-    """Non-numeric (hence registered) task id from the op's foreach index path.
+task_id_for = naming.task_id_for
 
-    `t`, `t-3`, `t-3-1`; iterations of a recursive step after the first get `-r<n>`.
-    """
-    indices = naming.indices_from_mapping_key(mapping_key)
-    base = "t" if not indices else "t-" + "-".join(str(i) for i in indices)
-    return f"{base}-r{iteration}" if iteration else base
+
+def is_ubf_control(pathspec: str) -> bool:
+    """Whether a task id made by `task_id_for` is an unbounded foreach's control task."""
+    step_and_place = pathspec.rsplit("/", 1)[-1].rsplit("-", 1)
+    return len(step_and_place) == 2 and step_and_place[1] == naming.UBF
 
 
 def indices_of(pathspec: str) -> tuple[int, ...]:
     """Foreach index path encoded in a task id made by `task_id_for`."""
     out = []
-    for part in pathspec.rsplit("/", 1)[-1].split("-")[1:]:
+    for part in pathspec.rsplit("/", 1)[-1].split("-")[1:]:  # [0] is the step
         if not part.isdigit():
             break
         out.append(int(part))
@@ -328,12 +327,15 @@ class MetaflowFlow:
                 f"run `python {os.path.basename(self.source_path)} dagster create` again"
             )
 
-    def task_id(self, context: OpExecutionContext) -> str:
-        return task_id_for(context.get_mapping_key())
+    def task_id(self, context: OpExecutionContext, step: str) -> str:
+        return task_id_for(step, context.get_mapping_key())
 
-    def split_index(self, context: OpExecutionContext) -> int:
-        indices = naming.indices_from_mapping_key(context.get_mapping_key())
-        return indices[-1]
+    def split_index(self, context: OpExecutionContext) -> int | None:
+        """The foreach index of a mapped op; None for an unbounded foreach's control task."""
+        key = context.get_mapping_key()
+        if naming.is_ubf_key(key):
+            return None
+        return naming.indices_from_mapping_key(key)[-1]
 
     def init_run(
         self,
@@ -440,16 +442,26 @@ class MetaflowFlow:
         paths = [upstream] if isinstance(upstream, str) else list(upstream)
         # "" comes from a branch not taken (a switch inside a foreach yields every output);
         # inputs reused from a parent run (Dagster re-execution) were cloned into this run
-        paths = sorted((in_run(p, run_id) for p in paths if taken(p)), key=_path_sort_key)
+        paths = [in_run(p, run_id) for p in paths if taken(p)]
         pathspec = f"{run_id}/{step}/{task_id}"
         if not paths:
             _announce(f"[dagster-metaflow] branch not taken: no Metaflow task for step {step!r}\n")
             return not_taken(pathspec)
+        parallel_control = ubf_context == "ubf_control"  # @parallel (compiled in)
+        if ubf_context is None and is_ubf_control(task_id) and not any(map(is_ubf_control, paths)):
+            ubf_context = "ubf_control"  # the first step of an unbounded foreach
+        # the join of an unbounded foreach joins the tasks its control task started
+        paths = sorted(self._ubf_mappers(paths, run_id), key=_path_sort_key)
         origin = origin_of(context)
         if origin is not None and origin.may_clone(step):
             source = f"{origin.run_id}/{step}/{task_id}"
             if self._succeeded(source):
-                self.clone_task(context, source, pathspec, tags=self.run_tags(context, tags))
+                tags = self.run_tags(context, tags)
+                self.clone_task(context, source, pathspec, tags=tags)
+                if ubf_context == "ubf_control":  # its mapper tasks go with it, as natively
+                    for mapper in self._control_mappers(pathspec, origin.run_id):
+                        if mapper != source:
+                            self.clone_task(context, mapper, in_run(mapper, run_id), tags=tags)
                 if _single_output(context):
                     context.add_output_metadata(self._task_metadata(pathspec))
                 return pathspec
@@ -478,7 +490,7 @@ class MetaflowFlow:
             argv += ["--split-index", str(split_index)]
         if ubf_context is not None:
             argv += ["--ubf-context", ubf_context]
-        if ubf_context == "ubf_control":
+        if parallel_control:
             # what @parallel's runtime_step_cli adds for a local control task
             argv += ["--num-parallel", str(self.num_parallel(paths[0])), "--split-index", "0"]
         for tag in self.run_tags(context, tags):
@@ -574,8 +586,27 @@ class MetaflowFlow:
         num_splits = int(ds["_foreach_num_splits"] or 0)
         metadata = self._task_metadata(pathspec, ds) if with_metadata else None
         parent = indices_of(pathspec)
+        if "_unbounded_foreach" in ds and ds["_unbounded_foreach"]:
+            # one control task, which starts the foreach's tasks itself (Metaflow's UBF)
+            yield DynamicOutput(pathspec, mapping_key=naming.mapping_key(parent, ubf=True), metadata=metadata)
+            return
         for i in range(num_splits):
             yield DynamicOutput(pathspec, mapping_key=naming.mapping_key((*parent, i)), metadata=metadata)
+
+    def _ubf_mappers(self, paths: Sequence[str], run_id: str) -> list[str]:
+        """`paths` with every unbounded-foreach control task replaced by the tasks it started
+        (`_control_mapper_tasks`, placed in `run_id`: a cloned control lists its origin's)."""
+        out: list[str] = []
+        for path in paths:
+            out.extend(self._control_mappers(path, run_id) if is_ubf_control(path) else [path])
+        return out
+
+    def _control_mappers(self, control: str, run_id: str) -> list[str]:
+        """The tasks a control task (@parallel, unbounded foreach) started, placed in `run_id`."""
+        mappers = self.task_datastore(control)["_control_mapper_tasks"]
+        if not mappers:
+            raise Failure(description=f"control task {control} listed no mapper tasks")
+        return [in_run(str(m), run_id) for m in mappers]
 
     def regroup(
         self, context: OpExecutionContext, depth: int, *inputs: Sequence[str]
@@ -597,10 +628,7 @@ class MetaflowFlow:
         """The tasks of a @parallel step (control + workers), from its control task."""
         if not taken(pathspec):
             return [pathspec]
-        tasks = self.task_datastore(pathspec)["_control_mapper_tasks"]
-        if not tasks:
-            raise Failure(description=f"@parallel control task {pathspec} listed no mapper tasks")
-        return [str(t) for t in tasks]
+        return self._control_mappers(pathspec, pathspec.split("/")[0])
 
     def chosen_step(self, pathspec: str) -> str:
         """The step a switch task chose, read from its final attempt."""

@@ -153,28 +153,28 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Works
     assert res.returncode != 0 and "FAILURE" in res.stderr
     origin = (workspace.dir / "first").read_text()
     before = _snapshot(f"DeployFlow/{origin}")
-    assert before["body/t-1"][2] is False
+    assert before["body/body-1"][2] is False
 
     # same parameters, marker still there: the same task fails again, the others are clones
     res = workspace.metaflow("dagster", "resume", "--origin-run-id", origin, "--wait", "--run-id-file", "second", check=False)
     assert res.returncode != 0
     second = _tasks(f"DeployFlow/{(workspace.dir / 'second').read_text()}")
-    assert second["start/t"].metadata_dict.get("origin-run-id") == origin
-    assert second["body/t-0"].metadata_dict.get("origin-task-id") == "t-0"
-    assert "origin-task-id" not in second["body/t-1"].metadata_dict
+    assert second["start/start"].metadata_dict.get("origin-run-id") == origin
+    assert second["body/body-0"].metadata_dict.get("origin-task-id") == "body-0"
+    assert "origin-task-id" not in second["body/body-1"].metadata_dict
 
     (workspace.dir / "fail-2").unlink()
     workspace.metaflow("dagster", "resume", "--origin-run-id", origin, "--wait", "--run-id-file", "third")
     third_id = (workspace.dir / "third").read_text()
     third = _tasks(f"DeployFlow/{third_id}")
-    assert third["join/t"].data.results == [2, 4, 6]
+    assert third["join/join"].data.results == [2, 4, 6]
     origin_tasks = _tasks(f"DeployFlow/{origin}")
-    for cloned in ("start/t", "body/t-0", "body/t-2"):
+    for cloned in ("start/start", "body/body-0", "body/body-2"):
         assert third[cloned].metadata_dict.get("origin-run-id") == origin, cloned
-    for cloned in ("body/t-0", "body/t-2"):
+    for cloned in ("body/body-0", "body/body-2"):
         # not executed again: the time written while running is the origin's
         assert third[cloned].data.ran_at == origin_tasks[cloned].data.ran_at
-    assert "origin-task-id" not in third["body/t-1"].metadata_dict
+    assert "origin-task-id" not in third["body/body-1"].metadata_dict
     assert _snapshot(f"DeployFlow/{origin}") == before
 
     # --step-to-rerun: that step and everything after it run again
@@ -183,9 +183,9 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Works
         "--run-id-file", "fourth",
     )
     fourth = _tasks(f"DeployFlow/{(workspace.dir / 'fourth').read_text()}")
-    assert fourth["body/t-1"].metadata_dict.get("origin-run-id") == third_id
-    assert "origin-task-id" not in fourth["join/t"].metadata_dict
-    assert "origin-task-id" not in fourth["end/t"].metadata_dict
+    assert fourth["body/body-1"].metadata_dict.get("origin-run-id") == third_id
+    assert "origin-task-id" not in fourth["join/join"].metadata_dict
+    assert "origin-task-id" not in fourth["end/end"].metadata_dict
 
 
 @pytest.mark.flow("deploy_flow.py")
@@ -215,11 +215,11 @@ with DagsterInstance.from_config({str(workspace.dagster_home)!r}) as instance:
     assert ok == "True"
     child = f"DeployFlow/{metaflow_run_id(child_id)}"
     tasks = _tasks(child)
-    assert tasks["join/t"].data.results == [2, 4, 6]
-    for cloned in ("start/t", "body/t-0", "body/t-1"):
+    assert tasks["join/join"].data.results == [2, 4, 6]
+    for cloned in ("start/start", "body/body-0", "body/body-1"):
         assert tasks[cloned].metadata_dict.get("origin-run-id") == origin, cloned
-    assert "origin-task-id" not in tasks["body/t-2"].metadata_dict
-    assert tasks["body/t-2"].current_attempt == 0  # a new run: attempts start again
+    assert "origin-task-id" not in tasks["body/body-2"].metadata_dict
+    assert tasks["body/body-2"].current_attempt == 0  # a new run: attempts start again
     assert _snapshot(f"DeployFlow/{origin}") == before  # the origin run was not written to
     from metaflow import Run
 

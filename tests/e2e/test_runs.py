@@ -167,7 +167,7 @@ def test_timeout_kills_process_group(workspace: Workspace) -> None:
     # recorded exactly as natively: Metaflow's TimeoutException, attempt finished and not ok
     from metaflow import Task
 
-    task = Task(f"SleepyFlow/{metaflow_run_id(run.run_id)}/nap/t", _namespace_check=False)
+    task = Task(f"SleepyFlow/{metaflow_run_id(run.run_id)}/nap/nap", _namespace_check=False)
     assert task.exception is not None and "TimeoutException" in repr(task.exception.type)
     assert task.finished_at is not None and not task.successful
     assert task.metadata_dict.get("attempt_ok") == "False"

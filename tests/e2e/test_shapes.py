@@ -106,4 +106,4 @@ def test_loop_iterations_have_their_own_attempts(workspace: Workspace) -> None:
     run = Run(f"RecursiveRetryFlow/{metaflow_run_id(workspace.last_dagster_run().run_id)}")
     attempts = {t.id: t.current_attempt for t in run["loop"].tasks()}
     # attempts per iteration, as natively: only the third iteration was retried
-    assert attempts == {"t": 0, "t-r1": 0, "t-r2": 1, "t-r3": 0}, attempts
+    assert attempts == {"loop": 0, "loop-r1": 0, "loop-r2": 1, "loop-r3": 0}, attempts

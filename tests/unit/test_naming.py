@@ -42,3 +42,25 @@ def test_mapping_keys_roundtrip() -> None:
     assert naming.mapping_key((3, 1)) == "3_1"
     assert naming.indices_from_mapping_key("3_1") == (3, 1)
     assert naming.indices_from_mapping_key(None) == ()
+
+
+def test_task_ids_are_unique_across_steps_and_readable() -> None:
+    assert naming.task_id_for("start") == "start"
+    assert naming.task_id_for("body", "3_1") == "body-3-1"
+    assert naming.task_id_for("loop", None, 2) == "loop-r2"
+    ids = {naming.task_id_for(s, k) for s in ("a", "b", "ubf") for k in (None, "0", "1_2", "ubf", "1_ubf")}
+    assert len(ids) == 15
+    assert not any(i.isdigit() for i in ids)
+
+
+def test_unbounded_foreach_control_keys() -> None:
+    from dagster_metaflow.runtime.flow import indices_of, is_ubf_control
+
+    assert naming.mapping_key((), ubf=True) == "ubf"
+    assert naming.mapping_key((2,), ubf=True) == "2_ubf"
+    assert naming.is_ubf_key("2_ubf") and not naming.is_ubf_key("2") and not naming.is_ubf_key(None)
+    assert naming.indices_from_mapping_key("2_ubf") == (2,)
+    assert naming.task_id_for("inner", "2_ubf") == "inner-2-ubf"
+    assert is_ubf_control("R/inner/inner-2-ubf") and is_ubf_control("inner-ubf")
+    assert not is_ubf_control("R/ubf/ubf") and not is_ubf_control("R/inner/inner-ubf-0")
+    assert indices_of("R/inner/inner-2-ubf") == (2,)
