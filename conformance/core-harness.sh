@@ -10,6 +10,9 @@
 #   2. resume tests are not skipped: after the first run fails, the harness runs
 #      `dagster resume --origin-run-id <run> [--step-to-rerun S] --wait --run-id-file run-id`
 #      and checks the resumed run, as it does for `flow.py resume`.
+#   3. `dagster create --identity user`: the context is python3-all-local's, whose tests check a
+#      user's run (namespace user:tester, exactly the --tag tags); a deployment's default
+#      identity is its production token, as under Argo Workflows.
 # usage: conformance/core-harness.sh METAFLOW_SRC OUTDIR [run_tests.py args]
 set -u
 here=$(cd "$(dirname "$0")" && pwd)

@@ -36,4 +36,9 @@ sub(r"(\n *)elif executor == \"api\":\n( *)_, resume_level_dict = construct_arg_
     r'\1        resume_cmd += ["--step-to-rerun", formatter.resume_step]'
     r'\1    called_processes.append(subprocess.run(resume_cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False))'
     r'\1elif executor == "api":\n\2_, resume_level_dict = construct_arg_dicts_from_click_api()')
+# 4. the context is python3-all-local's, whose tests check a user's run (namespace
+#    user:tester, exactly the --tag tags: CurrentSingletonTest, BasicTagTest): deploy with
+#    the deploying user's identity instead of the default production token
+sub(r'create_cmd\.extend\(\[scheduler, "create"\]',
+    'create_cmd.extend([scheduler, "create", "--identity", "user"]')
 open(path, "w", encoding="utf-8").write(src)

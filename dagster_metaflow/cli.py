@@ -34,6 +34,7 @@ SECRET_MARKERS = ("AUTH", "TOKEN", "SECRET", "PASSWORD", "HEADERS", "ACCESS_KEY"
 
 
 EXECUTORS = ("threads", "multiprocess", "forkserver", "in_process")
+IDENTITIES = ("production", "user")
 
 
 class DagsterMetaflowException(MetaflowException):
@@ -136,6 +137,7 @@ def _resolve_token(
     authorize: str | None,
     given_token: str | None,
     generate_new_token: bool,
+    identity: str = "production",
 ) -> str:
     """The production token of a (re)deployment, as `argo-workflows create` resolves it."""
     from metaflow import current
@@ -158,8 +160,12 @@ def _resolve_token(
         obj.echo("A new production token was generated.")
     else:
         token = prev_token
-    obj.echo("The namespace of this production flow is")
-    obj.echo(f"    production:{token}", fg="green")
+    if identity == "production":
+        obj.echo("The namespace of this production flow is")
+        obj.echo(f"    production:{token}", fg="green")
+    else:
+        obj.echo(f"Runs run as {_username()} (--identity user), in the namespace")
+        obj.echo(f"    user:{_username()}", fg="green")
     obj.echo("Others can deploy new versions of it with")
     obj.echo(f"    python {os.path.basename(sys.argv[0])} dagster create --authorize {token}", fg="green")
     store_token(token_prefix, token)
@@ -310,6 +316,14 @@ def _positive(ctx: Any, param: Any, value: int | None) -> int | None:
     help="Dagster executor of the job: threads (one thread per running step, fastest), "
     "multiprocess/forkserver (one process per step) or in_process (one step at a time).",
 )
+@click.option(
+    "--identity",
+    type=click.Choice(IDENTITIES),
+    default="production",
+    show_default=True,
+    help="Whom the runs run as: the deployment's production token (namespace production:<token>, "
+    "as Argo Workflows) or the deploying user (namespace user:<you>, as `flow.py run`).",
+)
 @click.option("--authorize", default=None, help="Authorize this deployment with a production token.")
 @click.option(
     "--generate-new-token",
@@ -336,6 +350,7 @@ def create(
     workflow_timeout: int | None = None,
     max_workers: int = 16,
     executor: str = "threads",
+    identity: str = "production",
     authorize: str | None = None,
     generate_new_token: bool = False,
     given_token: str | None = None,
@@ -352,7 +367,7 @@ def create(
     with _open_instance(obj) as instance:
         prev = deployments.get(instance, job_name)
         token = _resolve_token(
-            obj, prev, _token_prefix(obj, job_name), authorize, given_token, generate_new_token
+            obj, prev, _token_prefix(obj, job_name), authorize, given_token, generate_new_token, identity
         )
         ir = build_ir_from_obj(
             obj,
@@ -365,7 +380,7 @@ def create(
             max_workers=max_workers,
             executor=executor,
             owner=owner,
-            production_token=token,
+            production_token=token if identity == "production" else None,
         )
         from .codegen import CodegenError, render
 

@@ -290,10 +290,10 @@ class MetaflowFlow:
         return run_id
 
     def run_tags(self, context: OpExecutionContext, tags: Sequence[str]) -> list[str]:
-        """The flow's tags plus attribution: the deployer and the Dagster run id."""
-        extra = [f"dagster-run-id:{context.run_id}"]
-        if self.owner:
-            extra.append(f"user:{self.owner}")
+        """The flow's tags; a production deployment adds the deployer as `user:` (the identity
+        system tag is `production:<token>` there; a user deployment has `user:` as its own).
+        The Dagster run is recorded as task metadata (`dagster_internal`), not as a tag."""
+        extra = [f"user:{self.owner}"] if self.owner and self.production_token else []
         return [*tags, *(t for t in extra if t not in tags)]
 
     def _prepare_run(self, context: OpExecutionContext, run_id: str) -> None:
@@ -466,7 +466,7 @@ class MetaflowFlow:
                     context.add_output_metadata(self._task_metadata(pathspec))
                 return pathspec
         argv = self.base_argv()
-        for spec in decorator_specs:
+        for spec in (*decorator_specs, "dagster_internal"):
             argv.append(f"--with={spec}")
         argv += [
             "step",
@@ -499,6 +499,7 @@ class MetaflowFlow:
             argv.append(f"--namespace={self.namespace}")
         env = self.step_env(extra_env)
         env["METAFLOW_RUN_ID"] = run_id
+        env.update(_dagster_env(context))
 
         attempt = f" (retry {retry_count})" if retry_count else ""
         # announced in the step's own compute log, not as an event: on the default SQLite
@@ -776,6 +777,22 @@ class MetaflowFlow:
         except Exception:
             pass
         return md
+
+
+def _dagster_env(context: OpExecutionContext) -> dict[str, str]:
+    """Where the task runs in Dagster, for the `dagster_internal` decorator's metadata."""
+    key = str(context.op_handle)
+    if context.get_mapping_key():
+        key += f"[{context.get_mapping_key()}]"
+    env = {
+        "DAGSTER_METAFLOW_DAGSTER_RUN_ID": context.run_id,
+        "DAGSTER_METAFLOW_JOB": context.job_name,
+        "DAGSTER_METAFLOW_STEP_KEY": key,
+    }
+    base = os.environ.get("DAGSTER_METAFLOW_UI_URL")
+    if base:
+        env["DAGSTER_METAFLOW_RUN_URL"] = f"{base.rstrip('/')}/runs/{context.run_id}"
+    return env
 
 
 def _announce(text: str) -> None:

@@ -80,8 +80,15 @@ def test_trigger_typed_parameters_status_and_attribution(workspace: Workspace) -
     assert run["join"].task.data.results == [2, 4, 6]
     tags = run.tags
     user = os.environ["METAFLOW_USER"]
-    assert {"runtime:dagster", f"user:{user}", "team:x", f"dagster-run-id:{drun.run_id}"} <= set(tags)
+    assert {"runtime:dagster", f"user:{user}", "team:x"} <= set(tags)
     assert any(t.startswith("production:") for t in run.system_tags)
+    # the Dagster side of every task, as task metadata (the run's tags stay the user's)
+    for step in run:
+        for task in step:
+            meta = task.metadata_dict
+            assert meta["dagster-run-id"] == drun.run_id and meta["dagster-job"] == "DeployFlow"
+            assert meta["dagster-step-key"].startswith(f"op_{step.id}")
+    assert run["body"].task.metadata_dict["dagster-step-key"].endswith("]")
 
     for ident in (mf_run_id, drun.run_id):
         out = workspace.metaflow("dagster", "status", "--run-id", ident).stdout
@@ -338,3 +345,26 @@ def test_queued_instance_runs_through_a_real_daemon(workspace: Workspace) -> Non
     from metaflow import Run
 
     assert Run(f"LinearFlow/{mf_run_id}", _namespace_check=False).successful
+
+
+@pytest.mark.flow("identity_flow.py")
+def test_identity_user_runs_as_the_deployer_like_flow_run(workspace: Workspace) -> None:
+    """`create --identity user`: the steps see what `flow.py run` shows them (namespace
+    user:<deployer>, exactly the --tag tags); the default is the production identity."""
+    from metaflow import Run
+
+    user = os.environ["METAFLOW_USER"]
+    seen = {}
+    for identity in ("user", "production"):
+        workspace.metaflow("dagster", "create", "out_dagster.py", "--identity", identity, "--tag", "t 1")
+        workspace.metaflow("dagster", "trigger", "--wait", "--run-id-file", identity)
+        mf_run_id = (workspace.dir / identity).read_text().strip()
+        seen[identity] = Run(f"IdentityFlow/{mf_run_id}", _namespace_check=False)
+    data = seen["user"]["start"].task.data
+    assert (data.namespace, data.client_namespace, data.username) == (f"user:{user}",) * 2 + (user,)
+    assert data.tags == ["t 1"] and seen["user"].tags == frozenset({"t 1"}) | seen["user"].system_tags
+    assert f"user:{user}" in seen["user"].system_tags
+    assert not any(t.startswith("production:") for t in seen["user"].system_tags)
+    prod = seen["production"]["start"].task.data
+    assert prod.namespace.startswith("production:") and prod.username == user
+    assert prod.tags == ["t 1", f"user:{user}"]

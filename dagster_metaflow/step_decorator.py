@@ -1,0 +1,51 @@
+"""`dagster_internal`: the step decorator every task of a Dagster run carries (as Argo
+Workflows' `argo_workflows_internal`), added by the runtime with `--with=dagster_internal`.
+
+It records where the task ran in Dagster as the task's Metaflow metadata, so the Metaflow side
+finds the Dagster side in one step (`Task(...).metadata_dict["dagster-run-id"]`) without
+touching the run's tags, which stay exactly the user's `--tag`s as under `flow.py run`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from metaflow.decorators import StepDecorator
+from metaflow.metadata_provider import MetaDatum
+
+# environment the runtime sets for each task -> metadata field
+ENV_TO_METADATA = {
+    "DAGSTER_METAFLOW_DAGSTER_RUN_ID": "dagster-run-id",
+    "DAGSTER_METAFLOW_JOB": "dagster-job",
+    "DAGSTER_METAFLOW_STEP_KEY": "dagster-step-key",
+    "DAGSTER_METAFLOW_RUN_URL": "dagster-run-url",
+}
+
+
+class DagsterInternalDecorator(StepDecorator):
+    """Internal: records the Dagster run, job and op of each task as task metadata."""
+
+    name = "dagster_internal"
+
+    def task_pre_step(
+        self,
+        step_name: str,
+        task_datastore: Any,
+        metadata: Any,
+        run_id: str,
+        task_id: str,
+        flow: Any,
+        graph: Any,
+        retry_count: int,
+        max_user_code_retries: int,
+        ubf_context: Any,
+        inputs: Any,
+    ) -> None:
+        entries = [
+            MetaDatum(field=field, value=os.environ[var], type=field, tags=[f"attempt_id:{retry_count}"])
+            for var, field in ENV_TO_METADATA.items()
+            if os.environ.get(var)
+        ]
+        if entries:
+            metadata.register_metadata(run_id, step_name, task_id, entries)
