@@ -412,10 +412,12 @@ def create(
             tool_version=__version__,
             flow_fingerprint=ir.flow_fingerprint or "",
             code_package=_save_code_package(obj),
+            extra=_watch_extra(instance, prev, ir),
         )
         deployments.put(instance, dep)
         obj.echo(f"Wrote {out_file} ({len(ir.steps)} ops, job {job_name}).")
         obj.echo(f"Deployed as *{job_name}* in the Dagster instance at {instance.root_directory}.")
+        _echo_automation(obj, ir, deployments.workspace_path(instance))
         obj.echo(f"Trigger it with:  python {os.path.basename(sys.argv[0])} dagster trigger")
         obj.echo(f"Load it with:     dagster dev -f {out_file}")
         obj.echo(f"All deployments:  dagster dev -w {deployments.workspace_path(instance)}")
@@ -425,33 +427,45 @@ def create(
     )
 
 
+def _echo_automation(obj: Any, ir: FlowIR, workspace: str) -> None:
+    auto = ir.automation
+    if auto.schedule is not None:
+        tz = f" ({auto.schedule.timezone})" if auto.schedule.timezone else " (UTC)"
+        obj.echo(f"Schedule {ir.job_name}_schedule: cron '{auto.schedule.cron}'{tz}, running.")
+    if auto.triggers:
+        what = " and ".join(t.name for t in auto.triggers)
+        obj.echo(f"Sensor {ir.job_name}_{'trigger_on_finish' if auto.triggers[0].kind == 'run' else 'trigger'}: "
+                 f"starts a run when {what} occurred, running.")
+    if auto.schedule is not None or auto.triggers:
+        obj.echo(f"Schedules and sensors fire while a daemon runs:  dagster-daemon run -w {workspace}")
+    if auto.exit_hooks:
+        hooks = auto.exit_hooks
+        obj.echo(f"Exit hooks: on success {list(hooks.on_success)}, on error {list(hooks.on_error)}.")
+
+
+def _watch_extra(instance: Any, prev: Any, ir: FlowIR) -> dict[str, Any]:
+    """Where a triggered deployment's sensor starts counting events and upstream runs: at its
+    first `create` (a redeployment keeps the start)."""
+    import time
+
+    extra = dict(prev.extra) if prev is not None else {}
+    if ir.automation.triggers:
+        from .runtime.automation import latest_event_id
+
+        extra.setdefault("events_after", latest_event_id(instance))
+        extra.setdefault("created_at", time.time())
+    return extra
+
+
 # -- parameters -------------------------------------------------------------------------
 
 
 def _config_value(info: Any, value: Any, origin: str) -> Any:
     """A parameter value as the start op's Config field expects it (JSON: text)."""
-    import json
+    from .values import config_value
 
-    if value is None:
-        return None
     try:
-        if info.type == "json":
-            if isinstance(value, str):
-                json.loads(value)
-                return value
-            return json.dumps(value)
-        if info.type == "bool":
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low not in ("true", "false", "1", "0", "yes", "no", "y", "n", "t", "f"):
-                    raise ValueError(value)
-                return low in ("true", "1", "yes", "y", "t")
-            return bool(value)
-        if info.type == "int":
-            return int(value)
-        if info.type == "float":
-            return float(value)
-        return value if isinstance(value, str) else str(value)
+        return config_value(info.type, value)
     except (TypeError, ValueError) as exc:
         raise DagsterMetaflowException(
             f"parameter {info.name!r} ({origin}): {value!r} is not a valid {info.type}"

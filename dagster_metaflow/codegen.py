@@ -55,6 +55,14 @@ MODULE_NAMES = frozenset(
         "_run_loop",
         "_mapper_tasks",
         "Out",
+        "ScheduleDefinition",
+        "DefaultScheduleStatus",
+        "DefaultSensorStatus",
+        "SensorEvaluationContext",
+        "sensor",
+        "Trigger",
+        "TRIGGERS",
+        "evaluate_triggers",
         "defs",
         "context",
         "config",
@@ -90,6 +98,19 @@ class RenderModel:
     uses_nesting: bool = False  # fanout_*/regroup_* helpers present
     uses_switch: bool = False
     uses_parallel: bool = False
+    automation: AutomationModel | None = None
+
+
+@dataclass
+class AutomationModel:
+    """Schedule and sensor of the deployment (@schedule, @trigger, @trigger_on_finish)."""
+
+    schedule_name: str | None = None
+    schedule_args: list[str] = field(default_factory=list)
+    sensor_name: str | None = None
+    sensor_args: list[str] = field(default_factory=list)
+    triggers: list[str] = field(default_factory=list)  # `Trigger(...)` expressions
+    start_op: str = "op_start"
 
 
 def py(value: Any) -> str:
@@ -242,6 +263,10 @@ def build_render_model(ir: FlowIR) -> RenderModel:
     ops += [_helper_model(h) for h in wiring.helpers]
 
     job_tags = {"metaflow/flow": ir.flow_name}
+    auto = ir.automation
+    if auto.project_name:
+        job_tags["metaflow/project"] = auto.project_name
+        job_tags["metaflow/branch"] = auto.branch_name or ""
     if ir.workflow_timeout:
         job_tags["dagster/max_runtime"] = str(ir.workflow_timeout)
     executor_cfg: dict[str, Any] = {"max_concurrent": ir.max_workers}
@@ -281,6 +306,15 @@ def build_render_model(ir: FlowIR) -> RenderModel:
     if any(s.retry and not s.is_recursive for s in ir.steps):
         imports.append("RetryPolicy")
 
+    automation = _automation_model(ir, job_fn, taken | {job_fn})
+    runtime_imports = ["MetaflowFlow"]
+    if automation is not None:
+        if automation.schedule_name:
+            imports += ["ScheduleDefinition", "DefaultScheduleStatus"]
+        if automation.sensor_name:
+            imports += ["sensor", "SensorEvaluationContext", "DefaultSensorStatus"]
+            runtime_imports += ["Trigger", "evaluate_triggers"]
+
     params = []
     for p in ir.parameters:
         annotation = {"int": "int", "float": "float", "bool": "bool", "str": "str", "json": "str"}[p.type]
@@ -313,6 +347,12 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         flow_kwargs.append(("config_values", py(ir.config_values)))
     if ir.flow_fingerprint:
         flow_kwargs.append(("flow_fingerprint", py(ir.flow_fingerprint)))
+    hooks = ir.automation.exit_hooks
+    if hooks is not None:
+        flow_kwargs += [
+            ("exit_hooks_on_success", py(hooks.on_success)),
+            ("exit_hooks_on_error", py(hooks.on_error)),
+        ]
     flow_kwargs += [(k, py(v)) for k, v in ir.datastore_kwargs]
     flow_kwargs.append(
         (
@@ -327,7 +367,7 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         job_decorator_args=job_args,
         wiring=["    " + ln if ln else "" for ln in wiring.body],
         imports=sorted(imports, key=lambda n: (n[0].islower(), n.lower())),
-        runtime_imports=["MetaflowFlow"]
+        runtime_imports=runtime_imports
         + (["metaflow_executor"] if executor_name == "metaflow_executor" else [])
         + ["metaflow_io_manager"],
         flow_kwargs=flow_kwargs,
@@ -336,7 +376,58 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         uses_nesting=bool(wiring.helpers),
         uses_switch=any(w.switch_outputs for w in wiring.steps.values()),
         uses_parallel=any(w.parallel_join for w in wiring.steps.values()),
+        automation=automation,
     )
+
+
+def _automation_model(ir: FlowIR, job_fn: str, taken: set[str]) -> AutomationModel | None:
+    """ScheduleDefinition / sensor arguments for the flow's automation decorators."""
+    auto = ir.automation
+    if auto.schedule is None and not auto.triggers:
+        return None
+    model = AutomationModel(start_op=ir.step(ir.start_step).op_name)
+    run_tags = py({"dagster-metaflow/deployment": ir.job_name})
+    if auto.schedule is not None:
+        sched = auto.schedule
+        model.schedule_name = naming.python_identifier(f"{job_fn}_schedule", taken)
+        taken.add(model.schedule_name)
+        model.schedule_args = [
+            f"name={py(ir.job_name + '_schedule')}",
+            f"job={job_fn}",
+            f"cron_schedule={py(sched.cron)}",
+        ]
+        if sched.timezone:
+            model.schedule_args.append(f"execution_timezone={py(sched.timezone)}")
+        model.schedule_args += [
+            "default_status=DefaultScheduleStatus.RUNNING",
+            f"tags={run_tags}",
+            f"description={py(f'@schedule of {ir.flow_name}: {sched.metaflow_cron}')}",
+        ]
+    if auto.triggers:
+        types = {p.name: p.type for p in ir.parameters}
+        on_finish = auto.triggers[0].kind == "run"
+        model.sensor_name = naming.python_identifier(
+            f"{job_fn}_{'trigger_on_finish' if on_finish else 'trigger'}", taken
+        )
+        for t in auto.triggers:
+            args = [py(t.name)]
+            if t.kind == "run":
+                args += ['kind="run"', f"flow={py(t.flow)}"]
+                if t.project:
+                    args += [f"project={py(t.project)}", f"branch={py(t.branch)}"]
+            mapping = tuple((p, k, types[p], t.explicit) for p, k in t.parameters)
+            if mapping:
+                args.append(f"parameters={py(mapping)}")
+            model.triggers.append(f"Trigger({', '.join(args)})")
+        what = " and ".join(t.name for t in auto.triggers)
+        model.sensor_args = [
+            f"job={job_fn}",
+            f"name={py(ir.job_name + ('_trigger_on_finish' if on_finish else '_trigger'))}",
+            "minimum_interval_seconds=5",
+            "default_status=DefaultSensorStatus.RUNNING",
+            f"description={py(f'Starts {ir.job_name} when {what} occurred')}",
+        ]
+    return model
 
 
 _ENV = jinja2.Environment(

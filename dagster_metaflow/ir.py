@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from . import naming
+from .automation import AutomationError, AutomationIR, build_automation
 
 StepKind = Literal["start", "linear", "split", "foreach", "join", "switch", "end"]
 JoinKind = Literal["static", "foreach"]
@@ -137,6 +138,7 @@ class FlowIR(CompileOptions):
     parameters: tuple[ParameterIR, ...] = ()
     doc: str = ""
     config_class_name: str = "FlowParameters"
+    automation: AutomationIR = AutomationIR()  # @schedule, @trigger*, @exit_hook
 
     @property
     def datastore_kwargs(self) -> tuple[tuple[str, str | None], ...]:
@@ -417,6 +419,23 @@ def build_flow_ir(flow: Any, graph: Any, options: CompileOptions) -> FlowIR:
         seen.add(norm)
         params.append(build_parameter(var, param, taken))
 
+    from metaflow import current
+
+    try:
+        automation = build_automation(
+            flow,
+            [(p.name, p.has_default or not p.required) for p in params],
+            current.get("project_name"),
+            current.get("branch_name"),
+        )
+    except AutomationError as exc:
+        raise IRError(str(exc)) from None
+    if automation.exit_hooks and options.executor != "threads":
+        raise IRError(
+            f"@exit_hook needs the default threads executor (it runs the hooks when the run "
+            f"ends); --executor {options.executor} cannot run them"
+        )
+
     config_class = naming.python_identifier(
         naming.to_dagster_alphabet(graph.name) + "Parameters", set()
     )
@@ -429,4 +448,5 @@ def build_flow_ir(flow: Any, graph: Any, options: CompileOptions) -> FlowIR:
         parameters=tuple(params),
         doc=(graph.doc or "").strip(),
         config_class_name=config_class,
+        automation=automation,
     )

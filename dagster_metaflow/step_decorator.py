@@ -8,6 +8,7 @@ touching the run's tags, which stay exactly the user's `--tag`s as under `flow.p
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -42,10 +43,19 @@ class DagsterInternalDecorator(StepDecorator):
         ubf_context: Any,
         inputs: Any,
     ) -> None:
+        meta = {field: os.environ[var] for var, field in ENV_TO_METADATA.items() if os.environ.get(var)}
+        triggers = os.environ.get("DAGSTER_METAFLOW_TRIGGERS")
+        if triggers:
+            # the events that started the run, as Argo's internal decorator exposes them
+            from metaflow import current
+            from metaflow.events import Trigger
+
+            current._update_env({"trigger": Trigger(json.loads(triggers))})
+            if step_name == graph.start_step:  # `Run.trigger` reads it from the start task
+                meta["execution-triggers"] = triggers
         entries = [
-            MetaDatum(field=field, value=os.environ[var], type=field, tags=[f"attempt_id:{retry_count}"])
-            for var, field in ENV_TO_METADATA.items()
-            if os.environ.get(var)
+            MetaDatum(field=field, value=value, type=field, tags=[f"attempt_id:{retry_count}"])
+            for field, value in meta.items()
         ]
         if entries:
             metadata.register_metadata(run_id, step_name, task_id, entries)

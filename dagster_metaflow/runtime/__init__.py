@@ -17,6 +17,9 @@ _EXPORTS = {
     "metaflow_executor": ".executor",
     "metaflow_io_manager": ".io",
     "StepControl": ".supervise",
+    "Trigger": ".automation",
+    "evaluate_triggers": ".automation",
+    "publish_event": ".automation",
     "run_supervised": ".supervise",
 }
 

@@ -254,6 +254,8 @@ def threaded_plan_iterator(
     from .zygote import POOL
 
     POOL.close()  # the run is over: don't keep forked interpreters around
+    ended_well = not (failed or stopping or timed_out) and _end_op_succeeded(job_context, execution_plan, succeeded)
+    yield from _run_exit_hooks(job_context, ended_well)
 
     if timed_out:
         raise DagsterExecutionInterruptedError(
@@ -265,6 +267,42 @@ def threaded_plan_iterator(
         _check_reached_end(job_context, execution_plan, succeeded)
 
 
+def _end_ops(job_context: PlanExecutionContext) -> set[str]:
+    try:
+        nodes = job_context.job.get_definition().graph.node_dict
+    except Exception:
+        return set()
+    return {name for name, node in nodes.items() if node.definition.tags.get("metaflow/end") == "true"}
+
+
+def _end_op_succeeded(job_context: PlanExecutionContext, plan: ExecutionPlan, succeeded: set[str]) -> bool:
+    ends = _end_ops(job_context)
+    return any(key.split("[", 1)[0] in ends for key in succeeded) or not ends
+
+
+def _run_exit_hooks(job_context: PlanExecutionContext, successful: bool) -> Iterator[DagsterEvent]:
+    """@exit_hook: the flow's on_success or on_error functions, once, when the run ends
+    (failed steps and termination included), each as Metaflow runs it; output in the run's log."""
+    from .flow import flow_of_job, metaflow_run_id
+
+    try:
+        flow = flow_of_job(job_context.job.get_definition())
+    except Exception:
+        flow = None
+    if flow is None:
+        return
+    hooks = flow.exit_hooks_on_success if successful else flow.exit_hooks_on_error
+    pathspec = f"{flow.name}/{metaflow_run_id(job_context.run_id)}"
+    for name in hooks:
+        ok, output = flow.run_exit_hook(name, pathspec)
+        outcome = "ran" if ok else "failed"
+        yield DagsterEvent.engine_event(
+            job_context,
+            f"@exit_hook {name} ({'on_success' if successful else 'on_error'}) {outcome} for {pathspec}"
+            + (f":\n{output}" if output else ""),
+        )
+
+
 class MetaflowRunIncomplete(Exception):
     """Every op ended without error but the Metaflow run did not reach its end step."""
 
@@ -272,11 +310,9 @@ class MetaflowRunIncomplete(Exception):
 def _check_reached_end(job_context: PlanExecutionContext, plan: ExecutionPlan, succeeded: set[str]) -> None:
     """Safety net: a Dagster run succeeds only if the op of the flow's `end` step did (an
     op skipped for a missing input would otherwise leave the Metaflow run unfinished)."""
-    try:
-        nodes = job_context.job.get_definition().graph.node_dict
-    except Exception:
+    end_ops = _end_ops(job_context)
+    if not end_ops:
         return
-    end_ops = {name for name, node in nodes.items() if node.definition.tags.get("metaflow/end") == "true"}
     planned = {key for key in plan.step_keys_to_execute if key.split("[", 1)[0] in end_ops}
     missing = sorted(planned - succeeded)
     if missing:

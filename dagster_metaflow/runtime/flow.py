@@ -140,6 +140,9 @@ class MetaflowFlow:
     # the deployment record (`resolve_code`), which keeps generated files deterministic
     code_package: Mapping[str, str] | None = None
     flow_fingerprint: str | None = None  # sha256 of the compiled flow file
+    # @exit_hook functions, run by the executor when the run ends
+    exit_hooks_on_success: tuple[str, ...] = ()
+    exit_hooks_on_error: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _LIVE_FLOWS.append(self)
@@ -710,6 +713,20 @@ class MetaflowFlow:
                 return
             iteration, previous = iteration + 1, pathspec
 
+    def run_exit_hook(self, name: str, run_pathspec: str) -> tuple[bool, str]:
+        """Run one @exit_hook function as Metaflow's runtime does (its exit_hook_script, in
+        the steps' environment); returns (succeeded, its output)."""
+        import subprocess
+
+        argv = [sys.executable, "-m", "metaflow.plugins.exit_hook.exit_hook_script", self.flow_path, name, run_pathspec]
+        try:
+            done = subprocess.run(
+                argv, env=self.step_env(), cwd=self.cwd, capture_output=True, text=True, check=False
+            )
+        except OSError as exc:
+            return False, str(exc)
+        return done.returncode == 0, (done.stdout + done.stderr).strip()
+
     # -- helpers ------------------------------------------------------------------------
     def _supervise(self, context: OpExecutionContext, argv: list[str], env: dict[str, str], **kw: Any) -> Any:
         return run_supervised(argv, env=env, cwd=self.cwd, spawn=spawn_step_process, **kw)
@@ -779,6 +796,13 @@ class MetaflowFlow:
         return md
 
 
+def flow_of_job(job_def: Any) -> MetaflowFlow | None:
+    """The compiled flow a job runs (the generated module's FLOW), by the job's flow tag."""
+    name = job_def.tags.get("metaflow/flow")
+    matches = [f for f in _LIVE_FLOWS if f.name == name]
+    return matches[-1] if matches else None
+
+
 def _dagster_env(context: OpExecutionContext) -> dict[str, str]:
     """Where the task runs in Dagster, for the `dagster_internal` decorator's metadata."""
     key = str(context.op_handle)
@@ -789,6 +813,9 @@ def _dagster_env(context: OpExecutionContext) -> dict[str, str]:
         "DAGSTER_METAFLOW_JOB": context.job_name,
         "DAGSTER_METAFLOW_STEP_KEY": key,
     }
+    triggers = context.run.tags.get("dagster-metaflow/triggers")
+    if triggers:  # the events that started this run: `current.trigger` (dagster_internal)
+        env["DAGSTER_METAFLOW_TRIGGERS"] = triggers
     base = os.environ.get("DAGSTER_METAFLOW_UI_URL")
     if base:
         env["DAGSTER_METAFLOW_RUN_URL"] = f"{base.rstrip('/')}/runs/{context.run_id}"
