@@ -294,12 +294,16 @@ def _run_exit_hooks(job_context: PlanExecutionContext, successful: bool) -> Iter
     hooks = flow.exit_hooks_on_success if successful else flow.exit_hooks_on_error
     pathspec = f"{flow.name}/{metaflow_run_id(job_context.run_id)}"
     for name in hooks:
-        ok, output = flow.run_exit_hook(name, pathspec)
+        try:
+            ok, output = flow.run_exit_hook(name, pathspec)
+        except Exception as exc:  # a hook never changes the run's outcome, as natively
+            ok, output = False, f"{type(exc).__name__}: {exc}"
         outcome = "ran" if ok else "failed"
         yield DagsterEvent.engine_event(
             job_context,
             f"@exit_hook {name} ({'on_success' if successful else 'on_error'}) {outcome} for {pathspec}"
             + (f":\n{output}" if output else ""),
+            EngineEventData(),
         )
 
 

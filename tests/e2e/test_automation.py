@@ -1,0 +1,125 @@
+"""@schedule, @trigger, @trigger_on_finish with a real dagster-daemon; @exit_hook on success,
+failure and termination. Every run is checked through the Metaflow client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import BIN, FLOWS, Workspace
+
+from dagster_metaflow.runtime import metaflow_run_id
+
+pytestmark = pytest.mark.e2e
+
+
+def _runs(ws: Workspace, job: str) -> list[Any]:
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(ws.dagster_home)) as instance:
+        return [r for r in instance.get_runs() if r.job_name == job]
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def _finished(ws: Workspace, job: str, n: int) -> Callable[[], list[Any]]:
+    def check() -> list[Any]:
+        runs = [r for r in _runs(ws, job) if r.is_finished]
+        return runs if len(runs) >= n else []
+
+    return check
+
+
+def _mf_run(flow: str, dagster_run: Any) -> Any:
+    from metaflow import Run
+
+    return Run(f"{flow}/{metaflow_run_id(dagster_run.run_id)}", _namespace_check=False)
+
+
+@pytest.mark.flow("triggered_flow.py")
+def test_daemon_runs_schedules_events_and_upstream_finishes(workspace: Workspace) -> None:
+    for name in ("upstream_flow.py", "downstream_flow.py", "scheduled_flow.py"):
+        shutil.copy(FLOWS / name, workspace.dir / name)
+    for name in ("triggered_flow.py", "upstream_flow.py", "downstream_flow.py", "scheduled_flow.py"):
+        res = workspace.run(sys.executable, name, "dagster", "create", name.replace("_flow.py", "_dagster.py"))
+        assert "dagster-daemon run -w" in res.stderr + res.stdout or name == "upstream_flow.py"
+    env = dict(os.environ, DAGSTER_HOME=str(workspace.dagster_home))
+    daemon = subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-w", str(workspace.dagster_home / "dagster_metaflow_workspace.yaml")],
+        cwd=workspace.dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        # events: published from Python and from the shell; an unrelated one starts nothing
+        from dagster import DagsterInstance
+
+        import dagster_metaflow
+
+        with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
+            first = dagster_metaflow.publish_event("data.ready", {"a": 1.5}, instance=instance)
+        workspace.run(str(BIN / "dagster-metaflow"), "publish-event", "data.ready", "--field", "a=2.5")
+        workspace.run(str(BIN / "dagster-metaflow"), "publish-event", "unrelated.event", "--payload", '{"a": 9}')
+        # upstream: one success, one failure -> exactly one downstream run
+        workspace.run(sys.executable, "upstream_flow.py", "dagster", "trigger", "--wait", "--run-id-file", "up")
+        workspace.run(sys.executable, "upstream_flow.py", "dagster", "trigger", "--fail", "true", "--wait", check=False)
+
+        triggered = _wait("two triggered runs", _finished(workspace, "TriggeredFlow", 2), 240)
+        downstream = _wait("the downstream run", _finished(workspace, "DownstreamFlow", 1), 240)
+        scheduled = _wait("a scheduled run", _finished(workspace, "ScheduledFlow", 1), 150)
+    finally:
+        os.killpg(daemon.pid, 15)
+        daemon.wait(timeout=60)
+
+    assert len(triggered) == 2 and all(r.status.value == "SUCCESS" for r in triggered)
+    seen = sorted((_mf_run("TriggeredFlow", r)["start"].task.data.seen_alpha, _mf_run("TriggeredFlow", r)) for r in triggered)
+    assert [alpha for alpha, _ in seen] == [1.5, 2.5]
+    start = seen[0][1]["start"].task.data
+    assert start.event_name == "data.ready" and start.event_id == first
+    assert seen[0][1].trigger.event.name == "data.ready"  # Metaflow's client: Run.trigger
+
+    assert len(downstream) == 1 and downstream[0].status.value == "SUCCESS"
+    up_id = (workspace.dir / "up").read_text().strip()
+    data = _mf_run("DownstreamFlow", downstream[0])["start"].task.data
+    assert data.upstream == f"UpstreamFlow/{up_id}" and data.upstream_value == 42
+
+    assert len(scheduled) == 1 and scheduled[0].status.value == "SUCCESS"
+    assert scheduled[0].tags.get("dagster/schedule_name") == "ScheduledFlow_schedule"
+    assert _mf_run("ScheduledFlow", scheduled[0]).successful
+
+
+@pytest.mark.flow("exit_hook_flow.py")
+def test_exit_hooks_run_once_after_success_failure_and_termination(workspace: Workspace) -> None:
+    workspace.compile()
+    ok = workspace.metaflow("dagster", "trigger", "--wait", "--run-id-file", "ok")
+    failed = workspace.metaflow("dagster", "trigger", "--fail", "true", "--wait", "--run-id-file", "failed", check=False)
+    assert ok.returncode == 0 and failed.returncode != 0
+    workspace.metaflow("dagster", "trigger", "--sleep", "120", "--run-id-file", "stopped")
+    _wait("the step to start", lambda: len(list(workspace.dir.glob("pid-*"))) >= 3, 60)
+    stopped = (workspace.dir / "stopped").read_text().strip()
+    workspace.metaflow("dagster", "terminate", "--run-id", stopped)
+    _wait("the hook after termination", lambda: (workspace.dir / f"hook-error-{stopped}").exists(), 60)
+
+    ok_id, failed_id = ((workspace.dir / n).read_text().strip() for n in ("ok", "failed"))
+    hooks = sorted(p.name for p in workspace.dir.glob("hook-*"))
+    assert hooks == sorted([f"hook-success-{ok_id}", f"hook-error-{failed_id}", f"hook-error-{stopped}"])
+    assert "successful=True" in (workspace.dir / f"hook-success-{ok_id}").read_text()
+    # the hook's output is in the Dagster run's log
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
+        run = next(r for r in instance.get_runs() if metaflow_run_id(r.run_id) == ok_id)
+        messages = [e.message for e in instance.all_logs(run.run_id) if e.message]
+    assert any("@exit_hook on_ok (on_success) ran" in m and "hook success saw" in m for m in messages)
