@@ -413,6 +413,7 @@ def create(
             flow_fingerprint=ir.flow_fingerprint or "",
             code_package=_save_code_package(obj),
             extra=_watch_extra(instance, prev, ir),
+            automation=_automation_record(ir),
         )
         deployments.put(instance, dep)
         obj.echo(f"Wrote {out_file} ({len(ir.steps)} ops, job {job_name}).")
@@ -441,6 +442,29 @@ def _echo_automation(obj: Any, ir: FlowIR, workspace: str) -> None:
     if auto.exit_hooks:
         hooks = auto.exit_hooks
         obj.echo(f"Exit hooks: on success {list(hooks.on_success)}, on error {list(hooks.on_error)}.")
+
+
+def _automation_record(ir: FlowIR) -> dict[str, Any]:
+    """What the deployment schedules/waits for, as the Deployer and `describe` show it."""
+    auto = ir.automation
+    out: dict[str, Any] = {}
+    if auto.schedule is not None:
+        out["schedule"] = {
+            "name": f"{ir.job_name}_schedule",
+            "cron": auto.schedule.cron,
+            "timezone": auto.schedule.timezone,
+        }
+    if auto.triggers:
+        kind = auto.triggers[0].kind
+        out["sensor"] = f"{ir.job_name}_{'trigger_on_finish' if kind == 'run' else 'trigger'}"
+        out["triggers"] = [t.name for t in auto.triggers]
+        out["trigger_kind"] = "trigger_on_finish" if kind == "run" else "trigger"
+    if auto.exit_hooks is not None:
+        out["exit_hooks"] = {
+            "on_success": list(auto.exit_hooks.on_success),
+            "on_error": list(auto.exit_hooks.on_error),
+        }
+    return out
 
 
 def _watch_extra(instance: Any, prev: Any, ir: FlowIR) -> dict[str, Any]:
@@ -819,6 +843,36 @@ def list_runs(obj: Any, states: Sequence[str] = ()) -> None:
             )
 
 
+@dagster.command(help="Show the deployment: job, files, schedule, sensor and exit hooks.")
+@click.pass_obj
+def describe(obj: Any) -> None:
+    from . import deployments
+
+    with _open_instance(obj) as instance:
+        dep = _deployment(obj, instance)
+        auto = dep.automation or {}
+        states = deployments.instigator_status(instance, dep)
+        lines = [
+            f"Deployment {dep.name} (flow {dep.flow_name}, by {dep.owner})",
+            f"  definitions: {dep.definitions_file}",
+            f"  flow file:   {dep.flow_file}",
+        ]
+        sched = auto.get("schedule")
+        if sched:
+            tz = sched.get("timezone") or "UTC"
+            lines.append(f"  schedule:    {sched['name']} cron '{sched['cron']}' ({tz}): {states.get(sched['name'])}")
+        if auto.get("sensor"):
+            what = " and ".join(auto.get("triggers", []))
+            lines.append(f"  sensor:      {auto['sensor']} (@{auto.get('trigger_kind')} {what}): {states.get(auto['sensor'])}")
+        hooks = auto.get("exit_hooks")
+        if hooks:
+            lines.append(f"  exit hooks:  on success {hooks['on_success']}, on error {hooks['on_error']}")
+        if not (sched or auto.get("sensor")):
+            lines.append("  not scheduled or triggered: runs start with `trigger`, the Deployer or the UI")
+        for line in lines:
+            click.echo(line)
+
+
 @dagster.command(help="Remove the deployment from the Dagster instance (runs are kept).")
 @click.option("--authorize", default=None, help="Authorize with the deployment's production token.")
 @click.pass_obj
@@ -828,8 +882,10 @@ def delete(obj: Any, authorize: str | None = None) -> None:
     with _open_instance(obj) as instance:
         dep = _deployment(obj, instance)
         _check_authorized(obj, dep, authorize, _token_prefix(obj, dep.name), "delete")
-        deployments.remove(instance, dep.name)
+        stopped = deployments.remove(instance, dep.name)
         obj.echo(f"Deleted deployment *{dep.name}*; its runs stay in the instance.", bold=True)
+        if stopped:
+            obj.echo(f"Stopped {', '.join(stopped)} and removed the deployment from the daemon's workspace.")
         obj.echo(f"The definitions file {dep.definitions_file} was left in place.")
 
 

@@ -154,11 +154,35 @@ class DagsterDeployedFlow(DeployedFlow):
         )
         return DagsterTriggeredRun(deployer=impl, content=content)
 
+    def _record(self) -> deployments.Deployment | None:
+        with deployments.open_instance(getattr(self.deployer, "dagster_home", None)) as instance:
+            return deployments.get(instance, self.deployer.name)
+
     @property
     def production_token(self) -> str | None:
-        with deployments.open_instance(getattr(self.deployer, "dagster_home", None)) as instance:
-            dep = deployments.get(instance, self.deployer.name)
+        dep = self._record()
         return dep.production_token if dep else None
+
+    @property
+    def schedule(self) -> dict[str, Any] | None:
+        """The deployment's schedule ({"name", "cron", "timezone"}), None if not scheduled."""
+        dep = self._record()
+        return (dep.automation or {}).get("schedule") if dep else None
+
+    @property
+    def triggers(self) -> list[str]:
+        """Events the deployment waits for (@trigger names, or `metaflow.<Flow>.end` for
+        @trigger_on_finish); empty if not triggered."""
+        dep = self._record()
+        return list((dep.automation or {}).get("triggers", [])) if dep else []
+
+    @property
+    def is_scheduled(self) -> bool:
+        return self.schedule is not None
+
+    @property
+    def is_triggered(self) -> bool:
+        return bool(self.triggers)
 
     def _command(self, name: str, **kwargs: Any) -> list[str]:
         impl: Any = self.deployer

@@ -65,6 +65,9 @@ class Deployment:
     tool_version: str = ""
     flow_fingerprint: str = ""  # sha256 of the flow file compiled (also in the generated file)
     code_package: dict[str, str] = field(default_factory=dict)  # url, sha, metadata
+    # @schedule / @trigger / @trigger_on_finish / @exit_hook as deployed: {"schedule": {cron,
+    # timezone, name}, "sensor": name, "triggers": [event names], "exit_hooks": {...}}
+    automation: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -165,11 +168,41 @@ def put(instance: DagsterInstance, dep: Deployment) -> None:
     _write_workspace(instance)
 
 
-def remove(instance: DagsterInstance, name: str) -> None:
+def remove(instance: DagsterInstance, name: str) -> list[str]:
+    """Forget a deployment; its schedule and sensor are stopped (returns their names)."""
+    dep = get(instance, name)
+    stopped = _stop_instigators(instance, dep) if dep is not None else []
     # the key-value store has no delete: an empty value means "no record"
     _set(instance, RECORD_PREFIX + name, "")
     _set(instance, INDEX_KEY, json.dumps(sorted(set(list_names(instance)) - {name})))
     _write_workspace(instance)
+    return stopped
+
+
+def instigator_names(dep: Deployment) -> list[str]:
+    auto = dep.automation or {}
+    return [n for n in ((auto.get("schedule") or {}).get("name"), auto.get("sensor")) if n]
+
+
+def instigator_status(instance: DagsterInstance, dep: Deployment) -> dict[str, str]:
+    """Stored state (RUNNING/STOPPED/...) of the deployment's schedule and sensor; a name
+    without stored state runs by default once a daemon loads the deployment."""
+    names = set(instigator_names(dep))
+    out = {n: "RUNNING (default; not evaluated yet)" for n in names}
+    for state in instance.all_instigator_state():
+        if state.name in names and state.origin.repository_origin.code_location_origin.location_name == dep.location_name:
+            out[state.name] = state.status.value
+    return out
+
+
+def _stop_instigators(instance: DagsterInstance, dep: Deployment) -> list[str]:
+    from dagster._core.scheduler.instigation import InstigatorStatus
+
+    names = set(instigator_names(dep))
+    for state in instance.all_instigator_state():
+        if state.name in names and state.origin.repository_origin.code_location_origin.location_name == dep.location_name:
+            instance.update_instigator_state(state.with_status(InstigatorStatus.STOPPED))
+    return sorted(names)
 
 
 def list_all(instance: DagsterInstance, flow_name: str | None = None) -> list[Deployment]:
