@@ -347,6 +347,9 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         flow_kwargs.append(("config_values", py(ir.config_values)))
     if ir.flow_fingerprint:
         flow_kwargs.append(("flow_fingerprint", py(ir.flow_fingerprint)))
+    card_steps = tuple(s.name for s in ir.steps if s.has_card)
+    if card_steps:
+        flow_kwargs.append(("card_steps", py(card_steps)))
     hooks = ir.automation.exit_hooks
     if hooks is not None:
         flow_kwargs += [

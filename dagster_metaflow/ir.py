@@ -73,6 +73,7 @@ class StepIR:
     env: tuple[tuple[str, str], ...] = ()
     resources: tuple[tuple[str, str], ...] = ()
     decorator_specs: tuple[str, ...] = ()  # dynamic (`--with`) decorators to forward
+    has_card: bool = False  # @card: the op links the task's cards
     doc: str = ""
 
     @property
@@ -314,6 +315,7 @@ def build_step(node: Any, graph: Any, op_name: str, datastore_type: str = "local
         env=env,
         resources=resources,
         decorator_specs=specs,
+        has_card=any(d.name == "card" for d in decos) or any(s.split(":")[0] == "card" for s in specs),
         doc=(node.doc or "").strip(),
     )
 

@@ -143,6 +143,7 @@ class MetaflowFlow:
     # @exit_hook functions, run by the executor when the run ends
     exit_hooks_on_success: tuple[str, ...] = ()
     exit_hooks_on_error: tuple[str, ...] = ()
+    card_steps: tuple[str, ...] = ()  # steps with @card: their ops link the cards
 
     def __post_init__(self) -> None:
         _LIVE_FLOWS.append(self)
@@ -793,7 +794,42 @@ class MetaflowFlow:
             md["artifacts"] = MetadataValue.text(", ".join(names))
         except Exception:
             pass
+        step = pathspec.split("/")[1]
+        if step in self.card_steps:
+            md.update(self._card_metadata(pathspec))
         return md
+
+    def _card_metadata(self, pathspec: str) -> dict[str, Any]:
+        """The task's cards: their files (local datastore) and the command that opens them."""
+        run_id, step, task_id = pathspec.split("/")
+        flow_file = os.path.basename(self.source_path)
+        md: dict[str, Any] = {
+            "card_view": MetadataValue.text(f"python {flow_file} card view {run_id}/{step}/{task_id}"),
+        }
+        root = self._card_root()
+        if root is not None:
+            folder = Path(root, self.name, "runs", run_id, "steps", step, "tasks", task_id, "cards")
+            for i, html in enumerate(sorted(folder.glob("*.html"))):
+                md[f"card_{i}" if i else "card"] = MetadataValue.path(str(html))
+        return md
+
+    def _card_root(self) -> str | None:
+        """Where Metaflow's local card store keeps cards for steps run in `self.cwd`
+        (CardDatastore.get_storage_root, evaluated from the steps' working directory)."""
+        if self.datastore_type != "local":
+            return None
+        configured = os.environ.get("METAFLOW_CARD_LOCALROOT")
+        if configured:
+            return configured
+        current = self.cwd
+        while True:
+            candidate = os.path.join(current, ".metaflow")
+            if os.path.isdir(candidate):
+                return os.path.join(os.path.realpath(candidate), "mf.cards")
+            parent = os.path.dirname(current)
+            if parent == current:
+                return None
+            current = parent
 
 
 def flow_of_job(job_def: Any) -> MetaflowFlow | None:

@@ -147,3 +147,25 @@ def test_exit_hooks_run_once_after_success_failure_and_termination(workspace: Wo
         states = {s.name: s.status.value for s in instance.all_instigator_state()}
     assert states["ScheduledFlow_schedule"] == "STOPPED" and states["TriggeredFlow_trigger"] == "RUNNING"
     assert "scheduled_dagster.py" not in (workspace.dagster_home / "dagster_metaflow_workspace.yaml").read_text()
+
+
+@pytest.mark.flow("card_flow.py")
+def test_cards_are_made_as_natively_and_linked_from_the_op(workspace: Workspace) -> None:
+    workspace.compile()
+    workspace.metaflow("dagster", "trigger", "--wait", "--run-id-file", "rid")
+    mf_run_id = (workspace.dir / "rid").read_text().strip()
+    got = workspace.metaflow("card", "get", f"{mf_run_id}/start/start", "card.html")
+    card_html = (workspace.dir / "card.html").read_text()
+    assert got.returncode == 0 and "<html" in card_html
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
+        run = next(r for r in instance.get_runs() if metaflow_run_id(r.run_id) == mf_run_id)
+        outputs = [
+            e.dagster_event.event_specific_data
+            for e in instance.all_logs(run.run_id)
+            if e.dagster_event and e.dagster_event.event_type_value == "STEP_OUTPUT" and e.step_key == "op_start"
+        ]
+    md = outputs[0].metadata
+    assert open(md["card"].value).read() == card_html  # the op links the card `card get` returns
+    assert md["card_view"].value.endswith(f"card view {mf_run_id}/start/start")
