@@ -33,7 +33,15 @@ SUPPORTED_STEP_DECORATORS = frozenset(
 # cannot work under another orchestrator unless it is handled above
 RUNTIME_HOOKS = ("runtime_init", "runtime_task_created", "runtime_step_cli", "runtime_finished")
 # Decorators that Metaflow attaches on its own; never user-visible, always fine.
-INTERNAL_DECORATORS = frozenset({"argo_workflows_internal", "dagster_internal"})
+INTERNAL_DECORATORS = frozenset({"dagster_internal"})
+# Metaflow's step decorators that cannot run under dagster-metaflow, and why (one line each)
+REFUSED_STEP_DECORATORS = {
+    "conda": "conda environments are not supported by dagster-metaflow yet",
+    "pypi": "pypi environments are not supported by dagster-metaflow yet",
+    "argo_workflows_internal": "it belongs to Metaflow's Argo Workflows integration",
+    "step_functions_internal": "it belongs to Metaflow's AWS Step Functions integration",
+    "airflow_internal": "it belongs to Metaflow's Apache Airflow integration",
+}
 REMOTE_COMPUTE_DECORATORS = frozenset({"kubernetes", "batch"})
 
 
@@ -266,7 +274,12 @@ def build_step(node: Any, graph: Any, op_name: str, datastore_type: str = "local
             raise IRError(
                 f"step {node.name!r}: @{deco.name} is not supported by dagster-metaflow yet"
             )
-        if deco.name in SUPPORTED_STEP_DECORATORS:
+        if deco.name in REFUSED_STEP_DECORATORS:
+            raise IRError(
+                f"step {node.name!r}: decorator @{deco.name} is not supported: {REFUSED_STEP_DECORATORS[deco.name]}"
+            )
+        if deco.name in SUPPORTED_STEP_DECORATORS or getattr(deco, "IS_PARALLEL", False):
+            # (@parallel and its subclasses, e.g. @pytorch_parallel: one control task)
             continue
         hooks = runtime_hooks_of(deco)
         if hooks:

@@ -125,3 +125,20 @@ def test_several_events_start_a_run_once_all_occurred() -> None:
         assert [e["name"] for e in json.loads(requests[0].tags["dagster-metaflow/triggers"])] == ["a", "b"]
         publish_event("b", {"n": 1}, instance=instance)
         assert _tick(instance, triggers, cursor)[0] == []  # `a` must occur again first
+
+
+def test_unsupported_flow_decorators_are_refused_with_a_reason() -> None:
+    from metaflow.flowspec import FlowStateItems
+
+    from dagster_metaflow.automation import build_automation
+
+    def flow(**decos: Any) -> Any:
+        return SimpleNamespace(_flow_state={FlowStateItems.FLOW_DECORATORS: {k: [v] for k, v in decos.items()}})
+
+    with pytest.raises(AutomationError, match="decorator @conda_base is not supported: conda environments"):
+        build_automation(flow(conda_base=object()), [])
+    with pytest.raises(AutomationError, match="@airflow_s3_key_sensor is not supported: it is an Apache Airflow sensor"):
+        build_automation(flow(airflow_s3_key_sensor=object()), [])
+    with pytest.raises(AutomationError, match="@trigger and @trigger_on_finish on one flow"):
+        build_automation(flow(trigger=object(), trigger_on_finish=object()), [])
+    assert build_automation(flow(project=object()), []).schedule is None

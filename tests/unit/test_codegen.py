@@ -207,6 +207,40 @@ def test_decorators_needing_runtime_hooks_are_refused_task_side_ones_accepted() 
         build_flow_ir(RefusedFlow, graph, CompileOptions(job_name="R", flow_file="r.py"))
 
 
+def test_metaflow_step_decorators_are_handled_or_refused_with_a_reason() -> None:
+    from metaflow import FlowSpec, step
+    from metaflow.graph import FlowGraph
+    from metaflow.plugins import STEP_DECORATORS
+
+    class DecoratedFlow(FlowSpec):
+        @step
+        def start(self):
+            self.next(self.end)
+
+        @step
+        def end(self):
+            pass
+
+    opts = CompileOptions(job_name="D", flow_file="d.py", datastore_type="s3")
+    outcomes = {}
+    for cls in STEP_DECORATORS:
+        graph = FlowGraph(DecoratedFlow)
+        deco = cls()
+        graph["start"].decorators.append(deco)
+        try:
+            build_flow_ir(DecoratedFlow, graph, opts)
+            outcomes[cls.name] = "ok"
+        except IRError as exc:
+            outcomes[cls.name] = str(exc)
+        finally:
+            graph["start"].decorators.remove(deco)
+    refused = {"conda", "pypi", "argo_workflows_internal", "step_functions_internal", "airflow_internal",
+               "kubernetes", "batch"}
+    assert {n for n, o in outcomes.items() if o != "ok"} == refused, outcomes
+    assert outcomes["conda"] == "step 'start': decorator @conda is not supported: conda environments are not supported by dagster-metaflow yet"
+    assert "@kubernetes is not supported by dagster-metaflow yet" in outcomes["kubernetes"]
+
+
 # -- hostile names and values --------------------------------------------------------------
 
 HOSTILE_STEPS = ["start", "input", "config", "context", "op_end", "class_", "defs", "FLOW", "TAGS",
