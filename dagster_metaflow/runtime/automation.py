@@ -21,6 +21,7 @@ The triggering events go to the run as the tag `dagster-metaflow/triggers`; the 
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import time
@@ -146,7 +147,11 @@ def _finished_runs(
             tags[TAG_PROJECT] = trig.project
             tags[TAG_BRANCH] = trig.branch or ""
         records = instance.get_run_records(
-            filters=RunsFilter(statuses=[DagsterRunStatus.SUCCESS], tags=tags),
+            filters=RunsFilter(
+                statuses=[DagsterRunStatus.SUCCESS],
+                tags=tags,
+                updated_after=datetime.datetime.fromtimestamp(after, tz=datetime.UTC),
+            ),
             limit=_BATCH,
         )
         for record in records:

@@ -37,6 +37,8 @@ def _differential(ws: Workspace, fork: str = "1") -> dict:
     dagster_run = ws.last_dagster_run()
     dag = f"{flow_name}/{metaflow_run_id(dagster_run.run_id)}"
     assert Run(dag).successful
+    ids = [task.id for step in Run(dag) for task in step]
+    assert len(ids) == len(set(ids)), "task ids must be unique within a run, as natively"
     expected = artifacts_by_task(native)
     got = artifacts_by_task(dag)
     assert got.keys() == expected.keys()
