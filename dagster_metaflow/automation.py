@@ -42,8 +42,9 @@ class TriggerIR:
 
     name: str
     kind: Literal["event", "run"] = "event"
-    parameters: tuple[tuple[str, str], ...] = ()  # (flow parameter, payload field)
-    explicit: bool = True  # mapped by the decorator (a missing field: the event does not match)
+    # (flow parameter, payload field, required: a missing field means the event does not match)
+    parameters: tuple[tuple[str, str, bool], ...] = ()
+    explicit: bool = True  # mapped by the decorator (else: one event, every parameter by name)
     flow: str | None = None  # kind="run": the upstream flow
     project: str | None = None
     branch: str | None = None
@@ -119,13 +120,9 @@ def _schedule(decos: list[Any] | None, params: dict[str, bool]) -> ScheduleIR | 
     # what Argo Workflows deploys: the first five fields; `?` ("no specific value" in the
     # AWS form Metaflow uses for hourly/daily/weekly) is `*` for Dagster's cron
     cron = " ".join(expr.split()[:5]).replace("?", "*")
-    try:
-        from croniter import croniter
+    from dagster._utils.schedules import is_valid_cron_string  # what Dagster will check
 
-        ok = croniter.is_valid(cron)
-    except ImportError:  # pragma: no cover - croniter comes with dagster
-        ok = True
-    if not ok:
+    if not is_valid_cron_string(cron):
         raise AutomationError(f"@schedule: cron expression {expr!r} is not valid ({cron!r})")
     tz = deco.timezone or None
     if tz:
@@ -168,12 +165,25 @@ def _event_triggers(decos: list[Any] | None, params: dict[str, bool]) -> tuple[T
             if real.lower() in seen:
                 raise AutomationError(f"@trigger: parameter {param!r} is mapped twice")
             seen.add(real.lower())
-            mapping.append((real, str(payload_key)))
+            mapping.append((real, str(payload_key), True))
         out.append(TriggerIR(name=str(name), kind="event", parameters=tuple(mapping)))
     if len(out) == 1 and not out[0].parameters:
         # one event, no mapping: every parameter from the payload field of its name (Argo)
-        # (decision: such fields are optional, a missing one keeps the parameter's default)
-        out[0] = TriggerIR(name=out[0].name, parameters=tuple((p, p) for p in params), explicit=False)
+        # (decision: such fields are optional, a missing one keeps the parameter's default;
+        # a parameter without a default must be in the payload)
+        out[0] = TriggerIR(
+            name=out[0].name,
+            parameters=tuple((p, p, not has_value) for p, has_value in params.items()),
+            explicit=False,
+        )
+        return tuple(out)
+    mapped = {p for t in out for p, *_ in t.parameters}
+    unmapped = [p for p, has_value in params.items() if not has_value and p not in mapped]
+    if unmapped:
+        raise AutomationError(
+            f"@trigger: parameter {unmapped[0]!r} has no default and no event maps it, so a "
+            "triggered run could not start; map it from an event field or give it a default"
+        )
     return tuple(out)
 
 

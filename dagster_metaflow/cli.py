@@ -415,6 +415,10 @@ def create(
             extra=_watch_extra(instance, prev, ir),
             automation=_automation_record(ir),
         )
+        if prev is None:
+            # a deployment created again after `delete`: its schedule and sensor start afresh
+            # (delete left them STOPPED, and a stored state overrides default_status)
+            deployments.forget_instigators(instance, dep)
         deployments.put(instance, dep)
         obj.echo(f"Wrote {out_file} ({len(ir.steps)} ops, job {job_name}).")
         obj.echo(f"Deployed as *{job_name}* in the Dagster instance at {instance.root_directory}.")
@@ -476,8 +480,9 @@ def _watch_extra(instance: Any, prev: Any, ir: FlowIR) -> dict[str, Any]:
     if ir.automation.triggers:
         from .runtime.automation import latest_event_id
 
-        extra.setdefault("events_after", latest_event_id(instance))
-        extra.setdefault("created_at", time.time())
+        watching = [t.name for t in ir.automation.triggers]
+        if extra.get("watching") != watching:  # other events: count from now
+            extra.update(watching=watching, events_after=latest_event_id(instance), created_at=time.time())
     return extra
 
 

@@ -353,6 +353,7 @@ def build_render_model(ir: FlowIR) -> RenderModel:
     hooks = ir.automation.exit_hooks
     if hooks is not None:
         flow_kwargs += [
+            ("job_name", py(ir.job_name)),
             ("exit_hooks_on_success", py(hooks.on_success)),
             ("exit_hooks_on_error", py(hooks.on_error)),
         ]
@@ -418,7 +419,7 @@ def _automation_model(ir: FlowIR, job_fn: str, taken: set[str]) -> AutomationMod
                 args += ['kind="run"', f"flow={py(t.flow)}"]
                 if t.project:
                     args += [f"project={py(t.project)}", f"branch={py(t.branch)}"]
-            mapping = tuple((p, k, types[p], t.explicit) for p, k in t.parameters)
+            mapping = tuple((p, k, types[p], required) for p, k, required in t.parameters)
             if mapping:
                 args.append(f"parameters={py(mapping)}")
             model.triggers.append(f"Trigger({', '.join(args)})")

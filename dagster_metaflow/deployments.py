@@ -187,22 +187,33 @@ def instigator_names(dep: Deployment) -> list[str]:
 def instigator_status(instance: DagsterInstance, dep: Deployment) -> dict[str, str]:
     """Stored state (RUNNING/STOPPED/...) of the deployment's schedule and sensor; a name
     without stored state runs by default once a daemon loads the deployment."""
-    names = set(instigator_names(dep))
-    out = {n: "RUNNING (default; not evaluated yet)" for n in names}
-    for state in instance.all_instigator_state():
-        if state.name in names and state.origin.repository_origin.code_location_origin.location_name == dep.location_name:
-            out[state.name] = state.status.value
+    out = {n: "RUNNING (default; not evaluated yet)" for n in instigator_names(dep)}
+    for state in _own_states(instance, dep):
+        out[state.name] = state.status.value
     return out
+
+
+def _own_states(instance: DagsterInstance, dep: Deployment) -> list[Any]:
+    names = set(instigator_names(dep))
+    return [
+        s
+        for s in instance.all_instigator_state()
+        if s.name in names and s.origin.repository_origin.code_location_origin.location_name == dep.location_name
+    ]
+
+
+def forget_instigators(instance: DagsterInstance, dep: Deployment) -> None:
+    """Drop stored schedule/sensor states (status and cursor) of this deployment's names."""
+    for state in _own_states(instance, dep):
+        instance.delete_instigator_state(state.instigator_origin_id, state.selector_id)
 
 
 def _stop_instigators(instance: DagsterInstance, dep: Deployment) -> list[str]:
     from dagster._core.scheduler.instigation import InstigatorStatus
 
-    names = set(instigator_names(dep))
-    for state in instance.all_instigator_state():
-        if state.name in names and state.origin.repository_origin.code_location_origin.location_name == dep.location_name:
-            instance.update_instigator_state(state.with_status(InstigatorStatus.STOPPED))
-    return sorted(names)
+    for state in _own_states(instance, dep):
+        instance.update_instigator_state(state.with_status(InstigatorStatus.STOPPED))
+    return sorted(instigator_names(dep))
 
 
 def list_all(instance: DagsterInstance, flow_name: str | None = None) -> list[Deployment]:

@@ -52,6 +52,8 @@ TAG_PROJECT = "metaflow/project"
 TAG_BRANCH = "metaflow/branch"
 _EVENT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _BATCH = 1000
+_LOOKBACK = 60.0  # seconds: how far before its cursor the run-trigger query looks
+_SEEN = 500  # upstream run ids remembered in the cursor
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Trigger:
 
     name: str  # event name; `metaflow.[project.branch.]Flow.end` for a finished flow
     kind: str = "event"  # "event" (published) or "run" (@trigger_on_finish)
-    # (flow parameter, payload field, parameter type, mapped explicitly)
+    # (flow parameter, payload field, parameter type, required in the payload)
     parameters: tuple[tuple[str, str, str, bool], ...] = ()
     flow: str | None = None
     project: str | None = None
@@ -134,9 +136,11 @@ def _new_events(instance: DagsterInstance, after: int, names: set[str]) -> tuple
 
 
 def _finished_runs(
-    instance: DagsterInstance, after: float, triggers: Sequence[Trigger]
+    instance: DagsterInstance, after: float, triggers: Sequence[Trigger], seen: list[str], since: float = 0.0
 ) -> tuple[list[dict[str, Any]], float]:
-    """Successful Dagster runs of the upstream flows that ended after `after`."""
+    """Successful Dagster runs of the upstream flows that ended after `after` and are not in
+    `seen` (runs are looked up from a minute before `after`: end times are not committed in
+    order; `seen` keeps the ids counted recently, updated in place)."""
     found: list[dict[str, Any]] = []
     last = after
     for trig in triggers:
@@ -150,17 +154,18 @@ def _finished_runs(
             filters=RunsFilter(
                 statuses=[DagsterRunStatus.SUCCESS],
                 tags=tags,
-                updated_after=datetime.datetime.fromtimestamp(after, tz=datetime.UTC),
+                updated_after=datetime.datetime.fromtimestamp(after - _LOOKBACK, tz=datetime.UTC),
             ),
             limit=_BATCH,
         )
         for record in records:
             ended = record.end_time or 0.0
-            if ended <= after:
+            if record.dagster_run.run_id in seen or ended <= max(after - _LOOKBACK, since):
                 continue
             if not trig.project and record.dagster_run.tags.get(TAG_PROJECT):
                 continue  # a plain flow name means the flow outside any @project
             last = max(last, ended)
+            seen.append(record.dagster_run.run_id)
             pathspec = record.dagster_run.tags.get("metaflow/pathspec")
             if not pathspec:
                 continue
@@ -184,9 +189,9 @@ def _run_config(
     values: dict[str, Any] = {}
     for trig in triggers:
         payload = occurred[trig.name].get("payload") or {}
-        for param, key, typ, explicit in trig.parameters:
-            if key not in payload:
-                if explicit:
+        for param, key, typ, required in trig.parameters:
+            if payload.get(key) is None:
+                if required:
                     return None
                 continue
             try:
@@ -207,7 +212,10 @@ def evaluate_triggers(
         state = {**_watch_start(context.instance, job_name), "pending": {}}
     names = {t.name for t in triggers if t.kind == "event"}
     events, state["events"] = _new_events(context.instance, int(state["events"]), names) if names else ([], state["events"])
-    runs, state["runs"] = _finished_runs(context.instance, float(state["runs"]), triggers)
+    seen: list[str] = list(state.get("seen", []))
+    since = float(state.setdefault("since", state["runs"]))  # nothing before the deployment counts
+    runs, state["runs"] = _finished_runs(context.instance, float(state["runs"]), triggers, seen, since)
+    state["seen"] = seen[-_SEEN:]
     pending: dict[str, dict[str, Any]] = state.get("pending", {})
     requests = []
     skipped = 0

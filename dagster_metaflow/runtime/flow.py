@@ -143,6 +143,7 @@ class MetaflowFlow:
     # @exit_hook functions, run by the executor when the run ends
     exit_hooks_on_success: tuple[str, ...] = ()
     exit_hooks_on_error: tuple[str, ...] = ()
+    job_name: str | None = None  # set when the executor must find this flow from its job
     card_steps: tuple[str, ...] = ()  # steps with @card: their ops link the cards
 
     def __post_init__(self) -> None:
@@ -454,8 +455,9 @@ class MetaflowFlow:
         parallel_control = ubf_context == "ubf_control"  # @parallel (compiled in)
         if ubf_context is None and is_ubf_control(task_id) and not any(map(is_ubf_control, paths)):
             ubf_context = "ubf_control"  # the first step of an unbounded foreach
-        # the join of an unbounded foreach joins the tasks its control task started
-        paths = sorted(self._ubf_mappers(paths, run_id), key=_path_sort_key)
+        # the join of an unbounded foreach joins the tasks its control task started, in the
+        # control task's order (their ids share one index path)
+        paths = self._ubf_mappers(sorted(paths, key=_path_sort_key), run_id)
         origin = origin_of(context)
         if origin is not None and origin.may_clone(step):
             source = f"{origin.run_id}/{step}/{task_id}"
@@ -720,13 +722,21 @@ class MetaflowFlow:
         import subprocess
 
         argv = [sys.executable, "-m", "metaflow.plugins.exit_hook.exit_hook_script", self.flow_path, name, run_pathspec]
+        timeout = float(os.environ.get("DAGSTER_METAFLOW_EXIT_HOOK_TIMEOUT", "300"))
         try:
-            done = subprocess.run(
-                argv, env=self.step_env(), cwd=self.cwd, capture_output=True, text=True, check=False
+            proc = subprocess.Popen(
+                argv, env=self.step_env(), cwd=self.cwd, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, start_new_session=True,
             )
         except OSError as exc:
             return False, str(exc)
-        return done.returncode == 0, (done.stdout + done.stderr).strip()
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the hook and anything it started
+            out, _ = proc.communicate()
+            return False, (out or "").strip() + f"\n[exit_hook] {name} killed after {timeout:g}s"
+        return proc.returncode == 0, (out or "").strip()
 
     # -- helpers ------------------------------------------------------------------------
     def _supervise(self, context: OpExecutionContext, argv: list[str], env: dict[str, str], **kw: Any) -> Any:
@@ -834,8 +844,11 @@ class MetaflowFlow:
 
 def flow_of_job(job_def: Any) -> MetaflowFlow | None:
     """The compiled flow a job runs (the generated module's FLOW), by the job's flow tag."""
+    by_job = [f for f in _LIVE_FLOWS if f.job_name == job_def.name]
+    if by_job:
+        return by_job[-1]
     name = job_def.tags.get("metaflow/flow")
-    matches = [f for f in _LIVE_FLOWS if f.name == name]
+    matches = [f for f in _LIVE_FLOWS if f.name == name and f.job_name is None]
     return matches[-1] if matches else None
 
 

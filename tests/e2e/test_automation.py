@@ -152,6 +152,10 @@ def test_exit_hooks_run_once_after_success_failure_and_termination(workspace: Wo
         states = {s.name: s.status.value for s in instance.all_instigator_state()}
     assert states["ScheduledFlow_schedule"] == "STOPPED" and states["TriggeredFlow_trigger"] == "RUNNING"
     assert "scheduled_dagster.py" not in (workspace.dagster_home / "dagster_metaflow_workspace.yaml").read_text()
+    # created again: it starts afresh (the STOPPED state left by delete is forgotten)
+    workspace.run(sys.executable, "scheduled_flow.py", "dagster", "create", "scheduled_dagster.py")
+    out = workspace.run(sys.executable, "scheduled_flow.py", "dagster", "describe").stdout
+    assert "ScheduledFlow_schedule cron '* * * * *' (UTC): RUNNING (default" in out
 
 
 @pytest.mark.flow("card_flow.py")

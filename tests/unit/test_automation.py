@@ -62,13 +62,19 @@ def test_schedule_refusals() -> None:
 def test_trigger_mappings_follow_argo_rules() -> None:
     from metaflow.plugins.events_decorator import TriggerDecorator
 
-    one = _event_triggers([_deco(TriggerDecorator, event="ping")], {"alpha": True, "Beta": True})
-    assert one[0].parameters == (("alpha", "alpha"), ("Beta", "Beta")) and not one[0].explicit
+    one = _event_triggers([_deco(TriggerDecorator, event="ping")], {"alpha": True, "Beta": False})
+    # implicit mapping: by name; a parameter without default must be in the payload
+    assert one[0].parameters == (("alpha", "alpha", False), ("Beta", "Beta", True)) and not one[0].explicit
     many = _event_triggers(
         [_deco(TriggerDecorator, events=[{"name": "a", "parameters": {"beta": "b"}}, "c.d"])],
         {"alpha": True, "Beta": True},
     )
-    assert [(t.name, t.parameters, t.explicit) for t in many] == [("a", (("Beta", "b"),), True), ("c.d", (), True)]
+    assert [(t.name, t.parameters, t.explicit) for t in many] == [("a", (("Beta", "b", True),), True), ("c.d", (), True)]
+    with pytest.raises(AutomationError, match="parameter 'alpha' has no default and no event maps it"):
+        _event_triggers(
+            [_deco(TriggerDecorator, events=[{"name": "a", "parameters": {"beta": "b"}}, "c"])],
+            {"alpha": False, "beta": True},
+        )
     with pytest.raises(AutomationError, match="parameter 'gamma' mapped from event 'a' is not in the flow"):
         _event_triggers([_deco(TriggerDecorator, event={"name": "a", "parameters": {"gamma": "g"}})], {})
     with pytest.raises(AutomationError, match="invalid event name"):
@@ -102,6 +108,7 @@ def test_events_start_one_run_each_with_mapped_parameters() -> None:
         ids = [publish_event("data.ready", {"a": v}, instance=instance) for v in (1.5, "2.5")]
         publish_event("other.event", {"a": 7}, instance=instance)
         publish_event("data.ready", {"b": 1}, instance=instance)  # mapped field missing: no run
+        publish_event("data.ready", {"a": None}, instance=instance)  # null: missing too
         requests, cursor = _tick(instance, triggers, cursor)
         assert [r.run_config["ops"]["op_start"]["config"] for r in requests] == [{"alpha": 1.5}, {"alpha": 2.5}]
         assert [r.run_key for r in requests] == ids

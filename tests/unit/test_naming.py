@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import keyword
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -64,3 +65,18 @@ def test_unbounded_foreach_control_keys() -> None:
     assert is_ubf_control("R/inner/inner-2-ubf") and is_ubf_control("inner-ubf")
     assert not is_ubf_control("R/ubf/ubf") and not is_ubf_control("R/inner/inner-ubf-0")
     assert indices_of("R/inner/inner-2-ubf") == (2,)
+
+
+def test_unbounded_foreach_join_inputs_keep_the_control_tasks_order(monkeypatch: Any) -> None:
+    from dagster_metaflow.runtime.flow import MetaflowFlow
+
+    flow = MetaflowFlow(name="F", file="f.py")
+    mappers = {
+        "R/inner/inner-1-ubf": [f"R/inner/inner-1-ubf-{i}" for i in range(12)],
+        "R/inner/inner-0-ubf": [f"R/inner/inner-0-ubf-{i}" for i in range(12)],
+    }
+    monkeypatch.setattr(MetaflowFlow, "task_datastore", lambda self, p, **kw: {"_control_mapper_tasks": mappers[p]})
+    got = flow._ubf_mappers(["R/inner/inner-1-ubf", "R/inner/inner-0-ubf"], "R")
+    assert got == mappers["R/inner/inner-1-ubf"] + mappers["R/inner/inner-0-ubf"]  # as given, expanded in order
+    # a control task cloned into a resumed run lists its origin's tasks: placed in the new run
+    assert flow._ubf_mappers(["R/inner/inner-0-ubf"], "S")[:2] == ["S/inner/inner-0-ubf-0", "S/inner/inner-0-ubf-1"]
