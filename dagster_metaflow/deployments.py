@@ -189,7 +189,9 @@ def instigator_status(instance: DagsterInstance, dep: Deployment) -> dict[str, s
     without stored state runs by default once a daemon loads the deployment."""
     out = {n: "RUNNING (default; not evaluated yet)" for n in instigator_names(dep)}
     for state in _own_states(instance, dep):
-        out[state.name] = state.status.value
+        # DECLARED_IN_CODE: the status is the code's default_status, RUNNING here
+        status = state.status.value
+        out[state.name] = "RUNNING (default)" if status == "DECLARED_IN_CODE" else status
     return out
 
 

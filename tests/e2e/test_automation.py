@@ -131,9 +131,9 @@ def test_exit_hooks_run_once_after_success_failure_and_termination(workspace: Wo
 
     # the CLI and the Deployer show what a deployment schedules / waits for; delete stops it
     out = workspace.run(sys.executable, "scheduled_flow.py", "dagster", "describe").stdout
-    assert "ScheduledFlow_schedule cron '* * * * *' (UTC): RUNNING" in out
+    assert "ScheduledFlow_schedule cron '* * * * *' (UTC): RUNNING" in out, out
     out = workspace.run(sys.executable, "downstream_flow.py", "dagster", "describe").stdout
-    assert "DownstreamFlow_trigger_on_finish (@trigger_on_finish metaflow.UpstreamFlow.end): RUNNING" in out
+    assert "DownstreamFlow_trigger_on_finish (@trigger_on_finish metaflow.UpstreamFlow.end): RUNNING" in out, out
     os.environ["DAGSTER_HOME"] = str(workspace.dagster_home)
     try:
         from metaflow import DeployedFlow
@@ -150,7 +150,8 @@ def test_exit_hooks_run_once_after_success_failure_and_termination(workspace: Wo
 
     with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
         states = {s.name: s.status.value for s in instance.all_instigator_state()}
-    assert states["ScheduledFlow_schedule"] == "STOPPED" and states["TriggeredFlow_trigger"] == "RUNNING"
+    assert states["ScheduledFlow_schedule"] == "STOPPED"
+    assert states["TriggeredFlow_trigger"] in ("RUNNING", "DECLARED_IN_CODE")
     assert "scheduled_dagster.py" not in (workspace.dagster_home / "dagster_metaflow_workspace.yaml").read_text()
     # created again: it starts afresh (the STOPPED state left by delete is forgotten)
     workspace.run(sys.executable, "scheduled_flow.py", "dagster", "create", "scheduled_dagster.py")
