@@ -104,6 +104,35 @@ def test_daemon_runs_schedules_events_and_upstream_finishes(workspace: Workspace
     assert scheduled[0].tags.get("dagster/schedule_name") == "ScheduledFlow_schedule"
     assert _mf_run("ScheduledFlow", scheduled[0]).successful
 
+    # the CLI and the Deployer show what a deployment schedules / waits for; delete stops it
+    out = workspace.run(sys.executable, "scheduled_flow.py", "dagster", "describe").stdout
+    assert "ScheduledFlow_schedule cron '* * * * *' (UTC): RUNNING" in out, out
+    out = workspace.run(sys.executable, "downstream_flow.py", "dagster", "describe").stdout
+    assert "DownstreamFlow_trigger_on_finish (@trigger_on_finish metaflow.UpstreamFlow.end): RUNNING" in out, out
+    os.environ["DAGSTER_HOME"] = str(workspace.dagster_home)
+    try:
+        from metaflow.runner.deployer import DeployedFlow
+
+        scheduled_flow = DeployedFlow.from_deployment("ScheduledFlow", impl="dagster")
+        assert scheduled_flow.is_scheduled and not scheduled_flow.is_triggered
+        assert scheduled_flow.schedule["cron"] == "* * * * *"
+        assert DeployedFlow.from_deployment("TriggeredFlow", impl="dagster").triggers == ["data.ready"]
+    finally:
+        del os.environ["DAGSTER_HOME"]
+    res = workspace.run(sys.executable, "scheduled_flow.py", "dagster", "delete")
+    assert "Stopped ScheduledFlow_schedule" in res.stderr + res.stdout
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
+        states = {s.name: s.status.value for s in instance.all_instigator_state()}
+    assert states["ScheduledFlow_schedule"] == "STOPPED"
+    assert states["TriggeredFlow_trigger"] in ("RUNNING", "DECLARED_IN_CODE")
+    assert "scheduled_dagster.py" not in (workspace.dagster_home / "dagster_metaflow_workspace.yaml").read_text()
+    # created again: it starts afresh (the STOPPED state left by delete is forgotten)
+    workspace.run(sys.executable, "scheduled_flow.py", "dagster", "create", "scheduled_dagster.py")
+    out = workspace.run(sys.executable, "scheduled_flow.py", "dagster", "describe").stdout
+    assert "ScheduledFlow_schedule cron '* * * * *' (UTC): RUNNING (default" in out
+
 
 @pytest.mark.flow("exit_hook_flow.py")
 def test_exit_hooks_run_once_after_success_failure_and_termination(workspace: Workspace) -> None:
@@ -128,35 +157,6 @@ def test_exit_hooks_run_once_after_success_failure_and_termination(workspace: Wo
         run = next(r for r in instance.get_runs() if metaflow_run_id(r.run_id) == ok_id)
         messages = [e.message for e in instance.all_logs(run.run_id) if e.message]
     assert any("@exit_hook on_ok (on_success) ran" in m and "hook success saw" in m for m in messages)
-
-    # the CLI and the Deployer show what a deployment schedules / waits for; delete stops it
-    out = workspace.run(sys.executable, "scheduled_flow.py", "dagster", "describe").stdout
-    assert "ScheduledFlow_schedule cron '* * * * *' (UTC): RUNNING" in out, out
-    out = workspace.run(sys.executable, "downstream_flow.py", "dagster", "describe").stdout
-    assert "DownstreamFlow_trigger_on_finish (@trigger_on_finish metaflow.UpstreamFlow.end): RUNNING" in out, out
-    os.environ["DAGSTER_HOME"] = str(workspace.dagster_home)
-    try:
-        from metaflow import DeployedFlow
-
-        scheduled_flow = DeployedFlow.from_deployment("ScheduledFlow", impl="dagster")
-        assert scheduled_flow.is_scheduled and not scheduled_flow.is_triggered
-        assert scheduled_flow.schedule["cron"] == "* * * * *"
-        assert DeployedFlow.from_deployment("TriggeredFlow", impl="dagster").triggers == ["data.ready"]
-    finally:
-        del os.environ["DAGSTER_HOME"]
-    res = workspace.run(sys.executable, "scheduled_flow.py", "dagster", "delete")
-    assert "Stopped ScheduledFlow_schedule" in res.stderr + res.stdout
-    from dagster import DagsterInstance
-
-    with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
-        states = {s.name: s.status.value for s in instance.all_instigator_state()}
-    assert states["ScheduledFlow_schedule"] == "STOPPED"
-    assert states["TriggeredFlow_trigger"] in ("RUNNING", "DECLARED_IN_CODE")
-    assert "scheduled_dagster.py" not in (workspace.dagster_home / "dagster_metaflow_workspace.yaml").read_text()
-    # created again: it starts afresh (the STOPPED state left by delete is forgotten)
-    workspace.run(sys.executable, "scheduled_flow.py", "dagster", "create", "scheduled_dagster.py")
-    out = workspace.run(sys.executable, "scheduled_flow.py", "dagster", "describe").stdout
-    assert "ScheduledFlow_schedule cron '* * * * *' (UTC): RUNNING (default" in out
 
 
 @pytest.mark.flow("card_flow.py")
