@@ -22,6 +22,12 @@ src=$(cd "$1" && pwd) out=$(mkdir -p "$2" && cd "$2" && pwd); shift 2
 # the shared script copies test/core to OUTDIR/core and runs it with \$VENV/bin/python first
 # on PATH: hand it a "virtualenv" whose python patches run_tests.py, then is the real one
 venv=$(cd "${VENV:-${VIRTUAL_ENV:-.venv}}" && pwd)
+# 4. the card-extension test packages all install into metaflow_extensions/: one pip call per
+#    package with --target keeps only the last one (CardExtensionsImportTest then fails natively
+#    too), so install them together before the shared script looks for $out/ext
+if [ ! -d "$out/ext" ] && [ -d "$src/test/extensions/packages" ]; then
+  "$venv/bin/python" -m pip install -q --no-deps --target "$out/ext" "$src"/test/extensions/packages/*/ >/dev/null 2>&1
+fi
 shimvenv=$out/shimvenv
 shim=$shimvenv/bin
 rm -rf "$shimvenv" && mkdir -p "$shim"

@@ -12,10 +12,10 @@ export PATH=$venv/bin:$PATH
 unset METAFLOW_DATASTORE_SYSROOT_LOCAL
 export METAFLOW_HOME=$out/mfhome METAFLOW_PROFILE="" USER=${USER:-harness} METAFLOW_USER=tester
 mkdir -p "$METAFLOW_HOME"
+# the card-extension packages installed together (one --target call per package would keep
+# only the last one's metaflow_extensions/, see core-harness.sh)
 if [ ! -d "$out/ext" ] && [ -d "$src/test/extensions/packages" ]; then
-  for p in "$src"/test/extensions/packages/*/; do
-    "$venv/bin/python" -m pip install -q --no-deps --target "$out/ext" "$p" >/dev/null 2>&1
-  done
+  "$venv/bin/python" -m pip install -q --no-deps --target "$out/ext" "$src"/test/extensions/packages/*/ >/dev/null 2>&1
 fi
 [ -d "$out/ext" ] && export PYTHONPATH="$out/ext${PYTHONPATH:+:$PYTHONPATH}"
 python - "$out/core/contexts.json" <<'PY'
