@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from metaflow import parameters
@@ -33,7 +35,7 @@ BAKE_PREFIXES = (
 SECRET_MARKERS = ("AUTH", "TOKEN", "SECRET", "PASSWORD", "HEADERS", "ACCESS_KEY", "PRIVATE", "CREDENTIAL")
 
 
-EXECUTORS = ("threads", "multiprocess", "forkserver", "in_process")
+EXECUTORS = ("threads", "multiprocess", "forkserver", "in_process", "celery", "k8s")
 IDENTITIES = ("production", "user")
 
 
@@ -314,7 +316,15 @@ def _positive(ctx: Any, param: Any, value: int | None) -> int | None:
     default="threads",
     show_default=True,
     help="Dagster executor of the job: threads (one thread per running step, fastest), "
-    "multiprocess/forkserver (one process per step) or in_process (one step at a time).",
+    "multiprocess/forkserver (one process per step), in_process (one step at a time), "
+    "celery (dagster-celery workers) or k8s (one Kubernetes pod per step, dagster-k8s).",
+)
+@click.option(
+    "--executor-config",
+    default=None,
+    help="JSON object of the executor's own config fields, baked into the job as defaults "
+    "a launch may override in run config, e.g. '{\"broker\": \"redis://host:6379/0\"}' "
+    "for celery. Only for --executor celery/k8s.",
 )
 @click.option(
     "--identity",
@@ -350,6 +360,7 @@ def create(
     workflow_timeout: int | None = None,
     max_workers: int = 16,
     executor: str = "threads",
+    executor_config: str | None = None,
     identity: str = "production",
     authorize: str | None = None,
     generate_new_token: bool = False,
@@ -379,6 +390,7 @@ def create(
             workflow_timeout=workflow_timeout,
             max_workers=max_workers,
             executor=executor,
+            executor_config=_executor_config(executor, executor_config),
             owner=owner,
             production_token=token if identity == "production" else None,
         )
@@ -911,6 +923,42 @@ def _top_level_args(obj: Any) -> tuple[str, ...]:
     )
 
 
+def _executor_config(executor: str, text: str | None) -> dict[str, Any]:
+    """`--executor-config`: a JSON object the executor's own config schema accepts (checked
+    here, against the installed integration package, so a typo fails at create)."""
+    from .codegen import ENGINE_EXECUTORS
+
+    engine = ENGINE_EXECUTORS.get(executor)
+    if engine is None:
+        if text:
+            raise DagsterMetaflowException(
+                f"--executor-config is for --executor {'/'.join(ENGINE_EXECUTORS)}, not {executor}"
+            )
+        return {}
+    module, name = engine
+    try:
+        executor_def = getattr(importlib.import_module(module), name)
+    except ImportError:
+        extra = {"dagster_celery": "celery", "dagster_k8s": "k8s"}[module]
+        raise DagsterMetaflowException(
+            f"--executor {executor} needs the {module.replace('_', '-')} package: "
+            f"pip install 'dagster-metaflow[{extra}]'"
+        ) from None
+    try:
+        config = json.loads(text) if text else {}
+    except ValueError as exc:
+        raise DagsterMetaflowException(f"--executor-config is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise DagsterMetaflowException("--executor-config must be a JSON object")
+    from .runtime.engines import executor_with_defaults
+
+    try:
+        executor_with_defaults(executor_def, config)
+    except Exception as exc:
+        raise DagsterMetaflowException(f"--executor-config: {str(exc).splitlines()[0]}") from None
+    return config
+
+
 def build_ir_from_obj(
     obj: Any,
     *,
@@ -922,6 +970,7 @@ def build_ir_from_obj(
     workflow_timeout: int | None,
     max_workers: int,
     executor: str = "threads",
+    executor_config: Mapping[str, Any] | None = None,
     owner: str | None = None,
     production_token: str | None = None,
 ) -> FlowIR:
@@ -970,6 +1019,7 @@ def build_ir_from_obj(
         datastore_type=obj.flow_datastore.TYPE,
         datastore_root=obj.flow_datastore.datastore_root,
         executor=executor,
+        executor_config=dict(executor_config or {}),
         owner=owner,
         production_token=production_token,
         config_values=config_values,

@@ -24,6 +24,13 @@ class CodegenError(Exception):
 
 
 # Names the generated module defines or imports at top level; variables must not shadow them.
+# `--executor` values served by an executor of a Dagster integration package:
+# (module to import it from, executor definition)
+ENGINE_EXECUTORS = {
+    "celery": ("dagster_celery", "celery_executor"),
+    "k8s": ("dagster_k8s", "k8s_job_executor"),
+}
+
 MODULE_NAMES = frozenset(
     {
         "annotations",
@@ -39,6 +46,10 @@ MODULE_NAMES = frozenset(
         "MetaflowFlow",
         "metaflow_executor",
         "metaflow_io_manager",
+        "metaflow_shared_io_manager",
+        "executor_with_defaults",
+        "celery_executor",
+        "k8s_job_executor",
         "multiprocess_executor",
         "in_process_executor",
         "FLOW",
@@ -95,6 +106,7 @@ class RenderModel:
     parameters: list[str] = field(default_factory=list)  # Config class field lines
     uses_field: bool = False
     runtime_imports: list[str] = field(default_factory=list)
+    engine_import: tuple[str, str] | None = None  # (module, executor) of a distributed executor
     uses_nesting: bool = False  # fanout_*/regroup_* helpers present
     uses_switch: bool = False
     uses_parallel: bool = False
@@ -280,21 +292,35 @@ def build_render_model(ir: FlowIR) -> RenderModel:
             executor_cfg["start_method"] = {"forkserver": {}}
     elif ir.executor == "in_process":
         executor_name, executor_cfg = "in_process_executor", {}
+    elif ir.executor in ENGINE_EXECUTORS:
+        executor_name = ENGINE_EXECUTORS[ir.executor][1]
+        executor_cfg = dict(ir.executor_config)
     else:
         raise CodegenError(f"unknown executor {ir.executor!r}")
+    engine = ENGINE_EXECUTORS.get(ir.executor)
     job_args = [f"name={py(ir.job_name)}"]
     if ir.doc:
         job_args.append(f"description={py(ir.doc)}")
-    job_args.append(
-        f"executor_def={executor_name}.configured({py(executor_cfg)})"
-        if executor_cfg
-        else f"executor_def={executor_name}"
-    )
-    job_args.append('resource_defs={"io_manager": metaflow_io_manager}')
+    if engine is not None:
+        # the deployment's values are defaults a launch may still override in run config
+        job_args.append(
+            f"executor_def=executor_with_defaults({executor_name}, {py(executor_cfg)})"
+            if executor_cfg
+            else f"executor_def={executor_name}"
+        )
+    else:
+        job_args.append(
+            f"executor_def={executor_name}.configured({py(executor_cfg)})"
+            if executor_cfg
+            else f"executor_def={executor_name}"
+        )
+    # ops of a distributed executor share only the instance, not the run worker's disk
+    io_manager = "metaflow_shared_io_manager" if engine is not None else "metaflow_io_manager"
+    job_args.append(f'resource_defs={{"io_manager": {io_manager}}}')
     job_args.append(f"tags={py(job_tags)}")
 
     imports = ["Definitions", "OpExecutionContext", "job", "op"]
-    if executor_name != "metaflow_executor":
+    if executor_name != "metaflow_executor" and engine is None:
         imports.append(executor_name)
     uses_field = any(p.help or p.field_name != p.name for p in ir.parameters)
     if ir.parameters:
@@ -372,8 +398,10 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         wiring=["    " + ln if ln else "" for ln in wiring.body],
         imports=sorted(imports, key=lambda n: (n[0].islower(), n.lower())),
         runtime_imports=runtime_imports
+        + (["executor_with_defaults"] if engine is not None and executor_cfg else [])
         + (["metaflow_executor"] if executor_name == "metaflow_executor" else [])
-        + ["metaflow_io_manager"],
+        + [io_manager],
+        engine_import=engine,
         flow_kwargs=flow_kwargs,
         parameters=params,
         uses_field=uses_field,

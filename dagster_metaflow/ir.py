@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, Literal
 
@@ -108,6 +108,10 @@ class ParameterIR:
         return "METAFLOW_INIT_" + self.name.upper().replace("-", "_")
 
 
+# executors whose ops may run on other machines than the run worker
+DISTRIBUTED_EXECUTORS = ("celery", "k8s")
+
+
 @dataclass(frozen=True, kw_only=True)
 class CompileOptions:
     """User options of `dagster create` (and facts of its environment) that shape the file."""
@@ -126,6 +130,8 @@ class CompileOptions:
     datastore_type: str = "local"
     datastore_root: str | None = None
     executor: str = "threads"
+    # defaults of the executor's own config fields (`--executor-config`), e.g. Celery's broker
+    executor_config: Mapping[str, Any] = field(default_factory=dict)
     owner: str | None = None  # deploying user (runs' `user:`, steps' METAFLOW_USER)
     # Metaflow's dump of the flow's resolved configs ({"user_configs": {name: [value, plain]}}),
     # JSON text: fixed at create, read by every step through --local-config-file
@@ -449,6 +455,14 @@ def build_flow_ir(flow: Any, graph: Any, options: CompileOptions) -> FlowIR:
         raise IRError(
             f"@exit_hook needs the default threads executor (it runs the hooks when the run "
             f"ends); --executor {options.executor} cannot run them"
+        )
+
+    # Celery workers may share the run worker's machine (and so its local datastore);
+    # a Kubernetes pod never does
+    if options.executor == "k8s" and options.datastore_type == "local":
+        raise IRError(
+            "--executor k8s runs every step in its own pod, which cannot read the local "
+            "datastore: use a remote one (e.g. --datastore=s3)"
         )
 
     config_class = naming.python_identifier(

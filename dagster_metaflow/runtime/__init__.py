@@ -16,6 +16,8 @@ _EXPORTS = {
     "ThreadedExecutor": ".executor",
     "metaflow_executor": ".executor",
     "metaflow_io_manager": ".io",
+    "metaflow_shared_io_manager": ".io",
+    "executor_with_defaults": ".engines",
     "StepControl": ".supervise",
     "Trigger": ".automation",
     "evaluate_triggers": ".automation",

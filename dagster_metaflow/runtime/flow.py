@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -23,7 +24,7 @@ from dagster import DynamicOutput, Failure, MetadataValue, OpExecutionContext, O
 
 from .. import naming
 from .resume import OncePerRun, in_run, origin_of
-from .supervise import StepInterrupted, current_control, run_supervised
+from .supervise import StepControl, StepInterrupted, current_control, run_supervised
 from .zygote import POOL, fork_enabled, spawn_step_process
 
 PARAMS_STEP = "_parameters"
@@ -740,7 +741,14 @@ class MetaflowFlow:
 
     # -- helpers ------------------------------------------------------------------------
     def _supervise(self, context: OpExecutionContext, argv: list[str], env: dict[str, str], **kw: Any) -> Any:
-        return run_supervised(argv, env=env, cwd=self.cwd, spawn=spawn_step_process, **kw)
+        if current_control.get() is not None:  # our executor stops its steps itself
+            return run_supervised(argv, env=env, cwd=self.cwd, spawn=spawn_step_process, **kw)
+        # another executor runs this op (a multiprocess child, a Celery worker, a pod): a
+        # terminated run may never tell this process, so watch the run's status instead
+        with watch_run(context) as control:
+            return run_supervised(
+                argv, env=env, cwd=self.cwd, spawn=spawn_step_process, control=control, **kw
+            )
 
     def _user_error(self, pathspec: str, attempt: int) -> str | None:
         """The user's exception as Metaflow recorded it (`_exception`), with the traceback
@@ -869,6 +877,35 @@ def _dagster_env(context: OpExecutionContext) -> dict[str, str]:
     if base:
         env["DAGSTER_METAFLOW_RUN_URL"] = f"{base.rstrip('/')}/runs/{context.run_id}"
     return env
+
+
+@contextmanager
+def watch_run(context: OpExecutionContext, every: float | None = None) -> Iterator[StepControl]:
+    """A StepControl cancelled when the run is being terminated (CANCELING/CANCELED),
+    polled from the instance every `every` seconds ($DAGSTER_METAFLOW_CANCEL_POLL, 2 s)."""
+    from dagster import DagsterRunStatus
+
+    control = StepControl(reason="run terminated")
+    every = every if every is not None else float(os.environ.get("DAGSTER_METAFLOW_CANCEL_POLL", "2"))
+    done = threading.Event()
+    stopping = (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED)
+
+    def poll() -> None:
+        while not done.wait(every):
+            try:
+                run = context.instance.get_run_by_id(context.run_id)
+            except Exception:  # a busy instance: ask again at the next tick
+                continue
+            if run is not None and run.status in stopping:
+                control.cancel.set()
+                return
+
+    watcher = threading.Thread(target=poll, name="dagster-metaflow-run-watch", daemon=True)
+    watcher.start()
+    try:
+        yield control
+    finally:
+        done.set()
 
 
 def _announce(text: str) -> None:
