@@ -86,6 +86,10 @@ SNAPSHOT_CASES = {
     "nested_switch": ("shapes/nested_switch_flow.py", {}),
     "recursive": ("shapes/recursive_flow.py", {}),
     "parallel": ("shapes/parallel_flow.py", {}),
+    "linear_celery": (
+        "linear_flow.py",
+        {"executor": "celery", "executor_config": {"broker": "redis://127.0.0.1:6379/0"}},
+    ),
 }
 
 
