@@ -301,19 +301,12 @@ def build_render_model(ir: FlowIR) -> RenderModel:
     job_args = [f"name={py(ir.job_name)}"]
     if ir.doc:
         job_args.append(f"description={py(ir.doc)}")
-    if engine is not None:
-        # the deployment's values are defaults a launch may still override in run config
-        job_args.append(
-            f"executor_def=executor_with_defaults({executor_name}, {py(executor_cfg)})"
-            if executor_cfg
-            else f"executor_def={executor_name}"
-        )
-    else:
-        job_args.append(
-            f"executor_def={executor_name}.configured({py(executor_cfg)})"
-            if executor_cfg
-            else f"executor_def={executor_name}"
-        )
+    # the deployment's values are defaults a launch may still override in run config
+    job_args.append(
+        f"executor_def=executor_with_defaults({executor_name}, {py(executor_cfg)})"
+        if executor_cfg
+        else f"executor_def={executor_name}"
+    )
     # ops of a distributed executor share only the instance, not the run worker's disk
     io_manager = "metaflow_shared_io_manager" if engine is not None else "metaflow_io_manager"
     job_args.append(f'resource_defs={{"io_manager": {io_manager}}}')
@@ -398,7 +391,7 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         wiring=["    " + ln if ln else "" for ln in wiring.body],
         imports=sorted(imports, key=lambda n: (n[0].islower(), n.lower())),
         runtime_imports=runtime_imports
-        + (["executor_with_defaults"] if engine is not None and executor_cfg else [])
+        + (["executor_with_defaults"] if executor_cfg else [])
         + (["metaflow_executor"] if executor_name == "metaflow_executor" else [])
         + [io_manager],
         engine_import=engine,

@@ -403,3 +403,19 @@ def test_user_values_never_escape_generated_source(
     allowed = (ast.Expr, ast.ImportFrom, ast.Import, ast.Assign, ast.FunctionDef, ast.ClassDef)
     assert all(isinstance(n, allowed) for n in tree.body)
     assert all(isinstance(n.value, ast.Constant) for n in tree.body if isinstance(n, ast.Expr))
+
+
+def test_executor_settings_are_defaults_a_launch_can_override(tmp_path: Path) -> None:
+    from dagster import validate_run_config
+
+    from dagster_metaflow.runtime.engines import executor_with_defaults
+
+    ir = ir_for("linear_flow.py", max_workers=3, workflow_timeout=60)
+    job = load_module(render(ir), tmp_path, "gen_exec_defaults").defs.resolve_job_def(ir.job_name)
+    resolved = validate_run_config(job, {})["execution"]
+    settings = next(iter(resolved.values()))
+    assert (settings["max_concurrent"], settings["workflow_timeout"]) == (3, 60)
+    resolved = validate_run_config(job, {"execution": {"config": {"max_concurrent": 1}}})["execution"]
+    assert next(iter(resolved.values()))["max_concurrent"] == 1
+    with pytest.raises(ValueError, match="has no config field 'max_workers'"):
+        executor_with_defaults(job.executor_def, {"max_workers": 2})
