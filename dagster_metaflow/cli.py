@@ -972,10 +972,8 @@ def launch_step(
             package: Any = native.DeployedPackage(
                 obj.flow_datastore, package_url, package_sha, package_metadata or ""
             )
-        else:  # no package was saved at create: package the code now, as `flow.py run` does
-            from metaflow.package import MetaflowPackage
-
-            package = MetaflowPackage(obj.flow, obj.environment, obj.echo, suffixes=obj.package_suffixes)
+        else:  # no package was saved at create: package the code, as `flow.py run` does
+            package = native.PackageOnDemand(obj)
         config_file = ctx.find_root().params.get("local_config_file")
         argv, env, decos = native.step_command(obj, spec, package, config_file)
     except Exception as exc:

@@ -87,6 +87,25 @@ class DeployedPackage:
         return dict(MetaflowPackage.get_post_extract_env_vars(pkg_metadata, dest_dir))
 
 
+class PackageOnDemand:
+    """A `MetaflowPackage` of the flow made the first time a hook uses it (most launches
+    need none: the remote ones get the deployment's package)."""
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+        self._package: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._package is None:
+            from metaflow.package import MetaflowPackage
+
+            obj = self._obj
+            self._package = MetaflowPackage(obj.flow, obj.environment, obj.echo, suffixes=obj.package_suffixes)
+        return getattr(self._package, name)
+
+
 @dataclass
 class _Task:
     """The attributes of `metaflow.runtime.Task` that `CLIArgs`, `Worker._launch` and the
@@ -256,4 +275,19 @@ def launch_error(step: str, launcher: str, exc: BaseException) -> str:
     headline = getattr(exc, "headline", None) or type(exc).__name__
     message = str(getattr(exc, "message", None) or exc).strip()
     first = message.splitlines()[0].rstrip(":") if message else ""
-    return f"step {step!r} (@{launcher}): {headline}: {first}" if first else f"step {step!r} (@{launcher}): {headline}"
+    line = f"step {step!r} (@{launcher}): {headline}" + (f": {first}" if first else "")
+    if type(exc).__name__ == "MicromambaException" and not _micromamba_found():
+        line += " (micromamba is not installed here: install it or set METAFLOW_PATH_TO_MICROMAMBA)"
+    return line
+
+
+def _micromamba_found() -> bool:
+    """Whether Metaflow finds a micromamba binary (where `Micromamba()` looks for one)."""
+    import shutil
+
+    home = os.environ.get("METAFLOW_TOKEN_HOME") or os.environ.get("METAFLOW_HOME", "~/.metaflowconfig")
+    candidates = (
+        os.environ.get("METAFLOW_PATH_TO_MICROMAMBA") or "micromamba",
+        os.path.join(os.path.expanduser(home), "micromamba", "bin", "micromamba"),
+    )
+    return any(shutil.which(c) for c in candidates)

@@ -241,3 +241,40 @@ def test_create_refuses_remote_compute_on_the_local_datastore(workspace: Workspa
         "a remote task cannot read the local one"
     ), proc.stderr
     assert not (workspace.dir / "out.py").exists()
+
+
+@pytest.mark.flow("linear_flow.py")
+def test_launch_step_runs_the_task_and_returns_its_exit_code(workspace: Workspace) -> None:
+    """Not a dry run: `dagster launch-step` runs the command it built and exits with the
+    task's code; the task is a normal Metaflow task (its artifacts, its metadata)."""
+    import tempfile
+
+    from metaflow import Task, namespace
+
+    from dagster_metaflow.runtime.flow import MetaflowFlow
+
+    root = os.path.join(os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"], ".metaflow")
+    flow = MetaflowFlow(
+        name="LinearFlow",
+        file=str(workspace.flow),
+        top_level_args=TOP_LEVEL,
+        datastore_type="local",
+        datastore_root=root,
+    )
+    run_id = "dagster-launch" + next(tempfile._get_candidate_names())
+    env = flow.launcher_env({**flow.step_env(), "METAFLOW_RUN_ID": run_id})
+    env = {k: v for k, v in env.items() if os.environ.get(k) != v}  # what the op adds
+    workspace.run(*flow.base_argv(), "init", "--run-id", run_id, "--task-id", "t-params", **env)
+
+    argv = flow.step_argv("start", run_id, "start", [f"{run_id}/_parameters/t-params"], launcher="conda")
+    proc = workspace.run(*argv, check=False, **env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    namespace(None)
+    task = Task(f"LinearFlow/{run_id}/start/start")
+    assert task.successful and task.data.x == 1
+    assert "runtime:dagster" in task.system_tags
+
+    # a task that fails (its input does not exist): the launcher exits with its code
+    argv = flow.step_argv("a", run_id, "a", [f"{run_id}/start/nope"], launcher="conda")
+    proc = workspace.run(*argv, check=False, **env)
+    assert proc.returncode == 1 and "[dagster-metaflow launch failed]" not in proc.stderr
