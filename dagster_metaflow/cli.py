@@ -394,13 +394,10 @@ def create(
                 f"Dagster refused the job generated for this flow ({problem}); no file was written. "
                 "This is a dagster-metaflow bug: please report it with the flow."
             )
-        code_package = _save_code_package(obj)
-        remote = [s for s in ir.steps if s.remote]
-        if remote and not code_package:
-            raise DagsterMetaflowException(
-                f"@{remote[0].remote} on step {remote[0].name!r} runs the flow's code package, "
-                "which could not be saved in the datastore (see the warning above); no file was written"
-            )
+        remote = next((s for s in ir.steps if s.remote), None)
+        code_package = _save_code_package(
+            obj, f"@{remote.remote} on step {remote.name!r}" if remote else None
+        )
         _write_atomically(out_file, text)
         from metaflow import current
 
@@ -1083,12 +1080,13 @@ def build_ir_from_obj(
         raise DagsterMetaflowException(str(exc)) from None
 
 
-def _save_code_package(obj: Any) -> dict[str, str]:
+def _save_code_package(obj: Any, required_by: str | None = None) -> dict[str, str]:
     """Metaflow's code package of the flow (flow file, modules beside it with
     --package-suffixes), saved in the flow's datastore as Metaflow's schedulers do: a
     deployment runs the code it was compiled from. Kept in the deployment record, not in
     the generated file (a package carries its creation time; the file stays deterministic).
-    Empty, with a warning, where Metaflow cannot package the code."""
+    Empty, with a warning, where Metaflow cannot package the code, unless a remote step
+    needs it (`required_by`): then `create` stops with the reason."""
     from metaflow.package import MetaflowPackage
 
     obj.echo("Packaging the flow's code...")
@@ -1097,6 +1095,11 @@ def _save_code_package(obj: Any) -> dict[str, str]:
         url, sha = obj.flow_datastore.save_data([pkg.blob], len_hint=1)[0]
     except Exception as exc:
         why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        if required_by:
+            raise DagsterMetaflowException(
+                f"{required_by} needs the flow's code package in the datastore, which could not "
+                f"be saved ({why}); no file was written"
+            ) from None
         obj.echo(
             f"Warning: could not package the flow's code ({why}); runs will refuse to start "
             "if the flow file changes before the next `create`.",

@@ -281,3 +281,22 @@ def test_launch_step_runs_the_task_and_returns_its_exit_code(workspace: Workspac
     argv = flow.step_argv("a", run_id, "a", [f"{run_id}/start/nope"], launcher="conda")
     proc = workspace.run(*argv, check=False, **env)
     assert proc.returncode == 1 and "[dagster-metaflow launch failed]" not in proc.stderr
+
+
+@pytest.mark.flow("hello_flow.py")
+def test_create_refuses_a_remote_step_without_its_code_package(workspace: Workspace) -> None:
+    """A remote task runs the package `create` saves; when Metaflow cannot make it (here the
+    `kubernetes` client, which @kubernetes needs to package the code, is not installed),
+    `create` stops with one line and writes nothing."""
+    if importlib.util.find_spec("kubernetes") is not None:
+        pytest.skip("the kubernetes client is installed: packaging would need a real S3 bucket")
+    proc = workspace.metaflow(
+        "--datastore=s3", f"--datastore-root={DATASTORE_ROOT}", "dagster", "create", "out.py",
+        "--with", "kubernetes", check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].strip() == (
+        "@kubernetes on step 'start' needs the flow's code package in the datastore, which could not "
+        "be saved (KubernetesException: Could not import module 'kubernetes'.); no file was written"
+    ), proc.stderr
+    assert not (workspace.dir / "out.py").exists()
