@@ -12,11 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-# Metaflow's own flow decorators and what becomes of them under Dagster
-HANDLED_FLOW_DECORATORS = frozenset({"project", "schedule", "trigger", "trigger_on_finish", "exit_hook"})
+# Metaflow's own flow decorators and what becomes of them under Dagster (@conda_base and
+# @pypi_base act through the @conda/@pypi step decorators Metaflow attaches to every step)
+HANDLED_FLOW_DECORATORS = frozenset(
+    {"project", "schedule", "trigger", "trigger_on_finish", "exit_hook", "conda_base", "pypi_base"}
+)
 REFUSED_FLOW_DECORATORS = {
-    "conda_base": "conda environments are not supported by dagster-metaflow yet",
-    "pypi_base": "pypi environments are not supported by dagster-metaflow yet",
     "airflow_s3_key_sensor": "it is an Apache Airflow sensor; use @trigger with a published event",
     "airflow_external_task_sensor": "it is an Apache Airflow sensor; use @trigger_on_finish",
 }

@@ -406,6 +406,10 @@ def create(
                 f"Dagster refused the job generated for this flow ({problem}); no file was written. "
                 "This is a dagster-metaflow bug: please report it with the flow."
             )
+        remote = next((s for s in ir.steps if s.remote), None)
+        code_package = _save_code_package(
+            obj, f"@{remote.remote} on step {remote.name!r}" if remote else None
+        )
         _write_atomically(out_file, text)
         from metaflow import current
 
@@ -423,7 +427,7 @@ def create(
             metadata=obj.metadata.metadata_str(),
             tool_version=__version__,
             flow_fingerprint=ir.flow_fingerprint or "",
-            code_package=_save_code_package(obj),
+            code_package=code_package,
             extra=_watch_extra(instance, prev, ir),
             automation=_automation_record(ir),
         )
@@ -906,6 +910,90 @@ def delete(obj: Any, authorize: str | None = None) -> None:
         obj.echo(f"The definitions file {dep.definitions_file} was left in place.")
 
 
+@dagster.command(
+    "launch-step",
+    hidden=True,
+    help="Internal: launch one task as Metaflow's runtime does (@kubernetes, @batch, @conda, @pypi).",
+)
+@click.argument("step_name")
+@click.option("--run-id", required=True)
+@click.option("--task-id", required=True)
+@click.option("--input-paths", required=True, help="Compressed, as `flow.py step` takes them.")
+@click.option("--retry-count", default=0, type=int)
+@click.option("--max-user-code-retries", default=0, type=int)
+@click.option("--split-index", default=None, type=int)
+@click.option("--ubf-context", default=None)
+@click.option("--clone-run-id", default=None)
+@click.option("--tag", "tags", multiple=True)
+@click.option("--namespace", "task_namespace", default=None)
+@click.option("--launcher", default="runtime", help="The decorator that launches the task (for messages).")
+@click.option("--package-url", default=None)
+@click.option("--package-sha", default=None)
+@click.option("--package-metadata", default=None)
+@click.option("--dry-run", is_flag=True, default=False, help="Print the task's command as JSON instead.")
+@click.pass_context
+def launch_step(
+    ctx: Any,
+    step_name: str,
+    run_id: str,
+    task_id: str,
+    input_paths: str,
+    retry_count: int = 0,
+    max_user_code_retries: int = 0,
+    split_index: int | None = None,
+    ubf_context: str | None = None,
+    clone_run_id: str | None = None,
+    tags: Sequence[str] = (),
+    task_namespace: str | None = None,
+    launcher: str = "runtime",
+    package_url: str | None = None,
+    package_sha: str | None = None,
+    package_metadata: str | None = None,
+    dry_run: bool = False,
+) -> None:
+    """Run by the op of such a step (runtime/flow.py): Metaflow's CLI has loaded the flow and
+    initialised its decorators; build the task's command with their runtime hooks, run it."""
+    import json
+
+    from metaflow import namespace
+    from metaflow.util import decompress_list
+
+    from .runtime import native
+
+    obj = ctx.obj
+    if task_namespace is not None:
+        namespace(task_namespace or None)
+    spec = native.TaskSpec(
+        step=step_name,
+        run_id=run_id,
+        task_id=task_id,
+        input_paths=tuple(decompress_list(input_paths)),
+        retry_count=retry_count,
+        max_user_code_retries=max_user_code_retries,
+        split_index=split_index,
+        ubf_context=ubf_context,
+        tags=tuple(tags),
+        clone_run_id=clone_run_id,
+    )
+    try:
+        native.init_step_environment(obj, step_name)
+        if package_url and package_sha:
+            package: Any = native.DeployedPackage(
+                obj.flow_datastore, package_url, package_sha, package_metadata or ""
+            )
+        else:  # no package was saved at create: package the code, as `flow.py run` does
+            package = native.PackageOnDemand(obj)
+        config_file = ctx.find_root().params.get("local_config_file")
+        argv, env, decos = native.step_command(obj, spec, package, config_file)
+    except Exception as exc:
+        click.echo(native.LAUNCH_ERROR_PREFIX + native.launch_error(step_name, launcher, exc), err=True)
+        sys.exit(1)
+    if dry_run:
+        click.echo(json.dumps({"argv": argv, "env": env}))
+        return
+    sys.exit(native.run_task(step_name, argv, native.task_environment(env), decos))
+
+
 def _top_level_args(obj: Any) -> tuple[str, ...]:
     from metaflow.decorators import flow_decorators
     from metaflow.util import dict_to_cli_options
@@ -978,8 +1066,19 @@ def build_ir_from_obj(
     from metaflow import decorators
     from metaflow.tagging_util import validate_tags
 
-    from .ir import CompileOptions, IRError, build_flow_ir
+    from .ir import (
+        REMOTE_DATASTORES,
+        CompileOptions,
+        IRError,
+        build_flow_ir,
+        remote_datastore_refusal,
+    )
 
+    for spec in with_decorators:
+        deco = spec.split(":")[0]
+        if deco in REMOTE_DATASTORES and obj.flow_datastore.TYPE not in REMOTE_DATASTORES[deco]:
+            # (Metaflow's own check, in the decorator's step_init, would name no step)
+            raise DagsterMetaflowException(remote_datastore_refusal(deco, "given with --with"))
     if with_decorators:
         decorators._attach_decorators(obj.flow, list(with_decorators))
         decorators._init_step_decorators(
@@ -1031,12 +1130,13 @@ def build_ir_from_obj(
         raise DagsterMetaflowException(str(exc)) from None
 
 
-def _save_code_package(obj: Any) -> dict[str, str]:
+def _save_code_package(obj: Any, required_by: str | None = None) -> dict[str, str]:
     """Metaflow's code package of the flow (flow file, modules beside it with
     --package-suffixes), saved in the flow's datastore as Metaflow's schedulers do: a
     deployment runs the code it was compiled from. Kept in the deployment record, not in
     the generated file (a package carries its creation time; the file stays deterministic).
-    Empty, with a warning, where Metaflow cannot package the code."""
+    Empty, with a warning, where Metaflow cannot package the code, unless a remote step
+    needs it (`required_by`): then `create` stops with the reason."""
     from metaflow.package import MetaflowPackage
 
     obj.echo("Packaging the flow's code...")
@@ -1045,6 +1145,11 @@ def _save_code_package(obj: Any) -> dict[str, str]:
         url, sha = obj.flow_datastore.save_data([pkg.blob], len_hint=1)[0]
     except Exception as exc:
         why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        if required_by:
+            raise DagsterMetaflowException(
+                f"{required_by} needs the flow's code package in the datastore, which could not "
+                f"be saved ({why}); no file was written"
+            ) from None
         obj.echo(
             f"Warning: could not package the flow's code ({why}); runs will refuse to start "
             "if the flow file changes before the next `create`.",

@@ -160,13 +160,15 @@ def _op_decorator_args(step: StepIR, w: StepWiring) -> list[str]:
         delay = f", delay={step.retry.delay_seconds}" if step.retry.delay_seconds else ""
         args.append(f"retry_policy=RetryPolicy(max_retries={step.retry.max_retries}{delay})")
     tags: dict[str, str] = {}
-    if step.timeout_seconds:
+    if step.timeout_seconds and not step.launcher:
         tags["dagster/op_execution_timeout"] = str(step.timeout_seconds)
     tags["metaflow/step"] = step.name
     if step.kind == "end":
         tags["metaflow/end"] = "true"  # the executor checks that the run reached it
     for key, value in step.resources:
         tags[f"metaflow/resources/{key}"] = value
+    if step.launcher:
+        tags["metaflow/launcher"] = step.launcher  # @kubernetes, @batch, @conda, @pypi
     args.append(f"tags={py(tags)}")
     return args
 
@@ -205,8 +207,12 @@ def _op_model(step: StepIR, ir: FlowIR, w: StepWiring) -> OpModel:
         "tags=TAGS",
         f"extra_env={py(dict(step.env))}",
     ]
-    if step.timeout_seconds:
+    if step.timeout_seconds and not step.launcher:
+        # a launched task (remote, or in a @conda/@pypi environment) enforces @timeout itself:
+        # its op's time also counts a pod's start or an environment's creation
         kwargs.append(f"timeout={step.timeout_seconds}")
+    if step.launcher:
+        kwargs.append(f"launcher={py(step.launcher)}")
     if w.ubf_control:
         kwargs.append('ubf_context="ubf_control"')
     elif _is_foreach_child(step, ir):

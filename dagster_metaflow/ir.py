@@ -36,13 +36,30 @@ RUNTIME_HOOKS = ("runtime_init", "runtime_task_created", "runtime_step_cli", "ru
 INTERNAL_DECORATORS = frozenset({"dagster_internal"})
 # Metaflow's step decorators that cannot run under dagster-metaflow, and why (one line each)
 REFUSED_STEP_DECORATORS = {
-    "conda": "conda environments are not supported by dagster-metaflow yet",
-    "pypi": "pypi environments are not supported by dagster-metaflow yet",
     "argo_workflows_internal": "it belongs to Metaflow's Argo Workflows integration",
     "step_functions_internal": "it belongs to Metaflow's AWS Step Functions integration",
     "airflow_internal": "it belongs to Metaflow's Apache Airflow integration",
 }
+# Step decorators whose runtime hooks launch the task, as under `flow.py run`: the op runs
+# Metaflow's own hooks (runtime_init, runtime_task_created, runtime_step_cli) for the task.
+# @kubernetes/@batch turn `step` into `kubernetes step`/`batch step` (the task runs remotely
+# from the code package); @conda/@pypi run it with the interpreter of the step's environment.
 REMOTE_COMPUTE_DECORATORS = frozenset({"kubernetes", "batch"})
+ENVIRONMENT_DECORATORS = frozenset({"conda", "pypi"})
+LAUNCHER_DECORATORS = REMOTE_COMPUTE_DECORATORS | ENVIRONMENT_DECORATORS
+# datastores a remote task can reach, per decorator (what their step_init accepts)
+REMOTE_DATASTORES = {"kubernetes": ("s3", "azure", "gs"), "batch": ("s3",)}
+Launcher = Literal["kubernetes", "batch", "conda", "pypi"]
+
+
+def remote_datastore_refusal(decorator: str, where: str) -> str:
+    """The one line `create` prints when a remote-compute decorator meets a datastore its
+    remote task cannot read (`where`: "on step 'train'" or "given with --with")."""
+    allowed = REMOTE_DATASTORES.get(decorator, ("s3",))
+    return (
+        f"@{decorator} {where} needs a remote datastore (--datastore={'/'.join(allowed)}): "
+        f"a remote task cannot read the local one"
+    )
 
 
 class IRError(Exception):
@@ -82,7 +99,15 @@ class StepIR:
     resources: tuple[tuple[str, str], ...] = ()
     decorator_specs: tuple[str, ...] = ()  # dynamic (`--with`) decorators to forward
     has_card: bool = False  # @card: the op links the task's cards
+    # the decorator whose Metaflow runtime hooks launch the task (remote compute first):
+    # the op launches it as Metaflow's runtime does, see runtime/native.py
+    launcher: Launcher | None = None
     doc: str = ""
+
+    @property
+    def remote(self) -> str | None:
+        """The remote compute the task runs on (@kubernetes, @batch), if any."""
+        return self.launcher if self.launcher in REMOTE_COMPUTE_DECORATORS else None
 
     @property
     def is_recursive(self) -> bool:
@@ -265,21 +290,34 @@ def runtime_hooks_of(deco: Any) -> list[str]:
     return out
 
 
+_LAUNCHERS: dict[str, Launcher] = {"kubernetes": "kubernetes", "batch": "batch", "conda": "conda", "pypi": "pypi"}
+
+
+def _launcher_of(names: Iterable[str]) -> Launcher | None:
+    """The decorator that launches a step's task: remote compute wins over an environment
+    (a @conda step on @kubernetes runs in the pod, in the environment Metaflow bootstraps)."""
+    found = [_LAUNCHERS[n] for n in names if n in _LAUNCHERS]
+    remote = [n for n in found if n in REMOTE_COMPUTE_DECORATORS]
+    ordered = remote or found
+    return ordered[0] if ordered else None
+
+
 def build_step(node: Any, graph: Any, op_name: str, datastore_type: str = "local") -> StepIR:
     """Read one graph node and its decorators into a StepIR (refusing what cannot work)."""
     decos = list(node.decorators)
+    launcher = _launcher_of(d.name for d in decos)
     for deco in decos:
         if deco.name in INTERNAL_DECORATORS:
             continue
         if deco.name in REMOTE_COMPUTE_DECORATORS:
-            if datastore_type == "local":
+            if datastore_type not in REMOTE_DATASTORES[deco.name]:
+                raise IRError(remote_datastore_refusal(deco.name, f"on step {node.name!r}"))
+        if deco.name in LAUNCHER_DECORATORS:
+            if node.parallel_step:
                 raise IRError(
-                    f"step {node.name!r}: @{deco.name} needs a remote datastore "
-                    f"(--datastore=s3/azure/gs); the local datastore is not shared with remote compute"
+                    f"step {node.name!r}: @{deco.name} with @parallel is not supported by dagster-metaflow yet"
                 )
-            raise IRError(
-                f"step {node.name!r}: @{deco.name} is not supported by dagster-metaflow yet"
-            )
+            continue
         if deco.name in REFUSED_STEP_DECORATORS:
             raise IRError(
                 f"step {node.name!r}: decorator @{deco.name} is not supported: {REFUSED_STEP_DECORATORS[deco.name]}"
@@ -335,6 +373,7 @@ def build_step(node: Any, graph: Any, op_name: str, datastore_type: str = "local
         resources=resources,
         decorator_specs=specs,
         has_card=any(d.name == "card" for d in decos) or any(s.split(":")[0] == "card" for s in specs),
+        launcher=launcher,
         doc=(node.doc or "").strip(),
     )
 

@@ -32,6 +32,8 @@ PARAMS_TASK_ID = "t-params"
 MAX_LOG_BYTES = 100 * 1024 * 1024
 TIMEOUT_BACKSTOP = 5  # seconds after @timeout's deadline before the runtime kills the step
 TAG_PATHSPEC = "metaflow/pathspec"  # on the Dagster run: its Metaflow run
+REMOTE_LAUNCHERS = ("kubernetes", "batch")  # run the deployment's code package remotely
+METAFLOW_EXIT_DISALLOW_RETRY = 202  # metaflow.exception: a task exit the runtime never retries
 # Inside a foreach, a switch yields every output: the branch not taken gets "~<pathspec>",
 # a marker that keeps the task's place (run/step/task id, hence its foreach index path), and
 # every op on that branch passes a marker on without running a Metaflow task.
@@ -440,10 +442,13 @@ class MetaflowFlow:
         split_index: int | None = None,
         ubf_context: str | None = None,
         decorator_specs: Sequence[str] = (),
+        launcher: str | None = None,
     ) -> str:
-        """Run one Metaflow task to completion; return its pathspec `run/step/task`."""
+        """Run one Metaflow task to completion; return its pathspec `run/step/task`.
+
+        With `launcher` (@kubernetes, @batch, @conda, @pypi) the task is launched by its
+        decorators' runtime hooks as under `flow.py run` (see native.py), never forked."""
         from metaflow.mflog import RUNTIME_LOG_SOURCE
-        from metaflow.util import compress_list
 
         paths = [upstream] if isinstance(upstream, str) else list(upstream)
         # "" comes from a branch not taken (a switch inside a foreach yields every output);
@@ -472,41 +477,31 @@ class MetaflowFlow:
                 if _single_output(context):
                     context.add_output_metadata(self._task_metadata(pathspec))
                 return pathspec
-        argv = self.base_argv()
-        for spec in (*decorator_specs, "dagster_internal"):
-            argv.append(f"--with={spec}")
-        argv += [
-            "step",
+        if launcher in REMOTE_LAUNCHERS and not self.package:
+            raise Failure(
+                description=f"step {step!r} runs on @{launcher} from the deployment's code package, "
+                f"which this run cannot find: run `python {os.path.basename(self.source_path)} dagster create` again"
+            )
+        argv = self.step_argv(
             step,
-            "--run-id",
             run_id,
-            "--task-id",
             task_id,
-            "--retry-count",
-            str(retry_count),
-            "--max-user-code-retries",
-            str(max_user_code_retries),
-            "--input-paths",
-            compress_list(paths),
-        ]
-        if origin is not None:
-            # a task run again in a resumed run: `current.origin_run_id` and its
-            # `origin-run-id` metadata name the origin, as under `flow.py resume`
-            argv += ["--clone-run-id", origin.run_id]
-        if split_index is not None:
-            argv += ["--split-index", str(split_index)]
-        if ubf_context is not None:
-            argv += ["--ubf-context", ubf_context]
-        if parallel_control:
-            # what @parallel's runtime_step_cli adds for a local control task
-            argv += ["--num-parallel", str(self.num_parallel(paths[0])), "--split-index", "0"]
-        for tag in self.run_tags(context, tags):
-            argv += ["--tag", tag]
-        if self.namespace is not None:
-            argv.append(f"--namespace={self.namespace}")
+            paths,
+            retry_count=retry_count,
+            max_user_code_retries=max_user_code_retries,
+            tags=self.run_tags(context, tags),
+            clone_run_id=origin.run_id if origin is not None else None,
+            split_index=split_index,
+            ubf_context=ubf_context,
+            num_parallel=self.num_parallel(paths[0]) if parallel_control else None,
+            decorator_specs=decorator_specs,
+            launcher=launcher,
+        )
         env = self.step_env(extra_env)
         env["METAFLOW_RUN_ID"] = run_id
         env.update(_dagster_env(context))
+        if launcher:
+            env = self.launcher_env(env)
 
         attempt = f" (retry {retry_count})" if retry_count else ""
         # announced in the step's own compute log, not as an event: on the default SQLite
@@ -522,7 +517,7 @@ class MetaflowFlow:
         # guarantees the deadline and leaves no survivors
         backstop = None if timeout is None else timeout + TIMEOUT_BACKSTOP
         try:
-            result = self._supervise(context, argv, env, timeout=backstop, on_line=keep)
+            result = self._supervise(context, argv, env, timeout=backstop, on_line=keep, fork=not launcher)
         except BaseException as exc:
             keep("stderr", f"Task interrupted: {_describe_interrupt(exc)}\n".encode())
             self._save_logs(pathspec, retry_count, stdout, stderr, RUNTIME_LOG_SOURCE)
@@ -547,6 +542,16 @@ class MetaflowFlow:
             self._record_backstop_timeout(pathspec, retry_count, timeout)
         self._save_logs(pathspec, retry_count, stdout, stderr, RUNTIME_LOG_SOURCE)
 
+        if launcher and result.returncode != 0:
+            from .native import LAUNCH_ERROR_PREFIX
+
+            launch_failed = [ln for ln in result.stderr_tail if ln.startswith(LAUNCH_ERROR_PREFIX)]
+            if launch_failed:  # the task never started: Metaflow's one line says why
+                raise Failure(
+                    description=launch_failed[-1][len(LAUNCH_ERROR_PREFIX) :],
+                    metadata={"pathspec": MetadataValue.text(f"{self.name}/{pathspec}")},
+                    allow_retries=False,
+                )
         if timed_out or result.returncode != 0:
             why = (
                 f"timed out after {timeout}s (@timeout); its process group was terminated"
@@ -564,10 +569,90 @@ class MetaflowFlow:
                     "retry_count": MetadataValue.int(retry_count),
                     "returncode": MetadataValue.int(result.returncode),
                 },
+                # Metaflow's "do not retry" exit (e.g. a remote task that could not be
+                # launched, or was killed), honoured as its runtime does
+                allow_retries=result.returncode != METAFLOW_EXIT_DISALLOW_RETRY,
             )
         if _single_output(context):
             context.add_output_metadata(self._task_metadata(pathspec, duration=result.duration))
         return pathspec
+
+    def step_argv(
+        self,
+        step: str,
+        run_id: str,
+        task_id: str,
+        paths: Sequence[str],
+        *,
+        retry_count: int = 0,
+        max_user_code_retries: int = 0,
+        tags: Sequence[str] = (),
+        clone_run_id: str | None = None,
+        split_index: int | None = None,
+        ubf_context: str | None = None,
+        num_parallel: int | None = None,
+        decorator_specs: Sequence[str] = (),
+        launcher: str | None = None,
+    ) -> list[str]:
+        """The command of one task attempt: `flow.py step ...`, or with a `launcher`
+        `flow.py dagster launch-step ...`, which builds the task's command with Metaflow's
+        runtime hooks and runs it."""
+        from metaflow.util import compress_list
+
+        argv = self.base_argv()
+        for spec in (*decorator_specs, "dagster_internal"):
+            argv.append(f"--with={spec}")
+        argv += ["dagster", "launch-step"] if launcher else ["step"]
+        argv += [
+            step,
+            "--run-id",
+            run_id,
+            "--task-id",
+            task_id,
+            "--retry-count",
+            str(retry_count),
+            "--max-user-code-retries",
+            str(max_user_code_retries),
+            "--input-paths",
+            compress_list(list(paths)),
+        ]
+        if clone_run_id is not None:
+            # a task run again in a resumed run: `current.origin_run_id` and its
+            # `origin-run-id` metadata name the origin, as under `flow.py resume`
+            argv += ["--clone-run-id", clone_run_id]
+        if split_index is not None:
+            argv += ["--split-index", str(split_index)]
+        if ubf_context is not None:
+            argv += ["--ubf-context", ubf_context]
+        if num_parallel is not None:
+            # what @parallel's runtime_step_cli adds for a local control task
+            argv += ["--num-parallel", str(num_parallel), "--split-index", "0"]
+        for tag in tags:
+            argv += ["--tag", tag]
+        if self.namespace is not None:
+            argv.append(f"--namespace={self.namespace}")
+        if launcher:
+            argv.append(f"--launcher={launcher}")
+            package = self.package
+            if package:  # the package `create` saved: the remote task runs exactly it
+                argv += [
+                    f"--package-url={package['url']}",
+                    f"--package-sha={package['sha']}",
+                    f"--package-metadata={package.get('metadata', '')}",
+                ]
+        return argv
+
+    def launcher_env(self, env: Mapping[str, str]) -> dict[str, str]:
+        """The environment of `dagster launch-step`: with a deployed code package, the
+        decorators take its url/sha instead of uploading the package again (Metaflow's path
+        for a package uploaded ahead); the task gets the user's own setting back."""
+        from .native import UPLOADED_PACKAGE_FLAG, USER_FLAG_VAR
+
+        out = dict(env)
+        if self.package:
+            out[USER_FLAG_VAR] = out.get(UPLOADED_PACKAGE_FLAG, "")
+            out[UPLOADED_PACKAGE_FLAG] = "1"
+        return out
 
     def fan_out(self, context: OpExecutionContext, pathspec: str) -> Iterator[DynamicOutput[str]]:
         """One DynamicOutput per foreach split, read from the task's final attempt."""
@@ -740,15 +825,16 @@ class MetaflowFlow:
         return proc.returncode == 0, (out or "").strip()
 
     # -- helpers ------------------------------------------------------------------------
-    def _supervise(self, context: OpExecutionContext, argv: list[str], env: dict[str, str], **kw: Any) -> Any:
+    def _supervise(
+        self, context: OpExecutionContext, argv: list[str], env: dict[str, str], fork: bool = True, **kw: Any
+    ) -> Any:
+        spawn = spawn_step_process if fork else None
         if current_control.get() is not None:  # our executor stops its steps itself
-            return run_supervised(argv, env=env, cwd=self.cwd, spawn=spawn_step_process, **kw)
+            return run_supervised(argv, env=env, cwd=self.cwd, spawn=spawn, **kw)
         # another executor runs this op (a multiprocess child, a Celery worker, a pod): a
         # terminated run may never tell this process, so watch the run's status instead
         with watch_run(context) as control:
-            return run_supervised(
-                argv, env=env, cwd=self.cwd, spawn=spawn_step_process, control=control, **kw
-            )
+            return run_supervised(argv, env=env, cwd=self.cwd, spawn=spawn, control=control, **kw)
 
     def _user_error(self, pathspec: str, attempt: int) -> str | None:
         """The user's exception as Metaflow recorded it (`_exception`), with the traceback

@@ -214,3 +214,37 @@ def test_interrupt_stops_step_tree_and_logs_stream_live(workspace: Workspace) ->
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "orphaned step processes after interruption"
+
+
+@pytest.mark.flow("pypi_flow.py")
+def test_pypi_step_without_micromamba_fails_with_metaflows_one_line(workspace: Workspace) -> None:
+    """@pypi/@conda steps are launched as `flow.py run` launches them (the decorator's runtime
+    hooks create the environment with micromamba and run the task in it). Where micromamba
+    is missing and cannot be installed, the step fails with Metaflow's own line."""
+    env = {
+        "METAFLOW_HOME": str(workspace.dir / "mfhome"),
+        "METAFLOW_PATH_TO_MICROMAMBA": str(workspace.dir / "no" / "micromamba"),
+        # Metaflow downloads micromamba when it finds none: make that fail, network or not
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    native = workspace.metaflow("--environment=pypi", "run", check=False, **env)
+    assert native.returncode != 0
+    metaflow_line = next(
+        ln.strip().rstrip(":") for ln in native.stderr.splitlines() if "Micromamba installation" in ln
+    )
+
+    workspace.metaflow("--environment=pypi", "dagster", "create", "out.py", **env)
+    res = workspace.dagster_execute(workspace.dir / "out.py", "PypiFlow", check=False, **env)
+    assert res.returncode != 0
+    run = workspace.last_dagster_run()
+    failures = [
+        e.dagster_event for e in workspace.dagster_events(run.run_id)
+        if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"
+    ]
+    assert [f.step_key for f in failures] == ["op_start"], res.stdout[-3000:]
+    msg = failures[0].step_failure_data.user_failure_data.description
+    assert msg == (
+        f"step 'start' (@conda): Micromamba ran into an error while setting up environment: {metaflow_line}"
+        " (micromamba is not installed here: install it or set METAFLOW_PATH_TO_MICROMAMBA)"
+    )

@@ -142,8 +142,7 @@ def test_unsupported_flow_decorators_are_refused_with_a_reason() -> None:
     def flow(**decos: Any) -> Any:
         return SimpleNamespace(_flow_state={FlowStateItems.FLOW_DECORATORS: {k: [v] for k, v in decos.items()}})
 
-    with pytest.raises(AutomationError, match="decorator @conda_base is not supported: conda environments"):
-        build_automation(flow(conda_base=object()), [])
+    build_automation(flow(conda_base=object(), pypi_base=object()), [])  # through the step decorators
     with pytest.raises(AutomationError, match="@airflow_s3_key_sensor is not supported: it is an Apache Airflow sensor"):
         build_automation(flow(airflow_s3_key_sensor=object()), [])
     with pytest.raises(AutomationError, match="@trigger and @trigger_on_finish on one flow"):

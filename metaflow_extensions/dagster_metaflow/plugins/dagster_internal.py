@@ -4,6 +4,10 @@ Workflows' `argo_workflows_internal`), added by the runtime with `--with=dagster
 It records where the task ran in Dagster as the task's Metaflow metadata, so the Metaflow side
 finds the Dagster side in one step (`Task(...).metadata_dict["dagster-run-id"]`) without
 touching the run's tags, which stay exactly the user's `--tag`s as under `flow.py run`.
+
+It lives in the Metaflow extension (not in `dagster_metaflow`) and imports only Metaflow, so
+it also loads where the code package runs without dagster-metaflow installed (a remote task,
+a @conda/@pypi environment).
 """
 
 from __future__ import annotations
