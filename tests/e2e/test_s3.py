@@ -175,3 +175,20 @@ def test_k8s_executor_refuses_the_local_datastore(workspace: Workspace) -> None:
     res = workspace.metaflow("dagster", "create", "out_dagster.py", "--executor", "k8s", check=False)
     assert res.returncode == 1
     assert "cannot read the local datastore" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.flow("hello_flow.py")
+def test_kubernetes_steps_compile_against_s3_with_their_code_package(
+    workspace: Workspace, s3_env: dict[str, str]
+) -> None:
+    """`--with kubernetes` on S3: `create` saves the code package the pods will run and
+    marks every step for launching; the op's command is Metaflow's `kubernetes step`."""
+    pytest.importorskip("kubernetes")
+    env = {k: v for k, v in s3_env.items() if not k.startswith("_")}
+    before = set(_s3_keys(s3_env, "metaflow/HelloFlow/"))
+    workspace.metaflow("dagster", "create", "out_dagster.py", "--with", "kubernetes", **env)
+    source = (workspace.dir / "out_dagster.py").read_text()
+    assert source.count('launcher="kubernetes"') == 8, source
+    assert "kubernetes" in source and "metaflow/launcher" in source
+    new = set(_s3_keys(s3_env, "metaflow/HelloFlow/")) - before
+    assert any("/data/" in k for k in new), f"no code package saved to S3: {sorted(new)}"
