@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,3 +142,39 @@ def latest_run_pathspec(flow_name: str, prefix: str | None = None) -> str:
         if prefix is None or run.id.startswith(prefix):
             return run.pathspec
     raise AssertionError(f"no run of {flow_name} found")
+
+
+def stop_group(*procs: subprocess.Popen[Any], grace: float = 30) -> None:
+    """SIGTERM each server's process group (started with start_new_session=True), then
+    SIGKILL what is still there after `grace` seconds."""
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def survivors(pids: Iterable[int], within: float) -> list[int]:
+    """The processes of `pids` still alive (not zombies) after waiting up to `within` s."""
+    import psutil
+
+    def alive() -> list[int]:
+        out = []
+        for p in pids:
+            try:
+                if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    deadline = time.monotonic() + within
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive()

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import BIN, Workspace
+from conftest import BIN, Workspace, survivors
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -122,7 +122,6 @@ def test_bad_input_gives_one_line_and_nonzero_exit(workspace: Workspace) -> None
 
 @pytest.mark.flow("sleepy_flow.py")
 def test_terminate_stops_every_step_process(workspace: Workspace) -> None:
-    import psutil
     from metaflow import Run
 
     workspace.flow.write_text(workspace.flow.read_text().replace("@timeout(seconds=4)", ""))
@@ -135,15 +134,8 @@ def test_terminate_stops_every_step_process(workspace: Workspace) -> None:
         assert time.monotonic() < deadline, "the step never started"
         time.sleep(0.5)
     pids = [int(p) for p in pid_file.read_text().split()]
-    t0 = time.monotonic()
     workspace.metaflow("dagster", "terminate", "--run-id", mf_run_id)
-
-    def alive() -> list[int]:
-        return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
-
-    while alive() and time.monotonic() - t0 < 15:
-        time.sleep(0.2)
-    assert not alive(), "step processes survived terminate"
+    assert not survivors(pids, within=15), "step processes survived terminate"
     drun = _wait_finished(workspace, _dagster_run_of(workspace, mf_run_id).run_id, timeout=15)
     assert drun.status.value == "CANCELED"
     assert not Run(f"SleepyFlow/{mf_run_id}", _namespace_check=False).successful

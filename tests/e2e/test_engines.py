@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, Workspace, artifacts_by_task, latest_run_pathspec
+from conftest import BIN, Workspace, artifacts_by_task, latest_run_pathspec, stop_group, survivors
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -92,16 +91,7 @@ class Workers:
         return "\n".join((self.ws.dir / f"{n}.log").read_text()[-3000:] for n in self.names)
 
     def stop(self) -> None:
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_group(*self.procs, grace=20)
 
 
 @pytest.fixture
@@ -155,8 +145,6 @@ def test_celery_workers_share_a_foreach_and_match_native(
 
 @pytest.mark.flow("sleepy_flow.py")
 def test_terminate_stops_steps_on_celery_workers(workspace: Workspace, redis_url: str) -> None:
-    import psutil
-
     workspace.flow.write_text(workspace.flow.read_text().replace("@timeout(seconds=4)", ""))
     db = abs(hash(workspace.dir)) % 14 + 1
     broker, backend = f"{redis_url}/{db}", f"{redis_url}/{db + 1}"
@@ -173,15 +161,8 @@ def test_terminate_stops_steps_on_celery_workers(workspace: Workspace, redis_url
             assert time.monotonic() < deadline, "the step never started\n" + workers.logs()
             time.sleep(0.5)
         pids = [int(p) for p in pid_file.read_text().split()]
-        t0 = time.monotonic()
         workspace.metaflow("dagster", "terminate", "--run-id", mf_run)
-
-        def alive() -> list[int]:
-            return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
-
-        while alive() and time.monotonic() - t0 < 20:
-            time.sleep(0.2)
-        assert not alive(), "step processes survived terminate on the celery worker"
+        assert not survivors(pids, within=20), "step processes survived terminate on the celery worker"
         assert all(p.poll() is None for p in workers.procs), "a worker died with its step"
     finally:
         workers.stop()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Workspace
+from conftest import BIN, Workspace, stop_group
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -121,8 +120,4 @@ def test_dagster_dev_launch_and_terminate(workspace: Workspace) -> None:
             time.sleep(0.5)
         assert client.get_run_status(run_id).value == "CANCELED"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, Workspace
+from conftest import BIN, Workspace, stop_group
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -90,12 +89,7 @@ def webserver(workspace: Workspace) -> Iterator[tuple[str, Path]]:
         _graphql(base, "mutation { setNuxSeen }")  # no "join the community" dialog over the pages
         yield base, out
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
         log.close()
 
 
