@@ -185,10 +185,17 @@ def test_kubernetes_steps_compile_against_s3_with_their_code_package(
     marks every step for launching; the op's command is Metaflow's `kubernetes step`."""
     pytest.importorskip("kubernetes")
     env = {k: v for k, v in s3_env.items() if not k.startswith("_")}
-    before = set(_s3_keys(s3_env, "metaflow/HelloFlow/"))
     workspace.metaflow("dagster", "create", "out_dagster.py", "--with", "kubernetes", **env)
     source = (workspace.dir / "out_dagster.py").read_text()
     assert source.count('launcher="kubernetes"') == 8, source
     assert "kubernetes" in source and "metaflow/launcher" in source
-    new = set(_s3_keys(s3_env, "metaflow/HelloFlow/")) - before
-    assert any("/data/" in k for k in new), f"no code package saved to S3: {sorted(new)}"
+    from dagster import DagsterInstance
+
+    from dagster_metaflow import deployments
+
+    with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
+        dep = deployments.get(instance, "HelloFlow")
+    assert dep is not None and dep.code_package, "no code package recorded"
+    url = dep.code_package["url"]
+    assert url.startswith(f"s3://{BUCKET}/metaflow/HelloFlow/data/"), url
+    assert url[len(f"s3://{BUCKET}/"):] in _s3_keys(s3_env, "metaflow/HelloFlow/data/"), url
