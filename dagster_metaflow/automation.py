@@ -121,7 +121,7 @@ def _schedule(decos: list[Any] | None, params: dict[str, bool]) -> ScheduleIR | 
     # what Argo Workflows deploys: the first five fields; `?` ("no specific value" in the
     # AWS form Metaflow uses for hourly/daily/weekly) is `*` for Dagster's cron
     cron = " ".join(expr.split()[:5]).replace("?", "*")
-    from dagster._utils.schedules import is_valid_cron_string  # what Dagster will check
+    from ._dagster_private import is_valid_cron_string  # what Dagster will check
 
     if not is_valid_cron_string(cron):
         raise AutomationError(f"@schedule: cron expression {expr!r} is not valid ({cron!r})")

@@ -73,6 +73,12 @@ def cli() -> None:
 def dagster(obj: Any, name: str | None = None) -> None:
     obj.check(obj.graph, obj.flow, obj.environment, pylint=obj.pylint)
     obj.dagster_name = name
+    # every subcommand needs Dagster: refuse an untested one here, in one line, rather than
+    # as a "Dagster refused the job" at create or a traceback later
+    try:
+        from . import _dagster_private  # noqa: F401
+    except ImportError as exc:
+        raise DagsterMetaflowException(str(exc)) from None
 
 
 def _resolve_job_name(obj: Any, name: str | None) -> str:

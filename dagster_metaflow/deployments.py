@@ -211,7 +211,7 @@ def forget_instigators(instance: DagsterInstance, dep: Deployment) -> None:
 
 
 def _stop_instigators(instance: DagsterInstance, dep: Deployment) -> list[str]:
-    from dagster._core.scheduler.instigation import InstigatorStatus
+    from ._dagster_private import InstigatorStatus
 
     for state in _own_states(instance, dep):
         instance.update_instigator_state(state.with_status(InstigatorStatus.STOPPED))

@@ -70,10 +70,10 @@ def start_run(
     run_id: str | None = None,
 ) -> tuple[DagsterRun, bool]:
     """Create the run of `dep`'s job and start it; returns (run, queued)."""
-    from dagster import __version__ as dagster_version
-    from dagster._cli.job import _create_run
-    from dagster._cli.workspace.cli_target import (
+    from ._dagster_private import (
+        DAGSTER_VERSION,
         WorkspaceOpts,
+        create_run,
         get_code_location_from_workspace,
         get_remote_job_from_remote_repo,
         get_remote_repository_from_code_location,
@@ -91,13 +91,13 @@ def start_run(
     )
     queued = uses_explicit_queue(instance)
     with get_workspace_from_cli_opts(
-        instance, version=dagster_version, workspace_opts=opts, allow_in_process=True
+        instance, version=DAGSTER_VERSION, workspace_opts=opts, allow_in_process=True
     ) as workspace:
         location = get_code_location_from_workspace(workspace, None)
         repo = get_remote_repository_from_code_location(location, None)
         remote_job = get_remote_job_from_remote_repo(repo, dep.name)
         try:
-            run = _create_run(
+            run = create_run(
                 instance=instance,
                 code_location=location,
                 remote_repo=repo,
@@ -117,9 +117,9 @@ def start_run(
 def launch_detached(instance: DagsterInstance, run: DagsterRun) -> DagsterRun:
     """Start the run worker (`dagster api execute_run`) in its own session, as Dagster's
     DefaultRunLauncher does from a code server, so it outlives this process."""
-    from dagster._core.events import DagsterEvent, DagsterEventType
-    from dagster._grpc.types import ExecuteRunArgs
-    from dagster._serdes import serialize_value
+    from dagster import DagsterEvent, DagsterEventType, serialize_value
+
+    from ._dagster_private import ExecuteRunArgs
 
     assert run.job_code_origin is not None
     instance.report_dagster_event(
@@ -163,7 +163,8 @@ def launch_detached(instance: DagsterInstance, run: DagsterRun) -> DagsterRun:
 def terminate(instance: DagsterInstance, run_id: str, wait: float = 15.0) -> bool:
     """Stop a run and its step processes; True once the run is CANCELED (or already finished)."""
     from dagster import DagsterRunStatus
-    from dagster._core.launcher.default_run_launcher import GRPC_INFO_TAG
+
+    from ._dagster_private import GRPC_INFO_TAG
 
     run = instance.get_run_by_id(run_id)
     if run is None:

@@ -10,6 +10,7 @@ process stdout), run termination forwarded to every running step, and the flow-l
 
 The loop follows `dagster._core.executor.multiprocess.MultiprocessExecutor.execute`;
 the per-step body is `dagster_event_sequence_for_step`, as in the in-process executor.
+The private Dagster APIs this needs come from `dagster_metaflow._dagster_private`.
 """
 
 from __future__ import annotations
@@ -24,26 +25,34 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from typing import Any
 
-from dagster import Field, Int, Noneable, executor
-from dagster import _check as check
-from dagster._core.errors import DagsterExecutionInterruptedError
-from dagster._core.events import DagsterEvent, EngineEventData
-from dagster._core.execution.api import ExecuteRunWithPlanIterable
-from dagster._core.execution.context.system import (
-    PlanExecutionContext,
-    PlanOrchestrationContext,
+from dagster import (
+    DagsterEvent,
+    DagsterExecutionInterruptedError,
+    Executor,
+    Field,
+    InitExecutorContext,
+    Int,
+    Noneable,
     StepExecutionContext,
+    executor,
 )
-from dagster._core.execution.context_creation_job import PlanExecutionContextManager
-from dagster._core.execution.plan.execute_plan import _trigger_hook, dagster_event_sequence_for_step
-from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
-from dagster._core.execution.plan.plan import ExecutionPlan
-from dagster._core.execution.retries import RetryMode, get_retries_config
-from dagster._core.executor.base import Executor
-from dagster._core.executor.init import InitExecutorContext
-from dagster._core.storage.compute_log_manager import ComputeIOType
-from dagster._utils.error import serializable_error_info_from_exc_info
 
+from .._dagster_private import (
+    CapturedLogContext,
+    ComputeIOType,
+    EngineEventData,
+    ExecuteRunWithPlanIterable,
+    ExecutionPlan,
+    InstanceConcurrencyContext,
+    PlanExecutionContext,
+    PlanExecutionContextManager,
+    PlanOrchestrationContext,
+    RetryMode,
+    dagster_event_sequence_for_step,
+    get_retries_config,
+    serializable_error_info_from_exc_info,
+    trigger_hook,
+)
 from .supervise import StepControl, current_control
 
 DEFAULT_MAX_CONCURRENT = 16
@@ -231,7 +240,7 @@ def threaded_plan_iterator(
                         # own completion will be verified when its thread ends
                         if not any(c.step.key == item.step_key for _t, _c, c in running.values()):
                             active.verify_complete(job_context, item.step_key)
-                        yield from _trigger_hook(step_context, item.events)
+                        yield from trigger_hook(step_context, item.events)
                     else:
                         yield item
                         active.handle_event(item)
@@ -351,8 +360,6 @@ class _CancelWatch:
 
 
 def _log_context(log_key: Sequence[str]) -> Any:
-    from dagster._core.storage.compute_log_manager import CapturedLogContext
-
     return CapturedLogContext(log_key=log_key)
 
 
@@ -365,7 +372,9 @@ class ThreadedExecutor(Executor):
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         workflow_timeout: float | None = None,
     ) -> None:
-        self._retries = check.inst_param(retries, "retries", RetryMode)
+        if not isinstance(retries, RetryMode):
+            raise TypeError(f"retries must be a RetryMode, got {retries!r}")
+        self._retries = retries
         self._max_concurrent = max(1, int(max_concurrent))
         self._workflow_timeout = workflow_timeout
 

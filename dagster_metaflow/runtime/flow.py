@@ -522,7 +522,7 @@ class MetaflowFlow:
             keep("stderr", f"Task interrupted: {_describe_interrupt(exc)}\n".encode())
             self._save_logs(pathspec, retry_count, stdout, stderr, RUNTIME_LOG_SOURCE)
             if isinstance(exc, StepInterrupted):
-                from dagster._core.errors import DagsterExecutionInterruptedError
+                from dagster import DagsterExecutionInterruptedError
 
                 raise DagsterExecutionInterruptedError(
                     f"step {step!r} stopped: {exc}"

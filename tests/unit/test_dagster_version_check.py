@@ -1,0 +1,69 @@
+"""The private-API module refuses an untested Dagster with one clear line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import Workspace
+
+from dagster_metaflow import _dagster_private as private
+
+
+@pytest.mark.parametrize("found", ["1.13.0", "1.13.27", "1!0+dev"])
+def test_supported_versions_pass(found: str) -> None:
+    private.check_version(found)
+
+
+@pytest.mark.parametrize("found", ["1.12.22", "1.14.0", "1.14.0rc1", "2.0.0", "garbage"])
+def test_unsupported_version_names_found_and_range(found: str) -> None:
+    with pytest.raises(ImportError) as err:
+        private.check_version(found)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert f"found dagster {found}" in msg
+    assert f"dagster{private.supported_range()}" in msg
+    assert f"pip install 'dagster{private.supported_range()}'" in msg
+
+
+def _import_with_version(version: str, **env: str) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import dagster\n"
+        f"dagster.__version__ = {version!r}\n"
+        "import dagster_metaflow._dagster_private\n"
+        "print('imported')\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+
+
+def test_importing_with_an_untested_dagster_fails_with_one_line() -> None:
+    proc = _import_with_version("1.99.0")
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("dagster_metaflow._dagster_private.UnsupportedDagsterVersion: ")
+    assert "found dagster 1.99.0" in last and private.supported_range() in last
+    # the check can be skipped on purpose
+    proc = _import_with_version("1.99.0", **{private.SKIP_ENV: "1"})
+    assert proc.returncode == 0 and "imported" in proc.stdout, proc.stderr
+
+
+@pytest.mark.flow("hello_flow.py")
+def test_cli_refuses_an_untested_dagster_in_one_line(workspace: Workspace) -> None:
+    """`python flow.py dagster ...` says which Dagster it found and which it needs."""
+    site = workspace.dir / "fake_site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import dagster\ndagster.__version__ = '1.99.0'\n")
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    proc = workspace.metaflow("dagster", "create", check=False, PYTHONPATH=path)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "found dagster 1.99.0" in proc.stderr and private.supported_range() in proc.stderr
+    assert not (workspace.dir / "hello_flow_dagster.py").exists()
