@@ -28,7 +28,7 @@ def test_unsupported_version_names_found_and_range(found: str) -> None:
     assert f"pip install 'dagster{private.supported_range()}'" in msg
 
 
-def _import_with_version(version: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _import_with_version(version: str, **extra: str) -> subprocess.CompletedProcess[str]:
     code = (
         "import dagster\n"
         f"dagster.__version__ = {version!r}\n"
@@ -39,7 +39,7 @@ def _import_with_version(version: str, **env: str) -> subprocess.CompletedProces
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env={**os.environ, **env},
+        env={**{k: v for k, v in os.environ.items() if k != private.SKIP_ENV}, **extra},
         timeout=120,
     )
 
@@ -56,8 +56,11 @@ def test_importing_with_an_untested_dagster_fails_with_one_line() -> None:
 
 
 @pytest.mark.flow("hello_flow.py")
-def test_cli_refuses_an_untested_dagster_in_one_line(workspace: Workspace) -> None:
+def test_cli_refuses_an_untested_dagster_in_one_line(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`python flow.py dagster ...` says which Dagster it found and which it needs."""
+    monkeypatch.delenv(private.SKIP_ENV, raising=False)
     site = workspace.dir / "fake_site"
     site.mkdir()
     (site / "sitecustomize.py").write_text("import dagster\ndagster.__version__ = '1.99.0'\n")
