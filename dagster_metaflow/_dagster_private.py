@@ -29,8 +29,10 @@ from __future__ import annotations
 import os
 import re
 
-# tested range (README "Compatibility"); dagster-webserver follows dagster's version
-DAGSTER_MIN = "1.13.0"
+# tested range (README "Compatibility"); dagster-webserver follows dagster's version.
+# 1.11.10: the first with PlanExecutionContext.step_dependency_config (the executor passes it
+# to ExecutionPlan.start); 1.14: the next minor, untested.
+DAGSTER_MIN = "1.11.10"
 DAGSTER_MAX_EXCLUSIVE = "1.14"
 SKIP_ENV = "DAGSTER_METAFLOW_SKIP_VERSION_CHECK"
 _DEV_VERSION = "1!0+dev"  # a Dagster installed from a source checkout

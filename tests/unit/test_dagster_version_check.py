@@ -12,12 +12,12 @@ from conftest import Workspace
 from dagster_metaflow import _dagster_private as private
 
 
-@pytest.mark.parametrize("found", ["1.13.0", "1.13.27", "1!0+dev"])
+@pytest.mark.parametrize("found", ["1.11.10", "1.12.0", "1.13.28", "1!0+dev"])
 def test_supported_versions_pass(found: str) -> None:
     private.check_version(found)
 
 
-@pytest.mark.parametrize("found", ["1.12.22", "1.14.0", "1.14.0rc1", "2.0.0", "garbage"])
+@pytest.mark.parametrize("found", ["1.11.9", "1.10.21", "1.14.0", "1.14.0rc1", "2.0.0", "garbage"])
 def test_unsupported_version_names_found_and_range(found: str) -> None:
     with pytest.raises(ImportError) as err:
         private.check_version(found)
