@@ -3,7 +3,8 @@
     python3.11 tests/compat/run_compat.py [--workdir DIR] [--fresh] [--unit-only] [COMBO ...]
 
 COMBO is METAFLOW:DAGSTER, e.g. `2.19.39:1.13.28`; dagster-webserver is installed at the
-Dagster version. Default: the lowest and the highest supported version of each (LOW, HIGH).
+Dagster version, the Dagster libraries (dagster-celery, -k8s, -postgres) at the matching
+library version (1.13.28: 0.29.28). Default: the lowest and the highest supported version of each (LOW, HIGH).
 Each combo gets its own venv under --workdir (reused unless --fresh) with those versions
 pinned, the other requirements of pyproject.toml, and this checkout installed editable
 without dependencies, so versions outside the declared ranges can be tried too (with
@@ -31,9 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 LOW = ("2.19.23", "1.11.10")
 HIGH = ("2.19.39", "1.13.28")
 
-# one of each path that touches Metaflow internals or a private Dagster API: the thread
-# executor (linear, foreach, retry), trigger/resume/terminate through the instance,
-# `dagster dev` (webserver, code server), the daemon (schedule, sensors, stop on delete)
+# one of each path that touches Metaflow internals, a private Dagster API or a Dagster
+# library: the thread executor (linear, foreach, retry), trigger/resume/terminate through the
+# instance, `dagster dev` (webserver, code server), the daemon (schedule, sensors, stop on
+# delete), Celery workers, a Postgres instance, the S3 datastore and k8s executor, the UI
 E2E = [
     "tests/e2e/test_runs.py::test_linear_and_definitions_validate",
     "tests/e2e/test_runs.py::test_foreach_and_split_match_native",
@@ -43,6 +45,10 @@ E2E = [
     "tests/e2e/test_deploy.py::test_terminate_stops_every_step_process",
     "tests/e2e/test_lifecycle.py::test_dagster_dev_launch_and_terminate",
     "tests/e2e/test_automation.py::test_daemon_runs_schedules_events_and_upstream_finishes",
+    "tests/e2e/test_engines.py::test_celery_workers_share_a_foreach_and_match_native",
+    "tests/e2e/test_postgres.py",
+    "tests/e2e/test_s3.py",
+    "tests/e2e/test_ui.py",
 ]
 PINNED = {"metaflow", "dagster", "dagster-webserver"}
 NOT_NEEDED = {"ruff", "mypy"}  # lint runs once, in the project's own venv
@@ -52,12 +58,23 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].strip().lower()
 
 
+def library_version(dagster: str) -> str:
+    """The version of the Dagster libraries released with this Dagster: 1.13.28 -> 0.29.28."""
+    major, minor, patch = dagster.split(".")[:3]
+    assert major == "1", f"no library version rule for dagster {dagster}"
+    return f"0.{int(minor) + 16}.{patch}"
+
+
 def requirements(metaflow: str, dagster: str) -> list[str]:
-    """pyproject's dependencies and test extra, with the three versions of the combo pinned."""
+    """pyproject's dependencies and test extra, with the versions of the combo pinned."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    others = project["dependencies"] + project["optional-dependencies"]["test"]
-    keep = [r for r in others if _name(r) not in PINNED | NOT_NEEDED]
-    return [f"metaflow=={metaflow}", f"dagster=={dagster}", f"dagster-webserver=={dagster}", *keep]
+    out = [f"metaflow=={metaflow}", f"dagster=={dagster}", f"dagster-webserver=={dagster}"]
+    for req in project["dependencies"] + project["optional-dependencies"]["test"]:
+        name = _name(req)
+        if name in PINNED | NOT_NEEDED:
+            continue
+        out.append(f"{name}=={library_version(dagster)}" if name.startswith("dagster-") else req)
+    return out
 
 
 def _default_signals() -> None:
