@@ -222,8 +222,6 @@ def _deployment(obj: Any, instance: Any) -> Any:
 
 def _write_attribute_file(path: str | None, content: dict[str, Any]) -> None:
     if path:
-        import json
-
         with open(path, "w") as f:
             json.dump(content, f)
 
@@ -783,8 +781,6 @@ def resume(
     deployer_attribute_file: str | None = None,
     **kwargs: Any,
 ) -> None:
-    import json
-
     from .runtime.flow import metaflow_run_id
     from .runtime.resume import TAG_ORIGIN_RUN, TAG_STEPS_TO_RERUN
 
@@ -959,8 +955,6 @@ def launch_step(
 ) -> None:
     """Run by the op of such a step (runtime/flow.py): Metaflow's CLI has loaded the flow and
     initialised its decorators; build the task's command with their runtime hooks, run it."""
-    import json
-
     from metaflow import namespace
     from metaflow.util import decompress_list
 
@@ -1032,11 +1026,10 @@ def _executor_config(executor: str, text: str | None) -> dict[str, Any]:
     module, name = engine
     try:
         executor_def = getattr(importlib.import_module(module), name)
-    except ImportError:
-        extra = {"dagster_celery": "celery", "dagster_k8s": "k8s"}[module]
+    except ImportError:  # each engine has the extra of its name
         raise DagsterMetaflowException(
             f"--executor {executor} needs the {module.replace('_', '-')} package: "
-            f"pip install 'dagster-metaflow[{extra}]'"
+            f"pip install 'dagster-metaflow[{executor}]'"
         ) from None
     try:
         config = json.loads(text) if text else {}
@@ -1100,8 +1093,6 @@ def build_ir_from_obj(
         flow_ref = flow_file
     baked = baked_environment(dict(os.environ))
     argv = [os.path.basename(sys.argv[0]), *sys.argv[1:]]
-    import json
-
     from metaflow.user_configs.config_parameters import dump_config_values
 
     dumped = dump_config_values(obj.flow)

@@ -23,7 +23,6 @@ class CodegenError(Exception):
     """The IR describes a shape this version cannot compile (message names the step)."""
 
 
-# Names the generated module defines or imports at top level; variables must not shadow them.
 # `--executor` values served by an executor of a Dagster integration package:
 # (module to import it from, executor definition)
 ENGINE_EXECUTORS = {
@@ -31,6 +30,7 @@ ENGINE_EXECUTORS = {
     "k8s": ("dagster_k8s", "k8s_job_executor"),
 }
 
+# Names the generated module defines or imports at top level; variables must not shadow them.
 MODULE_NAMES = frozenset(
     {
         "annotations",

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from . import naming
 from .automation import AutomationError, AutomationIR, build_automation
@@ -131,10 +131,6 @@ class ParameterIR:
     def env_var(self) -> str:
         """Environment variable `flow.py init` reads this parameter from."""
         return "METAFLOW_INIT_" + self.name.upper().replace("-", "_")
-
-
-# executors whose ops may run on other machines than the run worker
-DISTRIBUTED_EXECUTORS = ("celery", "k8s")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,13 +286,10 @@ def runtime_hooks_of(deco: Any) -> list[str]:
     return out
 
 
-_LAUNCHERS: dict[str, Launcher] = {"kubernetes": "kubernetes", "batch": "batch", "conda": "conda", "pypi": "pypi"}
-
-
 def _launcher_of(names: Iterable[str]) -> Launcher | None:
     """The decorator that launches a step's task: remote compute wins over an environment
     (a @conda step on @kubernetes runs in the pod, in the environment Metaflow bootstraps)."""
-    found = [_LAUNCHERS[n] for n in names if n in _LAUNCHERS]
+    found = [cast(Launcher, n) for n in names if n in LAUNCHER_DECORATORS]
     remote = [n for n in found if n in REMOTE_COMPUTE_DECORATORS]
     ordered = remote or found
     return ordered[0] if ordered else None

@@ -23,6 +23,7 @@ from typing import Any
 from dagster import DynamicOutput, Failure, MetadataValue, OpExecutionContext, Output
 
 from .. import naming
+from ..ir import REMOTE_COMPUTE_DECORATORS  # run the deployment's code package remotely
 from .resume import OncePerRun, in_run, origin_of
 from .supervise import StepControl, StepInterrupted, current_control, run_supervised
 from .zygote import POOL, fork_enabled, spawn_step_process
@@ -32,7 +33,6 @@ PARAMS_TASK_ID = "t-params"
 MAX_LOG_BYTES = 100 * 1024 * 1024
 TIMEOUT_BACKSTOP = 5  # seconds after @timeout's deadline before the runtime kills the step
 TAG_PATHSPEC = "metaflow/pathspec"  # on the Dagster run: its Metaflow run
-REMOTE_LAUNCHERS = ("kubernetes", "batch")  # run the deployment's code package remotely
 METAFLOW_EXIT_DISALLOW_RETRY = 202  # metaflow.exception: a task exit the runtime never retries
 # Inside a foreach, a switch yields every output: the branch not taken gets "~<pathspec>",
 # a marker that keeps the task's place (run/step/task id, hence its foreach index path), and
@@ -477,7 +477,7 @@ class MetaflowFlow:
                 if _single_output(context):
                     context.add_output_metadata(self._task_metadata(pathspec))
                 return pathspec
-        if launcher in REMOTE_LAUNCHERS and not self.package:
+        if launcher in REMOTE_COMPUTE_DECORATORS and not self.package:
             raise Failure(
                 description=f"step {step!r} runs on @{launcher} from the deployment's code package, "
                 f"which this run cannot find: run `python {os.path.basename(self.source_path)} dagster create` again"
