@@ -34,6 +34,21 @@ class StepInterrupted(BaseException):
 
 LineSink = Callable[[str, bytes], None]  # (stream name "stdout"/"stderr", raw line)
 
+# Signals a step must receive as `python flow.py step` started from a terminal would: a run
+# worker started in the background (`cmd &`, nohup, some service managers) inherits them
+# ignored, and an ignored disposition survives exec, so SIGTERM would only be a SIGKILL later.
+STEP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
+
+
+def default_step_signals() -> None:
+    """Give the current (child) process default dispositions for STEP_SIGNALS, before exec."""
+    for sig in STEP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _ignored_step_signals() -> bool:
+    return any(signal.getsignal(sig) == signal.SIG_IGN for sig in STEP_SIGNALS)
+
 
 @dataclass
 class StepControl:
@@ -256,6 +271,8 @@ def run_supervised(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # own session => own process group, pgid == pid
+            # only when needed: a preexec_fn costs the vfork fast path
+            preexec_fn=default_step_signals if _ignored_step_signals() else None,
         )
     started = time.monotonic()
 

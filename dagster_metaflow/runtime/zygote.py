@@ -32,6 +32,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
+from .supervise import default_step_signals
+
 HEADER = struct.Struct("!I")
 START_TIMEOUT = 30.0
 PRELOAD = ("metaflow", "metaflow.cli", "metaflow.task", "metaflow.datastore", "metaflow.runtime")
@@ -274,9 +276,11 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[
     code = 1
     try:
         os.setsid()
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
+        # the dispositions a fresh `python flow.py` gets from exec + interpreter start-up
+        default_step_signals()
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_IGN)
         signal.set_wakeup_fd(-1)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)

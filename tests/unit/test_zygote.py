@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dagster_metaflow.runtime import zygote
+from dagster_metaflow.runtime.supervise import default_step_signals
 from dagster_metaflow.runtime.zygote import HEADER, Zygote, ZygotePool, ZygoteUnavailable
 
 
@@ -80,3 +81,53 @@ def test_a_zygote_slow_to_start_is_given_up_and_blocks_no_other_step(tmp_path: P
     starter.join(timeout=20)
     assert result == [None] and time.monotonic() - t0 < 10
     assert pool.get(str(slow), {"A": "1"}) is None  # given up: not retried for every step
+
+
+_SHOW_SIGNALS = """
+import signal
+names = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGCHLD", "SIGPIPE", "SIGXFSZ")
+print(sorted((n, str(signal.getsignal(getattr(signal, n)))) for n in names))
+"""
+
+_DRIVER = """
+import os, sys
+from dagster_metaflow.runtime import zygote
+from dagster_metaflow.runtime.supervise import default_step_signals
+from dagster_metaflow.runtime.supervise import run_supervised
+script, path = sys.argv[1], sys.argv[2]
+spawn = zygote.spawn_step_process if path == "zygote" else None
+res = run_supervised([sys.executable, script], env=dict(os.environ), spawn=spawn)
+print(res.stdout_tail[-1])
+"""
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_steps_get_a_fresh_interpreters_signals_on_both_paths(tmp_path: Path, ignored: bool) -> None:
+    """A run worker started in the background (signals ignored) still gets steps that die on
+    SIGTERM, and a zygote child has exactly the dispositions of `python flow.py`."""
+    import signal
+    import subprocess
+
+    script = tmp_path / "show.py"
+    script.write_text(_SHOW_SIGNALS)
+    # what `python flow.py` started from a terminal sees (whatever pytest itself inherited)
+    fresh = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, check=True,
+        preexec_fn=default_step_signals,
+    ).stdout
+
+    def ignore() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+
+    seen = {}
+    for path in ("zygote", "subprocess"):
+        env = {**os.environ, "DAGSTER_METAFLOW_FORK": "1"}
+        out = subprocess.run(
+            [sys.executable, "-c", _DRIVER, str(script), path],
+            capture_output=True, text=True, env=env, timeout=120,
+            preexec_fn=ignore if ignored else default_step_signals,
+        )
+        assert out.returncode == 0, out.stderr
+        seen[path] = out.stdout.strip().splitlines()[-1]
+    assert seen["zygote"] == seen["subprocess"] == fresh.strip()
