@@ -48,6 +48,7 @@ MODULE_NAMES = frozenset(
         "metaflow_io_manager",
         "metaflow_shared_io_manager",
         "executor_with_defaults",
+        "with_metaflow_run_end",
         "celery_executor",
         "k8s_job_executor",
         "multiprocess_executor",
@@ -308,11 +309,12 @@ def build_render_model(ir: FlowIR) -> RenderModel:
     if ir.doc:
         job_args.append(f"description={py(ir.doc)}")
     # the deployment's values are defaults a launch may still override in run config
-    job_args.append(
-        f"executor_def=executor_with_defaults({executor_name}, {py(executor_cfg)})"
-        if executor_cfg
-        else f"executor_def={executor_name}"
+    executor_expr = (
+        f"executor_with_defaults({executor_name}, {py(executor_cfg)})" if executor_cfg else executor_name
     )
+    # Dagster's executors know nothing of the Metaflow run's end (@exit_hook, reaching `end`)
+    run_end = executor_name != "metaflow_executor"
+    job_args.append(f"executor_def=with_metaflow_run_end({executor_expr})" if run_end else f"executor_def={executor_expr}")
     # ops of a distributed executor share only the instance, not the run worker's disk
     io_manager = "metaflow_shared_io_manager" if engine is not None else "metaflow_io_manager"
     job_args.append(f'resource_defs={{"io_manager": {io_manager}}}')
@@ -396,10 +398,13 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         job_decorator_args=job_args,
         wiring=["    " + ln if ln else "" for ln in wiring.body],
         imports=sorted(imports, key=lambda n: (n[0].islower(), n.lower())),
-        runtime_imports=runtime_imports
-        + (["executor_with_defaults"] if executor_cfg else [])
-        + (["metaflow_executor"] if executor_name == "metaflow_executor" else [])
-        + [io_manager],
+        runtime_imports=sorted(
+            runtime_imports
+            + (["executor_with_defaults"] if executor_cfg else [])
+            + (["with_metaflow_run_end"] if run_end else [])
+            + (["metaflow_executor"] if executor_name == "metaflow_executor" else [])
+            + [io_manager]
+        ),
         engine_import=engine,
         flow_kwargs=flow_kwargs,
         parameters=params,

@@ -483,12 +483,6 @@ def build_flow_ir(flow: Any, graph: Any, options: CompileOptions) -> FlowIR:
         )
     except AutomationError as exc:
         raise IRError(str(exc)) from None
-    if automation.exit_hooks and options.executor != "threads":
-        raise IRError(
-            f"@exit_hook needs the default threads executor (it runs the hooks when the run "
-            f"ends); --executor {options.executor} cannot run them"
-        )
-
     # Celery workers may share the run worker's machine (and so its local datastore);
     # a Kubernetes pod never does
     if options.executor == "k8s" and options.datastore_type == "local":

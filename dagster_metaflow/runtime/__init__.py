@@ -18,6 +18,7 @@ _EXPORTS = {
     "metaflow_io_manager": ".io",
     "metaflow_shared_io_manager": ".io",
     "executor_with_defaults": ".engines",
+    "with_metaflow_run_end": ".engines",
     "StepControl": ".supervise",
     "Trigger": ".automation",
     "evaluate_triggers": ".automation",

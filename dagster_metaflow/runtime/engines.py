@@ -6,14 +6,20 @@ it in run config (`execution: {config: {broker: ...}}`), as Dagster allows for a
 unconfigured executor. `ExecutorDefinition.configured` with a plain dict would freeze the
 values; here the executor keeps its own config schema, with the deployment's values as the
 fields' defaults.
+
+`with_metaflow_run_end` gives any of them what the run needs once all steps ended, which the
+threads executor does itself: the flow's @exit_hook functions (after success, a failed step or
+termination) and the check that the run reached `end`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
-from dagster import ExecutorDefinition, Field
+from dagster import DagsterEvent, Executor, ExecutorDefinition, Field, InitExecutorContext
+
+from .._dagster_private import ExecutionPlan, PlanOrchestrationContext, RetryMode
 
 
 def executor_with_defaults(executor_def: ExecutorDefinition, defaults: Mapping[str, Any]) -> ExecutorDefinition:
@@ -36,3 +42,60 @@ def executor_with_defaults(executor_def: ExecutorDefinition, defaults: Mapping[s
             description=old.description,
         )
     return executor_def.configured(dict, config_schema=fields, name=executor_def.name)
+
+
+class RunEndExecutor(Executor):
+    """Another executor's steps, then the run's end as the threads executor handles it."""
+
+    def __init__(self, inner: Executor) -> None:
+        self._inner = inner
+
+    @property
+    def retries(self) -> RetryMode:
+        return self._inner.retries
+
+    @property
+    def step_dependency_config(self) -> Any:
+        return self._inner.step_dependency_config
+
+    def execute(
+        self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
+    ) -> Iterator[DagsterEvent]:
+        from .executor import check_reached_end, end_op_succeeded, run_exit_hooks
+
+        succeeded: set[str] = set()
+        failed = False
+        try:
+            for event in self._inner.execute(plan_context, execution_plan):
+                if event.is_step_success and event.step_key:
+                    succeeded.add(event.step_key)
+                elif event.is_step_failure:
+                    failed = True
+                yield event
+        except GeneratorExit:  # whoever iterated stopped listening: nothing more to say
+            raise
+        except BaseException:  # terminated, or the executor itself failed
+            yield from run_exit_hooks(plan_context, successful=False)
+            raise
+        yield from run_exit_hooks(plan_context, not failed and end_op_succeeded(plan_context, succeeded))
+        if not failed:  # a failed step already fails the run, with its own error
+            check_reached_end(plan_context, execution_plan, succeeded)
+
+
+def with_metaflow_run_end(executor_def: ExecutorDefinition) -> ExecutorDefinition:
+    """`executor_def` (same name, config and requirements) running the run-end duties."""
+    create = executor_def.executor_creation_fn
+    if create is None:
+        raise ValueError(f"executor {executor_def.name!r} has no creation function")
+
+    def create_with_run_end(init_context: InitExecutorContext) -> Executor:
+        return RunEndExecutor(create(init_context))
+
+    return ExecutorDefinition(
+        name=executor_def.name,
+        # the wrapped definition's schema object as is (Dagster accepts one, its stubs don't say)
+        config_schema=cast(Any, executor_def.config_schema),
+        requirements=executor_def.get_requirements,
+        executor_creation_fn=create_with_run_end,
+        description=executor_def.description,
+    )

@@ -263,8 +263,8 @@ def threaded_plan_iterator(
     from .zygote import POOL
 
     POOL.close()  # the run is over: don't keep forked interpreters around
-    ended_well = not (failed or stopping or timed_out) and _end_op_succeeded(job_context, execution_plan, succeeded)
-    yield from _run_exit_hooks(job_context, ended_well)
+    ended_well = not (failed or stopping or timed_out) and end_op_succeeded(job_context, succeeded)
+    yield from run_exit_hooks(job_context, ended_well)
 
     if timed_out:
         raise DagsterExecutionInterruptedError(
@@ -273,10 +273,13 @@ def threaded_plan_iterator(
     if stopping:
         raise DagsterExecutionInterruptedError()
     if not failed:  # a failed step already fails the run, with its own error
-        _check_reached_end(job_context, execution_plan, succeeded)
+        check_reached_end(job_context, execution_plan, succeeded)
 
 
-def _end_ops(job_context: PlanExecutionContext) -> set[str]:
+RunContext = PlanExecutionContext | PlanOrchestrationContext
+
+
+def _end_ops(job_context: RunContext) -> set[str]:
     try:
         nodes = job_context.job.get_definition().graph.node_dict
     except Exception:
@@ -284,12 +287,12 @@ def _end_ops(job_context: PlanExecutionContext) -> set[str]:
     return {name for name, node in nodes.items() if node.definition.tags.get("metaflow/end") == "true"}
 
 
-def _end_op_succeeded(job_context: PlanExecutionContext, plan: ExecutionPlan, succeeded: set[str]) -> bool:
+def end_op_succeeded(job_context: RunContext, succeeded: set[str]) -> bool:
     ends = _end_ops(job_context)
     return any(key.split("[", 1)[0] in ends for key in succeeded) or not ends
 
 
-def _run_exit_hooks(job_context: PlanExecutionContext, successful: bool) -> Iterator[DagsterEvent]:
+def run_exit_hooks(job_context: RunContext, successful: bool) -> Iterator[DagsterEvent]:
     """@exit_hook: the flow's on_success or on_error functions, once, when the run ends
     (failed steps and termination included), each as Metaflow runs it; output in the run's log."""
     from .flow import flow_of_job, metaflow_run_id
@@ -320,7 +323,7 @@ class MetaflowRunIncomplete(Exception):
     """Every op ended without error but the Metaflow run did not reach its end step."""
 
 
-def _check_reached_end(job_context: PlanExecutionContext, plan: ExecutionPlan, succeeded: set[str]) -> None:
+def check_reached_end(job_context: RunContext, plan: ExecutionPlan, succeeded: set[str]) -> None:
     """Safety net: a Dagster run succeeds only if the op of the flow's `end` step did (an
     op skipped for a missing input would otherwise leave the Metaflow run unfinished)."""
     end_ops = _end_ops(job_context)

@@ -135,8 +135,10 @@ def test_daemon_runs_schedules_events_and_upstream_finishes(workspace: Workspace
 
 
 @pytest.mark.flow("exit_hook_flow.py")
-def test_exit_hooks_run_once_after_success_failure_and_termination(workspace: Workspace) -> None:
-    workspace.compile()
+@pytest.mark.parametrize("executor", ["threads", "multiprocess"])
+def test_exit_hooks_run_once_after_success_failure_and_termination(workspace: Workspace, executor: str) -> None:
+    # ours runs hooks itself; Dagster's executors through with_metaflow_run_end
+    workspace.compile("--executor", executor)
     ok = workspace.metaflow("dagster", "trigger", "--wait", "--run-id-file", "ok")
     failed = workspace.metaflow("dagster", "trigger", "--fail", "true", "--wait", "--run-id-file", "failed", check=False)
     assert ok.returncode == 0 and failed.returncode != 0

@@ -120,7 +120,7 @@ def test_celery_workers_share_a_foreach_and_match_native(
 ) -> None:
     ws, workers = celery_workspace
     source = (ws.dir / "out_dagster.py").read_text()
-    assert "executor_def=executor_with_defaults(celery_executor, {" in source
+    assert "executor_def=with_metaflow_run_end(executor_with_defaults(celery_executor, {" in source
     assert '"io_manager": metaflow_shared_io_manager' in source
     res = ws.metaflow("dagster", "trigger", "--wait", "--run-id-file", "run-id", check=False)
     assert res.returncode == 0, res.stderr[-3000:] + workers.logs()

@@ -422,3 +422,21 @@ def test_executor_settings_are_defaults_a_launch_can_override(tmp_path: Path) ->
     assert next(iter(resolved.values()))["max_concurrent"] == 1
     with pytest.raises(ValueError, match="has no config field 'max_workers'"):
         executor_with_defaults(job.executor_def, {"max_workers": 2})
+
+
+@pytest.mark.parametrize("executor", ["multiprocess", "forkserver", "in_process"])
+def test_dagster_executors_get_the_run_end_and_keep_their_config(tmp_path: Path, executor: str) -> None:
+    """@exit_hook and the end check for every executor: Dagster's own are wrapped, same name,
+    same config schema (a launch still overrides the baked defaults)."""
+    from dagster import validate_run_config
+
+    ir = ir_for("linear_flow.py", executor=executor, max_workers=3)
+    source = render(ir)
+    assert "executor_def=with_metaflow_run_end(" in source
+    job = load_module(source, tmp_path, f"gen_run_end_{executor}").defs.resolve_job_def(ir.job_name)
+    assert job.executor_def.name == {"in_process": "in_process"}.get(executor, "multiprocess")
+    if executor != "in_process":
+        resolved = validate_run_config(job, {})["execution"]
+        assert next(iter(resolved.values()))["max_concurrent"] == 3
+        resolved = validate_run_config(job, {"execution": {"config": {"max_concurrent": 1}}})["execution"]
+        assert next(iter(resolved.values()))["max_concurrent"] == 1
