@@ -58,6 +58,13 @@ class RunEndExecutor(Executor):
     def step_dependency_config(self) -> Any:
         return self._inner.step_dependency_config
 
+    def __getattr__(self, name: str) -> Any:
+        # the execution context hands *this* object to the wrapped executor's own loop, which
+        # reads its settings from it (Celery's `core_celery_execution_loop` calls app_args())
+        if name == "_inner":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
     def execute(
         self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
     ) -> Iterator[DagsterEvent]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,89 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, Workspace, artifacts_by_task, latest_run_pathspec, stop_group, survivors
+from conftest import Workspace, artifacts_by_task, latest_run_pathspec, survivors
+from services import CeleryWorkers, celery_config, celery_hosts, redis_server
 
 from dagster_metaflow.runtime import metaflow_run_id
 
 pytestmark = pytest.mark.e2e
-REDIS = shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    if REDIS is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.1)
-    yield f"redis://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
-
-
-class Workers:
-    """Two Celery workers (one task at a time each) serving one workspace's instance."""
-
-    def __init__(self, ws: Workspace, broker: str, backend: str) -> None:
-        cfg = ws.dir / "celery.yaml"
-        cfg.write_text(json.dumps({"execution": {"config": {"broker": broker, "backend": backend}}}))
-        env = {**os.environ, "DAGSTER_HOME": str(ws.dagster_home)}
-        self.names = ["w1", "w2"]  # dagster-celery makes them w1@<host>, w2@<host>
-        self.procs = [
-            subprocess.Popen(
-                [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-                 "-y", str(cfg), "-n", name, "--", "--concurrency", "1"],
-                cwd=ws.dir, env=env, stdout=open(ws.dir / f"{name}.log", "wb"),
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-            for name in self.names
-        ]
-        self.ws = ws
-        self._wait_ready(broker)
-
-    def _wait_ready(self, broker: str) -> None:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            out = subprocess.run(
-                [str(BIN / "celery"), "-A", "dagster_celery.app", "-b", broker, "inspect", "ping"],
-                capture_output=True, text=True, cwd=self.ws.dir,
-            ).stdout
-            if all(f"{n}@" in out for n in self.names):
-                return
-            time.sleep(1)
-        raise AssertionError("celery workers did not start:\n" + self.logs())
-
-    def logs(self) -> str:
-        return "\n".join((self.ws.dir / f"{n}.log").read_text()[-3000:] for n in self.names)
-
-    def stop(self) -> None:
-        stop_group(*self.procs, grace=20)
+    with redis_server() as url:
+        yield url
 
 
 @pytest.fixture
-def celery_workspace(workspace: Workspace, redis_url: str) -> Iterator[tuple[Workspace, Workers]]:
-    db = abs(hash(workspace.dir)) % 14 + 1  # one Redis database pair per test: no stray tasks
-    broker, backend = f"{redis_url}/{db}", f"{redis_url}/{db + 1}"
-    workspace.compile(
-        "--executor", "celery", "--executor-config", json.dumps({"broker": broker, "backend": backend})
-    )
-    workers = Workers(workspace, broker, backend)
+def celery_workspace(workspace: Workspace, redis_url: str) -> Iterator[tuple[Workspace, CeleryWorkers]]:
+    config = celery_config(redis_url, workspace)
+    workspace.compile("--executor", "celery", "--executor-config", json.dumps(config))
+    workers = CeleryWorkers(workspace, config)
     try:
         yield workspace, workers
     finally:
@@ -116,7 +50,7 @@ def _instance(ws: Workspace) -> Any:
 
 @pytest.mark.flow("spread_flow.py")
 def test_celery_workers_share_a_foreach_and_match_native(
-    celery_workspace: tuple[Workspace, Workers],
+    celery_workspace: tuple[Workspace, CeleryWorkers],
 ) -> None:
     ws, workers = celery_workspace
     source = (ws.dir / "out_dagster.py").read_text()
@@ -128,11 +62,7 @@ def test_celery_workers_share_a_foreach_and_match_native(
     with _instance(ws) as instance:
         run = next(r for r in instance.get_runs() if metaflow_run_id(r.run_id) == mf_run)
         assert run.status.value == "SUCCESS"
-        hosts: dict[str, str] = {}
-        for rec in instance.all_logs(run.run_id):
-            ev = rec.dagster_event
-            if ev is not None and ev.is_engine_event and ev.step_key and "celery worker" in (rec.message or ""):
-                hosts[ev.step_key] = ev.engine_event_data.metadata["Celery worker"].value
+        hosts = celery_hosts(instance, run.run_id)
     work = {k: v for k, v in hosts.items() if k.startswith("op_work")}
     assert len(work) == 6, hosts
     assert {w.split("@")[0] for w in work.values()} == set(workers.names), f"foreach tasks not spread: {work}"
@@ -146,12 +76,9 @@ def test_celery_workers_share_a_foreach_and_match_native(
 @pytest.mark.flow("sleepy_flow.py")
 def test_terminate_stops_steps_on_celery_workers(workspace: Workspace, redis_url: str) -> None:
     workspace.flow.write_text(workspace.flow.read_text().replace("@timeout(seconds=4)", ""))
-    db = abs(hash(workspace.dir)) % 14 + 1
-    broker, backend = f"{redis_url}/{db}", f"{redis_url}/{db + 1}"
-    workspace.compile(
-        "--executor", "celery", "--executor-config", json.dumps({"broker": broker, "backend": backend})
-    )
-    workers = Workers(workspace, broker, backend)
+    config = celery_config(redis_url, workspace)
+    workspace.compile("--executor", "celery", "--executor-config", json.dumps(config))
+    workers = CeleryWorkers(workspace, config)
     try:
         workspace.metaflow("dagster", "trigger", "--marker-dir", str(workspace.dir), "--run-id-file", "run-id")
         mf_run = (workspace.dir / "run-id").read_text()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from conftest import BIN, Workspace, stop_group
+from services import free_port
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -70,12 +70,6 @@ def test_create_refusals_and_default_file_name(workspace: Workspace) -> None:
     assert (workspace.dir / "other.py").read_bytes() == first
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.flow("sleepy_flow.py")
 def test_dagster_dev_launch_and_terminate(workspace: Workspace) -> None:
     """Runs launched through the webserver execute in a separate run worker; terminating one
@@ -85,7 +79,7 @@ def test_dagster_dev_launch_and_terminate(workspace: Workspace) -> None:
 
     workspace.flow.write_text(workspace.flow.read_text().replace("@timeout(seconds=4)", ""))
     out = workspace.compile()
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, DAGSTER_HOME=str(workspace.dagster_home))
     server = subprocess.Popen(
         [str(BIN / "dagster"), "dev", "-f", str(out), "-h", "127.0.0.1", "-p", str(port)],

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, Workspace
+from conftest import Workspace
+from services import BUCKET, metaflow_env, moto_s3, s3_keys
 
 pytestmark = pytest.mark.e2e
-BUCKET = "dm-test"
 
 # what the in-process and step processes need to talk to the local server
 READ_BACK = r"""
@@ -41,60 +38,10 @@ print(json.dumps(out, default=repr))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_env() -> Iterator[dict[str, str]]:
-    pytest.importorskip("moto")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "METAFLOW_S3_ENDPOINT_URL": endpoint,
-        "METAFLOW_DEFAULT_DATASTORE": "s3",
-        "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{BUCKET}/metaflow",
-    }
-    import boto3
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client = boto3.client(
-                "s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                aws_secret_access_key="testing", region_name="us-east-1",
-            )
-            client.create_bucket(Bucket=BUCKET)
-            break
-        except Exception:
-            assert time.monotonic() < deadline, "moto_server did not start"
-            time.sleep(0.3)
-    env["_ENDPOINT"] = endpoint
-    yield env
-    proc.terminate()
-    proc.wait(10)
-
-
-def _s3_keys(env: dict[str, str], prefix: str) -> list[str]:
-    import boto3
-
-    client = boto3.client(
-        "s3", endpoint_url=env["_ENDPOINT"], aws_access_key_id="testing",
-        aws_secret_access_key="testing", region_name="us-east-1",
-    )
-    keys: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", [])]
-    return keys
+    with moto_s3() as env:
+        yield env
 
 
 def _read_back(ws: Workspace, env: dict[str, str], pathspec: str) -> dict[str, Any]:
@@ -104,12 +51,12 @@ def _read_back(ws: Workspace, env: dict[str, str], pathspec: str) -> dict[str, A
 
 @pytest.mark.flow("deploy_flow.py")
 def test_s3_datastore_runs_resumes_and_reads_back(workspace: Workspace, s3_env: dict[str, str]) -> None:
-    env = {k: v for k, v in s3_env.items() if not k.startswith("_")}
+    env = metaflow_env(s3_env)
     workspace.metaflow("dagster", "create", "out_dagster.py", **env)
     source = (workspace.dir / "out_dagster.py").read_text()
     assert 'datastore_type="s3"' in source and f"s3://{BUCKET}/metaflow" in source
     # the code package went to S3 at create
-    assert any("DeployFlow/data/" in k for k in _s3_keys(s3_env, "metaflow/DeployFlow/")), "no code package"
+    assert any("DeployFlow/data/" in k for k in s3_keys(s3_env, "metaflow/DeployFlow/")), "no code package"
 
     (workspace.dir / "fail-2").write_text("")
     res = workspace.metaflow(
@@ -133,7 +80,7 @@ def test_s3_datastore_runs_resumes_and_reads_back(workspace: Workspace, s3_env: 
     assert "origin_run_id" in tasks["body/body-1"] and tasks["body/body-1"]["artifacts"]["out"] == 4
     assert got["code"], "run.code (the code package) not readable"
     # artifacts and logs of both runs are in the bucket, not on local disk
-    keys = _s3_keys(s3_env, "metaflow/DeployFlow/")
+    keys = s3_keys(s3_env, "metaflow/DeployFlow/")
     for run_id in (origin, second):
         assert any(k.startswith(f"metaflow/DeployFlow/{run_id}/body/") for k in keys), run_id
     assert any(k.endswith(".log") or "/_meta" in k or "mflog" in k for k in keys if second in k)
@@ -144,7 +91,7 @@ def test_s3_datastore_runs_resumes_and_reads_back(workspace: Workspace, s3_env: 
 @pytest.mark.flow("hello_flow.py")
 def test_k8s_executor_job_compiles_against_s3(workspace: Workspace, s3_env: dict[str, str]) -> None:
     pytest.importorskip("dagster_k8s")
-    env = {k: v for k, v in s3_env.items() if not k.startswith("_")}
+    env = metaflow_env(s3_env)
     workspace.metaflow(
         "dagster", "create", "out_dagster.py", "--executor", "k8s",
         "--executor-config", json.dumps({"job_namespace": "metaflow", "image_pull_policy": "Always"}),
@@ -184,7 +131,7 @@ def test_kubernetes_steps_compile_against_s3_with_their_code_package(
     """`--with kubernetes` on S3: `create` saves the code package the pods will run and
     marks every step for launching; the op's command is Metaflow's `kubernetes step`."""
     pytest.importorskip("kubernetes")
-    env = {k: v for k, v in s3_env.items() if not k.startswith("_")}
+    env = metaflow_env(s3_env)
     workspace.metaflow("dagster", "create", "out_dagster.py", "--with", "kubernetes", **env)
     source = (workspace.dir / "out_dagster.py").read_text()
     assert source.count('launcher="kubernetes"') == 8, source
@@ -198,4 +145,4 @@ def test_kubernetes_steps_compile_against_s3_with_their_code_package(
     assert dep is not None and dep.code_package, "no code package recorded"
     url = dep.code_package["url"]
     assert url.startswith(f"s3://{BUCKET}/metaflow/HelloFlow/data/"), url
-    assert url[len(f"s3://{BUCKET}/"):] in _s3_keys(s3_env, "metaflow/HelloFlow/data/"), url
+    assert url[len(f"s3://{BUCKET}/"):] in s3_keys(s3_env, "metaflow/HelloFlow/data/"), url

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import BIN, Workspace, stop_group
+from services import free_port
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -45,12 +45,6 @@ GRAPH_JS = """() => Array.from(document.querySelectorAll('[class*="OpNode_nodeCo
 }))"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _graphql(base: str, query: str, variables: dict[str, Any] | None = None) -> Any:
     body = json.dumps({"query": query, "variables": variables or {}}).encode()
     req = urllib.request.Request(f"{base}/graphql", data=body, headers={"Content-Type": "application/json"})
@@ -68,7 +62,7 @@ def webserver(workspace: Workspace) -> Iterator[tuple[str, Path]]:
         "  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
     )
     out = workspace.compile()
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = open(workspace.dir / "webserver.log", "wb")  # noqa: SIM115 - kept open for the server
     server = subprocess.Popen(

@@ -1,0 +1,331 @@
+"""Real services the e2e tests start themselves on 127.0.0.1 and free ports: Redis, Celery
+workers, a local S3-compatible server (moto), PostgreSQL. Each is a context manager that skips
+the test with the Debian/PyPI package to install when its binary is missing, so one test can
+combine several (the production stack) and each suite's fixture stays one line.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BIN, Workspace, stop_group
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BUCKET = "dm-test"
+S3_CREDENTIALS = {
+    "aws_access_key_id": "testing",
+    "aws_secret_access_key": "testing",
+    "region_name": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(what: str, ready: Any, timeout: float, proc: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc is None or proc.poll() is None, f"{what} exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"{what} did not start in {timeout:g} s"
+        time.sleep(0.1)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+# -- Redis and Celery -------------------------------------------------------------------------
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """`redis://127.0.0.1:<port>` of a throw-away redis-server (no persistence)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for("redis-server", lambda: _accepts(port), 20, proc)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def celery_config(redis_url: str, ws: Workspace) -> dict[str, str]:
+    """Broker and backend for one test: its own Redis database pair, so no stray tasks."""
+    db = abs(hash(ws.dir)) % 14 + 1
+    return {"broker": f"{redis_url}/{db}", "backend": f"{redis_url}/{db + 1}"}
+
+
+class CeleryWorkers:
+    """Two dagster-celery workers (one task at a time each) serving one workspace's instance."""
+
+    def __init__(self, ws: Workspace, config: dict[str, str], env: dict[str, str] | None = None) -> None:
+        cfg = ws.dir / "celery.yaml"
+        cfg.write_text(json.dumps({"execution": {"config": config}}))
+        env = {**os.environ, "DAGSTER_HOME": str(ws.dagster_home), **(env or {})}
+        self.names = ["w1", "w2"]  # dagster-celery makes them w1@<host>, w2@<host>
+        self.ws = ws
+        self.procs = [
+            subprocess.Popen(
+                [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
+                 "-y", str(cfg), "-n", name, "--", "--concurrency", "1"],
+                cwd=ws.dir, env=env, stdout=open(ws.dir / f"{name}.log", "wb"),  # noqa: SIM115
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+            for name in self.names
+        ]
+        try:
+            self._wait_ready(config["broker"])
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, broker: str) -> None:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                [str(BIN / "celery"), "-A", "dagster_celery.app", "-b", broker, "inspect", "ping"],
+                capture_output=True, text=True, cwd=self.ws.dir,
+            ).stdout
+            if all(f"{n}@" in out for n in self.names):
+                return
+            time.sleep(1)
+        raise AssertionError("celery workers did not start:\n" + self.logs())
+
+    def logs(self) -> str:
+        return "\n".join((self.ws.dir / f"{n}.log").read_text()[-3000:] for n in self.names)
+
+    def stop(self) -> None:
+        stop_group(*self.procs, grace=20)
+
+
+def celery_hosts(instance: Any, run_id: str) -> dict[str, str]:
+    """step key -> the Celery worker (name@host) that ran it, from the run's engine events."""
+    hosts: dict[str, str] = {}
+    for rec in instance.all_logs(run_id):
+        ev = rec.dagster_event
+        if ev is not None and ev.is_engine_event and ev.step_key and "celery worker" in (rec.message or ""):
+            hosts[ev.step_key] = ev.engine_event_data.metadata["Celery worker"].value
+    return hosts
+
+
+# -- S3 (moto server) -------------------------------------------------------------------------
+
+
+@contextmanager
+def moto_s3() -> Iterator[dict[str, str]]:
+    """A moto S3 server with bucket BUCKET; yields the environment that points Metaflow (and
+    boto3) at it, with `_ENDPOINT` for the tests' own clients."""
+    pytest.importorskip("moto")
+    import boto3
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def bucket_made() -> bool:
+        try:
+            boto3.client("s3", endpoint_url=endpoint, **S3_CREDENTIALS).create_bucket(Bucket=BUCKET)
+            return True
+        except Exception:
+            return False
+
+    try:
+        _wait_for("moto_server", bucket_made, 30, proc)
+        yield {
+            "AWS_ACCESS_KEY_ID": S3_CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": S3_CREDENTIALS["aws_secret_access_key"],
+            "AWS_DEFAULT_REGION": S3_CREDENTIALS["region_name"],
+            "METAFLOW_S3_ENDPOINT_URL": endpoint,
+            "METAFLOW_DEFAULT_DATASTORE": "s3",
+            "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{BUCKET}/metaflow",
+            "_ENDPOINT": endpoint,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def metaflow_env(s3_env: dict[str, str]) -> dict[str, str]:
+    """The variables for Metaflow commands (without the tests' own `_` keys)."""
+    return {k: v for k, v in s3_env.items() if not k.startswith("_")}
+
+
+def s3_keys(s3_env: dict[str, str], prefix: str) -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_env["_ENDPOINT"], **S3_CREDENTIALS)
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+PG_SKIP_REASON = (
+    "PostgreSQL server binaries (initdb, postgres) not found on PATH or in "
+    "/usr/lib/postgresql/*/bin (Debian: apt-get install postgresql)"
+)
+
+
+def _pg_binary(name: str) -> str | None:
+    """PATH first, then Debian's versioned directory (not on PATH), newest version."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = glob.glob(f"/usr/lib/postgresql/*/bin/{name}")
+
+    def version(path: str) -> int:
+        v = Path(path).parts[-3]
+        return int(v) if v.isdigit() else 0
+
+    return max(candidates, key=version) if candidates else None
+
+
+def _server_user() -> dict[str, Any]:
+    """initdb and postgres refuse to run as root: as root, run them as `postgres` (Debian's
+    package creates it) or `nobody`; otherwise as ourselves."""
+    if os.geteuid() != 0:
+        return {}
+    for name in ("postgres", "nobody"):
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    pytest.skip("running as root and neither a `postgres` nor a `nobody` user exists for initdb")
+
+
+@contextmanager
+def postgres_server() -> Iterator[dict[str, str]]:
+    """A throw-away PostgreSQL on a free port with a `dagster` database; yields the
+    DAGSTER_PG_* variables the README's dagster.yaml reads."""
+    initdb, server = _pg_binary("initdb"), _pg_binary("postgres")
+    if initdb is None or server is None:
+        pytest.skip(PG_SKIP_REASON)
+    import psycopg2
+
+    who = _server_user()
+    root = tempfile.mkdtemp(prefix="dm-pg-")
+    if who:
+        os.chown(root, who["user"], who["group"])
+    data, port = os.path.join(root, "data"), free_port()
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+    init = subprocess.run(
+        [initdb, "-D", data, "-U", "postgres", "--auth=trust", "--no-locale", "-E", "UTF8", "--no-sync"],
+        cwd=root, env=env, capture_output=True, text=True, **who,
+    )
+    assert init.returncode == 0, f"initdb failed:\n{init.stdout}\n{init.stderr}"
+    log = open(os.path.join(root, "postgres.log"), "wb")  # noqa: SIM115 - kept open for the server
+    proc = subprocess.Popen(
+        [server, "-D", data, "-p", str(port), "-h", "127.0.0.1", "-k", root,
+         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, **who,
+    )
+
+    def connect() -> Any:
+        try:
+            return psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        except psycopg2.OperationalError:
+            return None
+
+    def accepts() -> bool:
+        conn = connect()
+        if conn is not None:
+            conn.close()
+        return conn is not None
+
+    try:
+        _wait_for("postgres", accepts, 30, proc)
+        conn = connect()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE dagster")
+        conn.close()
+        yield {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(port),
+            "DAGSTER_PG_USER": "postgres",
+            "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
+            "DAGSTER_PG_DB": "dagster",
+        }
+    finally:
+        proc.send_signal(signal.SIGINT)  # fast shutdown: ends open client connections
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pg_query(pg: dict[str, str], sql: str) -> list[tuple[Any, ...]]:
+    import psycopg2
+
+    conn = psycopg2.connect(
+        host=pg["DAGSTER_PG_HOST"], port=int(pg["DAGSTER_PG_PORT"]), user=pg["DAGSTER_PG_USER"],
+        dbname=pg["DAGSTER_PG_DB"],
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def production_yaml() -> str:
+    """The README's production dagster.yaml, so the documented file is the tested one."""
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
+    found = [b for b in blocks if "QueuedRunCoordinator" in b and "postgres_db" in b]
+    assert len(found) == 1, "README has no (or several) production dagster.yaml blocks"
+    return found[0]
+
+
+@contextmanager
+def dagster_daemon(ws: Workspace, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`dagster-daemon run` on the workspace file of every deployment in ws's instance."""
+    home = ws.dagster_home
+    proc = subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-w", str(home / "dagster_metaflow_workspace.yaml")],
+        cwd=ws.dir, env={**os.environ, "DAGSTER_HOME": str(home), **(env or {})},
+        stdout=open(ws.dir / "daemon.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        stop_group(proc, grace=60)
