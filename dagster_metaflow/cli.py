@@ -958,6 +958,7 @@ def launch_step(
     from metaflow import namespace
     from metaflow.util import decompress_list
 
+    from .ir import REMOTE_COMPUTE_DECORATORS
     from .runtime import native
 
     obj = ctx.obj
@@ -991,7 +992,10 @@ def launch_step(
     if dry_run:
         click.echo(json.dumps({"argv": argv, "env": env}))
         return
-    sys.exit(native.run_task(step_name, argv, native.task_environment(env), decos))
+    code = native.run_task(step_name, argv, native.task_environment(env), decos)
+    if launcher in REMOTE_COMPUTE_DECORATORS:
+        native.record_dagster_metadata(obj, spec)
+    sys.exit(code)
 
 
 def _top_level_args(obj: Any) -> tuple[str, ...]:

@@ -269,6 +269,21 @@ def run_task(step: str, argv: Sequence[str], env: Mapping[str, str], decos: Sequ
     return code
 
 
+def record_dagster_metadata(obj: Any, spec: TaskSpec) -> None:
+    """A remote task never sees the op's environment (a pod gets only its @environment
+    variables): record where it ran in Dagster from here, once it ended, as the task's own
+    `dagster_internal` decorator does for a local one."""
+    from metaflow_extensions.dagster_metaflow.plugins.dagster_internal import dagster_task_metadata
+
+    entries = dagster_task_metadata(spec.step == obj.graph.start_step, spec.retry_count)
+    if not entries:
+        return
+    try:
+        obj.metadata.register_metadata(spec.run_id, spec.step, spec.task_id, entries)
+    except Exception as exc:  # never fails the task: only the link back to Dagster is missing
+        print(f"dagster-metaflow: could not record the Dagster run on {spec.step}/{spec.task_id}: {exc}", file=sys.stderr)
+
+
 def launch_error(step: str, launcher: str, exc: BaseException) -> str:
     """One line for a launch that failed before the task ran: Metaflow's own headline and
     the first line of its message (e.g. micromamba could not be installed)."""

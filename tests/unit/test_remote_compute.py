@@ -300,3 +300,51 @@ def test_create_refuses_a_remote_step_without_its_code_package(workspace: Worksp
         "be saved (KubernetesException: Could not import module 'kubernetes'.); no file was written"
     ), proc.stderr
     assert not (workspace.dir / "out.py").exists()
+
+
+@pytest.mark.flow("linear_flow.py")
+def test_launcher_records_the_dagster_run_of_a_remote_task(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pod never gets the op's environment, so `dagster launch-step` records the task's
+    dagster-* metadata itself once the remote task ended, with Metaflow's own provider: the
+    client then links the task to its Dagster run as for a local task."""
+    from types import SimpleNamespace
+
+    from metaflow import Flow, Task, namespace
+    from metaflow.metaflow_environment import MetaflowEnvironment
+    from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
+
+    from dagster_metaflow.runtime.native import TaskSpec, record_dagster_metadata
+
+    workspace.metaflow("run", "--run-id-file", "rid")
+    run_id = (workspace.dir / "rid").read_text().strip()
+    namespace(None)
+    start = next(iter(Flow("LinearFlow")[run_id]["start"]))
+    for var, value in {
+        "DAGSTER_METAFLOW_DAGSTER_RUN_ID": "d-123",
+        "DAGSTER_METAFLOW_JOB": "LinearFlow",
+        "DAGSTER_METAFLOW_STEP_KEY": "op_start",
+        "DAGSTER_METAFLOW_RUN_URL": "http://127.0.0.1:3000/runs/d-123",
+        "DAGSTER_METAFLOW_TRIGGERS": '[{"type": "event", "name": "e"}]',
+    }.items():
+        monkeypatch.setenv(var, value)
+    flow = SimpleNamespace(name="LinearFlow")
+    obj = SimpleNamespace(
+        graph=SimpleNamespace(start_step="start"),
+        metadata=LocalMetadataProvider(MetaflowEnvironment(flow), flow, None, None),
+    )
+    record_dagster_metadata(obj, TaskSpec(step="start", run_id=run_id, task_id=start.id, input_paths=()))
+    meta = Task(start.pathspec).metadata_dict
+    assert meta["dagster-run-id"] == "d-123" and meta["dagster-step-key"] == "op_start"
+    assert meta["dagster-run-url"].endswith("/runs/d-123")
+    assert meta["execution-triggers"] == '[{"type": "event", "name": "e"}]'  # Run.trigger
+
+    # a provider that cannot write: one line, the task's outcome is left alone
+    class ReadOnly:
+        def register_metadata(self, *args: Any) -> None:
+            raise OSError("read-only")
+
+    obj.metadata = ReadOnly()
+    record_dagster_metadata(obj, TaskSpec(step="start", run_id=run_id, task_id=start.id, input_paths=()))
+    assert "could not record the Dagster run on start/" in capsys.readouterr().err

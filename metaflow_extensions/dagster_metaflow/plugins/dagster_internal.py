@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from metaflow.decorators import StepDecorator
@@ -26,6 +27,22 @@ ENV_TO_METADATA = {
     "DAGSTER_METAFLOW_STEP_KEY": "dagster-step-key",
     "DAGSTER_METAFLOW_RUN_URL": "dagster-run-url",
 }
+
+
+def dagster_task_metadata(
+    is_start: bool, retry_count: int, environ: Mapping[str, str] = os.environ
+) -> list[MetaDatum]:
+    """The metadata of one task attempt, from the variables the runtime set. Registered by the
+    task itself, or, for a task launched elsewhere (@kubernetes, @batch: the pod never gets
+    the op's environment), by `dagster launch-step` on the op's side."""
+    meta = {field: environ[var] for var, field in ENV_TO_METADATA.items() if environ.get(var)}
+    triggers = environ.get("DAGSTER_METAFLOW_TRIGGERS")
+    if triggers and is_start:  # `Run.trigger` reads it from the start task
+        meta["execution-triggers"] = triggers
+    return [
+        MetaDatum(field=field, value=value, type=field, tags=[f"attempt_id:{retry_count}"])
+        for field, value in meta.items()
+    ]
 
 
 class DagsterInternalDecorator(StepDecorator):
@@ -47,7 +64,6 @@ class DagsterInternalDecorator(StepDecorator):
         ubf_context: Any,
         inputs: Any,
     ) -> None:
-        meta = {field: os.environ[var] for var, field in ENV_TO_METADATA.items() if os.environ.get(var)}
         triggers = os.environ.get("DAGSTER_METAFLOW_TRIGGERS")
         if triggers:
             # the events that started the run, as Argo's internal decorator exposes them
@@ -55,11 +71,6 @@ class DagsterInternalDecorator(StepDecorator):
             from metaflow.events import Trigger
 
             current._update_env({"trigger": Trigger(json.loads(triggers))})
-            if step_name == graph.start_step:  # `Run.trigger` reads it from the start task
-                meta["execution-triggers"] = triggers
-        entries = [
-            MetaDatum(field=field, value=value, type=field, tags=[f"attempt_id:{retry_count}"])
-            for field, value in meta.items()
-        ]
+        entries = dagster_task_metadata(step_name == graph.start_step, retry_count)
         if entries:
             metadata.register_metadata(run_id, step_name, task_id, entries)
