@@ -40,10 +40,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for(what: str, ready: Any, timeout: float, proc: subprocess.Popen[Any] | None = None) -> None:
+def _wait_for(what: str, ready: Any, timeout: float, proc: subprocess.Popen[Any]) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
-        assert proc is None or proc.poll() is None, f"{what} exited with {proc.returncode}"
+        assert proc.poll() is None, f"{what} exited with {proc.returncode}"
         assert time.monotonic() < deadline, f"{what} did not start in {timeout:g} s"
         time.sleep(0.1)
 
@@ -87,10 +87,10 @@ def celery_config(redis_url: str, ws: Workspace) -> dict[str, str]:
 class CeleryWorkers:
     """Two dagster-celery workers (one task at a time each) serving one workspace's instance."""
 
-    def __init__(self, ws: Workspace, config: dict[str, str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, ws: Workspace, config: dict[str, str]) -> None:
         cfg = ws.dir / "celery.yaml"
         cfg.write_text(json.dumps({"execution": {"config": config}}))
-        env = {**os.environ, "DAGSTER_HOME": str(ws.dagster_home), **(env or {})}
+        env = {**os.environ, "DAGSTER_HOME": str(ws.dagster_home)}
         self.names = ["w1", "w2"]  # dagster-celery makes them w1@<host>, w2@<host>
         self.ws = ws
         self.procs = [
@@ -316,12 +316,12 @@ def production_yaml() -> str:
 
 
 @contextmanager
-def dagster_daemon(ws: Workspace, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def dagster_daemon(ws: Workspace) -> Iterator[subprocess.Popen[bytes]]:
     """`dagster-daemon run` on the workspace file of every deployment in ws's instance."""
     home = ws.dagster_home
     proc = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-w", str(home / "dagster_metaflow_workspace.yaml")],
-        cwd=ws.dir, env={**os.environ, "DAGSTER_HOME": str(home), **(env or {})},
+        cwd=ws.dir, env={**os.environ, "DAGSTER_HOME": str(home)},
         stdout=open(ws.dir / "daemon.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
         start_new_session=True,
     )

@@ -20,6 +20,7 @@ from typing import Any, cast
 from dagster import DagsterEvent, Executor, ExecutorDefinition, Field, InitExecutorContext
 
 from .._dagster_private import ExecutionPlan, PlanOrchestrationContext, RetryMode
+from .executor import finish_run, run_exit_hooks
 
 
 def executor_with_defaults(executor_def: ExecutorDefinition, defaults: Mapping[str, Any]) -> ExecutorDefinition:
@@ -68,8 +69,6 @@ class RunEndExecutor(Executor):
     def execute(
         self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
     ) -> Iterator[DagsterEvent]:
-        from .executor import check_reached_end, end_op_succeeded, run_exit_hooks
-
         succeeded: set[str] = set()
         failed = False
         try:
@@ -84,9 +83,7 @@ class RunEndExecutor(Executor):
         except BaseException:  # terminated, or the executor itself failed
             yield from run_exit_hooks(plan_context, successful=False)
             raise
-        yield from run_exit_hooks(plan_context, not failed and end_op_succeeded(plan_context, succeeded))
-        if not failed:  # a failed step already fails the run, with its own error
-            check_reached_end(plan_context, execution_plan, succeeded)
+        yield from finish_run(plan_context, execution_plan, succeeded, failed)
 
 
 def with_metaflow_run_end(executor_def: ExecutorDefinition) -> ExecutorDefinition:

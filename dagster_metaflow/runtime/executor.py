@@ -263,20 +263,27 @@ def threaded_plan_iterator(
     from .zygote import POOL
 
     POOL.close()  # the run is over: don't keep forked interpreters around
-    ended_well = not (failed or stopping or timed_out) and end_op_succeeded(job_context, succeeded)
-    yield from run_exit_hooks(job_context, ended_well)
-
-    if timed_out:
-        raise DagsterExecutionInterruptedError(
-            f"Run exceeded its workflow timeout of {workflow_timeout:g} seconds"
-        )
-    if stopping:
+    if timed_out or stopping:
+        yield from run_exit_hooks(job_context, successful=False)
+        if timed_out:
+            raise DagsterExecutionInterruptedError(
+                f"Run exceeded its workflow timeout of {workflow_timeout:g} seconds"
+            )
         raise DagsterExecutionInterruptedError()
-    if not failed:  # a failed step already fails the run, with its own error
-        check_reached_end(job_context, execution_plan, succeeded)
+    yield from finish_run(job_context, execution_plan, succeeded, failed)
 
 
 RunContext = PlanExecutionContext | PlanOrchestrationContext
+
+
+def finish_run(
+    job_context: RunContext, plan: ExecutionPlan, succeeded: set[str], failed: bool
+) -> Iterator[DagsterEvent]:
+    """The run's end once every step is over (not interrupted), whichever executor ran them:
+    the exit hooks, then the safety net on `end`."""
+    yield from run_exit_hooks(job_context, not failed and _end_op_succeeded(job_context, succeeded))
+    if not failed:  # a failed step already fails the run, with its own error
+        _check_reached_end(job_context, plan, succeeded)
 
 
 def _end_ops(job_context: RunContext) -> set[str]:
@@ -287,7 +294,7 @@ def _end_ops(job_context: RunContext) -> set[str]:
     return {name for name, node in nodes.items() if node.definition.tags.get("metaflow/end") == "true"}
 
 
-def end_op_succeeded(job_context: RunContext, succeeded: set[str]) -> bool:
+def _end_op_succeeded(job_context: RunContext, succeeded: set[str]) -> bool:
     ends = _end_ops(job_context)
     return any(key.split("[", 1)[0] in ends for key in succeeded) or not ends
 
@@ -323,7 +330,7 @@ class MetaflowRunIncomplete(Exception):
     """Every op ended without error but the Metaflow run did not reach its end step."""
 
 
-def check_reached_end(job_context: RunContext, plan: ExecutionPlan, succeeded: set[str]) -> None:
+def _check_reached_end(job_context: RunContext, plan: ExecutionPlan, succeeded: set[str]) -> None:
     """Safety net: a Dagster run succeeds only if the op of the flow's `end` step did (an
     op skipped for a missing input would otherwise leave the Metaflow run unfinished)."""
     end_ops = _end_ops(job_context)

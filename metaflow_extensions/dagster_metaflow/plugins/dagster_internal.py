@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from typing import Any
 
 from metaflow.decorators import StepDecorator
@@ -29,14 +28,12 @@ ENV_TO_METADATA = {
 }
 
 
-def dagster_task_metadata(
-    is_start: bool, retry_count: int, environ: Mapping[str, str] = os.environ
-) -> list[MetaDatum]:
+def dagster_task_metadata(is_start: bool, retry_count: int) -> list[MetaDatum]:
     """The metadata of one task attempt, from the variables the runtime set. Registered by the
     task itself, or, for a task launched elsewhere (@kubernetes, @batch: the pod never gets
     the op's environment), by `dagster launch-step` on the op's side."""
-    meta = {field: environ[var] for var, field in ENV_TO_METADATA.items() if environ.get(var)}
-    triggers = environ.get("DAGSTER_METAFLOW_TRIGGERS")
+    meta = {field: os.environ[var] for var, field in ENV_TO_METADATA.items() if os.environ.get(var)}
+    triggers = os.environ.get("DAGSTER_METAFLOW_TRIGGERS")
     if triggers and is_start:  # `Run.trigger` reads it from the start task
         meta["execution-triggers"] = triggers
     return [
