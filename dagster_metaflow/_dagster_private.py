@@ -19,7 +19,12 @@ Why each is needed:
   the workspace helpers of `dagster._cli.workspace.cli_target`), starts its worker as the
   DefaultRunLauncher does (`ExecuteRunArgs`), and recognises runs started by a code server
   (`GRPC_INFO_TAG`);
-- `deployments.py` stops a deleted deployment's schedules and sensors (`InstigatorStatus`);
+- `run_launcher.py` is a run launcher (`LaunchRunContext`, `ResumeRunContext`,
+  `CheckRunHealthResult`, `WorkerStatus`) that starts workers with `ExecuteRunArgs` /
+  `ResumeRunArgs`, as Dagster's own launchers do;
+- `deployments.py` stops a deleted deployment's schedules and sensors (`InstigatorStatus`)
+  and lists deployment records by key prefix in the SQL run storages' key-value table
+  (`SqlRunStorage`, `KeyValueStoreTable`, `db_select`: the storage API reads keys only by name);
 - `automation.py` refuses at compile time a cron string Dagster would refuse at load
   (`is_valid_cron_string`).
 """
@@ -108,10 +113,19 @@ try:
     )
     from dagster._core.execution.plan.plan import ExecutionPlan
     from dagster._core.execution.retries import RetryMode, get_retries_config
+    from dagster._core.launcher import (
+        CheckRunHealthResult,
+        LaunchRunContext,
+        ResumeRunContext,
+        WorkerStatus,
+    )
     from dagster._core.launcher.default_run_launcher import GRPC_INFO_TAG
     from dagster._core.scheduler.instigation import InstigatorStatus
     from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
-    from dagster._grpc.types import ExecuteRunArgs
+    from dagster._core.storage.runs.schema import KeyValueStoreTable
+    from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
+    from dagster._core.storage.sqlalchemy_compat import db_select
+    from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
     from dagster._utils.error import serializable_error_info_from_exc_info
     from dagster._utils.schedules import is_valid_cron_string
 except ImportError as exc:
@@ -123,6 +137,7 @@ __all__ = [
     "DAGSTER_VERSION",
     "GRPC_INFO_TAG",
     "CapturedLogContext",
+    "CheckRunHealthResult",
     "ComputeIOType",
     "EngineEventData",
     "ExecuteRunArgs",
@@ -130,15 +145,22 @@ __all__ = [
     "ExecutionPlan",
     "InstanceConcurrencyContext",
     "InstigatorStatus",
+    "KeyValueStoreTable",
+    "LaunchRunContext",
     "PlanExecutionContext",
     "PlanExecutionContextManager",
     "PlanOrchestrationContext",
+    "ResumeRunArgs",
+    "ResumeRunContext",
     "RetryMode",
+    "SqlRunStorage",
     "UnsupportedDagsterVersion",
+    "WorkerStatus",
     "WorkspaceOpts",
     "check_version",
     "create_run",
     "dagster_event_sequence_for_step",
+    "db_select",
     "get_code_location_from_workspace",
     "get_remote_job_from_remote_repo",
     "get_remote_repository_from_code_location",

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,8 +23,6 @@ from .deployments import Deployment
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
 
-TAG_WORKER_PID = "dagster-metaflow/worker-pid"
-TAG_WORKER_HOST = "dagster-metaflow/worker-host"
 TAG_DEPLOYMENT = "dagster-metaflow/deployment"
 
 # Dagster run status -> the status string a Metaflow TriggeredRun reports
@@ -117,54 +112,34 @@ def start_run(
 def launch_detached(instance: DagsterInstance, run: DagsterRun) -> DagsterRun:
     """Start the run worker (`dagster api execute_run`) in its own session, as Dagster's
     DefaultRunLauncher does from a code server, so it outlives this process."""
-    from dagster import DagsterEvent, DagsterEventType, serialize_value
+    from dagster import DagsterEvent, DagsterEventType
 
-    from ._dagster_private import ExecuteRunArgs
+    from .run_launcher import spawn_worker
 
-    assert run.job_code_origin is not None
     instance.report_dagster_event(
         DagsterEvent(event_type_value=DagsterEventType.PIPELINE_STARTING.value, job_name=run.job_name),
         run_id=run.run_id,
     )
-    args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=instance.get_ref())
-    # `dagster api execute_run ...` with this interpreter: the `dagster` script may not be
-    # on PATH (a virtualenv's python called by its full path)
-    command = [sys.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)]
-    log_dir = os.path.join(instance.storage_directory(), "dagster_metaflow_workers")
-    os.makedirs(log_dir, exist_ok=True)
-    env = dict(os.environ)
-    env["DAGSTER_HOME"] = instance.root_directory
-    cwd = None
-    pointer = run.job_code_origin.repository_origin.code_pointer
-    if hasattr(pointer, "python_file"):
-        cwd = os.path.dirname(pointer.python_file)
     try:
-        with open(os.path.join(log_dir, f"{run.run_id}.log"), "ab") as log:
-            proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-                close_fds=True,
-            )
-    except OSError as exc:
+        spawn_worker(instance, run)
+    except (OSError, RuntimeError) as exc:
         # never leave the run STARTING forever
         instance.report_run_failed(run, message=f"dagster-metaflow could not start the run worker: {exc}")
         raise LaunchError(f"could not start the run worker: {exc}") from exc
-    instance.add_run_tags(run.run_id, {TAG_WORKER_PID: str(proc.pid), TAG_WORKER_HOST: socket.gethostname()})
     fresh = instance.get_run_by_id(run.run_id)
     assert fresh is not None
     return fresh
 
 
 def terminate(instance: DagsterInstance, run_id: str, wait: float = 15.0) -> bool:
-    """Stop a run and its step processes; True once the run is CANCELED (or already finished)."""
+    """Stop a run and its step processes; True once the run is CANCELED (or already finished).
+    Only the run's own worker is ever signalled (its identity includes its start time); a
+    run whose worker is already gone is ended at once."""
     from dagster import DagsterRunStatus
 
     from ._dagster_private import GRPC_INFO_TAG
+    from .run_launcher import stop_worker
+    from .runtime.worker import identity_of, settle
 
     run = instance.get_run_by_id(run_id)
     if run is None:
@@ -175,41 +150,35 @@ def terminate(instance: DagsterInstance, run_id: str, wait: float = 15.0) -> boo
         instance.report_run_canceled(run, message="Canceled by dagster-metaflow terminate before it started")
         return True
     instance.report_run_canceling(run)
-    if GRPC_INFO_TAG in run.tags:  # launched by a code server (UI, daemon): ask it
+    run = instance.get_run_by_id(run_id) or run
+    identity = identity_of(run)
+    if identity is None and GRPC_INFO_TAG in run.tags:  # an older worker started by a code server
         try:
             instance.run_launcher.terminate(run_id)
         except Exception:
             pass
-    pid = _local_worker_pid(run)
-    if pid is not None:
-        _signal(pid, signal.SIGINT)  # the run worker turns it into an interrupt of the plan
+    stop_worker(instance, run)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        run = instance.get_run_by_id(run_id)
+        run = settle(instance, instance.get_run_by_id(run_id))
         if run is None or run.is_finished:
             return True
         time.sleep(0.5)
-    if pid is not None and _signal(pid, signal.SIGKILL):
-        # the worker did not stop in time: its steps are in their own sessions; the
-        # executor's supervisors are gone with it, so mark the run ourselves
-        instance.report_run_canceled(run, message="Run worker killed after not stopping in time")
-        return True
+    if identity is not None and identity.signal(signal.SIGKILL):
+        # the worker did not stop in time: its watchdog stops the steps and ends the run
+        for _ in range(60):
+            run = settle(instance, instance.get_run_by_id(run_id))
+            if run is None or run.is_finished:
+                return True
+            time.sleep(0.5)
     return False
 
 
-def _local_worker_pid(run: DagsterRun) -> int | None:
-    pid = run.tags.get(TAG_WORKER_PID)
-    if not pid or run.tags.get(TAG_WORKER_HOST) != socket.gethostname():
-        return None
-    return int(pid)
+def refreshed(instance: DagsterInstance, run: DagsterRun | None) -> DagsterRun | None:
+    """The run as it really is (a run whose worker died is ended now; see runtime.worker)."""
+    from .runtime.worker import settle
 
-
-def _signal(pid: int, sig: int) -> bool:
-    try:
-        os.kill(pid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+    return settle(instance, run)
 
 
 def status_name(run: DagsterRun | None) -> str | None:
@@ -219,23 +188,30 @@ def status_name(run: DagsterRun | None) -> str | None:
 
 
 def find_run(instance: DagsterInstance, run_id: str, job_name: str | None = None) -> DagsterRun | None:
-    """A Dagster run by Dagster run id, or by the Metaflow run id (`dagster-<12 hex>`)."""
+    """A Dagster run by Dagster run id, or by the Metaflow run id (`dagster-<12 hex>`), as it
+    really is (a run whose worker died is ended first)."""
     if run_id.startswith("dagster-"):
         from dagster import RunsFilter
 
         want = run_id[len("dagster-") :]
         for r in instance.get_runs(RunsFilter(job_name=job_name) if job_name else None):
             if r.run_id.replace("-", "")[: len(want)] == want:
-                return r
+                return refreshed(instance, r)
         return None
-    return instance.get_run_by_id(run_id)
+    return refreshed(instance, instance.get_run_by_id(run_id))
 
 
 def list_runs(instance: DagsterInstance, job_name: str, statuses: Sequence[str] = (), limit: int = 100) -> list[DagsterRun]:
+    """The job's runs, newest first, as they really are (see `refreshed`)."""
     from dagster import DagsterRunStatus, RunsFilter
 
     flt = RunsFilter(job_name=job_name, statuses=[DagsterRunStatus(s) for s in statuses] if statuses else None)
-    return list(instance.get_runs(flt, limit=limit))
+    out = []
+    for run in instance.get_runs(flt, limit=limit):
+        fresh = refreshed(instance, run)
+        if fresh is not None and (not statuses or fresh.status.value in statuses):
+            out.append(fresh)
+    return out
 
 
 def ui_url(run_id: str) -> str:
@@ -249,4 +225,4 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-__all__ = ["LaunchError", "start_run", "terminate", "status_name", "find_run", "list_runs", "ui_url"]
+__all__ = ["LaunchError", "start_run", "terminate", "refreshed", "status_name", "find_run", "list_runs", "ui_url"]

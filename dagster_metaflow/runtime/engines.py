@@ -21,6 +21,7 @@ from dagster import DagsterEvent, Executor, ExecutorDefinition, Field, InitExecu
 
 from .._dagster_private import ExecutionPlan, PlanOrchestrationContext, RetryMode
 from .executor import finish_run, run_exit_hooks
+from .worker import watched
 
 
 def executor_with_defaults(executor_def: ExecutorDefinition, defaults: Mapping[str, Any]) -> ExecutorDefinition:
@@ -69,21 +70,33 @@ class RunEndExecutor(Executor):
     def execute(
         self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
     ) -> Iterator[DagsterEvent]:
-        succeeded: set[str] = set()
-        failed = False
+        outcome = _Outcome()
+        resumed = bool(getattr(plan_context, "resume_from_failure", False))
         try:
-            for event in self._inner.execute(plan_context, execution_plan):
-                if event.is_step_success and event.step_key:
-                    succeeded.add(event.step_key)
-                elif event.is_step_failure:
-                    failed = True
-                yield event
+            with watched(plan_context.instance, plan_context.run_id, resumed):
+                for event in self._inner.execute(plan_context, execution_plan):
+                    outcome.note(event)
+                    yield event
         except GeneratorExit:  # whoever iterated stopped listening: nothing more to say
             raise
         except BaseException:  # terminated, or the executor itself failed
             yield from run_exit_hooks(plan_context, successful=False)
             raise
-        yield from finish_run(plan_context, execution_plan, succeeded, failed)
+        yield from finish_run(plan_context, execution_plan, outcome.succeeded, outcome.failed)
+
+
+class _Outcome:
+    """The steps that succeeded, and whether any failed, as the events went by."""
+
+    def __init__(self) -> None:
+        self.succeeded: set[str] = set()
+        self.failed = False
+
+    def note(self, event: DagsterEvent) -> None:
+        if event.is_step_success and event.step_key:
+            self.succeeded.add(event.step_key)
+        elif event.is_step_failure:
+            self.failed = True
 
 
 def with_metaflow_run_end(executor_def: ExecutorDefinition) -> ExecutorDefinition:

@@ -54,6 +54,7 @@ from .._dagster_private import (
     trigger_hook,
 )
 from .supervise import StepControl, current_control
+from .worker import watched
 
 DEFAULT_MAX_CONCURRENT = 16
 
@@ -146,8 +147,11 @@ def threaded_plan_iterator(
     execution_plan: ExecutionPlan,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     workflow_timeout: float | None = None,
+    resumed: bool = False,
 ) -> Iterator[DagsterEvent]:
-    """Execute the plan's steps concurrently in threads, yielding Dagster events in order."""
+    """Execute the plan's steps concurrently in threads, yielding Dagster events in order.
+    `resumed`: a new worker of a run whose worker died; the plan continues from the run's
+    event log, and the steps that were in flight run again."""
     started = time.monotonic()
     from .flow import warm_up_flows
 
@@ -161,6 +165,7 @@ def threaded_plan_iterator(
     timed_out = False
 
     with ExitStack() as stack:
+        stack.enter_context(watched(job_context.instance, job_context.run_id, resumed))
         concurrency = stack.enter_context(
             InstanceConcurrencyContext(job_context.instance, job_context.dagster_run)
         )
@@ -174,6 +179,16 @@ def threaded_plan_iterator(
         canceled = _CancelWatch(job_context)
         succeeded: set[str] = set()
         failed = False
+        in_flight: list[Any] = []
+        if resumed:
+            in_flight, succeeded, failed = _rebuild(job_context, active)
+            yield DagsterEvent.engine_event(
+                job_context,
+                f"Resuming the run in a new worker: {len(succeeded)} steps already done; "
+                f"running again the steps the lost worker had in flight: "
+                f"{', '.join(s.key for s in in_flight) or 'none'}",
+                EngineEventData(),
+            )
         try:
             while (not stopping and not active.is_complete) or running:
                 interrupted = active.check_for_interrupts() or canceled.requested()
@@ -201,6 +216,8 @@ def threaded_plan_iterator(
                 while not stopping:
                     steps = active.get_steps_to_execute(limit=max_concurrent - len(running))
                     yield from active.concurrency_event_iterator(job_context)
+                    if in_flight:  # a resumed run: the lost worker's steps first
+                        steps, in_flight = [*in_flight, *steps], []
                     if not steps:
                         break
                     for step in steps:
@@ -274,6 +291,18 @@ def threaded_plan_iterator(
 
 
 RunContext = PlanExecutionContext | PlanOrchestrationContext
+
+
+def _rebuild(job_context: PlanExecutionContext, active: Any) -> tuple[list[Any], set[str], bool]:
+    """Replay the run's event log into the active execution, as Dagster's step-delegating
+    executor does on resume: (steps in flight when the worker died, succeeded, any failed)."""
+    records = job_context.instance.all_logs(job_context.run_id)
+    events = [r.dagster_event for r in records if r.dagster_event is not None]
+    # skips are the active execution's own conclusions: it draws them again
+    in_flight = list(active.rebuild_from_events([e for e in events if not e.is_step_skipped]))
+    succeeded = {e.step_key for e in events if e.is_step_success and e.step_key}
+    failed = any(e.is_step_failure for e in events)
+    return in_flight, succeeded, failed
 
 
 def finish_run(
@@ -405,12 +434,13 @@ class ThreadedExecutor(Executor):
         )
         max_concurrent = self._max_concurrent
         workflow_timeout = self._workflow_timeout
+        resumed = bool(getattr(plan_context, "resume_from_failure", False))
 
         def iterator(
             job_context: PlanExecutionContext, execution_plan: ExecutionPlan
         ) -> Iterator[DagsterEvent]:
             return threaded_plan_iterator(
-                job_context, execution_plan, max_concurrent, workflow_timeout
+                job_context, execution_plan, max_concurrent, workflow_timeout, resumed
             )
 
         yield from iter(

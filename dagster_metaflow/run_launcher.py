@@ -1,0 +1,157 @@
+"""`MetaflowRunLauncher`: Dagster's run launcher for instances that run Metaflow flows.
+
+Dagster's `DefaultRunLauncher` starts run workers through a code server and cannot tell
+whether a worker still lives (`supports_check_run_worker_health` is False), so
+`dagster-daemon`'s run monitoring never notices a worker killed by the OOM killer or a
+`kill -9`, and it cannot resume a run. This launcher starts each worker itself, as a
+detached `dagster api execute_run` process of the job's own interpreter (what a code server
+runs), and so it can
+- check a worker's health: the worker's identity (host, pid, start time) is a run tag, so
+  a reused pid is never taken for the worker;
+- resume a run: `dagster api resume_run` in a new worker for the SAME run; the executor
+  replays the run's event log, tasks that finished are not run again, and tasks killed
+  with the worker run again as new attempts;
+- terminate a run: SIGINT to the verified worker, which stops every step.
+
+In dagster.yaml (README, "Production"):
+
+    run_launcher:
+      module: dagster_metaflow.run_launcher
+      class: MetaflowRunLauncher
+    run_monitoring:
+      enabled: true
+      max_resume_run_attempts: 3
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from dagster import DefaultRunLauncher
+
+from ._dagster_private import CheckRunHealthResult, LaunchRunContext, ResumeRunContext, WorkerStatus
+from .runtime.worker import TAG_WORKER, WorkerIdentity, identity_of, settle
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance, DagsterRun
+
+WORKER_LOG_DIR = "dagster_metaflow_workers"
+
+
+def worker_log_path(instance: DagsterInstance, run_id: str) -> str:
+    return os.path.join(instance.storage_directory(), WORKER_LOG_DIR, f"{run_id}.log")
+
+
+def spawn_worker(instance: DagsterInstance, run: DagsterRun, resume: bool = False) -> WorkerIdentity:
+    """Start `dagster api execute_run` (or `resume_run`) for `run` in its own session, with
+    the job's own interpreter, and record the worker's identity on the run."""
+    from dagster import serialize_value
+
+    from ._dagster_private import ExecuteRunArgs, ResumeRunArgs
+
+    cls: Any
+    origin = run.job_code_origin
+    if origin is None:
+        raise RuntimeError(f"run {run.run_id} has no code origin to start a worker from")
+    cls = ResumeRunArgs if resume else ExecuteRunArgs
+    args = cls(job_origin=origin, run_id=run.run_id, instance_ref=instance.get_ref())
+    python = origin.executable_path or sys.executable
+    command = [python, "-m", "dagster", "api", "resume_run" if resume else "execute_run", serialize_value(args)]
+    pointer = origin.repository_origin.code_pointer
+    cwd = getattr(pointer, "working_directory", None) or (
+        os.path.dirname(pointer.python_file) if hasattr(pointer, "python_file") else None
+    )
+    env = dict(os.environ)
+    env["DAGSTER_HOME"] = instance.root_directory
+    log_path = worker_log_path(instance, run.run_id)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    identity = WorkerIdentity.of(proc.pid) or WorkerIdentity.of(os.getpid())
+    assert identity is not None
+    if identity.pid == proc.pid:
+        instance.add_run_tags(run.run_id, {TAG_WORKER: identity.tag()})
+    return identity
+
+
+def stop_worker(instance: DagsterInstance, run: DagsterRun) -> bool:
+    """Ask the run's worker to stop its steps (SIGINT: Dagster's interrupt); True if a live
+    worker was signalled. A dead worker's run is ended at once (its orphans stopped)."""
+    identity = identity_of(run)
+    if identity is None:
+        return False
+    if identity.signal(signal.SIGINT):
+        return True
+    if identity.alive() is False:
+        settle(instance, run)
+    return False
+
+
+class MetaflowRunLauncher(DefaultRunLauncher):
+    """Starts, checks, resumes and stops run workers itself (see module docstring)."""
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        spawn_worker(self._instance, context.dagster_run)
+
+    def resume_run(self, context: ResumeRunContext) -> None:
+        spawn_worker(self._instance, context.dagster_run, resume=True)
+
+    @property
+    def supports_resume_run(self) -> bool:
+        return True
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        identity = identity_of(run)
+        if identity is None:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "no worker recorded yet")
+        alive = identity.alive()
+        if alive is None:  # started on another host: only that host can tell
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"worker on {identity.host}, not checked")
+        if alive:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=identity.tag())
+        return CheckRunHealthResult(
+            WorkerStatus.FAILED,
+            f"run worker pid {identity.pid} on {identity.host} is gone",
+            run_worker_id=identity.tag(),
+        )
+
+    def get_run_worker_debug_info(self, run: DagsterRun, include_container_logs: bool | None = True) -> str | None:
+        """The last lines the worker printed (its log under the instance's storage)."""
+        try:
+            with open(worker_log_path(self._instance, run.run_id), encoding="utf-8", errors="replace") as f:
+                tail = deque(f, maxlen=30)
+        except OSError:
+            return None
+        return "Last lines of the run worker's output:\n" + "".join(tail)
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return False
+        self._instance.report_run_canceling(run)
+        return stop_worker(self._instance, run)
+
+
+def uses_metaflow_launcher(instance: Any) -> bool:
+    return isinstance(instance.run_launcher, MetaflowRunLauncher)
+
+
+__all__ = ["MetaflowRunLauncher", "spawn_worker", "stop_worker", "worker_log_path", "uses_metaflow_launcher"]

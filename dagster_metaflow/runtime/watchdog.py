@@ -1,0 +1,109 @@
+"""The run worker's watchdog: a small process, in its own session, that outlives the worker.
+
+When the worker dies without ending its run (kill -9, OOM killer, a crashed interpreter),
+nothing else is there to clean up: its step processes keep running (the plain subprocess
+path re-parents them to init; processes a step moved out of its process group escape the
+zygote too) and the run stays STARTED in the instance. The watchdog waits on the worker
+(pidfd, no polling), then
+1. stops every process that carries the worker's identity (`DAGSTER_METAFLOW_WORKER`),
+   SIGTERM then SIGKILL after a grace, so nothing records a task after the run is declared dead;
+2. ends the run in the instance (FAILURE, or CANCELED if termination was asked) with an engine
+   event saying the worker died and how to resume, unless the daemon's run monitoring will
+   resume it with a new worker (our run launcher with `max_resume_run_attempts`).
+A worker that ends normally leaves a finished run: the watchdog only sweeps and exits.
+
+Started by the executor as `python -m dagster_metaflow.runtime.watchdog <identity> <run id>`;
+the instance ref comes in the environment. While waiting it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+from .worker import WORKER_VAR, WorkerIdentity, declare_lost, resume_expected, stop_orphans
+
+INSTANCE_REF_VAR = "DAGSTER_METAFLOW_INSTANCE_REF"
+
+
+def start(
+    identity_tag: str, run_id: str, instance_ref: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes] | None:
+    """Start the watchdog of this worker (None if it could not be started)."""
+    child_env = dict(os.environ if env is None else env)
+    child_env.pop(WORKER_VAR, None)  # never one of the processes it stops
+    child_env[INSTANCE_REF_VAR] = instance_ref
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dagster_metaflow.runtime.watchdog", identity_tag, run_id],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=child_env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError:
+        return None
+    return proc
+
+
+def wait_for_exit(identity: WorkerIdentity, poll: float = 0.5) -> None:
+    """Return once the worker `identity` has exited (never waits on a reused pid)."""
+    try:
+        fd = os.pidfd_open(identity.pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        try:
+            if identity.process() is not None:  # the fd is of the worker, not of a reused pid
+                select.select([fd], [], [])
+        finally:
+            os.close(fd)
+        return
+    while identity.process() is not None:
+        time.sleep(poll)
+
+
+def after_death(identity_tag: str, run_id: str, instance_ref: str) -> None:
+    """Stop the dead worker's processes, then end its run unless it ended or will resume."""
+    identity = WorkerIdentity.parse(identity_tag)
+    if identity is None:
+        return
+    stop_orphans(identity)
+    from dagster import DagsterInstance, deserialize_value
+
+    with DagsterInstance.from_ref(cast(Any, deserialize_value(instance_ref))) as instance:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return
+        from dagster import DagsterRunStatus
+
+        if run.status != DagsterRunStatus.CANCELING and resume_expected(instance, run):
+            instance.report_engine_event(
+                f"run worker lost (pid {identity.pid}); its step processes were stopped; "
+                "dagster-daemon's run monitoring will resume the run with a new worker",
+                run,
+            )
+            return
+        declare_lost(instance, run, identity)
+
+
+def main(argv: list[str]) -> int:
+    identity_tag, run_id = argv[0], argv[1]
+    instance_ref = os.environ.pop(INSTANCE_REF_VAR, "")
+    identity = WorkerIdentity.parse(identity_tag)
+    if identity is None or not instance_ref:
+        return 2
+    wait_for_exit(identity)
+    after_death(identity_tag, run_id, instance_ref)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

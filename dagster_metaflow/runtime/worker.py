@@ -1,0 +1,284 @@
+"""Who runs a Dagster run, and what happens when that process is gone.
+
+A run worker (`dagster api execute_run` / `resume_run`) is identified by host, pid and the
+process's start time: a pid alone is reused by the kernel, so nothing here signals or trusts
+a pid whose start time differs from the recorded one. The worker records itself in the run
+tag `dagster-metaflow/worker` when its executor starts, and exports the same identity to
+every process it starts (`DAGSTER_METAFLOW_WORKER`, inherited through fork, exec and
+`setsid`), which is how the watchdog (watchdog.py) and `terminate` find a dead worker's
+orphans.
+
+`settle` is what every reader calls before trusting a run's status (CLI `status`,
+`list-runs`, `--wait`, the Deployer): a run still STARTED whose local worker is dead is
+declared failed there and then, so no daemon is needed to notice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import psutil
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance, DagsterRun
+
+TAG_WORKER = "dagster-metaflow/worker"
+WORKER_VAR = "DAGSTER_METAFLOW_WORKER"
+RECOVERING_VAR = "DAGSTER_METAFLOW_RECOVERING"  # set in a worker that resumes a run
+# how close two readings of one process's start time are (psutil derives it from clock ticks)
+_START_TOLERANCE = 0.05
+LOST = "run worker lost"
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """host, pid and start time of one process: stable across pid reuse."""
+
+    host: str
+    pid: int
+    started: float
+
+    def tag(self) -> str:
+        return f"{self.host}/{self.pid}/{self.started:.2f}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> WorkerIdentity | None:
+        if not text:
+            return None
+        host, _, rest = text.rpartition("/")
+        host, _, pid = host.rpartition("/")
+        try:
+            return cls(host, int(pid), float(rest))
+        except ValueError:
+            return None
+
+    @classmethod
+    def of(cls, pid: int) -> WorkerIdentity | None:
+        """The identity of a running process on this host (None if it is gone)."""
+        try:
+            return cls(socket.gethostname(), pid, psutil.Process(pid).create_time())
+        except psutil.Error:
+            return None
+
+    @property
+    def local(self) -> bool:
+        return self.host == socket.gethostname()
+
+    def process(self) -> psutil.Process | None:
+        """The process itself, only while it runs and is the one recorded (not a reused pid)."""
+        if not self.local:
+            return None
+        try:
+            proc = psutil.Process(self.pid)
+            same = abs(proc.create_time() - self.started) < _START_TOLERANCE
+            if same and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc
+        except psutil.Error:
+            pass
+        return None
+
+    def alive(self) -> bool | None:
+        """True/False on this host; None where it cannot be told (another host)."""
+        if not self.local:
+            return None
+        return self.process() is not None
+
+    def signal(self, sig: int) -> bool:
+        """Signal the worker, never a process that merely reuses its pid."""
+        proc = self.process()
+        if proc is None:
+            return False
+        try:
+            proc.send_signal(sig)
+            return True
+        except psutil.Error:
+            return False
+
+
+def identity_of(run: DagsterRun) -> WorkerIdentity | None:
+    return WorkerIdentity.parse(run.tags.get(TAG_WORKER))
+
+
+def record_self(instance: DagsterInstance, run_id: str) -> WorkerIdentity | None:
+    """Record this process as the run's worker and export its identity to its children."""
+    me = WorkerIdentity.of(os.getpid())
+    if me is None:
+        return None
+    instance.add_run_tags(run_id, {TAG_WORKER: me.tag()})
+    os.environ[WORKER_VAR] = me.tag()
+    return me
+
+
+def orphans(identity: WorkerIdentity, exclude: Iterable[int] = ()) -> list[psutil.Process]:
+    """Every process on this host started (directly or not) by the worker `identity`."""
+    skip = {os.getpid(), identity.pid, *exclude}
+    want = identity.tag()
+    out = []
+    for p in psutil.process_iter():
+        if p.pid in skip:
+            continue
+        try:
+            if p.environ().get(WORKER_VAR) == want:
+                out.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
+def stop_orphans(identity: WorkerIdentity, grace: float = 10.0, limit: float = 25.0) -> int:
+    """SIGTERM every orphan of a dead worker, SIGKILL what is left after `grace`; look again
+    until none are left (a dying step may start more). Returns how many were found."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + limit
+    while True:
+        procs = orphans(identity)
+        if not procs:
+            return len(seen)
+        fresh = [p for p in procs if p.pid not in seen]
+        seen.update(p.pid for p in procs)
+        for p in fresh:
+            _send(p, signal.SIGTERM)
+        end = min(time.monotonic() + grace, deadline)
+        alive = procs
+        while alive and time.monotonic() < end:
+            time.sleep(0.2)
+            alive = [p for p in alive if _running(p)]
+        for p in alive:
+            _send(p, signal.SIGKILL)
+        if time.monotonic() >= deadline:
+            for p in orphans(identity):
+                _send(p, signal.SIGKILL)
+            return len(seen)
+
+
+def _send(p: psutil.Process, sig: int) -> None:
+    try:
+        p.send_signal(sig)
+    except psutil.Error:
+        pass
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def resume_expected(instance: DagsterInstance, run: DagsterRun) -> bool:
+    """The daemon's run monitoring will start a new worker for this run (our launcher, with
+    `max_resume_run_attempts` left) and is running."""
+    try:
+        launcher = instance.run_launcher
+        if not (instance.run_monitoring_enabled and launcher.supports_resume_run):
+            return False
+        if instance.count_resume_run_attempts(run.run_id) >= instance.run_monitoring_max_resume_run_attempts:
+            return False
+        return _monitoring_daemon_alive(instance)
+    except Exception:
+        return False
+
+
+def _monitoring_daemon_alive(instance: DagsterInstance) -> bool:
+    beats = instance.get_daemon_heartbeats()
+    beat = beats.get("MONITORING")
+    return beat is not None and time.time() - beat.timestamp < 120
+
+
+def lost_message(run: DagsterRun, identity: WorkerIdentity) -> str:
+    from .flow import metaflow_run_id
+
+    return (
+        f"The run worker (pid {identity.pid} on {identity.host}) died; its step processes were "
+        f"stopped. The Metaflow run {metaflow_run_id(run.run_id)} did not finish: resume it with "
+        f"`python <flow>.py dagster resume --origin-run-id {metaflow_run_id(run.run_id)}`"
+    )
+
+
+def declare_lost(instance: DagsterInstance, run: DagsterRun, identity: WorkerIdentity) -> None:
+    """End a run whose worker is gone: CANCELED if termination was asked, else FAILURE, with
+    an engine event saying why."""
+    from dagster import DagsterRunStatus
+
+    fresh = instance.get_run_by_id(run.run_id)
+    if fresh is None or fresh.is_finished:
+        return
+    message = lost_message(fresh, identity)
+    if fresh.status == DagsterRunStatus.CANCELING:
+        instance.report_run_canceled(fresh, message=f"{LOST}: {message}")
+    else:
+        instance.report_engine_event(f"{LOST}: {message}", fresh)
+        instance.report_run_failed(fresh, message=f"{LOST}: {message}")
+
+
+def settle(instance: DagsterInstance, run: DagsterRun | None) -> DagsterRun | None:
+    """The run as it really is: a run in progress whose worker on this host is dead is
+    ended now (its orphans stopped), unless the daemon will resume it."""
+    from dagster import DagsterRunStatus
+
+    if run is None or run.status not in (DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING):
+        return run
+    identity = identity_of(run)
+    if identity is None or identity.alive() is not False:
+        return run
+    fresh = instance.get_run_by_id(run.run_id)  # it may have just ended as its worker exited
+    if fresh is None or fresh.is_finished:
+        return fresh
+    if fresh.status != DagsterRunStatus.CANCELING and resume_expected(instance, fresh):
+        return fresh
+    stop_orphans(identity)
+    declare_lost(instance, fresh, identity)
+    return instance.get_run_by_id(run.run_id)
+
+
+__all__ = [
+    "TAG_WORKER",
+    "WORKER_VAR",
+    "WorkerIdentity",
+    "identity_of",
+    "record_self",
+    "stop_orphans",
+    "settle",
+    "declare_lost",
+    "resume_expected",
+    "watched",
+]
+
+
+@contextmanager
+def watched(instance: DagsterInstance, run_id: str, resumed: bool = False) -> Iterator[None]:
+    """While the run's steps execute: this process is the run's recorded worker, and a
+    watchdog stops its orphans and ends the run if it dies. In a worker that resumes a run,
+    steps reuse the tasks that already finished (RECOVERING_VAR)."""
+    if resumed:
+        os.environ[RECOVERING_VAR] = "1"
+    if instance.is_ephemeral:  # in-process execution (tests): nobody else can see the run
+        yield
+        return
+    me = record_self(instance, run_id)
+    watchdog = None
+    if me is not None:
+        from dagster import serialize_value
+
+        from .watchdog import start
+
+        try:
+            watchdog = start(me.tag(), run_id, serialize_value(instance.get_ref()))
+        except Exception:
+            watchdog = None
+    try:
+        yield
+    finally:
+        if watchdog is not None:  # the run ended here: nothing for the watchdog to do
+            watchdog.terminate()
+            try:
+                watchdog.wait(timeout=5)
+            except Exception:
+                pass

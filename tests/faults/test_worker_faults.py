@@ -1,0 +1,270 @@
+"""Infrastructure faults around the run worker, injected for real: kill -9 of the worker
+(zygote and plain-subprocess paths, with and without its watchdog), pid reuse, terminate of
+a wide foreach, and the daemon resuming a run whose worker died. Every test checks final
+states, artifacts and the process table."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import Workspace, survivors
+from services import dagster_daemon
+
+from dagster_metaflow.runtime import metaflow_run_id
+from dagster_metaflow.runtime.worker import TAG_WORKER, WORKER_VAR, WorkerIdentity
+
+pytestmark = pytest.mark.e2e
+
+
+def _instance(ws: Workspace) -> Any:
+    from dagster import DagsterInstance
+
+    return DagsterInstance.from_config(str(ws.dagster_home))
+
+
+def _run(ws: Workspace) -> Any:
+    with _instance(ws) as instance:
+        return instance.get_runs(limit=1)[0]
+
+
+def _wait(what: str, cond: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def _markers(ws: Workspace, attempt: int, count: int, timeout: float = 120) -> list[int]:
+    """pids (step process and its escaped grandchild) of `count` held bodies at `attempt`."""
+
+    def found() -> list[Path]:
+        got = sorted(ws.dir.glob(f"body-*-{attempt}"))
+        return got if len(got) >= count else []
+
+    files = _wait(f"{count} held body tasks (attempt {attempt})", found, timeout)
+    return [int(p) for f in files for p in f.read_text().split()]
+
+
+def _worker(ws: Workspace) -> WorkerIdentity:
+    def recorded() -> WorkerIdentity | None:
+        return WorkerIdentity.parse(_run(ws).tags.get(TAG_WORKER))
+
+    identity = _wait("the run worker's identity tag", recorded, 60)
+    assert identity.alive(), identity
+    return identity
+
+
+def _carriers(identity: WorkerIdentity) -> list[int]:
+    """Processes that still carry the worker's identity (its descendants)."""
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(WORKER_VAR) == identity.tag() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
+def _watchdog(identity: WorkerIdentity) -> int | None:
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "dagster_metaflow.runtime.watchdog" in cmd and identity.tag() in cmd:
+            return p.pid
+    return None
+
+
+def _body_tasks(pathspec: str) -> dict[str, Any]:
+    from metaflow import Run, namespace
+
+    namespace(None)
+    return {t.id: t for t in Run(pathspec)["body"].tasks()}
+
+
+@pytest.mark.flow("fault_flow.py")
+@pytest.mark.parametrize("fork", ["1", "0"], ids=["zygote", "subprocess"])
+def test_killed_worker_stops_every_process_and_fails_the_run(workspace: Workspace, fork: str) -> None:
+    """kill -9 of the run worker mid-foreach: the watchdog stops every step process and the
+    escaped SIGTERM-ignoring grandchildren within 30 s, the run is FAILURE with an engine
+    event, `trigger --wait` ends saying how to resume, and no held task ever succeeds."""
+    ws = workspace
+    ws.compile()
+    env = dict(os.environ, DAGSTER_HOME=str(ws.dagster_home), DAGSTER_METAFLOW_FORK=fork)
+    follower = subprocess.Popen(
+        [sys.executable, ws.flow.name, "dagster", "trigger", "--marker-dir", str(ws.dir), "--run-id-file", "rid", "--wait"],
+        cwd=ws.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        pids = _markers(ws, 0, 3)
+        identity = _worker(ws)
+        watchdog = _watchdog(identity)
+        assert watchdog is not None, "no watchdog beside the run worker"
+        os.kill(identity.pid, signal.SIGKILL)
+        assert survivors(pids, within=30) == [], "step processes outlived their run worker"
+        assert _carriers(identity) == []
+        _, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode != 0
+    assert "FAILURE" in err and "dagster resume --origin-run-id" in err, err[-2000:]
+    run = _run(ws)
+    assert run.status.value == "FAILURE"
+    messages = [e.message for e in ws.dagster_events(run.run_id)]
+    assert any("run worker lost" in (m or "") for m in messages), messages[-5:]
+    mf_run = metaflow_run_id(run.run_id)
+    status = ws.metaflow("dagster", "status", "--run-id", mf_run).stdout
+    assert "FAILED" in status
+    assert mf_run not in ws.metaflow("dagster", "list-runs", "--running").stdout
+    assert survivors([watchdog], within=10) == []
+    ws.dir.joinpath("release").write_text("")  # nothing may pick up the hold now
+    time.sleep(1)
+    from metaflow import Run
+
+    pathspec = f"FaultFlow/{mf_run}"
+    assert not Run(pathspec, _namespace_check=False).successful
+    held = [t for tid, t in _body_tasks(pathspec).items() if not tid.endswith("-0")]
+    assert held and not any(t.successful for t in held)
+
+
+@pytest.mark.flow("fault_flow.py")
+def test_dead_worker_and_watchdog_are_noticed_by_status_and_the_deployer(workspace: Workspace) -> None:
+    """Worker and watchdog both killed (the machine lost them): the next `status`, and the
+    Deployer's TriggeredRun, notice at once, stop the orphans and end the run."""
+    ws = workspace
+    ws.compile()
+    ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir), "--run-id-file", "rid", DAGSTER_METAFLOW_FORK="0")
+    pids = _markers(ws, 0, 3)
+    identity = _worker(ws)
+    watchdog = _watchdog(identity)
+    assert watchdog is not None
+    os.kill(watchdog, signal.SIGKILL)
+    os.kill(identity.pid, signal.SIGKILL)
+    assert survivors([identity.pid], within=10) == []
+    assert survivors(pids, within=1), "nothing left to clean: the test would prove nothing"
+    mf_run = (ws.dir / "rid").read_text().strip()
+    # the Deployer sees it as the CLI does (same instance check), in another process
+    code = (
+        "from metaflow import Deployer\n"
+        "from dagster_metaflow.deployer_objects import DagsterDeployedFlow\n"
+        f"r = DagsterDeployedFlow.get_triggered_run('FaultFlow', {mf_run!r})\n"
+        "r.wait_for_completion(timeout=60)\n"
+        "print('STATUS', r.status, r.is_running)\n"
+    )
+    t0 = time.monotonic()
+    out = ws.run(sys.executable, "-c", code).stdout
+    assert "STATUS FAILED False" in out, out
+    assert time.monotonic() - t0 < 60
+    assert survivors(pids, within=5) == [], "the orphans of a dead worker were left running"
+    assert "FAILED" in ws.metaflow("dagster", "status", "--run-id", mf_run).stdout
+
+
+def test_terminate_never_signals_a_process_that_reuses_the_worker_pid(tmp_path: Path) -> None:
+    """A run whose recorded worker pid now belongs to an unrelated process: `terminate`
+    leaves that process alone and ends the run."""
+    from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+
+    from dagster_metaflow import launch
+
+    bystander = subprocess.Popen(["sleep", "120"])
+    try:
+        me = WorkerIdentity.of(bystander.pid)
+        assert me is not None
+        stale = WorkerIdentity(me.host, me.pid, me.started - 1000)  # same pid, another process
+        (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        with DagsterInstance.from_config(str(tmp_path)) as instance:
+            run = instance.add_run(
+                DagsterRun(job_name="j", run_id="0" * 8 + "-0000-0000-0000-" + "0" * 12, status=DagsterRunStatus.STARTED)
+            )
+            instance.add_run_tags(run.run_id, {TAG_WORKER: stale.tag()})
+            assert stale.alive() is False and not stale.signal(signal.SIGKILL)
+            assert launch.terminate(instance, run.run_id, wait=5)
+            assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.CANCELED  # type: ignore[union-attr]
+        assert bystander.poll() is None, "terminate killed an unrelated process"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+@pytest.mark.flow("fault_flow.py")
+def test_terminate_a_64_wide_foreach_leaves_no_process(workspace: Workspace) -> None:
+    ws = workspace
+    ws.compile()
+    ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir), "--width", "64", "--run-id-file", "rid")
+    pids = _markers(ws, 0, 12)
+    identity = _worker(ws)
+    mf_run = (ws.dir / "rid").read_text().strip()
+    ws.metaflow("dagster", "terminate", "--run-id", mf_run)
+    assert _run(ws).status.value == "CANCELED"
+    assert survivors(pids, within=30) == []
+    assert survivors([identity.pid], within=30) == []
+    assert _carriers(identity) == []
+
+
+DAEMON_YAML = """telemetry:
+  enabled: false
+run_launcher:
+  module: dagster_metaflow.run_launcher
+  class: MetaflowRunLauncher
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 2
+  max_resume_run_attempts: 2
+"""
+
+
+@pytest.mark.flow("fault_flow.py")
+def test_daemon_resumes_the_same_run_after_its_worker_is_killed(workspace: Workspace) -> None:
+    """With MetaflowRunLauncher and `max_resume_run_attempts`, a real dagster-daemon sees the
+    dead worker and resumes the SAME run: finished tasks are not run again, killed tasks run
+    as new attempts, and the run ends SUCCESS with the artifacts of an uninterrupted run."""
+    ws = workspace
+    (ws.dagster_home / "dagster.yaml").write_text(DAEMON_YAML)
+    ws.compile()
+    with dagster_daemon(ws):
+        _wait("the daemon's heartbeat", lambda: _heartbeat(ws), 90)
+        ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir), "--run-id-file", "rid")
+        pids = _markers(ws, 0, 3)
+        first = _worker(ws)
+        mf_run = (ws.dir / "rid").read_text().strip()
+        pathspec = f"FaultFlow/{mf_run}"
+        done_before = {tid: t.finished_at for tid, t in _body_tasks(pathspec).items() if t.successful}
+        assert list(done_before) == ["body-0"], done_before
+        os.kill(first.pid, signal.SIGKILL)
+        assert survivors(pids, within=30) == []
+        ws.dir.joinpath("release").write_text("")
+        run = _wait("the resumed run to end", lambda: _finished(ws), 240)
+    assert run.status.value == "SUCCESS", [e.message for e in ws.dagster_events(run.run_id)][-15:]
+    second = WorkerIdentity.parse(run.tags.get(TAG_WORKER))
+    assert second is not None and second != first
+    from metaflow import Run
+
+    mf = Run(pathspec, _namespace_check=False)
+    assert mf.successful and mf["join"].task["total"].data == sum(i * 2 for i in range(4))
+    tasks = _body_tasks(pathspec)
+    assert tasks["body-0"].finished_at == done_before["body-0"]  # not run again
+    assert tasks["body-0"].current_attempt == 0
+    for tid in ("body-1", "body-2", "body-3"):
+        assert tasks[tid].current_attempt == 1 and tasks[tid].successful, tid
+    assert survivors([first.pid], within=1) == []
+
+
+def _heartbeat(ws: Workspace) -> bool:
+    with _instance(ws) as instance:
+        return "MONITORING" in instance.get_daemon_heartbeats()
+
+
+def _finished(ws: Workspace) -> Any:
+    run = _run(ws)
+    return run if run.is_finished else None
