@@ -35,12 +35,19 @@ BAKE_PREFIXES = (
 SECRET_MARKERS = ("AUTH", "TOKEN", "SECRET", "PASSWORD", "HEADERS", "ACCESS_KEY", "PRIVATE", "CREDENTIAL")
 
 
+# Dagster run statuses of a run that has not ended
+IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 EXECUTORS = ("threads", "multiprocess", "forkserver", "in_process", "celery", "k8s")
 IDENTITIES = ("production", "user")
 
 
 class DagsterMetaflowException(MetaflowException):
     headline = "dagster-metaflow error"
+
+
+class IncorrectProductionToken(DagsterMetaflowException):
+    """Someone who is not the deployer changes a deployment without its production token
+    (CLI and Deployer API alike; Metaflow's Argo integration has an exception of this name)."""
 
 
 def is_secret_name(name: str) -> bool:
@@ -99,15 +106,11 @@ def _resolve_job_name(obj: Any, name: str | None) -> str:
 
 def _token_prefix(obj: Any, job_name: str) -> str:
     """Where Metaflow keeps this deployment's production token (as its schedulers do)."""
-    import base64
-    from hashlib import sha1
-
     from metaflow import current
 
-    if current.get("project_name"):
-        branch = f"{current.get('project_name')}.{current.get('branch_name')}".encode()
-        return ("mfprj-" + base64.b32encode(sha1(branch).digest()).decode()[:16]).lower()
-    return f"dagster-{job_name}".lower()
+    from .deployments import token_prefix
+
+    return token_prefix(job_name, current.get("project_name"), current.get("branch_name"))
 
 
 def _username() -> str:
@@ -122,20 +125,15 @@ def _username() -> str:
 
 
 def _check_authorized(obj: Any, prev: Any, authorize: str | None, token_prefix: str, action: str) -> None:
-    """A deployment made by someone else may only be changed with its production token."""
-    from metaflow.plugins.aws.step_functions.production_token import load_token
+    """A deployment made by someone else may only be changed with its production token
+    (the token file is found from the record: `token_prefix` is the caller's view of it)."""
+    from metaflow.util import get_username
 
-    if prev is None or not prev.production_token:
-        return
-    if authorize is None:
-        authorize = load_token(token_prefix)
-    elif authorize.startswith("production:"):
-        authorize = authorize[len("production:") :]
-    if prev.owner != _username() and authorize != prev.production_token:
-        raise DagsterMetaflowException(
-            f"deployment {prev.name!r} was created by {prev.owner!r}; to {action} it you need its "
-            f"production token: ask them for it, then run `dagster {action} --authorize TOKEN`"
-        )
+    from .deployments import authorization_problem
+
+    problem = authorization_problem(prev, authorize, get_username(), action)
+    if problem:
+        raise IncorrectProductionToken(problem)
 
 
 def _resolve_token(
@@ -211,13 +209,45 @@ def _open_instance(obj: Any) -> Any:
     return open_instance(home)
 
 
-def _deployment(obj: Any, instance: Any) -> Any:
-    from .deployments import DeploymentError, require
+def _deployment_error(exc: Exception) -> DagsterMetaflowException:
+    """A deployments error as the one line this CLI prints, naming this flow file."""
+    return DagsterMetaflowException(str(exc).replace("<flow>.py", os.path.basename(sys.argv[0])))
 
+
+def _deployment(obj: Any, instance: Any, corrupt_ok: bool = False) -> Any:
+    """This flow's deployment; with `corrupt_ok`, an unreadable record gives what could be
+    read of it (owner, token) so that `delete` can remove it after the usual check."""
+    from .deployments import CorruptRecord, Deployment, DeploymentError, require
+
+    name = _resolve_job_name(obj, None)
     try:
-        return require(instance, _resolve_job_name(obj, None))
+        return require(instance, name)
+    except CorruptRecord as exc:
+        if not corrupt_ok:
+            raise _deployment_error(exc) from None
+        return exc.partial or Deployment(name, obj.flow.name, "", "", "", "")
     except DeploymentError as exc:
-        raise DagsterMetaflowException(str(exc)) from None
+        raise _deployment_error(exc) from None
+
+
+def _known_deployment(obj: Any, instance: Any) -> Any:
+    """The deployment whose runs `status`, `terminate` and `list-runs` look at. Runs are found
+    by Dagster job name, so they stay reachable when the record was deleted (its tombstone
+    keeps owner and token) or is corrupt (a warning, then what could be read of it)."""
+    from dataclasses import replace
+
+    from .deployments import CorruptRecord, Deployment, deleted, get
+
+    name = _resolve_job_name(obj, None)
+    try:
+        dep = get(instance, name)
+    except CorruptRecord as exc:
+        obj.echo(f"Warning: {_deployment_error(exc).message}", err=True)
+        dep = exc.partial or Deployment(name, obj.flow.name, "", "", "", "")
+    if dep is None:
+        obj.echo(f"Deployment {name!r} is not in the instance (deleted?): looking for runs of job {name}.", err=True)
+        dep = deleted(instance, name) or Deployment(name, obj.flow.name, "", "", "", "")
+    return replace(dep, flow_name=dep.flow_name or obj.flow.name)
 
 
 def _write_attribute_file(path: str | None, content: dict[str, Any]) -> None:
@@ -350,7 +380,7 @@ def _positive(ctx: Any, param: Any, value: int | None) -> int | None:
     "--force",
     is_flag=True,
     default=False,
-    help="Overwrite FILE even if dagster-metaflow did not write it.",
+    help="Overwrite FILE even if dagster-metaflow did not write it, and a corrupt deployment record.",
 )
 @click.option("--deployer-attribute-file", default=None, hidden=True, help="Used by Metaflow's Deployer API.")
 @click.pass_obj
@@ -380,7 +410,13 @@ def create(
     obj.echo(f"Compiling *{obj.flow.name}* to Dagster job *{job_name}*...", bold=True)
     owner = _username()
     with _open_instance(obj) as instance:
-        prev = deployments.get(instance, job_name)
+        try:
+            prev = deployments.get(instance, job_name)
+        except deployments.CorruptRecord as exc:
+            if not force:
+                raise _deployment_error(exc) from None
+            obj.echo(f"Overwriting the corrupt deployment record {exc.key!r} (--force).", err=True)
+            prev = exc.partial
         token = _resolve_token(
             obj, prev, _token_prefix(obj, job_name), authorize, given_token, generate_new_token, identity
         )
@@ -587,6 +623,11 @@ def _start(
     mf_run_id = metaflow_run_id(dagster_run_id)
     pathspec = f"{dep.flow_name}/{mf_run_id}"
     tags = {launch.TAG_DEPLOYMENT: dep.name, TAG_PATHSPEC: pathspec, **extra_tags}
+    from .deployments import definitions_problem
+
+    problem = definitions_problem(dep)
+    if problem:
+        raise DagsterMetaflowException(problem)
     try:
         run, queued = launch.start_run(instance, dep, run_config, tags, run_id=dagster_run_id)
     except launch.LaunchError as exc:
@@ -662,7 +703,7 @@ def _follow(obj: Any, instance: Any, run_id: str, pathspec: str) -> None:
                 finished_steps.add(_step_of(ev.step_key))
             else:
                 failed.append(ev.step_key)
-        run = instance.get_run_by_id(run_id)
+        run = launch.refreshed(instance, instance.get_run_by_id(run_id))
         busy = {_step_of(k) for k in running}
         done = len(finished_steps - busy)
         line = f"steps done {done}/{total}, tasks done {tasks_done}"
@@ -679,7 +720,11 @@ def _follow(obj: Any, instance: Any, run_id: str, pathspec: str) -> None:
     status = run.status.value if run is not None else "UNKNOWN"
     click.echo(f"{pathspec} {status} | Dagster run {run_id} | {launch.ui_url(run_id)}")
     if status != "SUCCESS":
-        raise DagsterMetaflowException(f"run {pathspec} ended with status {status}")
+        origin = pathspec.split("/")[-1]
+        raise DagsterMetaflowException(
+            f"run {pathspec} ended with status {status}; to run what did not finish: "
+            f"python {os.path.basename(obj.flow.script_name)} dagster resume --origin-run-id {origin}"
+        )
 
 
 def _run_start_options(f: Any) -> Any:
@@ -805,7 +850,7 @@ def _find(obj: Any, instance: Any, dep: Any, run_id: str) -> Any:
     from . import launch
 
     run = launch.find_run(instance, run_id, dep.name)
-    if run is None:
+    if run is None or run.job_name != dep.name:  # a Dagster run id may name another job's run
         raise DagsterMetaflowException(f"no run {run_id!r} of deployment {dep.name!r} in {instance.root_directory}")
     return run
 
@@ -818,7 +863,7 @@ def status(obj: Any, run_id: str) -> None:
     from .runtime.flow import metaflow_run_id
 
     with _open_instance(obj) as instance:
-        dep = _deployment(obj, instance)
+        dep = _known_deployment(obj, instance)
         run = _find(obj, instance, dep, run_id)
         click.echo(
             f"{dep.flow_name}/{metaflow_run_id(run.run_id)}: {launch.status_name(run)} "
@@ -834,7 +879,7 @@ def terminate(obj: Any, run_id: str, authorize: str | None = None) -> None:
     from . import launch
 
     with _open_instance(obj) as instance:
-        dep = _deployment(obj, instance)
+        dep = _known_deployment(obj, instance)
         _check_authorized(obj, dep, authorize, _token_prefix(obj, dep.name), "terminate")
         run = _find(obj, instance, dep, run_id)
         if run.is_finished:
@@ -856,7 +901,7 @@ def list_runs(obj: Any, states: Sequence[str] = ()) -> None:
     from .runtime.flow import metaflow_run_id
 
     with _open_instance(obj) as instance:
-        dep = _deployment(obj, instance)
+        dep = _known_deployment(obj, instance)
         runs = launch.list_runs(instance, dep.name, list(states or ()))
         if not runs:
             obj.echo(f"No runs of {dep.name}.")
@@ -896,20 +941,33 @@ def describe(obj: Any) -> None:
             click.echo(line)
 
 
-@dagster.command(help="Remove the deployment from the Dagster instance (runs are kept).")
+@dagster.command(help="Remove the deployment from the Dagster instance (runs are kept; runs in progress go on).")
 @click.option("--authorize", default=None, help="Authorize with the deployment's production token.")
 @click.pass_obj
 def delete(obj: Any, authorize: str | None = None) -> None:
-    from . import deployments
+    from . import deployments, launch
 
     with _open_instance(obj) as instance:
-        dep = _deployment(obj, instance)
+        dep = _deployment(obj, instance, corrupt_ok=True)
         _check_authorized(obj, dep, authorize, _token_prefix(obj, dep.name), "delete")
+        # as `argo-workflows delete`: runs in progress are not stopped, and stay reachable
+        # by `status`/`terminate`/`list-runs` (runs are found by job name)
+        active = launch.list_runs(instance, dep.name, IN_PROGRESS)
         stopped = deployments.remove(instance, dep.name)
         obj.echo(f"Deleted deployment *{dep.name}*; its runs stay in the instance.", bold=True)
+        if active:
+            from .runtime.flow import metaflow_run_id
+
+            script = os.path.basename(sys.argv[0])
+            ids = ", ".join(metaflow_run_id(r.run_id) for r in active)
+            obj.echo(
+                f"{len(active)} run(s) still in progress go on: {ids}; "
+                f"`python {script} dagster status --run-id ID` and `terminate --run-id ID` still reach them."
+            )
         if stopped:
             obj.echo(f"Stopped {', '.join(stopped)} and removed the deployment from the daemon's workspace.")
-        obj.echo(f"The definitions file {dep.definitions_file} was left in place.")
+        if dep.definitions_file:
+            obj.echo(f"The definitions file {dep.definitions_file} was left in place.")
 
 
 @dagster.command(

@@ -59,11 +59,16 @@ class DagsterDeployer(DeployerImpl):
         max_workers : int, optional
         executor : str, optional
         authorize / generate_new_token / given_token :
-            Production token handling, as `argo-workflows create`.
+            Production token handling, as `argo-workflows create`: redeploying someone
+            else's deployment needs `authorize=TOKEN` (IncorrectProductionToken without).
         """
-        from .deployer_objects import DagsterDeployedFlow
+        from .deployer_objects import DagsterDeployedFlow, last_stderr, raise_if_refused
 
-        return self._create(DagsterDeployedFlow, **kwargs)  # type: ignore[return-value]
+        try:
+            return self._create(DagsterDeployedFlow, **kwargs)  # type: ignore[return-value]
+        except RuntimeError:  # the CLI failed: a refusal is raised as the CLI's line
+            raise_if_refused(last_stderr(self))
+            raise
 
     @property
     def dagster_home(self) -> str | None:

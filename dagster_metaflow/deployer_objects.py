@@ -1,8 +1,10 @@
 """DeployedFlow and TriggeredRun of the Dagster deployer (see `deployer`).
 
 Commands that change
-things (create, trigger, resume, delete) run `python flow.py dagster ...` as Metaflow's own
-deployers do; status and termination read and act on the Dagster instance directly.
+things (create, trigger, resume, terminate, delete) run `python flow.py dagster ...` as the
+caller, as Metaflow's own deployers do, so the CLI's production-token check applies to them
+and its refusal is raised here as `IncorrectProductionToken`; status reads the Dagster
+instance directly.
 
 Identifiers: `DeployedFlow.name` is the deployment (= Dagster job) name; `DeployedFlow.id`
 is `<name>@<DAGSTER_HOME>`, which finds the deployment without DAGSTER_HOME set.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -32,6 +35,40 @@ def _split_identifier(identifier: str) -> tuple[str, str | None]:
     return name, (home if sep else None)
 
 
+def _command(impl: Any, verb: str, **kwargs: Any) -> list[str]:
+    group: Any = get_lower_level_group(impl.api, impl.top_level_kwargs, impl.TYPE, impl.deployer_kwargs)
+    return [sys.executable, *getattr(group, verb)(**kwargs)]
+
+
+def _run_cli(impl: Any, verb: str, **kwargs: Any) -> tuple[int, str]:
+    """Run `python flow.py dagster <verb>` in the caller's environment; (exit code, stderr)."""
+    pid = impl.spm.run_command(_command(impl, verb, **kwargs), env=impl.env_vars, cwd=impl.cwd, show_output=impl.show_output)
+    command_obj: Any = impl.spm.get(pid)
+    return int(command_obj.process.wait()), _stderr(command_obj)
+
+
+def _stderr(command_obj: Any) -> str:
+    command_obj.sync_wait()  # the log is complete once its reader thread has ended
+    with open(command_obj.log_files["stderr"], encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def last_stderr(impl: Any) -> str:
+    """The whole stderr of the last command the deployer ran (Metaflow's own error for a
+    failed `create` may be made before the log is complete)."""
+    commands = list(getattr(impl.spm, "commands", {}).values())
+    return _stderr(commands[-1]) if commands else ""
+
+
+def raise_if_refused(output: str) -> None:
+    """Raise the CLI's production-token refusal found in its output as the Metaflow
+    exception it is, with the CLI's own line (the Deployer guards as the CLI does)."""
+    for line in output.splitlines():
+        if deployments.REFUSAL_MARK in line:
+            from .cli import IncorrectProductionToken
+
+            raise IncorrectProductionToken(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).strip())
+
 
 class DagsterTriggeredRun(TriggeredRun):
     """A run started on the Dagster instance."""
@@ -45,7 +82,7 @@ class DagsterTriggeredRun(TriggeredRun):
     def _run(self) -> Any:
         with deployments.open_instance(self.dagster_home) as instance:
             if self.dagster_run_id:
-                return instance.get_run_by_id(self.dagster_run_id)
+                return launch.refreshed(instance, instance.get_run_by_id(self.dagster_run_id))
             run = launch.find_run(instance, self.pathspec.split("/")[1], self.deployer.name)
             if run is not None:
                 self.dagster_run_id = run.run_id
@@ -78,12 +115,19 @@ class DagsterTriggeredRun(TriggeredRun):
             time.sleep(min(check_interval, 1) if check_interval else 1)
 
     def terminate(self, **kwargs: Any) -> bool:
-        """Stop the run and all its step processes; True if it is stopped."""
-        run = self._run()
-        if run is None or run.is_finished:
-            return False
-        with deployments.open_instance(self.dagster_home) as instance:
-            return launch.terminate(instance, run.run_id)
+        """Stop the run and all its step processes; True if it was running and is stopped.
+
+        Parameters
+        ----------
+        authorize : str, optional
+            The deployment's production token: needed by anyone but its deployer (who
+            otherwise gets IncorrectProductionToken), as `dagster terminate --authorize`.
+        """
+        before = self._run()
+        run_id = self.dagster_run_id or self.pathspec.split("/")[1]
+        code, err = _run_cli(self.deployer, "terminate", run_id=run_id, **kwargs)
+        raise_if_refused(err)
+        return code == 0 and before is not None and not before.is_finished
 
 
 class DagsterDeployedFlow(DeployedFlow):
@@ -99,6 +143,8 @@ class DagsterDeployedFlow(DeployedFlow):
 
     @classmethod
     def list_deployed_flows(cls, flow_name: str | None = None) -> Iterator[DagsterDeployedFlow]:
+        """Every deployment (of `flow_name`) in the instance; a record that cannot be read is
+        skipped with a `deployments.CorruptRecordWarning` naming its key and the fix."""
         with deployments.open_instance(None) as instance:
             names = [d.name for d in deployments.list_all(instance, flow_name)]
         for name in names:
@@ -111,7 +157,10 @@ class DagsterDeployedFlow(DeployedFlow):
     def from_deployment(cls, identifier: str, metadata: str | None = None) -> DagsterDeployedFlow:
         name, home = _split_identifier(identifier)
         with deployments.open_instance(home) as instance:
-            dep = deployments.get(instance, name)
+            try:
+                dep = deployments.get(instance, name)
+            except deployments.CorruptRecord as exc:
+                raise MetaflowException(str(exc)) from None
             home = instance.root_directory
         if dep is None:
             raise MetaflowException(f"No deployed flow found for: {identifier}")
@@ -133,7 +182,9 @@ class DagsterDeployedFlow(DeployedFlow):
             fake.write(contents)
         from metaflow import Deployer
 
-        deployer: Any = Deployer(fake.name, env={"METAFLOW_USER": dep.owner, "DAGSTER_HOME": home})
+        # commands run as the caller (not as the owner): create, terminate and delete by
+        # someone else need the production token, exactly as on the command line
+        deployer: Any = Deployer(fake.name, env={"DAGSTER_HOME": home})
         d = deployer.dagster(name=dep.name)
         d.name = dep.name
         d.flow_name = dep.flow_name
@@ -156,7 +207,10 @@ class DagsterDeployedFlow(DeployedFlow):
 
     def _record(self) -> deployments.Deployment | None:
         with deployments.open_instance(getattr(self.deployer, "dagster_home", None)) as instance:
-            return deployments.get(instance, self.deployer.name)
+            try:
+                return deployments.get(instance, self.deployer.name)
+            except deployments.CorruptRecord as exc:
+                raise MetaflowException(str(exc)) from None
 
     @property
     def production_token(self) -> str | None:
@@ -184,16 +238,11 @@ class DagsterDeployedFlow(DeployedFlow):
     def is_triggered(self) -> bool:
         return bool(self.triggers)
 
-    def _command(self, name: str, **kwargs: Any) -> list[str]:
-        impl: Any = self.deployer
-        group: Any = get_lower_level_group(impl.api, impl.top_level_kwargs, impl.TYPE, impl.deployer_kwargs)
-        return [sys.executable, *getattr(group, name)(**kwargs)]
-
     def _start(self, verb: str, **kwargs: Any) -> DagsterTriggeredRun:
         impl: Any = self.deployer
         fifo: Any = temporary_fifo()
         with fifo as (attribute_file_path, attribute_file_fd):
-            command = self._command(verb, deployer_attribute_file=attribute_file_path, **kwargs)
+            command = _command(impl, verb, deployer_attribute_file=attribute_file_path, **kwargs)
             pid = impl.spm.run_command(command, env=impl.env_vars, cwd=impl.cwd, show_output=impl.show_output)
             command_obj: Any = impl.spm.get(pid)
             content = handle_timeout(attribute_file_fd, command_obj, impl.file_read_timeout)
@@ -213,11 +262,14 @@ class DagsterDeployedFlow(DeployedFlow):
         return self._start("resume", **kwargs)
 
     def delete(self, **kwargs: Any) -> bool:
-        """Remove the deployment (its runs stay in the instance)."""
-        impl: Any = self.deployer
-        pid = impl.spm.run_command(
-            self._command("delete", **kwargs), env=impl.env_vars, cwd=impl.cwd, show_output=impl.show_output
-        )
-        command_obj: Any = impl.spm.get(pid)
-        command_obj.sync_wait()
-        return bool(command_obj.process.returncode == 0)
+        """Remove the deployment (its runs stay in the instance; runs in progress go on).
+
+        Parameters
+        ----------
+        authorize : str, optional
+            The deployment's production token: needed by anyone but its deployer (who
+            otherwise gets IncorrectProductionToken), as `dagster delete --authorize`.
+        """
+        code, err = _run_cli(self.deployer, "delete", **kwargs)
+        raise_if_refused(err)
+        return code == 0

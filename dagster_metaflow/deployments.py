@@ -5,8 +5,16 @@ process that reaches the same Dagster instance (same DAGSTER_HOME, or the same P
 storage) can trigger, list, resume or delete it by name. Records live in the instance's
 key-value store (`run_storage` cursor values, present in every Dagster storage), as JSON:
 
-    dagster_metaflow/deployments          JSON list of deployment names
-    dagster_metaflow/deployment/<name>    JSON of one `Deployment`
+    dagster_metaflow/deployment/<name>    JSON of one `Deployment` ("" once deleted)
+    dagster_metaflow/deleted/<name>       the last record of a deleted deployment: who may
+                                          still terminate its runs
+    dagster_metaflow/deployments          JSON list of the names (derived; older versions read it)
+
+One key per deployment, so concurrent `create`s of different flows never overwrite each
+other: deployments are listed by key prefix (SQL storages), the index is rewritten from that
+listing under a file lock, and only a storage that cannot list keys reads the index.
+A record that cannot be read (corrupt, incomplete) raises `CorruptRecord`, one line naming
+the key and the fix; listings skip it with a warning.
 
 Next to the instance's dagster.yaml, `dagster_metaflow_workspace.yaml` lists the
 definitions file of every deployment recorded from this machine, so that
@@ -15,9 +23,11 @@ definitions file of every deployment recorded from this machine, so that
 
 from __future__ import annotations
 
+import ast
 import json
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,12 +38,36 @@ if TYPE_CHECKING:
 
 INDEX_KEY = "dagster_metaflow/deployments"
 RECORD_PREFIX = "dagster_metaflow/deployment/"
+DELETED_PREFIX = "dagster_metaflow/deleted/"
 WORKSPACE_FILE = "dagster_metaflow_workspace.yaml"
 DEFAULT_HOME = "~/.dagster_metaflow"
 
 
 class DeploymentError(Exception):
     """A deployment that does not exist or cannot be used; the message says what to do."""
+
+
+class CorruptRecord(DeploymentError):
+    """A deployment record that cannot be read. `partial` keeps what could be read of it
+    (owner, production token): enough to authorize overwriting or deleting it."""
+
+    def __init__(self, key: str, root: str, why: str, partial: Deployment | None = None) -> None:
+        super().__init__(
+            f"deployment record {key!r} in the Dagster instance at {root} is corrupt ({why}): "
+            "`python <flow>.py dagster create --force` overwrites it, "
+            "`python <flow>.py dagster delete` removes it"
+        )
+        self.key = key
+        self.partial = partial
+
+
+class CorruptRecordWarning(UserWarning):
+    """A listing skipped a deployment record it could not read."""
+
+
+# fields a record cannot do without (the others have defaults)
+REQUIRED_FIELDS = ("name", "flow_name", "flow_file", "definitions_file", "owner", "production_token")
+REFUSAL_MARK = "you need its production token"
 
 
 @dataclass(frozen=True)
@@ -86,6 +120,45 @@ class Deployment:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def parse_record(key: str, text: str, root: str) -> Deployment:
+    """The `Deployment` stored under `key`; `CorruptRecord` (one line) if it cannot be read."""
+    name = key[len(RECORD_PREFIX) :] if key.startswith(RECORD_PREFIX) else key
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise CorruptRecord(key, root, f"not JSON: {getattr(exc, 'msg', exc)}") from None
+    if not isinstance(data, dict):
+        raise CorruptRecord(key, root, f"a JSON {type(data).__name__}, not an object")
+    partial = _partial(name, data)
+    missing = [f for f in REQUIRED_FIELDS if not isinstance(data.get(f), str)]
+    if missing:
+        raise CorruptRecord(key, root, f"missing {', '.join(missing)}", partial)
+    if data["name"] != name:
+        raise CorruptRecord(key, root, f"it holds deployment {data['name']!r}", partial)
+    try:
+        return Deployment.from_json(text)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CorruptRecord(key, root, f"{type(exc).__name__}: {exc}", partial) from None
+
+
+def _partial(name: str, data: dict[str, Any]) -> Deployment | None:
+    """What authorization needs of an unreadable record, if it still says who owns it."""
+    owner, token = data.get("owner"), data.get("production_token")
+    if not isinstance(owner, str) or not isinstance(token, str):
+        return None
+    text = {k: v if isinstance(v, str) else None for k, v in data.items()}
+    return Deployment(
+        name=name,
+        flow_name=text.get("flow_name") or "",
+        flow_file="",
+        definitions_file="",
+        owner=owner,
+        production_token=token,
+        project_name=text.get("project_name"),
+        branch_name=text.get("branch_name"),
+    )
+
+
 def dagster_home() -> tuple[str, bool]:
     """The instance directory and whether it was chosen for the user (DAGSTER_HOME unset)."""
     env = os.environ.get("DAGSTER_HOME")
@@ -135,20 +208,93 @@ def _get(instance: DagsterInstance, key: str) -> str | None:
     return value or None
 
 
-def list_names(instance: DagsterInstance) -> list[str]:
+def _scan(instance: DagsterInstance, prefix: str) -> dict[str, str] | None:
+    """Every key under `prefix` with its value; None when the run storage is not one of
+    Dagster's SQL storages (its public API reads keys by name only)."""
+    from ._dagster_private import KeyValueStoreTable, SqlRunStorage, db_select
+
+    storage: Any = instance.run_storage
+    for _ in range(3):  # a LegacyRunStorage wraps the DagsterStorage's run storage
+        if isinstance(storage, SqlRunStorage):
+            break
+        storage = getattr(getattr(storage, "_storage", None), "run_storage", None)
+    if not isinstance(storage, SqlRunStorage):
+        return None
+    col = KeyValueStoreTable.c
+    rows = storage.fetchall(db_select([col.key, col.value]).where(col.key.like(prefix + "%")))
+    # LIKE treats `_` as a wildcard (and SQLite ignores case): keep the exact prefix only
+    return {r["key"]: r["value"] for r in rows if r["key"].startswith(prefix)}
+
+
+def _index(instance: DagsterInstance) -> list[str]:
+    """Names in the index key (read only where the storage cannot list keys by prefix)."""
     text = _get(instance, INDEX_KEY)
-    return sorted(json.loads(text)) if text else []
+    try:
+        names = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def _records(instance: DagsterInstance) -> dict[str, str]:
+    """Record key -> text of every deployment not deleted."""
+    found = _scan(instance, RECORD_PREFIX)
+    if found is None:
+        keys = {RECORD_PREFIX + n for n in _index(instance)}
+        found = dict(instance.run_storage.get_cursor_values(keys)) if keys else {}
+    return {k: v for k, v in found.items() if v}
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, CorruptRecordWarning, stacklevel=3)
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def list_all(
+    instance: DagsterInstance, flow_name: str | None = None, warn: Callable[[str], None] | None = None
+) -> list[Deployment]:
+    """Every readable deployment (of `flow_name`), by name; an unreadable record is skipped
+    with `warn` (default: a CorruptRecordWarning) instead of failing the whole listing."""
+    out = []
+    for key, text in sorted(_records(instance).items()):
+        try:
+            dep = parse_record(key, text, instance.root_directory)
+        except CorruptRecord as exc:
+            (warn or _warn)(f"skipped {exc}")
+            continue
+        if flow_name is None or dep.flow_name == flow_name:
+            out.append(dep)
+    return out
+
+
+def list_names(instance: DagsterInstance, warn: Callable[[str], None] | None = None) -> list[str]:
+    return [d.name for d in list_all(instance, warn=warn)]
 
 
 def get(instance: DagsterInstance, name: str) -> Deployment | None:
-    text = _get(instance, RECORD_PREFIX + name)
-    return Deployment.from_json(text) if text else None
+    """The deployment named `name` (None if there is none); CorruptRecord if unreadable."""
+    key = RECORD_PREFIX + name
+    text = _get(instance, key)
+    return parse_record(key, text, instance.root_directory) if text else None
+
+
+def deleted(instance: DagsterInstance, name: str) -> Deployment | None:
+    """The last record of a deleted deployment (None if unknown or unreadable): its runs
+    keep their owner and production token after `delete`."""
+    text = _get(instance, DELETED_PREFIX + name)
+    try:
+        return parse_record(RECORD_PREFIX + name, text, instance.root_directory) if text else None
+    except CorruptRecord:
+        return None
 
 
 def require(instance: DagsterInstance, name: str) -> Deployment:
     dep = get(instance, name)
     if dep is None:
-        known = ", ".join(list_names(instance)) or "none"
+        known = ", ".join(list_names(instance, warn=_quiet)) or "none"
         raise DeploymentError(
             f"no deployment named {name!r} in the Dagster instance at "
             f"{instance.root_directory} (deployed: {known}); run `python <flow>.py dagster create` first"
@@ -163,20 +309,37 @@ def _set(instance: DagsterInstance, key: str, value: str) -> None:
 
 
 def put(instance: DagsterInstance, dep: Deployment) -> None:
+    """Record `dep` under its own key (a concurrent `create` of another deployment writes
+    another key), then rewrite the derived index and workspace file."""
     _set(instance, RECORD_PREFIX + dep.name, dep.to_json())
-    _set(instance, INDEX_KEY, json.dumps(sorted(set(list_names(instance)) | {dep.name})))
-    _write_workspace(instance)
+    _refresh(instance, add=dep.name)
 
 
 def remove(instance: DagsterInstance, name: str) -> list[str]:
-    """Forget a deployment; its schedule and sensor are stopped (returns their names)."""
-    dep = get(instance, name)
+    """Forget a deployment, also one whose record is corrupt; its schedule and sensor are
+    stopped (returns their names). Its last record stays as a tombstone (`deleted`)."""
+    try:
+        dep = get(instance, name)
+        last = dep
+    except CorruptRecord as exc:
+        dep, last = None, exc.partial
     stopped = _stop_instigators(instance, dep) if dep is not None else []
+    if last is not None:
+        _set(instance, DELETED_PREFIX + name, last.to_json())
     # the key-value store has no delete: an empty value means "no record"
     _set(instance, RECORD_PREFIX + name, "")
-    _set(instance, INDEX_KEY, json.dumps(sorted(set(list_names(instance)) - {name})))
-    _write_workspace(instance)
+    _refresh(instance, drop=name)
     return stopped
+
+
+def _refresh(instance: DagsterInstance, add: str | None = None, drop: str | None = None) -> None:
+    """Rewrite the index and the workspace file from the records, under the home's file
+    lock: the last writer on this machine writes what every record says."""
+    with _home_lock(instance.root_directory):
+        names = set(list_names(instance, warn=_quiet)) | ({add} if add else set())
+        names.discard(drop or "")
+        _set(instance, INDEX_KEY, json.dumps(sorted(names)))
+        _write_workspace(instance)
 
 
 def instigator_names(dep: Deployment) -> list[str]:
@@ -218,15 +381,6 @@ def _stop_instigators(instance: DagsterInstance, dep: Deployment) -> list[str]:
     return sorted(instigator_names(dep))
 
 
-def list_all(instance: DagsterInstance, flow_name: str | None = None) -> list[Deployment]:
-    out = []
-    for name in list_names(instance):
-        dep = get(instance, name)
-        if dep is not None and (flow_name is None or dep.flow_name == flow_name):
-            out.append(dep)
-    return out
-
-
 def workspace_path(instance: DagsterInstance) -> str:
     return os.path.join(instance.root_directory, WORKSPACE_FILE)
 
@@ -234,7 +388,7 @@ def workspace_path(instance: DagsterInstance) -> str:
 def _write_workspace(instance: DagsterInstance) -> None:
     """workspace.yaml with every deployment whose definitions file exists on this machine."""
     files = sorted(
-        {d.definitions_file for d in list_all(instance) if Path(d.definitions_file).exists()}
+        {d.definitions_file for d in list_all(instance, warn=_quiet) if Path(d.definitions_file).exists()}
     )
     lines = ["# Written by dagster-metaflow: every deployment of this instance.", "load_from:"]
     lines += [f"  - python_file: {json.dumps(f)}" for f in files]
@@ -245,3 +399,86 @@ def _write_workspace(instance: DagsterInstance) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(tmp, path)
+
+
+# -- authorization and the definitions file ---------------------------------------------
+
+
+def token_prefix(name: str, project_name: str | None = None, branch_name: str | None = None) -> str:
+    """Where Metaflow keeps a deployment's production token (as its schedulers do)."""
+    import base64
+    from hashlib import sha1
+
+    if project_name:
+        branch = f"{project_name}.{branch_name}".encode()
+        return ("mfprj-" + base64.b32encode(sha1(branch).digest()).decode()[:16]).lower()
+    return f"dagster-{name}".lower()
+
+
+def authorization_problem(dep: Deployment | None, authorize: str | None, user: str | None, action: str) -> str | None:
+    """Why the caller may not `action` (create, terminate, delete) `dep`, None if they may:
+    someone other than its owner needs its production token, given as `authorize` or stored
+    by an earlier `create --authorize` (Metaflow's token file), as Metaflow's Argo CLI rules.
+    The CLI and the Deployer API both refuse with this one line."""
+    if dep is None or not dep.production_token:
+        return None
+    if authorize is None:
+        from metaflow.plugins.aws.step_functions.production_token import load_token
+
+        authorize = load_token(token_prefix(dep.name, dep.project_name, dep.branch_name))
+    elif authorize.startswith("production:"):
+        authorize = authorize[len("production:") :]
+    if (user and dep.owner == user) or authorize == dep.production_token:
+        return None
+    return (
+        f"deployment {dep.name!r} was created by {dep.owner!r}; to {action} it {REFUSAL_MARK}: "
+        f"ask them for it, then run `dagster {action} --authorize TOKEN` "
+        f"(Deployer API: `{action}(authorize=TOKEN)`)"
+    )
+
+
+def definitions_problem(dep: Deployment) -> str | None:
+    """Why `dep`'s definitions file is not the one `create` recorded (None if it is), read
+    without running it: a record pointing at another flow's file whose job has the same
+    name would start that flow under this deployment's name."""
+    path = dep.definitions_file
+    fix = f"run `python {os.path.basename(dep.flow_file)} dagster create` again to write and record its own file"
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)
+    except OSError as exc:
+        return f"cannot read the definitions file {path} of deployment {dep.name!r} ({exc.strerror}); {fix}"
+    except (SyntaxError, ValueError) as exc:
+        return f"the definitions file {path} of deployment {dep.name!r} is not valid Python ({exc}); {fix}"
+    flow, fingerprint, jobs = _generated_identity(tree)
+    wrong = []
+    if flow != dep.flow_name:
+        wrong.append(f"flow {flow or 'none'} (recorded: {dep.flow_name})")
+    if dep.name not in jobs:
+        wrong.append(f"job {', '.join(sorted(jobs)) or 'none'} (recorded: {dep.name})")
+    if dep.flow_fingerprint and fingerprint != dep.flow_fingerprint:
+        wrong.append(f"flow fingerprint {(fingerprint or 'none')[:12]} (recorded: {dep.flow_fingerprint[:12]})")
+    if not wrong:
+        return None
+    return f"the definitions file {path} does not belong to deployment {dep.name!r}: it has {'; '.join(wrong)}; {fix}"
+
+
+def _generated_identity(tree: ast.AST) -> tuple[str | None, str | None, set[str]]:
+    """(flow name, flow fingerprint, job names) a generated file declares: the string
+    keywords of its `MetaflowFlow(...)` and `@job(...)` calls."""
+    flow = fingerprint = None
+    jobs: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        callee = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        kw = {
+            k.arg: k.value.value
+            for k in node.keywords
+            if k.arg and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)
+        }
+        if callee == "MetaflowFlow":
+            flow, fingerprint = kw.get("name"), kw.get("flow_fingerprint")
+        elif callee == "job" and "name" in kw:
+            jobs.add(kw["name"])
+    return flow, fingerprint, jobs

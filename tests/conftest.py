@@ -160,6 +160,17 @@ def stop_group(*procs: subprocess.Popen[Any], grace: float = 30) -> None:
             proc.wait()
 
 
+def wait_for(what: str, check: Any, timeout: float, every: float = 0.3) -> Any:
+    """The first truthy value of `check()`; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
 def survivors(pids: Iterable[int], within: float) -> list[int]:
     """The processes of `pids` still alive (not zombies) after waiting up to `within` s."""
     import psutil

@@ -7,12 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import BIN, FLOWS, Workspace
+from conftest import BIN, FLOWS, Workspace, wait_for
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -27,13 +26,7 @@ def _runs(ws: Workspace, job: str) -> list[Any]:
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
+    return wait_for(what, check, timeout, every=1)
 
 
 def _finished(ws: Workspace, job: str, n: int) -> Callable[[], list[Any]]:

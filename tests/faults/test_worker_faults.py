@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import Workspace, survivors
+from conftest import Workspace, survivors, wait_for
 from services import dagster_daemon
 
 from dagster_metaflow.runtime import metaflow_run_id
@@ -35,16 +35,6 @@ def _run(ws: Workspace) -> Any:
         return instance.get_runs(limit=1)[0]
 
 
-def _wait(what: str, cond: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
 def _markers(ws: Workspace, attempt: int, count: int, timeout: float = 120) -> list[int]:
     """pids (step process and its escaped grandchild) of `count` held bodies at `attempt`."""
 
@@ -52,7 +42,7 @@ def _markers(ws: Workspace, attempt: int, count: int, timeout: float = 120) -> l
         got = sorted(ws.dir.glob(f"body-*-{attempt}"))
         return got if len(got) >= count else []
 
-    files = _wait(f"{count} held body tasks (attempt {attempt})", found, timeout)
+    files = wait_for(f"{count} held body tasks (attempt {attempt})", found, timeout)
     return [int(p) for f in files for p in f.read_text().split()]
 
 
@@ -60,7 +50,7 @@ def _worker(ws: Workspace) -> WorkerIdentity:
     def recorded() -> WorkerIdentity | None:
         return WorkerIdentity.parse(_run(ws).tags.get(TAG_WORKER))
 
-    identity = _wait("the run worker's identity tag", recorded, 60)
+    identity = wait_for("the run worker's identity tag", recorded, 60)
     assert identity.alive(), identity
     return identity
 
@@ -233,7 +223,7 @@ def test_daemon_resumes_the_same_run_after_its_worker_is_killed(workspace: Works
     (ws.dagster_home / "dagster.yaml").write_text(DAEMON_YAML)
     ws.compile()
     with dagster_daemon(ws):
-        _wait("the daemon's heartbeat", lambda: _heartbeat(ws), 90)
+        wait_for("the daemon's heartbeat", lambda: _heartbeat(ws), 90)
         ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir), "--run-id-file", "rid")
         pids = _markers(ws, 0, 3)
         first = _worker(ws)
@@ -244,7 +234,7 @@ def test_daemon_resumes_the_same_run_after_its_worker_is_killed(workspace: Works
         os.kill(first.pid, signal.SIGKILL)
         assert survivors(pids, within=30) == []
         ws.dir.joinpath("release").write_text("")
-        run = _wait("the resumed run to end", lambda: _finished(ws), 240)
+        run = wait_for("the resumed run to end", lambda: _finished(ws), 240)
     assert run.status.value == "SUCCESS", [e.message for e in ws.dagster_events(run.run_id)][-15:]
     second = WorkerIdentity.parse(run.tags.get(TAG_WORKER))
     assert second is not None and second != first
@@ -268,3 +258,92 @@ def _heartbeat(ws: Workspace) -> bool:
 def _finished(ws: Workspace) -> Any:
     run = _run(ws)
     return run if run.is_finished else None
+
+
+@pytest.mark.flow("step_kill_flow.py")
+@pytest.mark.parametrize("with_retry", [True, False], ids=["retry", "no-retry"])
+def test_killed_step_is_retried_or_fails_the_run(workspace: Workspace, with_retry: bool) -> None:
+    """kill -9 of a step process: with @retry the next attempt runs and the run succeeds;
+    without, the run fails naming the step; the worker and every process end either way."""
+    ws = workspace
+    if not with_retry:
+        ws.flow.write_text(ws.flow.read_text().replace("@retry(times=1, minutes_between_retries=0)", ""))
+    ws.compile()
+    ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir), "--run-id-file", "rid")
+    step_pid = int(wait_for("the step to start", lambda: (ws.dir / "work").exists() and (ws.dir / "work").read_text(), 120))
+    identity = _worker(ws)
+    os.kill(step_pid, signal.SIGKILL)
+    run = wait_for("the run to end", lambda: _finished(ws), 180)
+    mf_run = (ws.dir / "rid").read_text().strip()
+    from metaflow import Run
+
+    mf = Run(f"StepKillFlow/{mf_run}", _namespace_check=False)
+    if with_retry:
+        assert run.status.value == "SUCCESS"
+        assert mf.successful and mf["work"].task["attempt_seen"].data == 1
+    else:
+        assert run.status.value == "FAILURE"
+        failures = [e.message for e in ws.dagster_events(run.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
+        assert failures and "op_work" in (failures[0] or ""), failures
+        assert not mf.successful
+    assert survivors([identity.pid], within=30) == []
+    assert _carriers(identity) == []
+
+
+@pytest.mark.flow("params_flow.py")
+def test_twenty_concurrent_triggers_keep_their_parameters(workspace: Workspace) -> None:
+    """20 `trigger`s at once, each with its own parameter value: 20 runs, each SUCCESS with
+    its own value, and no process left behind."""
+    ws = workspace
+    ws.compile()
+    env = dict(os.environ, DAGSTER_HOME=str(ws.dagster_home))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, ws.flow.name, "dagster", "trigger", "--needed", str(i), "--run-id-file", f"rid{i}"],
+            cwd=ws.dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(20)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    ids = {i: (ws.dir / f"rid{i}").read_text().strip() for i in range(20)}
+    assert len(set(ids.values())) == 20
+
+    def all_done() -> list[Any] | None:
+        with _instance(ws) as instance:
+            runs = instance.get_runs()
+        return runs if len(runs) == 20 and all(r.is_finished for r in runs) else None
+
+    runs = wait_for("20 runs to end", all_done, 400)
+    assert {r.status.value for r in runs} == {"SUCCESS"}
+    from metaflow import Run
+
+    for i, rid in ids.items():
+        assert Run(f"ParamsFlow/{rid}", _namespace_check=False)["start"].task["seen"].data["needed"] == i
+    workers = [WorkerIdentity.parse(r.tags.get(TAG_WORKER)) for r in runs]
+    assert survivors([w.pid for w in workers if w is not None], within=30) == []
+
+
+@pytest.mark.flow("fault_flow.py")
+def test_daemon_killed_while_its_run_is_running(workspace: Workspace) -> None:
+    """kill -9 of dagster-daemon after it launched a queued run: the run worker (its own
+    session, MetaflowRunLauncher) goes on and the run succeeds; nothing is left behind."""
+    ws = workspace
+    (ws.dagster_home / "dagster.yaml").write_text(
+        DAEMON_YAML + "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator\n"
+    )
+    ws.compile()
+    ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir), "--run-id-file", "rid")
+    with dagster_daemon(ws) as daemon:
+        pids = _markers(ws, 0, 3)
+        identity = _worker(ws)
+        os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=30)
+    ws.dir.joinpath("release").write_text("")
+    run = wait_for("the run to end", lambda: _finished(ws), 180)
+    assert run.status.value == "SUCCESS"
+    assert survivors([*pids, identity.pid], within=30) == []
+    from metaflow import Run
+
+    assert Run(f"FaultFlow/{(ws.dir / 'rid').read_text().strip()}", _namespace_check=False).successful
