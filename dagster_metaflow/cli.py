@@ -720,11 +720,16 @@ def _follow(obj: Any, instance: Any, run_id: str, pathspec: str) -> None:
     status = run.status.value if run is not None else "UNKNOWN"
     click.echo(f"{pathspec} {status} | Dagster run {run_id} | {launch.ui_url(run_id)}")
     if status != "SUCCESS":
-        origin = pathspec.split("/")[-1]
         raise DagsterMetaflowException(
-            f"run {pathspec} ended with status {status}; to run what did not finish: "
-            f"python {os.path.basename(obj.flow.script_name)} dagster resume --origin-run-id {origin}"
+            f"run {pathspec} ended with status {status}; {_resume_hint(obj, pathspec.split('/')[-1])}"
         )
+
+
+def _resume_hint(obj: Any, mf_run_id: str) -> str:
+    return (
+        "to run what did not finish: "
+        f"python {os.path.basename(obj.flow.script_name)} dagster resume --origin-run-id {mf_run_id}"
+    )
 
 
 def _run_start_options(f: Any) -> Any:
@@ -869,6 +874,8 @@ def status(obj: Any, run_id: str) -> None:
             f"{dep.flow_name}/{metaflow_run_id(run.run_id)}: {launch.status_name(run)} "
             f"(Dagster {run.status.value}, run {run.run_id}) {launch.ui_url(run.run_id)}"
         )
+        if run.status.value in ("FAILURE", "CANCELED"):
+            obj.echo(_resume_hint(obj, metaflow_run_id(run.run_id)))
 
 
 @dagster.command(help="Stop a run and every step process it started.")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections import deque
@@ -35,7 +36,14 @@ from typing import TYPE_CHECKING, Any
 from dagster import DefaultRunLauncher
 
 from ._dagster_private import CheckRunHealthResult, LaunchRunContext, ResumeRunContext, WorkerStatus
-from .runtime.worker import TAG_WORKER, WorkerIdentity, identity_of, settle
+from .runtime.worker import (
+    STALE_SECONDS,
+    TAG_WORKER,
+    WorkerIdentity,
+    identity_of,
+    settle,
+    worker_alive,
+)
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
@@ -81,10 +89,9 @@ def spawn_worker(instance: DagsterInstance, run: DagsterRun, resume: bool = Fals
             start_new_session=True,
             close_fds=True,
         )
-    identity = WorkerIdentity.of(proc.pid) or WorkerIdentity.of(os.getpid())
-    assert identity is not None
-    if identity.pid == proc.pid:
-        instance.add_run_tags(run.run_id, {TAG_WORKER: identity.tag()})
+    # a worker that is already gone is recorded with no start time: readers end its run
+    identity = WorkerIdentity.of(proc.pid) or WorkerIdentity(socket.gethostname(), proc.pid, 0.0)
+    instance.add_run_tags(run.run_id, {TAG_WORKER: identity.tag()})
     return identity
 
 
@@ -96,7 +103,7 @@ def stop_worker(instance: DagsterInstance, run: DagsterRun) -> bool:
         return False
     if identity.signal(signal.SIGINT):
         return True
-    if identity.alive() is False:
+    if worker_alive(run, identity) is False:
         settle(instance, run)
     return False
 
@@ -122,14 +129,15 @@ class MetaflowRunLauncher(DefaultRunLauncher):
         identity = identity_of(run)
         if identity is None:
             return CheckRunHealthResult(WorkerStatus.RUNNING, "no worker recorded yet")
-        alive = identity.alive()
-        if alive is None:  # started on another host: only that host can tell
-            return CheckRunHealthResult(WorkerStatus.RUNNING, f"worker on {identity.host}, not checked")
+        alive = worker_alive(run, identity)
+        if alive is None:  # on another host, no heartbeat yet
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"worker on {identity.host}, no heartbeat yet")
         if alive:
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=identity.tag())
         return CheckRunHealthResult(
             WorkerStatus.FAILED,
-            f"run worker pid {identity.pid} on {identity.host} is gone",
+            f"run worker pid {identity.pid} on {identity.host} is gone"
+            + ("" if identity.local else f" (no heartbeat for {STALE_SECONDS:g} s)"),
             run_worker_id=identity.tag(),
         )
 

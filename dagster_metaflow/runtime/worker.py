@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
 
 TAG_WORKER = "dagster-metaflow/worker"
+TAG_HEARTBEAT = "dagster-metaflow/worker-heartbeat"  # unix time, renewed while the worker runs
+HEARTBEAT_SECONDS = 20.0
+STALE_SECONDS = 120.0  # a worker on another host silent this long is taken for dead
 WORKER_VAR = "DAGSTER_METAFLOW_WORKER"
 RECOVERING_VAR = "DAGSTER_METAFLOW_RECOVERING"  # set in a worker that resumes a run
 # how close two readings of one process's start time are (psutil derives it from clock ticks)
@@ -104,6 +108,36 @@ class WorkerIdentity:
 
 def identity_of(run: DagsterRun) -> WorkerIdentity | None:
     return WorkerIdentity.parse(run.tags.get(TAG_WORKER))
+
+
+def worker_alive(run: DagsterRun, identity: WorkerIdentity) -> bool | None:
+    """Whether the run's worker runs: by its process on this host, by its heartbeat from
+    another host (None when neither tells)."""
+    if identity.local:
+        return identity.alive()
+    try:
+        beat = float(run.tags.get(TAG_HEARTBEAT, ""))
+    except ValueError:
+        return None
+    return time.time() - beat < STALE_SECONDS
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the run's heartbeat tag, so readers on other hosts can tell the worker lives."""
+
+    def __init__(self, instance: DagsterInstance, run_id: str) -> None:
+        super().__init__(name="dagster-metaflow:heartbeat", daemon=True)
+        self.instance, self.run_id = instance, run_id
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.instance.add_run_tags(self.run_id, {TAG_HEARTBEAT: f"{time.time():.0f}"})
+            except Exception:  # a busy storage: the next beat will do
+                pass
+            if self.stopped.wait(HEARTBEAT_SECONDS):
+                return
 
 
 def record_self(instance: DagsterInstance, run_id: str) -> WorkerIdentity | None:
@@ -226,14 +260,15 @@ def settle(instance: DagsterInstance, run: DagsterRun | None) -> DagsterRun | No
     if run is None or run.status not in (DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING):
         return run
     identity = identity_of(run)
-    if identity is None or identity.alive() is not False:
+    if identity is None or worker_alive(run, identity) is not False:
         return run
     fresh = instance.get_run_by_id(run.run_id)  # it may have just ended as its worker exited
     if fresh is None or fresh.is_finished:
         return fresh
     if fresh.status != DagsterRunStatus.CANCELING and resume_expected(instance, fresh):
         return fresh
-    stop_orphans(identity)
+    if identity.local:  # elsewhere, that host's watchdog stops them
+        stop_orphans(identity)
     declare_lost(instance, fresh, identity)
     return instance.get_run_by_id(run.run_id)
 
@@ -243,6 +278,7 @@ __all__ = [
     "WORKER_VAR",
     "WorkerIdentity",
     "identity_of",
+    "worker_alive",
     "record_self",
     "stop_orphans",
     "settle",
@@ -263,6 +299,8 @@ def watched(instance: DagsterInstance, run_id: str, resumed: bool = False) -> It
         yield
         return
     me = record_self(instance, run_id)
+    heartbeat = _Heartbeat(instance, run_id)
+    heartbeat.start()
     watchdog = None
     if me is not None:
         from dagster import serialize_value
@@ -276,6 +314,7 @@ def watched(instance: DagsterInstance, run_id: str, resumed: bool = False) -> It
     try:
         yield
     finally:
+        heartbeat.stopped.set()
         if watchdog is not None:  # the run ended here: nothing for the watchdog to do
             watchdog.terminate()
             try:

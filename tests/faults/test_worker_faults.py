@@ -114,8 +114,8 @@ def test_killed_worker_stops_every_process_and_fails_the_run(workspace: Workspac
     messages = [e.message for e in ws.dagster_events(run.run_id)]
     assert any("run worker lost" in (m or "") for m in messages), messages[-5:]
     mf_run = metaflow_run_id(run.run_id)
-    status = ws.metaflow("dagster", "status", "--run-id", mf_run).stdout
-    assert "FAILED" in status
+    status = ws.metaflow("dagster", "status", "--run-id", mf_run)
+    assert "FAILED" in status.stdout and f"dagster resume --origin-run-id {mf_run}" in status.stderr
     assert mf_run not in ws.metaflow("dagster", "list-runs", "--running").stdout
     assert survivors([watchdog], within=10) == []
     ws.dir.joinpath("release").write_text("")  # nothing may pick up the hold now
@@ -326,24 +326,26 @@ def test_twenty_concurrent_triggers_keep_their_parameters(workspace: Workspace) 
 
 
 @pytest.mark.flow("fault_flow.py")
-def test_daemon_killed_while_its_run_is_running(workspace: Workspace) -> None:
-    """kill -9 of dagster-daemon after it launched a queued run: the run worker (its own
-    session, MetaflowRunLauncher) goes on and the run succeeds; nothing is left behind."""
+def test_daemon_killed_during_a_scheduled_run(workspace: Workspace) -> None:
+    """kill -9 of dagster-daemon while a run its scheduler launched is running: the run
+    worker (own session, MetaflowRunLauncher) goes on and the run succeeds; nothing is left."""
     ws = workspace
-    (ws.dagster_home / "dagster.yaml").write_text(
-        DAEMON_YAML + "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator\n"
-    )
+    text = ws.flow.read_text().replace('Parameter("marker-dir", default="")', f'Parameter("marker-dir", default={str(ws.dir)!r})')
+    text = text.replace("\nclass FaultFlow", '\n@schedule(cron="* * * * *")\nclass FaultFlow')
+    ws.flow.write_text(text.replace("import FlowSpec,", "import FlowSpec, schedule,"))
+    (ws.dagster_home / "dagster.yaml").write_text(DAEMON_YAML)
     ws.compile()
-    ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir), "--run-id-file", "rid")
     with dagster_daemon(ws) as daemon:
-        pids = _markers(ws, 0, 3)
+        pids = _markers(ws, 0, 3, timeout=150)
         identity = _worker(ws)
         os.killpg(daemon.pid, signal.SIGKILL)
         daemon.wait(timeout=30)
     ws.dir.joinpath("release").write_text("")
     run = wait_for("the run to end", lambda: _finished(ws), 180)
+    assert run.tags.get("dagster/schedule_name") == "FaultFlow_schedule"
     assert run.status.value == "SUCCESS"
     assert survivors([*pids, identity.pid], within=30) == []
+    assert _carriers(identity) == []
     from metaflow import Run
 
-    assert Run(f"FaultFlow/{(ws.dir / 'rid').read_text().strip()}", _namespace_check=False).successful
+    assert Run(f"FaultFlow/{metaflow_run_id(run.run_id)}", _namespace_check=False).successful
