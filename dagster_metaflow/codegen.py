@@ -104,6 +104,8 @@ class RenderModel:
     wiring: list[str]
     imports: list[str]
     flow_kwargs: list[tuple[str, str]]
+    # (step, its next steps): every finished task's self.next() is checked against them
+    transitions: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     parameters: list[str] = field(default_factory=list)  # Config class field lines
     uses_field: bool = False
     runtime_imports: list[str] = field(default_factory=list)
@@ -230,6 +232,8 @@ def _op_model(step: StepIR, ir: FlowIR, w: StepWiring) -> OpModel:
             loop_kwargs.append(f"max_retries={step.retry.max_retries}")
             if step.retry.delay_seconds:
                 loop_kwargs.append(f"retry_delay={step.retry.delay_seconds}")
+        if w.switch_always:
+            loop_kwargs.append("always=True")
         body += [
             "yield from _run_loop(",
             head,
@@ -374,6 +378,9 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         flow_kwargs.append(("config_values", py(ir.config_values)))
     if ir.flow_fingerprint:
         flow_kwargs.append(("flow_fingerprint", py(ir.flow_fingerprint)))
+    switch_steps = tuple(s.name for s in ir.steps if s.kind == "switch")
+    if switch_steps:
+        flow_kwargs.append(("switch_steps", py(switch_steps)))
     card_steps = tuple(s.name for s in ir.steps if s.has_card)
     if card_steps:
         flow_kwargs.append(("card_steps", py(card_steps)))
@@ -407,6 +414,7 @@ def build_render_model(ir: FlowIR) -> RenderModel:
         ),
         engine_import=engine,
         flow_kwargs=flow_kwargs,
+        transitions=[(s.name, s.next_steps) for s in ir.steps],
         parameters=params,
         uses_field=uses_field,
         uses_nesting=bool(wiring.helpers),

@@ -78,9 +78,10 @@ class StepWiring:
     in_map: bool = False  # runs inside a region (task id from the mapping key)
     dynamic_out: bool = False  # top-level foreach: the op itself fans out
     switch_outputs: tuple[tuple[str, str], ...] = ()  # (target step, output name)
-    # inside a region a switch yields every output ("" for branches not taken): Dagster
-    # skips an op whose input was skipped and a collect that is skipped for every key, so
-    # joins and merges inside regions (and foreach joins) need every value to exist
+    # inside a region a switch (a loop too) yields every output (a not-taken marker for
+    # the branches not taken): Dagster skips an op whose input was skipped and a collect
+    # that is skipped for every key, so joins and merges inside regions (and foreach
+    # joins) need every value to exist
     switch_always: bool = False
     ubf_control: bool = False  # @parallel step: one control task that runs the workers
     parallel_join: bool = False  # join of a @parallel step: inputs are its mapper tasks
@@ -257,11 +258,10 @@ class _Builder:
             targets = tuple(t for t in dict.fromkeys(step.next_steps) if t != step.name)
             outs = tuple((t, naming.python_identifier(f"to_{t}", {"result"})) for t in targets)
             w.switch_outputs = outs
-            w.switch_always = stream is not None and not step.is_recursive
+            w.switch_always = stream is not None  # a loop too: its exits may rejoin
             out_vars = [self.var(f"{step.name}_to_{t}") for t, _ in outs]
             for (t, _), ov in zip(outs, out_vars, strict=True):
-                # a top-level switch's unchosen outputs are skipped; a recursive switch
-                # yields only its exit
+                # a top-level switch's (or loop's) unchosen outputs are skipped
                 self.switch_val[(step.name, t)] = Val(
                     ov, stream, optional=optional_out or (not w.switch_always and len(outs) > 1)
                 )

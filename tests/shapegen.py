@@ -6,6 +6,12 @@ blocks, then a join step), a foreach (a body of blocks, then a join step) or a s
 a split, a foreach body, or the end), an *open* switch whose branches go straight into that
 join with no merge step. Every step extends a deterministic `trace`
 string, so a native run and a Dagster run of the same flow must produce equal artifacts.
+
+Two more families, off by default so the seeds of the plain family keep their flows:
+`loops=True` adds loops (a recursive switch iterating 1-3 times, whose two exits go through
+different steps to a merge step, or straight into a join), at any foreach depth; and
+`replace_body=True` replaces the body of one step that always runs with a decorator that
+never calls self.next(), which Metaflow's runtime refuses after the task: both runs fail.
 """
 
 from __future__ import annotations
@@ -19,8 +25,14 @@ class _Gen:
     rng: random.Random
     max_steps: int
     max_depth: int
+    loops: bool = False  # also loops (recursive switches), whose exits rejoin
     steps: list[str] = field(default_factory=list)
     counter: int = 0
+    foreach_level: int = 0  # foreach bodies enclosing the step being added
+    conditional: int = 0  # switch/loop branches enclosing it (it may not run)
+    features: set[str] = field(default_factory=set)
+    # step -> (foreach level, conditional depth, index in `steps`)
+    placed: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def name(self, kind: str) -> str:
         self.counter += 1
@@ -28,6 +40,7 @@ class _Gen:
 
     def add(self, name: str, body: str, nxt: str, join: bool = False) -> None:
         args = "self, inputs" if join else "self"
+        self.placed[name] = (self.foreach_level, self.conditional, len(self.steps))
         self.steps.append(f"    @step\n    def {name}({args}):\n{body}        self.next({nxt})\n")
 
     def blocks(self, depth: int, follow: str, count: int | None = None, into_join: bool = False) -> str:
@@ -46,17 +59,13 @@ class _Gen:
             kinds += ["split", "foreach", "switch"]
             if into_join:
                 kinds.append("open_switch")
+            if self.loops:
+                kinds += ["loop", "open_loop"] if into_join else ["loop"]
         kind = self.rng.choice(kinds)
-        if kind == "open_switch":
-            head = self.name("osw")
-            a = self.blocks(depth + 1, follow, 1, into_join=True)
-            b = self.blocks(depth + 1, follow, 1, into_join=True)
-            self.add(
-                head,
-                f"        self.trace += '{head};'\n        self.choice = 'a' if len(self.trace) % 2 else 'b'\n",
-                f"{{'a': self.{a}, 'b': self.{b}}}, condition='choice'",
-            )
-            return head
+        if kind in ("open_switch", "switch"):
+            return self.switch(depth, follow, open_=kind == "open_switch")
+        if kind in ("open_loop", "loop"):
+            return self.loop(depth, follow, open_=kind == "open_loop")
         if kind == "step":
             name = self.name("s")
             self.add(name, f"        self.trace += '{name};'\n", f"self.{follow}")
@@ -72,28 +81,40 @@ class _Gen:
             branches = [self.blocks(depth + 1, join, 1, into_join=True) for _ in range(self.rng.randint(2, 3))]
             self.add(head, f"        self.trace += '{head};'\n", ", ".join(f"self.{b}" for b in branches))
             return head
-        if kind == "foreach":
-            head, join = self.name("fe"), self.name("fjoin")
-            width = self.rng.randint(1, 3)
-            self.add(
-                join,
-                f"        self.trace = '[' + '|'.join(sorted(i.trace for i in inputs)) + ']' + '{join};'\n",
-                f"self.{follow}",
-                join=True,
-            )
-            body = self.blocks(depth + 1, join, 1, into_join=True)
-            first = self.name("item")
-            self.add(first, f"        self.trace += '{first}' + str(self.input) + ';'\n", f"self.{body}")
-            self.add(
-                head,
-                f"        self.trace += '{head};'\n        self.items = list(range({width}))\n",
-                f"self.{first}, foreach='items'",
-            )
-            return head
-        head, merge = self.name("sw"), self.name("merge")
-        self.add(merge, f"        self.trace += '{merge};'\n", f"self.{follow}")
-        a = self.blocks(depth + 1, merge, 1)
-        b = self.blocks(depth + 1, merge, 1)
+        return self.foreach(depth, follow)
+
+    def foreach(self, depth: int, follow: str) -> str:
+        head, join = self.name("fe"), self.name("fjoin")
+        width = self.rng.randint(1, 3)
+        self.add(
+            join,
+            f"        self.trace = '[' + '|'.join(sorted(i.trace for i in inputs)) + ']' + '{join};'\n",
+            f"self.{follow}",
+            join=True,
+        )
+        self.foreach_level += 1
+        body = self.blocks(depth + 1, join, 1, into_join=True)
+        first = self.name("item")
+        self.add(first, f"        self.trace += '{first}' + str(self.input) + ';'\n", f"self.{body}")
+        self.foreach_level -= 1
+        self.add(
+            head,
+            f"        self.trace += '{head};'\n        self.items = list(range({width}))\n",
+            f"self.{first}, foreach='items'",
+        )
+        return head
+
+    def switch(self, depth: int, follow: str, open_: bool) -> str:
+        """Two branches meeting in a merge step, or (`open_`) going straight into `follow`."""
+        head = self.name("osw" if open_ else "sw")
+        target = follow
+        if not open_:
+            target = self.name("merge")
+            self.add(target, f"        self.trace += '{target};'\n", f"self.{follow}")
+        self.conditional += 1
+        a = self.blocks(depth + 1, target, 1, into_join=open_)
+        b = self.blocks(depth + 1, target, 1, into_join=open_)
+        self.conditional -= 1
         self.add(
             head,
             f"        self.trace += '{head};'\n        self.choice = 'a' if len(self.trace) % 2 else 'b'\n",
@@ -101,19 +122,81 @@ class _Gen:
         )
         return head
 
+    def loop(self, depth: int, follow: str, open_: bool) -> str:
+        """A recursive switch (1-3 iterations, from the trace) whose two exits go through
+        different steps to a merge step, or (`open_`) straight into the join `follow`."""
+        head = self.name("olp" if open_ else "lp")
+        target = follow
+        if not open_:
+            target = self.name("lmerge")
+            self.add(target, f"        self.trace += '{target};'\n", f"self.{follow}")
+        self.conditional += 1
+        a = self.blocks(depth + 1, target, 1, into_join=open_)
+        b = self.blocks(depth + 1, target, 1, into_join=open_)
+        self.conditional -= 1
+        level = f"_in_foreach{self.foreach_level}" if self.foreach_level else ""
+        self.features.add(("open_loop" if open_ else "loop") + level)
+        self.add(
+            head,
+            f"        self.trace += '{head};'\n"
+            f"        self.k_{head} = getattr(self, 'k_{head}', 0) + 1\n"
+            f"        self.route = ('again' if self.k_{head} < 1 + len(self.trace) % 3\n"
+            f"                      else 'a' if len(self.trace) % 2 else 'b')\n",
+            f"{{'again': self.{head}, 'a': self.{a}, 'b': self.{b}}}, condition='route'",
+        )
+        return head
 
-def random_flow(seed: int, max_steps: int = 14, max_depth: int = 3) -> tuple[str, str]:
-    """(class name, source) of a random valid flow."""
-    g = _Gen(random.Random(seed), max_steps, max_depth)
+
+@dataclass(frozen=True)
+class GeneratedFlow:
+    """A generated flow and what it contains (to pick seeds that cover a family)."""
+
+    cls: str
+    source: str
+    features: frozenset[str]  # "loop", "open_loop", "loop_in_foreach<level>", ...
+    replaced: str | None = None  # the step whose body a decorator replaced
+    replaced_level: int = 0  # foreach bodies enclosing it
+
+
+# stands in for a step's body, as a user decorator may: self.next() is never called
+REPLACE_BODY = """
+def replace_body(func):
+    @functools.wraps(func)
+    def body(self, *args):
+        self.trace = 'replaced'
+
+    return body
+"""
+
+
+def generate(
+    seed: int, max_steps: int = 14, max_depth: int = 3, *, loops: bool = False, replace_body: bool = False
+) -> GeneratedFlow:
+    """A random valid flow. `loops`: blocks may also be loops. `replace_body`: one step that
+    always runs (on no conditional branch; never `end`) has its body replaced by a decorator,
+    so it never calls self.next(): Metaflow's runtime fails the run after its task."""
+    g = _Gen(random.Random(seed), max_steps, max_depth, loops=loops)
     g.add("end", "        pass\n", "")
     g.steps[-1] = "    @step\n    def end(self):\n        pass\n"
     first = g.blocks(0, "end", g.rng.randint(1, 3), into_join=True)
-    g.steps.append(f"    @step\n    def start(self):\n        self.trace = 'start;'\n        self.next(self.{first})\n")
+    g.add("start", "        self.trace = 'start;'\n", f"self.{first}")
+    replaced = None
+    if replace_body:
+        always = sorted(n for n, (_lvl, cond, _i) in g.placed.items() if cond == 0 and n != "end")
+        replaced = g.rng.choice(always)
+        i = g.placed[replaced][2]
+        g.steps[i] = g.steps[i].replace("    @step\n", "    @step\n    @replace_body\n", 1)
     cls = f"Random{seed}Flow"
     body = "\n".join(reversed(g.steps))
-    src = (
-        "from metaflow import FlowSpec, step\n\n\n"
-        f"class {cls}(FlowSpec):\n{body}\n\n"
-        f'if __name__ == "__main__":\n    {cls}()\n'
-    )
-    return cls, src
+    head = "from metaflow import FlowSpec, step\n\n\n"
+    if replaced:
+        head = "import functools\n\n" + head + REPLACE_BODY.lstrip() + "\n\n"
+    src = head + f"class {cls}(FlowSpec):\n{body}\n\n" + f'if __name__ == "__main__":\n    {cls}()\n'
+    level = g.placed[replaced][0] if replaced else 0
+    return GeneratedFlow(cls, src, frozenset(g.features), replaced, level)
+
+
+def random_flow(seed: int, max_steps: int = 14, max_depth: int = 3, *, loops: bool = False) -> tuple[str, str]:
+    """(class name, source) of a random valid flow."""
+    flow = generate(seed, max_steps, max_depth, loops=loops)
+    return flow.cls, flow.source

@@ -26,6 +26,7 @@ from .. import naming
 from ..ir import REMOTE_COMPUTE_DECORATORS  # run the deployment's code package remotely
 from .resume import OncePerRun, in_run, origin_of
 from .supervise import StepControl, StepInterrupted, current_control, run_supervised
+from .worker import RECOVERING_VAR
 from .zygote import POOL, fork_enabled, spawn_step_process
 
 PARAMS_STEP = "_parameters"
@@ -46,6 +47,28 @@ def not_taken(pathspec: str) -> str:
 
 def taken(value: str) -> bool:
     return bool(value) and not value.startswith(NOT_TAKEN)
+
+
+def transition_error(step: str, actual: Sequence[str], expected: Sequence[str] | None, switch: bool) -> str | None:
+    """Metaflow's message (runtime.py `_queue_tasks`, as its CLI prints it) when a task's
+    `self.next()` named `actual` but the graph says `expected`; None when they agree or
+    the graph is unknown (a file generated before transitions were recorded)."""
+    if switch:
+        if len(actual) != 1:
+            return f"Switch step {step} should transition to exactly one step at runtime, but got: {', '.join(actual)}"
+        if expected is not None and actual[0] not in expected:
+            return (
+                f"Switch step {step} transitioned to unexpected step {actual[0]}. "
+                f"Expected one of: {', '.join(expected)}"
+            )
+        return None
+    if expected is None or list(actual) == list(expected):
+        return None
+    return (
+        f"Based on static analysis of the code, step {step} was expected to transition to step(s) "
+        f"{', '.join(expected)}. However, when the code was executed, self.next() was called with "
+        f"{', '.join(actual)}. Make sure there is only one unconditional self.next() call in the end of your step."
+    )
 _PREPARE = OncePerRun()
 _CODE: dict[str, Mapping[str, str] | None] = {}  # flow fingerprint -> code package (per process)
 
@@ -148,6 +171,10 @@ class MetaflowFlow:
     exit_hooks_on_error: tuple[str, ...] = ()
     job_name: str | None = None  # set when the executor must find this flow from its job
     card_steps: tuple[str, ...] = ()  # steps with @card: their ops link the cards
+    # the graph's transitions (Metaflow's out_funcs) of every step, and its switch steps:
+    # every finished task's `self.next()` is checked against them as Metaflow's runtime does
+    transitions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    switch_steps: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _LIVE_FLOWS.append(self)
@@ -287,6 +314,29 @@ class MetaflowFlow:
             return bool(self.task_datastore(pathspec).get("_task_ok", False))
         except Exception:
             return False
+
+    def _fresh_attempt(self, pathspec: str, retry_count: int, max_user_code_retries: int) -> tuple[int, int]:
+        """(attempt, max user code retries) for a task that a lost worker may have started:
+        attempt numbers are never reused, and the lost attempts do not eat the @retry budget."""
+        from metaflow.metaflow_config import MAX_ATTEMPTS
+
+        run_id, step, task_id = pathspec.split("/")
+        try:
+            started = self._flow_datastore.get_task_datastore(
+                run_id, step, task_id, mode="r", allow_not_done=True
+            ).attempt
+        except Exception:
+            started = None
+        if started is None or started < retry_count:
+            return retry_count, max_user_code_retries
+        attempt = started + 1
+        if attempt >= MAX_ATTEMPTS:
+            raise Failure(
+                description=f"Metaflow task {pathspec} has used all {MAX_ATTEMPTS} attempts Metaflow "
+                "allows (attempts were lost with run workers that died)",
+                allow_retries=False,
+            )
+        return attempt, max_user_code_retries + attempt - retry_count
 
     # -- operations used by generated ops ----------------------------------------------
     def run_id(self, context: OpExecutionContext) -> str:
@@ -474,9 +524,15 @@ class MetaflowFlow:
                     for mapper in self._control_mappers(pathspec, origin.run_id):
                         if mapper != source:
                             self.clone_task(context, mapper, in_run(mapper, run_id), tags=tags)
+                self._finish_task(context, step, pathspec)
+                return pathspec
+        if os.environ.get(RECOVERING_VAR):  # a new worker of a run whose worker died
+            if self._succeeded(pathspec):  # finished before the worker died: not run again
+                _announce(f"[dagster-metaflow] task {pathspec} finished before the run worker was lost\n")
                 if _single_output(context):
                     context.add_output_metadata(self._task_metadata(pathspec))
                 return pathspec
+            retry_count, max_user_code_retries = self._fresh_attempt(pathspec, retry_count, max_user_code_retries)
         if launcher in REMOTE_COMPUTE_DECORATORS and not self.package:
             raise Failure(
                 description=f"step {step!r} runs on @{launcher} from the deployment's code package, "
@@ -573,9 +629,38 @@ class MetaflowFlow:
                 # launched, or was killed), honoured as its runtime does
                 allow_retries=result.returncode != METAFLOW_EXIT_DISALLOW_RETRY,
             )
-        if _single_output(context):
-            context.add_output_metadata(self._task_metadata(pathspec, duration=result.duration))
+        self._finish_task(context, step, pathspec, result.duration)
         return pathspec
+
+    def _finish_task(
+        self, context: OpExecutionContext, step: str, pathspec: str, duration: float | None = None
+    ) -> None:
+        """After a task succeeded: check its transition (a switch's is checked where its choice
+        is read) and show the task on the op's output, from one datastore read."""
+        ds = None
+        if step in self.transitions and step not in self.switch_steps:
+            ds = self.task_datastore(pathspec)
+            self.check_transition(step, pathspec, ds)
+        if _single_output(context):
+            context.add_output_metadata(self._task_metadata(pathspec, ds, duration=duration))
+
+    def check_transition(self, step: str, pathspec: str, ds: Any = None, switch: bool = False) -> list[str]:
+        """The steps the task's `self.next()` named (its `_transition`), checked against the
+        graph as Metaflow's runtime checks every finished task. A mismatch (e.g. a decorator
+        replaced the body, so self.next() never ran) is Metaflow's MetaflowInternalError,
+        fatal for the run: the op fails with Metaflow's message and is not retried."""
+        ds = ds if ds is not None else self.task_datastore(pathspec)
+        trans = ds.get("_transition", None)
+        actual = [str(s) for s in trans[0]] if trans else []
+        expected = self.transitions.get(step)
+        problem = transition_error(step, actual, expected, switch or step in self.switch_steps)
+        if problem is not None:
+            raise Failure(
+                description=f"Internal error: {problem}",
+                metadata={"pathspec": MetadataValue.text(f"{self.name}/{pathspec}")},
+                allow_retries=False,
+            )
+        return actual
 
     def step_argv(
         self,
@@ -724,12 +809,10 @@ class MetaflowFlow:
         return self._control_mappers(pathspec, pathspec.split("/")[0])
 
     def chosen_step(self, pathspec: str) -> str:
-        """The step a switch task chose, read from its final attempt."""
-        transition = self.task_datastore(pathspec)["_transition"]
-        steps = transition[0] if transition else []
-        if len(steps) != 1:
-            raise Failure(description=f"switch task {pathspec} chose {steps!r}; expected one step")
-        return str(steps[0])
+        """The step a switch task chose, read from its final attempt and checked against the
+        graph (exactly one of the switch's targets) as Metaflow's runtime does."""
+        (chosen,) = self.check_transition(pathspec.split("/")[1], pathspec, switch=True)
+        return chosen
 
     def switch(
         self, context: OpExecutionContext, pathspec: str, outputs: Mapping[str, str], always: bool = False
@@ -761,13 +844,15 @@ class MetaflowFlow:
         outputs: Mapping[str, str],
         max_retries: int = 0,
         retry_delay: int | None = None,
+        always: bool = False,
         **kwargs: Any,
     ) -> Iterator[Output[str]]:
         """A recursive switch: one Metaflow task per iteration until it leaves the loop.
 
         Each iteration has its own attempts, as natively: `current.retry_count` starts at 0
         in every iteration and @retry (`max_retries`, `retry_delay`) applies per iteration.
-        An op that is started again resumes after the last finished iteration.
+        An op that is started again resumes after the last finished iteration. With `always`
+        (a loop inside a foreach) the exits not taken carry a not-taken marker, as `switch`.
         """
         import time
 
@@ -785,8 +870,8 @@ class MetaflowFlow:
             while not self._succeeded(pathspec):
                 try:
                     self.run_step(context, step, run_id, previous, tid, retry_count=attempt, **kwargs)
-                except Failure:
-                    if attempt >= max_retries:
+                except Failure as exc:
+                    if attempt >= max_retries or not exc.allow_retries:
                         raise
                     context.log.warning(
                         f"Loop {step!r} iteration {iteration + 1} attempt {attempt} failed; "
@@ -799,6 +884,10 @@ class MetaflowFlow:
             if chosen != step:
                 context.log.info(f"Loop {step!r} finished after {iteration + 1} iteration(s)")
                 yield Output(pathspec, outputs[chosen])
+                if always:
+                    for target, name in outputs.items():
+                        if target != chosen:
+                            yield Output(not_taken(pathspec), name)
                 return
             iteration, previous = iteration + 1, pathspec
 

@@ -56,8 +56,11 @@ def test_zygote_steps_show_their_command_and_die_with_the_run_worker(workspace: 
 
     with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
         run = instance.get_runs(limit=1)[0]
-    worker = int(run.tags["dagster-metaflow/worker-pid"])
-    os.kill(worker, signal.SIGKILL)
+    from dagster_metaflow.runtime.worker import TAG_WORKER, WorkerIdentity
+
+    worker = WorkerIdentity.parse(run.tags[TAG_WORKER])
+    assert worker is not None
+    os.kill(worker.pid, signal.SIGKILL)
 
     def alive(pid: int) -> bool:
         try:
@@ -176,3 +179,34 @@ def test_a_crashed_task_is_reported_as_natively(workspace: Workspace) -> None:
     task = Run(f"SegfaultFlow/{(workspace.dir / 'rid').read_text()}", _namespace_check=False)["crash"].task
     assert "before the crash" in task.stdout
     assert "Task failed with a segmentation fault." in task.stderr
+
+
+NO_NEXT = (
+    "Internal error: Based on static analysis of the code, step middle was expected to transition to "
+    "step(s) after. However, when the code was executed, self.next() was called with . Make sure there "
+    "is only one unconditional self.next() call in the end of your step."
+)
+
+
+@pytest.mark.parametrize("fork", ["1", "0"], ids=["zygote", "subprocess"])
+@pytest.mark.flow("no_next_flow.py")
+def test_a_step_that_never_calls_next_fails_the_run_as_natively(workspace: Workspace, fork: str) -> None:
+    """A decorator replaced the body of `middle`: Metaflow's runtime fails the run after its
+    task with an internal error; so does the Dagster run, and `after` never runs."""
+    from metaflow import Run
+
+    from dagster_metaflow.runtime import metaflow_run_id
+
+    res = workspace.metaflow("run", check=False)
+    assert res.returncode != 0 and " ".join(NO_NEXT.split()[2:]) in " ".join((res.stdout + res.stderr).split())
+    out = workspace.compile()
+    assert workspace.dagster_execute(out, "NoNextFlow", check=False, DAGSTER_METAFLOW_FORK=fork).returncode != 0
+    run = workspace.last_dagster_run()
+    assert run.status.value == "FAILURE"
+    events = [e.dagster_event for e in workspace.dagster_events(run.run_id) if e.dagster_event]
+    failed = {e.step_key: e.step_failure_data.user_failure_data.description for e in events if e.event_type_value == "STEP_FAILURE"}
+    assert failed == {"op_middle": NO_NEXT}, failed
+    assert not any(e.step_key in ("op_after", "op_end") for e in events if e.event_type_value == "STEP_START")
+    mf = Run(f"NoNextFlow/{metaflow_run_id(run.run_id)}", _namespace_check=False)
+    assert [s.id for s in mf] == ["middle", "start"] and not mf.successful
+    assert mf["middle"].task.successful  # the task itself succeeded; its transition did not

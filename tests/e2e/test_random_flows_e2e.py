@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from conftest import _ROOT, Workspace, artifacts_by_task, latest_run_pathspec
 from dagster_metaflow.runtime import metaflow_run_id
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from shapegen import random_flow  # noqa: E402
+from shapegen import generate, random_flow  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -34,16 +35,47 @@ def _rich_seeds(count: int) -> list[int]:
     return seeds + open_into_foreach + [29]  # 29: a foreach on a branch not taken
 
 
-@pytest.mark.parametrize("seed", _rich_seeds(3))
-def test_random_flow_matches_native(seed: int) -> None:
-    cls_name, src = random_flow(seed)
-    d = Path(tempfile.mkdtemp(prefix=f"random{seed}-", dir=_ROOT))
-    flow = d / f"random_{seed}.py"
+def _first_seeds(wanted: dict[str, Callable[[int], bool]]) -> list[int]:
+    """The first seed matching each predicate (deterministic), in the order given."""
+    found: dict[str, int] = {}
+    seed = 0
+    while len(found) < len(wanted):
+        for name, matches in wanted.items():
+            if name not in found and seed not in found.values() and matches(seed):
+                found[name] = seed
+        seed += 1
+    return [found[name] for name in wanted]
+
+
+def _has(feature: str) -> Callable[[int], bool]:
+    return lambda seed: feature in generate(seed, loops=True).features
+
+
+def _replaced(prefix: str, level: int) -> Callable[[int], bool]:
+    def matches(seed: int) -> bool:
+        flow = generate(seed, loops=True, replace_body=True)
+        return flow.replaced is not None and flow.replaced.rstrip("0123456789") == prefix and flow.replaced_level == level
+
+    return matches
+
+
+# loops inside nested foreach bodies whose exits rejoin in a merge step / in the joins
+LOOP_SEEDS = _first_seeds({"closed": _has("loop_in_foreach2"), "open": _has("open_loop_in_foreach2")})
+# a body replaced by a decorator (no self.next()): a loop inside a foreach; a nested foreach body
+REPLACED_SEEDS = _first_seeds({"loop": _replaced("lp", 1), "item": _replaced("item", 2)})
+
+
+def _workspace(name: str, src: str) -> Workspace:
+    d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_ROOT))
+    flow = d / f"{name}.py"
     flow.write_text(src)
     home = d / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    ws = Workspace(dir=d, flow=flow, dagster_home=home)
+    return Workspace(dir=d, flow=flow, dagster_home=home)
+
+
+def _matches_native(cls_name: str, ws: Workspace, src: str) -> None:
     try:
         ws.metaflow("run")
         native = latest_run_pathspec(cls_name)
@@ -52,4 +84,46 @@ def test_random_flow_matches_native(seed: int) -> None:
         dag = f"{cls_name}/{metaflow_run_id(ws.last_dagster_run().run_id)}"
         assert artifacts_by_task(dag) == artifacts_by_task(native), src
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(ws.dagster_home, ignore_errors=True)
+
+
+@pytest.mark.parametrize("seed", _rich_seeds(3))
+def test_random_flow_matches_native(seed: int) -> None:
+    cls_name, src = random_flow(seed)
+    _matches_native(cls_name, _workspace(f"random_{seed}", src), src)
+
+
+@pytest.mark.parametrize("seed", LOOP_SEEDS)
+def test_random_flow_with_loops_matches_native(seed: int) -> None:
+    cls_name, src = random_flow(seed, loops=True)
+    _matches_native(cls_name, _workspace(f"loops_{seed}", src), src)
+
+
+@pytest.mark.parametrize("seed", REPLACED_SEEDS)
+def test_random_flow_without_self_next_fails_like_native(seed: int) -> None:
+    """A step that always runs never calls self.next(): `flow.py run` fails with Metaflow's
+    internal error; the Dagster run fails with the same message and never reaches `end`."""
+    from metaflow import Run
+
+    flow = generate(seed, loops=True, replace_body=True)
+    ws = _workspace(f"replaced_{seed}", flow.source)
+    try:
+        res = ws.metaflow("run", check=False)
+        native = res.stdout + res.stderr
+        assert res.returncode != 0 and "Internal error:" in native, native[-3000:]
+        message = native.split("Internal error:", 1)[1].strip().splitlines()[0].strip()
+        assert f" {flow.replaced} " in message
+        out = ws.compile()
+        assert ws.dagster_execute(out, flow.cls, check=False).returncode != 0
+        run = ws.last_dagster_run()
+        assert run.status.value == "FAILURE"
+        failures = [
+            e.dagster_event.step_failure_data.user_failure_data.description
+            for e in ws.dagster_events(run.run_id)
+            if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"
+        ]
+        assert failures and all(d.strip() == f"Internal error: {message}" for d in failures), (failures, message)
+        dag = Run(f"{flow.cls}/{metaflow_run_id(run.run_id)}", _namespace_check=False)
+        assert not dag.successful and "end" not in [s.id for s in dag]
+    finally:
+        shutil.rmtree(ws.dagster_home, ignore_errors=True)

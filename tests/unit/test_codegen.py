@@ -85,6 +85,7 @@ SNAPSHOT_CASES = {
     "linear_forkserver": ("linear_flow.py", {"executor": "forkserver", "max_workers": 4}),
     "nested_switch": ("shapes/nested_switch_flow.py", {}),
     "recursive": ("shapes/recursive_flow.py", {}),
+    "loop_in_foreach_rejoin": ("shapes/loop_in_foreach_rejoin_flow.py", {}),
     "parallel": ("shapes/parallel_flow.py", {}),
     "linear_celery": (
         "linear_flow.py",

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from shapegen import random_flow  # noqa: E402
+from shapegen import generate, random_flow  # noqa: E402
 
 from dagster_metaflow.codegen import render  # noqa: E402
 from dagster_metaflow.ir import CompileOptions, build_flow_ir  # noqa: E402
@@ -46,3 +46,26 @@ def test_random_flow_compiles_and_dagster_accepts_it(seed: int) -> None:
     job = _load(out, f"random_{seed}_dagster").defs.resolve_job_def(cls_name)
     step_ops = {n.name for n in job.nodes if n.name.startswith("op_")}
     assert step_ops == {s.op_name for s in ir.steps}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=10**6), st.booleans())
+def test_random_flow_with_loops_or_a_replaced_body_compiles(seed: int, replace_body: bool) -> None:
+    """Loops (whose exits rejoin) and bodies replaced by a decorator: the graph is the same
+    static graph, and the generated FLOW records every step's transitions for the check."""
+    from metaflow.graph import FlowGraph
+
+    flow = generate(seed, loops=True, replace_body=replace_body)
+    name = f"loops_{seed}_{int(replace_body)}"
+    flow_file = _DIR / f"{name}.py"
+    flow_file.write_text(flow.source)
+    cls = getattr(_load(flow_file, name), flow.cls)
+    graph = FlowGraph(cls)
+    ir = build_flow_ir(cls, graph, CompileOptions(job_name=flow.cls, flow_file=flow_file.name))
+    out = _DIR / f"{name}_dagster.py"
+    out.write_text(render(ir))
+    module = _load(out, f"{name}_dagster")
+    job = module.defs.resolve_job_def(flow.cls)
+    assert {n.name for n in job.nodes if n.name.startswith("op_")} == {s.op_name for s in ir.steps}
+    assert dict(module.FLOW.transitions) == {n.name: tuple(n.out_funcs) for n in graph}
+    assert set(module.FLOW.switch_steps) == {n.name for n in graph if n.type == "split-switch"}
