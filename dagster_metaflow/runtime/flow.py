@@ -69,6 +69,8 @@ def transition_error(step: str, actual: Sequence[str], expected: Sequence[str] |
         f"{', '.join(expected)}. However, when the code was executed, self.next() was called with "
         f"{', '.join(actual)}. Make sure there is only one unconditional self.next() call in the end of your step."
     )
+
+
 _PREPARE = OncePerRun()
 _CODE: dict[str, Mapping[str, str] | None] = {}  # flow fingerprint -> code package (per process)
 
@@ -529,8 +531,7 @@ class MetaflowFlow:
         if os.environ.get(RECOVERING_VAR):  # a new worker of a run whose worker died
             if self._succeeded(pathspec):  # finished before the worker died: not run again
                 _announce(f"[dagster-metaflow] task {pathspec} finished before the run worker was lost\n")
-                if _single_output(context):
-                    context.add_output_metadata(self._task_metadata(pathspec))
+                self._finish_task(context, step, pathspec)
                 return pathspec
             retry_count, max_user_code_retries = self._fresh_attempt(pathspec, retry_count, max_user_code_retries)
         if launcher in REMOTE_COMPUTE_DECORATORS and not self.package:
