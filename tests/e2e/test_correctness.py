@@ -32,48 +32,6 @@ def test_configs_fixed_at_create_reach_every_step(workspace: Workspace, fork: st
     assert "project:blue" in run.tags and "project_branch:test.exp" in run.tags
 
 
-@pytest.mark.flow("sleepy_flow.py")
-def test_zygote_steps_show_their_command_and_die_with_the_run_worker(workspace: Workspace) -> None:
-    """`ps` shows `python flow.py step nap ...`; kill -9 of the run worker stops the step."""
-    import os
-    import signal
-    import time
-
-    import psutil
-    from dagster import DagsterInstance
-
-    workspace.flow.write_text(workspace.flow.read_text().replace("@timeout(seconds=4)", ""))
-    workspace.compile()
-    workspace.metaflow("dagster", "trigger", "--marker-dir", str(workspace.dir), "--run-id-file", "rid")
-    pid_file = workspace.dir / "pids"
-    deadline = time.monotonic() + 120
-    while not (pid_file.exists() and pid_file.read_text().strip()):
-        assert time.monotonic() < deadline, "the step never started"
-        time.sleep(0.5)
-    step_pid, child_pid = (int(p) for p in pid_file.read_text().split())
-    cmdline = " ".join(psutil.Process(step_pid).cmdline())
-    assert "sleepy_flow.py" in cmdline and " step nap " in cmdline, cmdline
-
-    with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
-        run = instance.get_runs(limit=1)[0]
-    from dagster_metaflow.runtime.worker import TAG_WORKER, WorkerIdentity
-
-    worker = WorkerIdentity.parse(run.tags[TAG_WORKER])
-    assert worker is not None
-    os.kill(worker.pid, signal.SIGKILL)
-
-    def alive(pid: int) -> bool:
-        try:
-            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
-    t0 = time.monotonic()
-    while (alive(step_pid) or alive(child_pid)) and time.monotonic() - t0 < 30:
-        time.sleep(0.5)
-    assert not alive(step_pid) and not alive(child_pid), "the step outlived its run worker"
-
-
 @pytest.mark.flow("linear_flow.py")
 def test_create_refuses_bad_output_paths_with_one_line(workspace: Workspace) -> None:
     (workspace.dir / "adir").mkdir()

@@ -97,6 +97,9 @@ def test_killed_worker_stops_every_process_and_fails_the_run(workspace: Workspac
     )
     try:
         pids = _markers(ws, 0, 3)
+        # `ps` shows the step's command on both paths (the zygote's children retitle themselves)
+        cmdline = " ".join(psutil.Process(pids[0]).cmdline())
+        assert "fault_flow.py" in cmdline and " step body " in cmdline, cmdline
         identity = _worker(ws)
         watchdog = _watchdog(identity)
         assert watchdog is not None, "no watchdog beside the run worker"
