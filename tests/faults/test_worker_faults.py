@@ -30,9 +30,9 @@ def _instance(ws: Workspace) -> Any:
     return DagsterInstance.from_config(str(ws.dagster_home))
 
 
-def _run(ws: Workspace) -> Any:
+def _run(ws: Workspace, run_id: str | None = None) -> Any:
     with _instance(ws) as instance:
-        return instance.get_runs(limit=1)[0]
+        return instance.get_run_by_id(run_id) if run_id else instance.get_runs(limit=1)[0]
 
 
 def _markers(ws: Workspace, attempt: int, count: int, timeout: float = 120) -> list[int]:
@@ -46,9 +46,9 @@ def _markers(ws: Workspace, attempt: int, count: int, timeout: float = 120) -> l
     return [int(p) for f in files for p in f.read_text().split()]
 
 
-def _worker(ws: Workspace) -> WorkerIdentity:
+def _worker(ws: Workspace, run_id: str | None = None) -> WorkerIdentity:
     def recorded() -> WorkerIdentity | None:
-        return WorkerIdentity.parse(_run(ws).tags.get(TAG_WORKER))
+        return WorkerIdentity.parse(_run(ws, run_id).tags.get(TAG_WORKER))
 
     identity = wait_for("the run worker's identity tag", recorded, 60)
     assert identity.alive(), identity
@@ -217,30 +217,45 @@ run_monitoring:
 """
 
 
-@pytest.mark.flow("fault_flow.py")
-def test_daemon_resumes_the_same_run_after_its_worker_is_killed(workspace: Workspace) -> None:
-    """With MetaflowRunLauncher and `max_resume_run_attempts`, a real dagster-daemon sees the
-    dead worker and resumes the SAME run: finished tasks are not run again, killed tasks run
-    as new attempts, and the run ends SUCCESS with the artifacts of an uninterrupted run."""
-    ws = workspace
+def _scheduled(ws: Workspace) -> None:
+    """The fault flow on a per-minute @schedule, holding in the workspace's marker dir."""
+    text = ws.flow.read_text().replace('Parameter("marker-dir", default="")', f'Parameter("marker-dir", default={str(ws.dir)!r})')
+    text = text.replace("\nclass FaultFlow", '\n@schedule(cron="* * * * *")\nclass FaultFlow')
+    ws.flow.write_text(text.replace("import FlowSpec,", "import FlowSpec, schedule,"))
     (ws.dagster_home / "dagster.yaml").write_text(DAEMON_YAML)
+
+
+@pytest.mark.flow("fault_flow.py")
+def test_daemon_resumes_a_scheduled_run_whose_worker_died_and_the_run_outlives_the_daemon(
+    workspace: Workspace,
+) -> None:
+    """A run started by the daemon's scheduler; kill -9 of its worker mid-foreach: with
+    MetaflowRunLauncher and `max_resume_run_attempts`, the daemon resumes the SAME run
+    (finished tasks not run again, killed ones as new attempts); then kill -9 of the daemon
+    itself: the new worker (its own session) goes on, and the run ends SUCCESS with the
+    artifacts of an uninterrupted run and nothing left in the process table."""
+    ws = workspace
+    _scheduled(ws)
     ws.compile()
-    with dagster_daemon(ws):
-        wait_for("the daemon's heartbeat", lambda: _heartbeat(ws), 90)
-        ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir), "--run-id-file", "rid")
-        pids = _markers(ws, 0, 3)
-        first = _worker(ws)
-        mf_run = (ws.dir / "rid").read_text().strip()
+    with dagster_daemon(ws) as daemon:
+        pids = _markers(ws, 0, 3, timeout=150)
+        mf_run = wait_for("the holding run", lambda: (ws.dir / "holding-run").read_text().strip(), 10)
+        run_id = _dagster_run_id(ws, mf_run)
+        first = _worker(ws, run_id)
         pathspec = f"FaultFlow/{mf_run}"
         done_before = {tid: t.finished_at for tid, t in _body_tasks(pathspec).items() if t.successful}
         assert list(done_before) == ["body-0"], done_before
         os.kill(first.pid, signal.SIGKILL)
         assert survivors(pids, within=30) == []
-        ws.dir.joinpath("release").write_text("")
-        run = wait_for("the resumed run to end", lambda: _finished(ws), 240)
+        resumed_pids = _markers(ws, 1, 3, timeout=150)  # the new worker's attempts hold too
+        second = wait_for("a new worker", lambda: (w := _worker(ws, run_id)) != first and w, 30)
+        os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=30)
+    ws.dir.joinpath("release").write_text("")
+    run = wait_for("the resumed run to end", lambda: _finished(ws, run_id), 180)
     assert run.status.value == "SUCCESS", [e.message for e in ws.dagster_events(run.run_id)][-15:]
-    second = WorkerIdentity.parse(run.tags.get(TAG_WORKER))
-    assert second is not None and second != first
+    assert run.tags.get("dagster/schedule_name") == "FaultFlow_schedule"
+    assert any("Resuming the run in a new worker" in (e.message or "") for e in ws.dagster_events(run_id))
     from metaflow import Run
 
     mf = Run(pathspec, _namespace_check=False)
@@ -250,16 +265,17 @@ def test_daemon_resumes_the_same_run_after_its_worker_is_killed(workspace: Works
     assert tasks["body-0"].current_attempt == 0
     for tid in ("body-1", "body-2", "body-3"):
         assert tasks[tid].current_attempt == 1 and tasks[tid].successful, tid
-    assert survivors([first.pid], within=1) == []
+    assert survivors([first.pid, second.pid, *resumed_pids], within=30) == []
+    assert _carriers(first) == [] and _carriers(second) == []
 
 
-def _heartbeat(ws: Workspace) -> bool:
+def _dagster_run_id(ws: Workspace, mf_run: str) -> str:
     with _instance(ws) as instance:
-        return "MONITORING" in instance.get_daemon_heartbeats()
+        return next(r.run_id for r in instance.get_runs() if metaflow_run_id(r.run_id) == mf_run)
 
 
-def _finished(ws: Workspace) -> Any:
-    run = _run(ws)
+def _finished(ws: Workspace, run_id: str | None = None) -> Any:
+    run = _run(ws, run_id)
     return run if run.is_finished else None
 
 
@@ -326,29 +342,3 @@ def test_twenty_concurrent_triggers_keep_their_parameters(workspace: Workspace) 
         assert Run(f"ParamsFlow/{rid}", _namespace_check=False)["start"].task["seen"].data["needed"] == i
     workers = [WorkerIdentity.parse(r.tags.get(TAG_WORKER)) for r in runs]
     assert survivors([w.pid for w in workers if w is not None], within=30) == []
-
-
-@pytest.mark.flow("fault_flow.py")
-def test_daemon_killed_during_a_scheduled_run(workspace: Workspace) -> None:
-    """kill -9 of dagster-daemon while a run its scheduler launched is running: the run
-    worker (own session, MetaflowRunLauncher) goes on and the run succeeds; nothing is left."""
-    ws = workspace
-    text = ws.flow.read_text().replace('Parameter("marker-dir", default="")', f'Parameter("marker-dir", default={str(ws.dir)!r})')
-    text = text.replace("\nclass FaultFlow", '\n@schedule(cron="* * * * *")\nclass FaultFlow')
-    ws.flow.write_text(text.replace("import FlowSpec,", "import FlowSpec, schedule,"))
-    (ws.dagster_home / "dagster.yaml").write_text(DAEMON_YAML)
-    ws.compile()
-    with dagster_daemon(ws) as daemon:
-        pids = _markers(ws, 0, 3, timeout=150)
-        identity = _worker(ws)
-        os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait(timeout=30)
-    ws.dir.joinpath("release").write_text("")
-    run = wait_for("the run to end", lambda: _finished(ws), 180)
-    assert run.tags.get("dagster/schedule_name") == "FaultFlow_schedule"
-    assert run.status.value == "SUCCESS"
-    assert survivors([*pids, identity.pid], within=30) == []
-    assert _carriers(identity) == []
-    from metaflow import Run
-
-    assert Run(f"FaultFlow/{metaflow_run_id(run.run_id)}", _namespace_check=False).successful

@@ -18,12 +18,22 @@ class FaultFlow(FlowSpec):
     @step
     def start(self):
         self.items = list(range(self.width))
+        # only the first run that sees this marker dir holds (a schedule may start more)
+        self.holds = False
+        if self.marker_dir:
+            try:
+                with open(os.path.join(self.marker_dir, "holding-run"), "x") as f:
+                    f.write(current.run_id)
+            except FileExistsError:
+                pass
+            with open(os.path.join(self.marker_dir, "holding-run")) as f:
+                self.holds = f.read() == current.run_id
         self.next(self.body, foreach="items")
 
     @step
     def body(self):
         self.value = self.input * 2
-        if self.marker_dir and self.input > 0:
+        if self.holds and self.input > 0:
             release = os.path.join(self.marker_dir, "release")
             if not os.path.exists(release):
                 child = subprocess.Popen(
