@@ -141,7 +141,7 @@ class _Tree:
         """Known, still-running processes that are not in the step's process group."""
         out = []
         for p in self.known.values():
-            if not _alive(p):
+            if not process_running(p):
                 continue
             try:
                 if os.getpgid(p.pid) != self.pid:
@@ -208,7 +208,8 @@ def _kill_pipe_holders(pipe_ids: set[str]) -> None:
             continue
 
 
-def _alive(p: psutil.Process) -> bool:
+def process_running(p: psutil.Process) -> bool:
+    """Still running (a zombie has ended), safely for a process that is already gone."""
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:

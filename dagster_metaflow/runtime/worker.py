@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from .supervise import process_running
+
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
 
@@ -183,7 +185,7 @@ def stop_orphans(identity: WorkerIdentity, grace: float = 10.0, limit: float = 2
         alive = procs
         while alive and time.monotonic() < end:
             time.sleep(0.2)
-            alive = [p for p in alive if _running(p)]
+            alive = [p for p in alive if process_running(p)]
         for p in alive:
             _send(p, signal.SIGKILL)
         if time.monotonic() >= deadline:
@@ -197,13 +199,6 @@ def _send(p: psutil.Process, sig: int) -> None:
         p.send_signal(sig)
     except psutil.Error:
         pass
-
-
-def _running(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def resume_expected(instance: DagsterInstance, run: DagsterRun) -> bool:
