@@ -670,6 +670,7 @@ def _follow(obj: Any, instance: Any, run_id: str, pathspec: str) -> None:
     from dagster import DagsterEventType
 
     from . import launch
+    from .runtime.worker import settle
 
     kinds = {
         DagsterEventType.STEP_START,
@@ -703,7 +704,7 @@ def _follow(obj: Any, instance: Any, run_id: str, pathspec: str) -> None:
                 finished_steps.add(_step_of(ev.step_key))
             else:
                 failed.append(ev.step_key)
-        run = launch.refreshed(instance, instance.get_run_by_id(run_id))
+        run = settle(instance, instance.get_run_by_id(run_id))
         busy = {_step_of(k) for k in running}
         done = len(finished_steps - busy)
         line = f"steps done {done}/{total}, tasks done {tasks_done}"

@@ -26,6 +26,7 @@ from metaflow.runner.deployer import DeployedFlow, TriggeredRun, generate_fake_f
 from metaflow.runner.utils import get_lower_level_group, handle_timeout, temporary_fifo
 
 from . import deployments, launch
+from .runtime.worker import settle
 
 _FAKE_TYPES = {"json": "JSON", "int": "int", "float": "float", "bool": "bool", "str": "str"}
 
@@ -82,7 +83,7 @@ class DagsterTriggeredRun(TriggeredRun):
     def _run(self) -> Any:
         with deployments.open_instance(self.dagster_home) as instance:
             if self.dagster_run_id:
-                return launch.refreshed(instance, instance.get_run_by_id(self.dagster_run_id))
+                return settle(instance, instance.get_run_by_id(self.dagster_run_id))
             run = launch.find_run(instance, self.pathspec.split("/")[1], self.deployer.name)
             if run is not None:
                 self.dagster_run_id = run.run_id

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .deployments import Deployment
+from .runtime.worker import settle
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
@@ -139,7 +140,7 @@ def terminate(instance: DagsterInstance, run_id: str, wait: float = 15.0) -> boo
 
     from ._dagster_private import GRPC_INFO_TAG
     from .run_launcher import stop_worker
-    from .runtime.worker import identity_of, settle
+    from .runtime.worker import identity_of
 
     run = instance.get_run_by_id(run_id)
     if run is None:
@@ -174,13 +175,6 @@ def terminate(instance: DagsterInstance, run_id: str, wait: float = 15.0) -> boo
     return False
 
 
-def refreshed(instance: DagsterInstance, run: DagsterRun | None) -> DagsterRun | None:
-    """The run as it really is (a run whose worker died is ended now; see runtime.worker)."""
-    from .runtime.worker import settle
-
-    return settle(instance, run)
-
-
 def status_name(run: DagsterRun | None) -> str | None:
     if run is None:
         return None
@@ -196,19 +190,19 @@ def find_run(instance: DagsterInstance, run_id: str, job_name: str | None = None
         want = run_id[len("dagster-") :]
         for r in instance.get_runs(RunsFilter(job_name=job_name) if job_name else None):
             if r.run_id.replace("-", "")[: len(want)] == want:
-                return refreshed(instance, r)
+                return settle(instance, r)
         return None
-    return refreshed(instance, instance.get_run_by_id(run_id))
+    return settle(instance, instance.get_run_by_id(run_id))
 
 
 def list_runs(instance: DagsterInstance, job_name: str, statuses: Sequence[str] = (), limit: int = 100) -> list[DagsterRun]:
-    """The job's runs, newest first, as they really are (see `refreshed`)."""
+    """The job's runs, newest first, as they really are (see `runtime.worker.settle`)."""
     from dagster import DagsterRunStatus, RunsFilter
 
     flt = RunsFilter(job_name=job_name, statuses=[DagsterRunStatus(s) for s in statuses] if statuses else None)
     out = []
     for run in instance.get_runs(flt, limit=limit):
-        fresh = refreshed(instance, run)
+        fresh = settle(instance, run)
         if fresh is not None and (not statuses or fresh.status.value in statuses):
             out.append(fresh)
     return out
@@ -225,4 +219,4 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-__all__ = ["LaunchError", "start_run", "terminate", "refreshed", "status_name", "find_run", "list_runs", "ui_url"]
+__all__ = ["LaunchError", "start_run", "terminate", "status_name", "find_run", "list_runs", "ui_url"]

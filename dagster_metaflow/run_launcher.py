@@ -99,12 +99,9 @@ def stop_worker(instance: DagsterInstance, run: DagsterRun) -> bool:
     """Ask the run's worker to stop its steps (SIGINT: Dagster's interrupt); True if a live
     worker was signalled. A dead worker's run is ended at once (its orphans stopped)."""
     identity = identity_of(run)
-    if identity is None:
-        return False
-    if identity.signal(signal.SIGINT):
+    if identity is not None and identity.signal(signal.SIGINT):
         return True
-    if worker_alive(run, identity) is False:
-        settle(instance, run)
+    settle(instance, run)
     return False
 
 

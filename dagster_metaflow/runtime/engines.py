@@ -20,7 +20,7 @@ from typing import Any, cast
 from dagster import DagsterEvent, Executor, ExecutorDefinition, Field, InitExecutorContext
 
 from .._dagster_private import ExecutionPlan, PlanOrchestrationContext, RetryMode
-from .executor import finish_run, run_exit_hooks
+from .executor import RunOutcome, finish_run, run_exit_hooks
 from .worker import watched
 
 
@@ -70,7 +70,7 @@ class RunEndExecutor(Executor):
     def execute(
         self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
     ) -> Iterator[DagsterEvent]:
-        outcome = _Outcome()
+        outcome = RunOutcome()
         resumed = bool(getattr(plan_context, "resume_from_failure", False))
         try:
             with watched(plan_context.instance, plan_context.run_id, resumed):
@@ -82,21 +82,7 @@ class RunEndExecutor(Executor):
         except BaseException:  # terminated, or the executor itself failed
             yield from run_exit_hooks(plan_context, successful=False)
             raise
-        yield from finish_run(plan_context, execution_plan, outcome.succeeded, outcome.failed)
-
-
-class _Outcome:
-    """The steps that succeeded, and whether any failed, as the events went by."""
-
-    def __init__(self) -> None:
-        self.succeeded: set[str] = set()
-        self.failed = False
-
-    def note(self, event: DagsterEvent) -> None:
-        if event.is_step_success and event.step_key:
-            self.succeeded.add(event.step_key)
-        elif event.is_step_failure:
-            self.failed = True
+        yield from finish_run(plan_context, execution_plan, outcome)
 
 
 def with_metaflow_run_end(executor_def: ExecutorDefinition) -> ExecutorDefinition:

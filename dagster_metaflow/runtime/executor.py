@@ -177,14 +177,13 @@ def threaded_plan_iterator(
             )
         )
         canceled = _CancelWatch(job_context)
-        succeeded: set[str] = set()
-        failed = False
+        outcome = RunOutcome()
         in_flight: list[Any] = []
         if resumed:
-            in_flight, succeeded, failed = _rebuild(job_context, active)
+            in_flight = _rebuild(job_context, active, outcome)
             yield DagsterEvent.engine_event(
                 job_context,
-                f"Resuming the run in a new worker: {len(succeeded)} steps already done; "
+                f"Resuming the run in a new worker: {len(outcome.succeeded)} steps already done; "
                 f"running again the steps the lost worker had in flight: "
                 f"{', '.join(s.key for s in in_flight) or 'none'}",
                 EngineEventData(),
@@ -261,10 +260,7 @@ def threaded_plan_iterator(
                     else:
                         yield item
                         active.handle_event(item)
-                        if item.is_step_success and item.step_key:
-                            succeeded.add(item.step_key)
-                        elif item.is_step_failure:
-                            failed = True
+                        outcome.note(item)
                     try:
                         item = events.get_nowait()
                     except queue.Empty:
@@ -287,32 +283,44 @@ def threaded_plan_iterator(
                 f"Run exceeded its workflow timeout of {workflow_timeout:g} seconds"
             )
         raise DagsterExecutionInterruptedError()
-    yield from finish_run(job_context, execution_plan, succeeded, failed)
+    yield from finish_run(job_context, execution_plan, outcome)
 
 
 RunContext = PlanExecutionContext | PlanOrchestrationContext
 
 
-def _rebuild(job_context: PlanExecutionContext, active: Any) -> tuple[list[Any], set[str], bool]:
-    """Replay the run's event log into the active execution, as Dagster's step-delegating
-    executor does on resume: (steps in flight when the worker died, succeeded, any failed)."""
+class RunOutcome:
+    """The steps that succeeded, and whether any failed, as the run's events go by."""
+
+    def __init__(self) -> None:
+        self.succeeded: set[str] = set()
+        self.failed = False
+
+    def note(self, event: DagsterEvent) -> None:
+        if event.is_step_success and event.step_key:
+            self.succeeded.add(event.step_key)
+        elif event.is_step_failure:
+            self.failed = True
+
+
+def _rebuild(job_context: PlanExecutionContext, active: Any, outcome: RunOutcome) -> list[Any]:
+    """Replay the run's event log into the active execution (and `outcome`), as Dagster's
+    step-delegating executor does on resume; returns the steps in flight when the worker died."""
     records = job_context.instance.all_logs(job_context.run_id)
     events = [r.dagster_event for r in records if r.dagster_event is not None]
+    for event in events:
+        outcome.note(event)
     # skips are the active execution's own conclusions: it draws them again
-    in_flight = list(active.rebuild_from_events([e for e in events if not e.is_step_skipped]))
-    succeeded = {e.step_key for e in events if e.is_step_success and e.step_key}
-    failed = any(e.is_step_failure for e in events)
-    return in_flight, succeeded, failed
+    return list(active.rebuild_from_events([e for e in events if not e.is_step_skipped]))
 
 
-def finish_run(
-    job_context: RunContext, plan: ExecutionPlan, succeeded: set[str], failed: bool
-) -> Iterator[DagsterEvent]:
+def finish_run(job_context: RunContext, plan: ExecutionPlan, outcome: RunOutcome) -> Iterator[DagsterEvent]:
     """The run's end once every step is over (not interrupted), whichever executor ran them:
     the exit hooks, then the safety net on `end`."""
-    yield from run_exit_hooks(job_context, not failed and _end_op_succeeded(job_context, succeeded))
-    if not failed:  # a failed step already fails the run, with its own error
-        _check_reached_end(job_context, plan, succeeded)
+    successful = not outcome.failed and _end_op_succeeded(job_context, outcome.succeeded)
+    yield from run_exit_hooks(job_context, successful)
+    if not outcome.failed:  # a failed step already fails the run, with its own error
+        _check_reached_end(job_context, plan, outcome.succeeded)
 
 
 def _end_ops(job_context: RunContext) -> set[str]:

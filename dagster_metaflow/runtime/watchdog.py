@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-from .worker import WORKER_VAR, WorkerIdentity, declare_lost, resume_expected, stop_orphans
+from .worker import WORKER_VAR, WorkerIdentity, end_lost_run
 
 INSTANCE_REF_VAR = "DAGSTER_METAFLOW_INSTANCE_REF"
 
@@ -75,23 +75,18 @@ def after_death(identity_tag: str, run_id: str, instance_ref: str) -> None:
     identity = WorkerIdentity.parse(identity_tag)
     if identity is None:
         return
-    stop_orphans(identity)
     from dagster import DagsterInstance, deserialize_value
 
     with DagsterInstance.from_ref(cast(Any, deserialize_value(instance_ref))) as instance:
         run = instance.get_run_by_id(run_id)
-        if run is None or run.is_finished:
+        if run is None:
             return
-        from dagster import DagsterRunStatus
-
-        if run.status != DagsterRunStatus.CANCELING and resume_expected(instance, run):
+        if end_lost_run(instance, run, identity):
             instance.report_engine_event(
                 f"run worker lost (pid {identity.pid}); its step processes were stopped; "
                 "dagster-daemon's run monitoring will resume the run with a new worker",
                 run,
             )
-            return
-        declare_lost(instance, run, identity)
 
 
 def main(argv: list[str]) -> int:

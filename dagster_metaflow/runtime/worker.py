@@ -231,25 +231,33 @@ def lost_message(run: DagsterRun, identity: WorkerIdentity) -> str:
     )
 
 
-def declare_lost(instance: DagsterInstance, run: DagsterRun, identity: WorkerIdentity) -> None:
-    """End a run whose worker is gone: CANCELED if termination was asked, else FAILURE, with
-    an engine event saying why."""
+def end_lost_run(instance: DagsterInstance, run: DagsterRun, identity: WorkerIdentity) -> bool:
+    """After the worker `identity` died: stop what it left on this host, then end its run
+    (CANCELED if termination was asked, else FAILURE, with an engine event saying why)
+    unless it has ended or the daemon will resume it. True when a resume is expected.
+    The processes go first, so no task succeeds in a run declared dead, and none runs
+    beside the attempts of a resumed worker."""
     from dagster import DagsterRunStatus
 
+    if identity.local:  # elsewhere, that host's watchdog stops them
+        stop_orphans(identity)
     fresh = instance.get_run_by_id(run.run_id)
     if fresh is None or fresh.is_finished:
-        return
-    message = lost_message(fresh, identity)
+        return False
+    if fresh.status != DagsterRunStatus.CANCELING and resume_expected(instance, fresh):
+        return True
+    message = f"{LOST}: {lost_message(fresh, identity)}"
     if fresh.status == DagsterRunStatus.CANCELING:
-        instance.report_run_canceled(fresh, message=f"{LOST}: {message}")
+        instance.report_run_canceled(fresh, message=message)
     else:
-        instance.report_engine_event(f"{LOST}: {message}", fresh)
-        instance.report_run_failed(fresh, message=f"{LOST}: {message}")
+        instance.report_engine_event(message, fresh)
+        instance.report_run_failed(fresh, message=message)
+    return False
 
 
 def settle(instance: DagsterInstance, run: DagsterRun | None) -> DagsterRun | None:
-    """The run as it really is: a run in progress whose worker on this host is dead is
-    ended now (its orphans stopped), unless the daemon will resume it."""
+    """The run as it really is: a run in progress whose worker is known dead is ended now
+    (its orphans stopped), unless the daemon will resume it."""
     from dagster import DagsterRunStatus
 
     if run is None or run.status not in (DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING):
@@ -257,14 +265,7 @@ def settle(instance: DagsterInstance, run: DagsterRun | None) -> DagsterRun | No
     identity = identity_of(run)
     if identity is None or worker_alive(run, identity) is not False:
         return run
-    fresh = instance.get_run_by_id(run.run_id)  # it may have just ended as its worker exited
-    if fresh is None or fresh.is_finished:
-        return fresh
-    if fresh.status != DagsterRunStatus.CANCELING and resume_expected(instance, fresh):
-        return fresh
-    if identity.local:  # elsewhere, that host's watchdog stops them
-        stop_orphans(identity)
-    declare_lost(instance, fresh, identity)
+    end_lost_run(instance, run, identity)
     return instance.get_run_by_id(run.run_id)
 
 
@@ -277,7 +278,7 @@ __all__ = [
     "record_self",
     "stop_orphans",
     "settle",
-    "declare_lost",
+    "end_lost_run",
     "resume_expected",
     "watched",
 ]
