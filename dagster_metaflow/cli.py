@@ -1024,8 +1024,8 @@ def launch_step(
     from metaflow import namespace
     from metaflow.util import decompress_list
 
-    from .ir import REMOTE_COMPUTE_DECORATORS
     from .runtime import native
+    from .step_decorators import REMOTE_COMPUTE_DECORATORS
 
     obj = ctx.obj
     if task_namespace is not None:

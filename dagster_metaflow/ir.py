@@ -16,40 +16,21 @@ from typing import Any, Literal, cast
 
 from . import naming
 from .automation import AutomationError, AutomationIR, build_automation
+from .step_decorators import (  # noqa: F401  (re-exported for the compiler's callers)
+    ENVIRONMENT_DECORATORS,
+    INTERNAL_DECORATORS,
+    LAUNCHER_DECORATORS,
+    REFUSED_STEP_DECORATORS,
+    REMOTE_COMPUTE_DECORATORS,
+    REMOTE_DATASTORES,
+    RUNTIME_HOOKS,
+    SUPPORTED_STEP_DECORATORS,
+    Launcher,
+)
 
 StepKind = Literal["start", "linear", "split", "foreach", "join", "switch", "end"]
 JoinKind = Literal["static", "foreach"]
 ParamType = Literal["int", "float", "bool", "str", "json"]
-
-# Metaflow's step decorators whose local-runtime hooks the compiler reproduces itself
-# (retry/catch -> RetryPolicy and --max-user-code-retries, timeout -> enforced deadline,
-# environment -> step environment, parallel -> control task, ...). Any other decorator is
-# accepted when its behaviour lives in the task (step_init, task_pre_step, task_decorate,
-# task_post_step, ...), which `flow.py step` runs unchanged.
-SUPPORTED_STEP_DECORATORS = frozenset(
-    {"retry", "catch", "timeout", "environment", "resources", "card", "secrets", "project", "parallel"}
-)
-# hooks only Metaflow's local runtime (`flow.py run`) calls: a decorator that needs them
-# cannot work under another orchestrator unless it is handled above
-RUNTIME_HOOKS = ("runtime_init", "runtime_task_created", "runtime_step_cli", "runtime_finished")
-# Decorators that Metaflow attaches on its own; never user-visible, always fine.
-INTERNAL_DECORATORS = frozenset({"dagster_internal"})
-# Metaflow's step decorators that cannot run under dagster-metaflow, and why (one line each)
-REFUSED_STEP_DECORATORS = {
-    "argo_workflows_internal": "it belongs to Metaflow's Argo Workflows integration",
-    "step_functions_internal": "it belongs to Metaflow's AWS Step Functions integration",
-    "airflow_internal": "it belongs to Metaflow's Apache Airflow integration",
-}
-# Step decorators whose runtime hooks launch the task, as under `flow.py run`: the op runs
-# Metaflow's own hooks (runtime_init, runtime_task_created, runtime_step_cli) for the task.
-# @kubernetes/@batch turn `step` into `kubernetes step`/`batch step` (the task runs remotely
-# from the code package); @conda/@pypi run it with the interpreter of the step's environment.
-REMOTE_COMPUTE_DECORATORS = frozenset({"kubernetes", "batch"})
-ENVIRONMENT_DECORATORS = frozenset({"conda", "pypi"})
-LAUNCHER_DECORATORS = REMOTE_COMPUTE_DECORATORS | ENVIRONMENT_DECORATORS
-# datastores a remote task can reach, per decorator (what their step_init accepts)
-REMOTE_DATASTORES = {"kubernetes": ("s3", "azure", "gs"), "batch": ("s3",)}
-Launcher = Literal["kubernetes", "batch", "conda", "pypi"]
 
 
 def remote_datastore_refusal(decorator: str, where: str) -> str:
@@ -188,7 +169,6 @@ class FlowIR(CompileOptions):
         return self.by_name[name]
 
 
-
 # ---------------------------------------------------------------------------------------
 # Builder: Metaflow graph + decorators -> FlowIR
 # ---------------------------------------------------------------------------------------
@@ -219,7 +199,11 @@ def _foreach_depth(node: Any, graph: Any) -> int:
     depth = sum(1 for p in node.split_parents if graph[p].type == "foreach")
     # Metaflow keeps the foreach in split_parents of its own join; the join's tasks have
     # already left that level.
-    if node.type == "join" and node.split_parents and graph[node.split_parents[-1]].type == "foreach":
+    if (
+        node.type == "join"
+        and node.split_parents
+        and graph[node.split_parents[-1]].type == "foreach"
+    ):
         depth -= 1
     return depth
 
@@ -249,14 +233,25 @@ def _retry_spec(step: str, decos: Iterable[Any]) -> tuple[RetrySpec | None, int]
     return RetrySpec(max_retries=total, delay_seconds=delay or None), user_retries
 
 
-def _stringify_mapping(step: str, deco: str, values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+def _stringify_mapping(
+    step: str, deco: str, values: Mapping[str, Any]
+) -> tuple[tuple[str, str], ...]:
     out = []
     for k, v in sorted(values.items()):
         if v is None:
             continue
         if not isinstance(k, str):
             raise IRError(f"step {step!r}: @{deco} key {k!r} is not a string")
-        out.append((k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)))
+        out.append(
+            (
+                k,
+                v
+                if isinstance(v, str)
+                else json.dumps(v)
+                if isinstance(v, (dict, list))
+                else str(v),
+            )
+        )
     return tuple(out)
 
 
@@ -269,7 +264,9 @@ def _timeout_seconds(step: str, attrs: Mapping[str, Any]) -> int | None:
             + int(attrs.get("seconds") or 0)
         )
     except (TypeError, ValueError) as exc:
-        raise IRError(f"step {step!r}: @timeout values must be whole numbers: {dict(attrs)}") from exc
+        raise IRError(
+            f"step {step!r}: @timeout values must be whole numbers: {dict(attrs)}"
+        ) from exc
     return secs or None
 
 
@@ -365,7 +362,8 @@ def build_step(node: Any, graph: Any, op_name: str, datastore_type: str = "local
         env=env,
         resources=resources,
         decorator_specs=specs,
-        has_card=any(d.name == "card" for d in decos) or any(s.split(":")[0] == "card" for s in specs),
+        has_card=any(d.name == "card" for d in decos)
+        or any(s.split(":")[0] == "card" for s in specs),
         launcher=launcher,
         doc=(node.doc or "").strip(),
     )

@@ -23,7 +23,7 @@ from typing import Any
 from dagster import DynamicOutput, Failure, MetadataValue, OpExecutionContext, Output
 
 from .. import naming
-from ..ir import REMOTE_COMPUTE_DECORATORS  # run the deployment's code package remotely
+from ..step_decorators import REMOTE_COMPUTE_DECORATORS
 from .resume import OncePerRun, in_run, origin_of
 from .supervise import StepControl, StepInterrupted, current_control, run_supervised
 from .worker import RECOVERING_VAR
