@@ -1026,11 +1026,12 @@ def launch_step(
 
     from .runtime import native
     from .step_decorators import REMOTE_COMPUTE_DECORATORS
+    from .task_options import TaskOptions
 
     obj = ctx.obj
     if task_namespace is not None:
         namespace(task_namespace or None)
-    spec = native.TaskSpec(
+    spec = TaskOptions(
         step=step_name,
         run_id=run_id,
         task_id=task_id,

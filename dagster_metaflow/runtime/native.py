@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..task_options import TaskOptions
+
 # run_step tells a failed launch (before the task ran) from a failed task by this prefix
 LAUNCH_ERROR_PREFIX = "[dagster-metaflow launch failed] "
 # the remote decorators ask the package for its url and sha instead of uploading it again
@@ -27,22 +29,6 @@ LAUNCH_ERROR_PREFIX = "[dagster-metaflow launch failed] "
 UPLOADED_PACKAGE_FLAG = "METAFLOW_FEAT_ALWAYS_UPLOAD_CODE_PACKAGE"
 # the user's own value of that flag ("" for none), which the task gets back
 USER_FLAG_VAR = "DAGSTER_METAFLOW_USER_FEAT_ALWAYS_UPLOAD"
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What identifies one attempt of one task (what `metaflow.runtime.Task` is made with)."""
-
-    step: str
-    run_id: str
-    task_id: str
-    input_paths: tuple[str, ...]
-    retry_count: int = 0
-    max_user_code_retries: int = 0
-    split_index: int | None = None
-    ubf_context: str | None = None
-    tags: tuple[str, ...] = ()
-    clone_run_id: str | None = None
 
 
 class DeployedPackage:
@@ -149,7 +135,7 @@ def init_step_environment(obj: Any, step: str) -> None:
 
 
 def step_command(
-    obj: Any, spec: TaskSpec, package: Any, config_file: str | None = None
+    obj: Any, spec: TaskOptions, package: Any, config_file: str | None = None
 ) -> tuple[list[str], dict[str, str], list[Any]]:
     """(argv, environment additions, decorators) of the task, built by Metaflow's `CLIArgs`
     and the step decorators' runtime hooks, in the order Metaflow's runtime calls them.
@@ -269,7 +255,7 @@ def run_task(step: str, argv: Sequence[str], env: Mapping[str, str], decos: Sequ
     return code
 
 
-def record_dagster_metadata(obj: Any, spec: TaskSpec) -> None:
+def record_dagster_metadata(obj: Any, spec: TaskOptions) -> None:
     """A remote task never sees the op's environment (a pod gets only its @environment
     variables): record where it ran in Dagster from here, once it ended, as the task's own
     `dagster_internal` decorator does for a local one."""

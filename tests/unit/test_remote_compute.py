@@ -315,7 +315,8 @@ def test_launcher_records_the_dagster_run_of_a_remote_task(
     from metaflow.metaflow_environment import MetaflowEnvironment
     from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
 
-    from dagster_metaflow.runtime.native import TaskSpec, record_dagster_metadata
+    from dagster_metaflow.runtime.native import record_dagster_metadata
+    from dagster_metaflow.task_options import TaskOptions
 
     workspace.metaflow("run", "--run-id-file", "rid")
     run_id = (workspace.dir / "rid").read_text().strip()
@@ -334,7 +335,7 @@ def test_launcher_records_the_dagster_run_of_a_remote_task(
         graph=SimpleNamespace(start_step="start"),
         metadata=LocalMetadataProvider(MetaflowEnvironment(flow), flow, None, None),
     )
-    record_dagster_metadata(obj, TaskSpec(step="start", run_id=run_id, task_id=start.id, input_paths=()))
+    record_dagster_metadata(obj, TaskOptions(step="start", run_id=run_id, task_id=start.id, input_paths=()))
     meta = Task(start.pathspec).metadata_dict
     assert meta["dagster-run-id"] == "d-123" and meta["dagster-step-key"] == "op_start"
     assert meta["dagster-run-url"].endswith("/runs/d-123")
@@ -346,5 +347,5 @@ def test_launcher_records_the_dagster_run_of_a_remote_task(
             raise OSError("read-only")
 
     obj.metadata = ReadOnly()
-    record_dagster_metadata(obj, TaskSpec(step="start", run_id=run_id, task_id=start.id, input_paths=()))
+    record_dagster_metadata(obj, TaskOptions(step="start", run_id=run_id, task_id=start.id, input_paths=()))
     assert "could not record the Dagster run on start/" in capsys.readouterr().err
