@@ -1,4 +1,4 @@
-"""How the ops of a flow are connected in the Dagster job: FlowIR -> wiring plan.
+"""How the ops of a flow are connected in the Dagster job: FlowIR -> wiring plan (data).
 
 Dagster constraints (1.13) that shape this:
 - an op may not be downstream of two dynamic outputs, and dynamic outputs cannot be
@@ -15,13 +15,15 @@ a generated `fanout_<step>` op collects those values and fans out again over eve
 different streams, and a conditional merge inside a region, go through a `regroup_<step>`
 op: it collects its inputs and emits one list per outer index. Every Metaflow task stays its
 own op with its own retries and logs; every level runs in parallel; each collect is a
-barrier. Pure data in, pure data out: codegen renders the plan.
+barrier. Pure data in, pure data out: the plan is frozen records (calls, arguments, map
+regions) that the template renders; nothing here writes Python source.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from . import naming
 from .ir import FlowIR, StepIR
@@ -33,43 +35,64 @@ class WiringError(Exception):
     """A shape that cannot be compiled; the message names the step."""
 
 
-@dataclass(eq=False)
-class Stream:
-    """A dynamic output and the region of ops mapped over it."""
-
-    var: str  # top-level variable holding the dynamic output handle
-    depth: int  # length of its mapping keys (foreach nesting of its tasks)
-    fn: str  # name of the region function passed to .map()
-    param: str  # that function's parameter
-    source: TopItem | None = None
-    lines: list[str] = field(default_factory=list)
-    exports: list[Val] = field(default_factory=list)
+# -- the plan: frozen records the template renders ---------------------------------------------
 
 
-@dataclass(eq=False)
-class Val:
-    """An op output handle, in the scope of its stream (None: top level)."""
+@dataclass(frozen=True)
+class Ref:
+    """An op output handle (or a region's parameter), passed as is."""
 
+    kind: ClassVar[str] = "ref"
     var: str
-    stream: Stream | None
-    outer_var: str | None = None  # name of the mapped output at top level, once exported
-    optional: bool = False  # may be skipped by Dagster (after a top-level switch)
-
-    def collected(self) -> str:
-        assert self.stream is not None and self.outer_var is not None
-        return f"{self.outer_var}.collect()"
 
 
-@dataclass(eq=False)
-class TopItem:
-    """One statement of the job body with the streams it needs mapped first."""
+@dataclass(frozen=True)
+class Collect:
+    """`var.collect()`: every value of a mapped output, as one list."""
 
-    line: str
-    needs: list[Stream] = field(default_factory=list)
-    order: int = 0
+    kind: ClassVar[str] = "collect"
+    var: str  # the top-level handle bound from `.map()`
 
 
-@dataclass
+@dataclass(frozen=True)
+class RefList:
+    """A fan-in list of handles: Dagster skips it only when every item is missing."""
+
+    kind: ClassVar[str] = "list"
+    items: tuple[Ref, ...]
+
+
+Arg = Ref | Collect | RefList
+
+
+@dataclass(frozen=True)
+class Call:
+    """`targets = op(args)`: one op invocation; a switch binds one target per output."""
+
+    kind: ClassVar[str] = "call"
+    targets: tuple[str, ...]
+    op: str
+    args: tuple[Arg, ...]
+
+
+@dataclass(frozen=True)
+class MapRegion:
+    """The ops mapped over one dynamic output: `def fn(param)` running `calls` and returning
+    `returns`, then `bound = source.map(fn)` (one top-level handle per returned value)."""
+
+    kind: ClassVar[str] = "map"
+    fn: str
+    param: str
+    source: str  # top-level handle of the dynamic output
+    calls: tuple[Call, ...]
+    returns: tuple[str, ...]
+    bound: tuple[str, ...]
+
+
+Statement = Call | MapRegion
+
+
+@dataclass(frozen=True)
 class StepWiring:
     """What one step's op looks like, given where it sits in the job."""
 
@@ -87,7 +110,7 @@ class StepWiring:
     parallel_join: bool = False  # join of a @parallel step: inputs are its mapper tasks
 
 
-@dataclass
+@dataclass(frozen=True)
 class HelperOp:
     """A generated op that is not a Metaflow step: fanout_* or regroup_*."""
 
@@ -98,59 +121,115 @@ class HelperOp:
     depth: int  # regroup: key length of the output; fanout: key length of its input
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    steps: dict[str, StepWiring]
-    helpers: list[HelperOp]
-    body: list[str]  # job body lines (indented one level)
+    """The whole job: each step's op shape, the helper ops, the job body in order."""
+
+    steps: Mapping[str, StepWiring]
+    helpers: tuple[HelperOp, ...]
+    body: tuple[Statement, ...]
+
+
+# -- the builder (mutable while it walks the graph) --------------------------------------------
+
+
+@dataclass(eq=False)
+class _Stream:
+    """A dynamic output and the region of ops mapped over it."""
+
+    var: str  # top-level variable holding the dynamic output handle
+    depth: int  # length of its mapping keys (foreach nesting of its tasks)
+    fn: str  # name of the region function passed to .map()
+    param: str  # that function's parameter
+    source: _TopItem | None = None
+    calls: list[Call] = field(default_factory=list)
+    exports: list[_Val] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Val:
+    """An op output handle, in the scope of its stream (None: top level)."""
+
+    var: str
+    stream: _Stream | None
+    outer_var: str | None = None  # name of the mapped output at top level, once exported
+    optional: bool = False  # may be skipped by Dagster (after a top-level switch)
+
+
+@dataclass(eq=False)
+class _TopItem:
+    """One statement of the job body with the streams it needs mapped first."""
+
+    call: Call
+    needs: list[_Stream] = field(default_factory=list)
+
+
+@dataclass
+class _Inputs:
+    """Where a step's op reads its inputs: its input form, scope and call arguments."""
+
+    form: InputForm
+    stream: _Stream | None
+    args: tuple[Arg, ...]
+    needs: list[_Stream] = field(default_factory=list)
+    names: tuple[str, ...] = ()
+    parallel_join: bool = False
+    optional_out: bool = False
 
 
 class _Builder:
+    """Walks the steps in topological order, placing each op call in its region."""
+
     def __init__(self, ir: FlowIR, taken: set[str]) -> None:
         self.ir = ir
         self.taken = set(taken)
         self.op_names = {s.op_name for s in ir.steps}
         self.wiring: dict[str, StepWiring] = {}
         self.helpers: list[HelperOp] = []
-        self.top: list[TopItem] = []
-        self.streams: list[Stream] = []
-        self.value: dict[str, Val] = {}  # step -> its main output
-        self.switch_val: dict[tuple[str, str], Val] = {}  # (switch step, target) -> output
-        self.children: dict[str, Stream] = {}  # foreach step -> stream of its children
-        self.statement: dict[str, TopItem] = {}  # top-level step -> its statement
+        self.top: list[_TopItem] = []
+        self.streams: list[_Stream] = []
+        self.value: dict[str, _Val] = {}  # step -> its main output
+        self.switch_val: dict[tuple[str, str], _Val] = {}  # (switch step, target) -> output
+        self.children: dict[str, _Stream] = {}  # foreach step -> stream of its children
+        self.statement: dict[str, _TopItem] = {}  # top-level step -> its statement
 
     # -- names ------------------------------------------------------------------------------
     def var(self, base: str) -> str:
+        """A fresh variable of the job function (never shadowing a module name)."""
         return naming.python_identifier(base, self.taken)
 
     def helper_name(self, base: str) -> str:
-        name = naming.to_dagster_alphabet(base)
-        return naming.unique(name, self.op_names)
+        """A fresh op name for a fanout_*/regroup_* helper."""
+        return naming.unique(naming.to_dagster_alphabet(base), self.op_names)
 
     # -- emission ---------------------------------------------------------------------------
-    def emit(self, stream: Stream | None, line: str, needs: list[Stream] | None = None) -> TopItem | None:
+    def emit(
+        self, stream: _Stream | None, call: Call, needs: list[_Stream] | None = None
+    ) -> _TopItem | None:
+        """Add `call` to its region, or to the job body (returning its statement)."""
         if stream is None:
-            item = TopItem(line, needs or [], len(self.top))
+            item = _TopItem(call, needs or [])
             self.top.append(item)
             return item
-        stream.lines.append(line)
+        stream.calls.append(call)
         return None
 
-    def export(self, val: Val) -> str:
-        """Make a region value available at top level (for collect); returns `x.collect()`."""
+    def export(self, val: _Val) -> Collect:
+        """Make a region value available at top level: the region returns it, `.map()`
+        binds it to a top-level handle, and the caller collects that."""
         assert val.stream is not None
         if val.outer_var is None:
             val.outer_var = self.var(f"{val.var}_each")
             val.stream.exports.append(val)
-        return val.collected()
+        return Collect(val.outer_var)
 
-    def new_stream(self, name: str, depth: int, param: str) -> Stream:
-        s = Stream(var=name, depth=depth, fn=self.var(f"each_{name}"), param=param)
+    def new_stream(self, name: str, depth: int, param: str) -> _Stream:
+        s = _Stream(var=name, depth=depth, fn=self.var(f"each_{name}"), param=param)
         self.streams.append(s)
         return s
 
     # -- inputs -----------------------------------------------------------------------------
-    def incoming(self, step: StepIR) -> list[Val]:
+    def incoming(self, step: StepIR) -> list[_Val]:
         """The value each predecessor passes to `step` (self-loops excluded)."""
         vals = []
         for pred_name in step.in_steps:
@@ -161,14 +240,14 @@ class _Builder:
                 vals.append(self.value[pred.name])  # @parallel: no fan-out, one control task
             elif pred.kind == "foreach":
                 stream = self.children_of(pred)
-                vals.append(Val(stream.param, stream))
+                vals.append(_Val(stream.param, stream))
             elif pred.kind == "switch":
                 vals.append(self.switch_val[(pred.name, step.name)])
             else:
                 vals.append(self.value[pred.name])
         return vals
 
-    def children_of(self, foreach: StepIR) -> Stream:
+    def children_of(self, foreach: StepIR) -> _Stream:
         """The stream of a foreach step's children (fanning out again if it is nested)."""
         if foreach.name in self.children:
             return self.children[foreach.name]
@@ -178,138 +257,143 @@ class _Builder:
             stream.source = self.statement[foreach.name]
         else:
             op = self.helper_name(f"fanout_{foreach.name}")
-            self.helpers.append(HelperOp("fanout", op, foreach.name, ("upstreams",), v.stream.depth))
+            self.helpers.append(
+                HelperOp("fanout", op, foreach.name, ("upstreams",), v.stream.depth)
+            )
             name = self.var(f"{foreach.name}_fanout")
             stream = self.new_stream(name, v.stream.depth + 1, self.var("item"))
-            stream.source = self.emit(None, f"{name} = {op}({self.export(v)})", [v.stream])
+            stream.source = self.emit(None, Call((name,), op, (self.export(v),)), [v.stream])
         self.children[foreach.name] = stream
         return stream
 
-    def regroup(self, step: StepIR, vals: list[Val], depth: int) -> Val:
+    def regroup(self, step: StepIR, vals: list[_Val], depth: int) -> _Val:
         """Collect `vals` (each in some region) and re-emit them grouped per outer index."""
         op = self.helper_name(f"regroup_{step.name}")
         names = tuple(naming.python_identifier(f"from_{i}", set()) for i in range(len(vals)))
         self.helpers.append(HelperOp("regroup", op, step.name, names, depth))
         name = self.var(f"{step.name}_inputs")
         stream = self.new_stream(name, depth, self.var("items"))
-        args = ", ".join(self.export(v) for v in vals)
+        args = tuple(self.export(v) for v in vals)
         needs = [v.stream for v in vals if v.stream is not None]
-        stream.source = self.emit(None, f"{name} = {op}({args})", needs)
-        return Val(stream.param, stream)
+        stream.source = self.emit(None, Call((name,), op, args), needs)
+        return _Val(stream.param, stream)
+
+    def foreach_join(self, step: StepIR, vals: list[_Val]) -> _Inputs:
+        """A foreach join: one collected list (a list per branch of a switch ending the
+        body); deeper than one level, through a regroup op."""
+        depths = {v.stream.depth if v.stream is not None else 0 for v in vals}
+        if len(depths) != 1 or 0 in depths:
+            raise WiringError(f"step {step.name!r}: joins branches from different foreach levels")
+        (depth,) = depths
+        if depth > 1:
+            grouped = self.regroup(step, vals, depth - 1)
+            return _Inputs("list", grouped.stream, (Ref(grouped.var),))
+        needs = [v.stream for v in vals if v.stream is not None]
+        if len(vals) == 1:
+            return _Inputs("list", None, (self.export(vals[0]),), needs)
+        # switch branches ending the body: one collected list per branch
+        names = tuple(
+            naming.python_identifier(f"from_{p}", {"context", "config"}) for p in step.in_steps
+        )
+        return _Inputs("lists", None, tuple(self.export(v) for v in vals), needs, names)
+
+    def merge(self, step: StepIR, vals: list[_Val]) -> _Inputs:
+        """A step with several inputs that is not a foreach join."""
+        streams = {id(v.stream) for v in vals}
+        if all(v.stream is None for v in vals) and (
+            step.kind != "join" or any(v.optional for v in vals)
+        ):
+            # a conditional merge, or a join fed by switch branches: Dagster runs a
+            # fan-in list unless every item is missing
+            return _Inputs("list", None, (RefList(tuple(Ref(v.var) for v in vals)),))
+        if len(streams) == 1:
+            names = tuple(naming.python_identifier(p, {"context", "config"}) for p in step.in_steps)
+            return _Inputs("named", vals[0].stream, tuple(Ref(v.var) for v in vals), names=names)
+        if any(v.stream is None for v in vals) or step.foreach_depth == 0:
+            raise WiringError(f"step {step.name!r}: joins branches from different foreach levels")
+        grouped = self.regroup(step, vals, step.foreach_depth)
+        return _Inputs("list", grouped.stream, (Ref(grouped.var),))
+
+    def inputs(self, step: StepIR) -> _Inputs:
+        """Where `step` runs and what its call passes, from its predecessors' values."""
+        vals = self.incoming(step)
+        if step.name == self.ir.start_step:
+            return _Inputs("none", None, ())
+        if step.kind == "join" and any(self.ir.step(p).is_parallel for p in step.in_steps):
+            (control,) = vals
+            return _Inputs("single", control.stream, (Ref(control.var),), parallel_join=True)
+        if step.kind == "join" and step.join_kind == "foreach":
+            return self.foreach_join(step, vals)
+        if len(vals) > 1:
+            return self.merge(step, vals)
+        (v,) = vals
+        return _Inputs("single", v.stream, (Ref(v.var),), optional_out=v.optional)
 
     # -- steps ------------------------------------------------------------------------------
     def place(self, step: StepIR) -> None:
-        w = StepWiring(ubf_control=step.is_parallel)
-        needs: list[Stream] = []  # streams whose collected values this statement uses
-        vals = self.incoming(step)
-        merging = len(vals) > 1
-        optional_in = any(v.optional for v in vals)
-        optional_out = False
-        if step.name == self.ir.start_step:
-            w.input_form, stream, arg = "none", None, ""
-        elif step.kind == "join" and any(self.ir.step(p).is_parallel for p in step.in_steps):
-            (control,) = vals
-            w.input_form, w.parallel_join, stream, arg = "single", True, control.stream, control.var
-        elif step.kind == "join" and step.join_kind == "foreach":
-            depths = {v.stream.depth if v.stream is not None else 0 for v in vals}
-            if len(depths) != 1 or 0 in depths:
-                raise WiringError(f"step {step.name!r}: joins branches from different foreach levels")
-            (depth,) = depths
-            if depth == 1 and len(vals) == 1:
-                w.input_form, stream, arg = "list", None, self.export(vals[0])
-                needs.append(vals[0].stream)  # type: ignore[arg-type]
-            elif depth == 1:
-                # switch branches ending the body: one collected list per branch
-                w.input_form, stream = "lists", None
-                w.input_names = tuple(naming.python_identifier(f"from_{p}", {"context", "config"}) for p in step.in_steps)
-                arg = ", ".join(self.export(v) for v in vals)
-                needs.extend(v.stream for v in vals if v.stream is not None)
-            else:
-                grouped = self.regroup(step, vals, depth - 1)
-                w.input_form, stream, arg = "list", grouped.stream, grouped.var
-        elif merging:
-            streams = {id(v.stream) for v in vals}
-            top = all(v.stream is None for v in vals)
-            if top and (step.kind != "join" or optional_in):
-                # a conditional merge, or a join fed by switch branches: Dagster runs a
-                # fan-in list unless every item is missing
-                w.input_form, stream = "list", None
-                arg = "[" + ", ".join(v.var for v in vals) + "]"
-            elif len(streams) == 1:
-                names = tuple(naming.python_identifier(p, {"context", "config"}) for p in step.in_steps)
-                w.input_form, w.input_names = "named", names
-                stream, arg = vals[0].stream, ", ".join(v.var for v in vals)
-            else:
-                depth = step.foreach_depth
-                if any(v.stream is None for v in vals) or depth == 0:
-                    raise WiringError(
-                        f"step {step.name!r}: joins branches from different foreach levels"
-                    )
-                grouped = self.regroup(step, vals, depth)
-                w.input_form, stream, arg = "list", grouped.stream, grouped.var
-        else:
-            (v,) = vals
-            w.input_form, stream, arg = "single", v.stream, v.var
-            optional_out = v.optional
-        w.in_map = stream is not None
-
+        """Emit the call of `step`'s op and record how its op is shaped."""
+        i = self.inputs(step)
         var = self.var(step.name)
+        switch_outputs: tuple[tuple[str, str], ...] = ()
         if step.kind == "switch":
             targets = tuple(t for t in dict.fromkeys(step.next_steps) if t != step.name)
-            outs = tuple((t, naming.python_identifier(f"to_{t}", {"result"})) for t in targets)
-            w.switch_outputs = outs
-            w.switch_always = stream is not None  # a loop too: its exits may rejoin
-            out_vars = [self.var(f"{step.name}_to_{t}") for t, _ in outs]
-            for (t, _), ov in zip(outs, out_vars, strict=True):
+            switch_outputs = tuple(
+                (t, naming.python_identifier(f"to_{t}", {"result"})) for t in targets
+            )
+            always = i.stream is not None  # (a loop too) inside a region: see StepWiring
+            out_vars = tuple(self.var(f"{step.name}_to_{t}") for t, _ in switch_outputs)
+            for t, ov in zip(targets, out_vars, strict=True):
                 # a top-level switch's (or loop's) unchosen outputs are skipped
-                self.switch_val[(step.name, t)] = Val(
-                    ov, stream, optional=optional_out or (not w.switch_always and len(outs) > 1)
-                )
-            lhs = ", ".join(out_vars)  # one output: the handle itself, not a tuple
-            statement = self.emit(stream, f"{lhs} = {step.op_name}({arg})", needs)
+                optional = i.optional_out or (not always and len(targets) > 1)
+                self.switch_val[(step.name, t)] = _Val(ov, i.stream, optional=optional)
+            call = Call(out_vars, step.op_name, i.args)  # one output: the handle, not a tuple
         else:
-            w.dynamic_out = step.kind == "foreach" and stream is None and not step.parallel_foreach
-            statement = self.emit(stream, f"{var} = {step.op_name}({arg})", needs)
+            call = Call((var,), step.op_name, i.args)
+        statement = self.emit(i.stream, call, i.needs)
         if statement is not None:
             self.statement[step.name] = statement
-        self.value[step.name] = Val(var, stream, optional=optional_out)
-        self.wiring[step.name] = w
+        self.value[step.name] = _Val(var, i.stream, optional=i.optional_out)
+        self.wiring[step.name] = StepWiring(
+            input_form=i.form,
+            input_names=i.names,
+            in_map=i.stream is not None,
+            dynamic_out=step.kind == "foreach" and i.stream is None and not step.parallel_foreach,
+            switch_outputs=switch_outputs,
+            switch_always=step.kind == "switch" and i.stream is not None,
+            ubf_control=step.is_parallel,
+            parallel_join=i.parallel_join,
+        )
 
-    # -- final ordering -------------------------------------------------------------------------
-    def body(self) -> list[str]:
-        """Top-level statements, each region's function and map call placed before first use."""
-        lines: list[str] = []
+    # -- final ordering ---------------------------------------------------------------------
+    def body(self) -> tuple[Statement, ...]:
+        """Top-level statements, each region placed (and mapped) before its first use."""
+        out: list[Statement] = []
         done_items: set[int] = set()
         mapped: set[int] = set()
 
-        def map_stream(s: Stream) -> None:
+        def map_stream(s: _Stream) -> None:
             if id(s) in mapped:
                 return
             if s.source is not None:
                 place(s.source)
             mapped.add(id(s))
-            lines.append("")
-            lines.append(f"def {s.fn}({s.param}):")
-            lines.extend("    " + ln for ln in s.lines)
-            rets = ", ".join(v.var for v in s.exports)
-            lines.append(f"    return {rets}" if s.exports else "    return None")
-            lines.append("")
-            outer = ", ".join(v.outer_var or "_" for v in s.exports)
-            lines.append(f"{outer} = {s.var}.map({s.fn})" if s.exports else f"{s.var}.map({s.fn})")
+            bound = tuple(v.outer_var for v in s.exports if v.outer_var is not None)
+            returns = tuple(v.var for v in s.exports)
+            out.append(MapRegion(s.fn, s.param, s.var, tuple(s.calls), returns, bound))
 
-        def place(item: TopItem) -> None:
+        def place(item: _TopItem) -> None:
             if id(item) in done_items:
                 return
             done_items.add(id(item))
             for s in item.needs:
                 map_stream(s)
-            lines.append(item.line)
+            out.append(item.call)
 
         for item in self.top:
             place(item)
         for s in self.streams:  # regions whose values nobody collects (end inside a region)
             map_stream(s)
-        return lines
+        return tuple(out)
 
 
 def plan(ir: FlowIR, taken: set[str]) -> Plan:
@@ -317,4 +401,4 @@ def plan(ir: FlowIR, taken: set[str]) -> Plan:
     b = _Builder(ir, taken)
     for step in ir.steps:
         b.place(step)
-    return Plan(steps=b.wiring, helpers=b.helpers, body=b.body())
+    return Plan(steps=b.wiring, helpers=tuple(b.helpers), body=b.body())

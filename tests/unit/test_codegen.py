@@ -340,7 +340,7 @@ def test_parallel_compiles_to_one_control_op_and_mapper_join() -> None:
 
 
 def test_create_guard_reports_what_dagster_refuses(tmp_path: Path) -> None:
-    from dagster_metaflow.cli import dagster_load_problem
+    from dagster_metaflow.definitions_file import dagster_load_problem
 
     good = render(ir_for("hello_flow.py"))
     assert dagster_load_problem(good, str(tmp_path / "out.py"), "HelloFlow") is None

@@ -1,0 +1,406 @@
+"""IR + wiring plan -> the specs of the generated module (op_specs.py).
+
+Modelled on dagster-dbt's DagsterDbtTranslator: one `get_*` method per Dagster attribute
+(an op's name, description, tags, retry policy, task options; the job's tags, executor,
+io manager; the schedule and sensor), so each decision lives in exactly one place and a
+subclass could change one of them. Nothing here writes Python source: the templates do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from . import naming
+from .ir import FlowIR, StepIR
+from .op_specs import (
+    DAGSTER,
+    RUNTIME,
+    UPSTREAM,
+    UPSTREAMS,
+    ConfigField,
+    ConfigSpec,
+    DefinitionsSpec,
+    ExecutorSpec,
+    FanOut,
+    FanOutAll,
+    FlowSpec,
+    Import,
+    InitRun,
+    JobSpec,
+    OpInput,
+    OpOutput,
+    OpSpec,
+    Regroup,
+    RetryPolicySpec,
+    RunId,
+    RunLoop,
+    RunStep,
+    RuntimeCall,
+    ScheduleSpec,
+    SensorSpec,
+    Switch,
+    Task,
+    TriggerSpec,
+    Upstream,
+    importable,
+)
+from .task_options import StepOptions
+from .wiring import HelperOp, Plan, StepWiring, WiringError, plan
+
+
+class CodegenError(Exception):
+    """The IR describes a shape this version cannot compile (message names the step)."""
+
+
+# `--executor` values served by an executor of a Dagster integration package:
+# (module to import it from, executor definition)
+ENGINE_EXECUTORS = {
+    "celery": ("dagster_celery", "celery_executor"),
+    "k8s": ("dagster_k8s", "k8s_job_executor"),
+}
+METAFLOW_EXECUTOR = importable(RUNTIME, "metaflow_executor")
+MULTIPROCESS_EXECUTOR = importable(DAGSTER, "multiprocess_executor")
+# `--executor` value -> the executor definition the job uses
+EXECUTORS: dict[str, Import] = {
+    "threads": METAFLOW_EXECUTOR,
+    "multiprocess": MULTIPROCESS_EXECUTOR,
+    "forkserver": MULTIPROCESS_EXECUTOR,
+    "in_process": importable(DAGSTER, "in_process_executor"),
+    **{name: importable(module, defn) for name, (module, defn) in ENGINE_EXECUTORS.items()},
+}
+IO_MANAGER = importable(RUNTIME, "metaflow_io_manager")
+SHARED_IO_MANAGER = importable(RUNTIME, "metaflow_shared_io_manager")
+# Config field type per parameter type (a JSON parameter travels as its text)
+_ANNOTATIONS: dict[str, Literal["int", "float", "bool", "str"]] = {
+    "int": "int",
+    "float": "float",
+    "bool": "bool",
+    "str": "str",
+    "json": "str",
+}
+
+
+class OpTranslator:
+    """The attributes of every op: a step's (name, description, tags, retry policy, inputs,
+    output, task options, runtime calls) and the fanout_*/regroup_* helpers'."""
+
+    ir: FlowIR
+    plan: Plan
+
+    # -- step ops -------------------------------------------------------------------------------
+    def get_op(self, step: StepIR) -> OpSpec:
+        """The `@op` of one step, shaped by where the wiring placed it."""
+        w = self.plan.steps[step.name]
+        return OpSpec(
+            name=self.get_op_name(step),
+            inputs=self.get_inputs(w),
+            output=self.get_output(step, w),
+            body=self.get_body(step, w),
+            tags=self.get_tags(step),
+            description=self.get_description(step),
+            retry_policy=self.get_retry_policy(step),
+            config=self.get_config_input(w),
+        )
+
+    def get_config_input(self, w: StepWiring) -> str | None:
+        """The start op takes the run's Config (the flow's parameters), if any."""
+        return self.ir.config_class_name if w.input_form == "none" and self.ir.parameters else None
+
+    def get_op_name(self, step: StepIR) -> str:
+        """`op_<step>` in Dagster's alphabet, chosen (unique) when the IR was built."""
+        return step.op_name
+
+    def get_description(self, step: StepIR) -> str | None:
+        """The step's docstring, shown in the Dagster UI."""
+        return step.doc or None
+
+    def get_tags(self, step: StepIR) -> dict[str, str]:
+        """Op tags: the step (and `end`, which the executor checks was reached), its
+        resources and launcher, and the informational Dagster timeout."""
+        tags: dict[str, str] = {}
+        if step.timeout_seconds and not step.launcher:
+            tags["dagster/op_execution_timeout"] = str(step.timeout_seconds)
+        tags["metaflow/step"] = step.name
+        if step.kind == "end":
+            tags["metaflow/end"] = "true"  # the executor checks that the run reached it
+        for key, value in step.resources:
+            tags[f"metaflow/resources/{key}"] = value
+        if step.launcher:
+            tags["metaflow/launcher"] = step.launcher  # @kubernetes, @batch, @conda, @pypi
+        return tags
+
+    def get_retry_policy(self, step: StepIR) -> RetryPolicySpec | None:
+        """Dagster retries the op, except a loop's: it retries each iteration itself."""
+        if step.retry is None or step.is_recursive:
+            return None
+        return RetryPolicySpec(step.retry.max_retries, step.retry.delay_seconds or None)
+
+    def get_step_options(self, step: StepIR, w: StepWiring) -> StepOptions:
+        """The static task options the runtime receives as keyword arguments."""
+        return StepOptions(
+            max_user_code_retries=step.max_user_code_retries,
+            extra_env=dict(step.env),
+            # a launched task (remote, or in a @conda/@pypi environment) enforces @timeout
+            # itself: its op's time also counts a pod's start or an environment's creation
+            timeout=step.timeout_seconds if step.timeout_seconds and not step.launcher else None,
+            launcher=step.launcher,
+            ubf_context="ubf_control" if w.ubf_control else None,
+            decorator_specs=step.decorator_specs,
+        )
+
+    def get_inputs(self, w: StepWiring) -> tuple[OpInput, ...]:
+        """The op's inputs, from the input form the wiring chose."""
+        forms: dict[str, tuple[OpInput, ...]] = {
+            "none": (),
+            "single": (OpInput(UPSTREAM, "str"),),
+            "list": (OpInput(UPSTREAMS, "list"),),
+            "lists": tuple(OpInput(n, "list") for n in w.input_names),
+            "named": tuple(OpInput(n, "str") for n in w.input_names),
+        }
+        return forms[w.input_form]
+
+    def get_upstream(self, w: StepWiring) -> Upstream:
+        """The task's input paths, from the op's inputs."""
+        if w.input_form in ("none", "single"):
+            return Upstream("mapper_tasks" if w.parallel_join else "name", (UPSTREAM,))
+        if w.input_form == "list":
+            return Upstream("name", (UPSTREAMS,))
+        return Upstream("splat" if w.input_form == "lists" else "items", w.input_names)
+
+    def get_output(self, step: StepIR, w: StepWiring) -> OpOutput:
+        """A loop, a top-level foreach (dynamic), a switch (optional outputs), or a value."""
+        if step.is_recursive:
+            return OpOutput("loop", names=tuple(n for _t, n in w.switch_outputs))
+        if w.dynamic_out:
+            return OpOutput("dynamic")
+        if w.switch_outputs:
+            return OpOutput("switch", names=tuple(n for _t, n in w.switch_outputs))
+        return OpOutput("value")
+
+    def get_task_id(self, step: StepIR, w: StepWiring) -> str | None:
+        """A fixed task id, or None: from the mapping key inside a region."""
+        return None if w.in_map else naming.task_id_for(step.name)
+
+    def get_task(self, step: StepIR, w: StepWiring) -> Task:
+        """The task the op runs (a foreach child reads its split index from the key)."""
+        foreach_child = any(self.ir.step(p).kind == "foreach" for p in step.in_steps)
+        return Task(
+            step=step.name,
+            upstream=self.get_upstream(w),
+            task_id=self.get_task_id(step, w),
+            options=self.get_step_options(step, w),
+            split_index=foreach_child and not w.ubf_control,
+        )
+
+    def get_loop_retries(self, step: StepIR) -> tuple[int | None, int | None]:
+        """A loop's (attempts per iteration, delay): it retries each iteration itself."""
+        if step.retry is None:
+            return None, None
+        return step.retry.max_retries, step.retry.delay_seconds or None
+
+    def get_body(self, step: StepIR, w: StepWiring) -> tuple[RuntimeCall, ...]:
+        """The runtime calls of a step's op: init (start), the task (or loop), fan-out."""
+        calls: list[RuntimeCall] = [RunId()]
+        if w.input_form == "none":
+            calls.append(InitRun(UPSTREAM, with_config=bool(self.ir.parameters)))
+        task, outputs = self.get_task(step, w), dict(w.switch_outputs)
+        if step.is_recursive:
+            retries, delay = self.get_loop_retries(step)
+            calls.append(RunLoop(task, outputs, retries, delay, always=w.switch_always))
+        elif w.dynamic_out:
+            calls += [RunStep(task, result="task"), FanOut()]
+        elif w.switch_outputs:
+            calls += [RunStep(task, result="task"), Switch(outputs, always=w.switch_always)]
+        else:
+            calls.append(RunStep(task, result="return"))
+        return tuple(calls)
+
+    # -- helper ops (nested foreach) ---------------------------------------------------------
+    def get_helper_op(self, h: HelperOp) -> OpSpec:
+        """A fanout_*/regroup_* op: Dagster plumbing for nested levels, no Metaflow task."""
+        if h.kind == "fanout":
+            return OpSpec(
+                name=h.name,
+                inputs=(OpInput(UPSTREAMS, "list"),),
+                output=OpOutput("dynamic"),
+                body=(FanOutAll(UPSTREAMS),),
+                tags={"metaflow/fanout": h.step},
+                description=f"Fan out the children of every {h.step!r} task (nested foreach).",
+            )
+        return OpSpec(
+            name=h.name,
+            inputs=tuple(OpInput(n, "list") for n in h.input_names),
+            output=OpOutput("dynamic", item="list"),
+            body=(Regroup(h.depth, h.input_names),),
+            tags={"metaflow/regroup": h.step},
+            description=f"Group the inputs of {h.step!r} per outer foreach index.",
+        )
+
+
+class Translator(OpTranslator):
+    """Every attribute of the generated module: the ops (OpTranslator), the job, its
+    executor and io manager, the Config class, the MetaflowFlow, the schedule and sensor."""
+
+    def __init__(self, ir: FlowIR, reserved: frozenset[str]) -> None:
+        """`reserved`: names the generated module binds itself (no variable may take them)."""
+        self.ir = ir
+        self.taken = set(reserved) | {s.op_name for s in ir.steps} | {ir.config_class_name}
+        self.job_fn = naming.python_identifier(ir.flow_name, self.taken)
+        try:
+            self.plan: Plan = plan(ir, self.taken | {self.job_fn})
+        except WiringError as exc:
+            raise CodegenError(str(exc)) from None
+        self.taken |= {h.name for h in self.plan.helpers}
+
+    def definitions(self) -> DefinitionsSpec:
+        """The whole module."""
+        automation_taken = self.taken | {self.job_fn}  # schedule and sensor names
+        return DefinitionsSpec(
+            tags=self.ir.tags,
+            flow=self.get_flow(),
+            config=self.get_config(),
+            ops=tuple(self.get_op(s) for s in self.ir.steps)
+            + tuple(self.get_helper_op(h) for h in self.plan.helpers),
+            job=self.get_job(),
+            body=self.plan.body,
+            schedule=self.get_schedule(automation_taken),
+            sensor=self.get_sensor(automation_taken),
+        )
+
+    # -- job ----------------------------------------------------------------------------------
+    def get_job(self) -> JobSpec:
+        """The `@job` that wires every op."""
+        return JobSpec(
+            fn=self.job_fn,
+            name=self.ir.job_name,
+            description=self.ir.doc or None,
+            executor=self.get_executor(),
+            io_manager=self.get_io_manager(),
+            tags=self.get_job_tags(),
+        )
+
+    def get_job_tags(self) -> dict[str, str]:
+        """Run tags: the flow, its @project branch, and the workflow timeout (run monitoring)."""
+        tags = {"metaflow/flow": self.ir.flow_name}
+        auto = self.ir.automation
+        if auto.project_name:
+            tags["metaflow/project"] = auto.project_name
+            tags["metaflow/branch"] = auto.branch_name or ""
+        if self.ir.workflow_timeout:
+            tags["dagster/max_runtime"] = str(self.ir.workflow_timeout)
+        return tags
+
+    def get_executor(self) -> ExecutorSpec:
+        """The executor and its defaults (a launch may still override them in run config);
+        Dagster's own executors know nothing of the Metaflow run's end: wrapped."""
+        ir = self.ir
+        definition = EXECUTORS.get(ir.executor)
+        if definition is None:
+            raise CodegenError(f"unknown executor {ir.executor!r}")
+        config: dict[str, Any] = {"max_concurrent": ir.max_workers}
+        if ir.executor == "threads" and ir.workflow_timeout:
+            config["workflow_timeout"] = ir.workflow_timeout
+        elif ir.executor == "forkserver":
+            config["start_method"] = {"forkserver": {}}
+        elif ir.executor == "in_process":
+            config = {}
+        elif ir.executor in ENGINE_EXECUTORS:
+            config = dict(ir.executor_config)
+        return ExecutorSpec(definition, config, run_end=definition != METAFLOW_EXECUTOR)
+
+    def get_io_manager(self) -> Import:
+        """Ops of a distributed executor share only the instance, not the worker's disk."""
+        return SHARED_IO_MANAGER if self.ir.executor in ENGINE_EXECUTORS else IO_MANAGER
+
+    # -- module-level records -----------------------------------------------------------------
+    def get_config(self) -> ConfigSpec | None:
+        """The run's Config class, when the flow has parameters."""
+        if not self.ir.parameters:
+            return None
+        return ConfigSpec(self.ir.config_class_name, self.get_config_fields())
+
+    def get_config_fields(self) -> tuple[ConfigField, ...]:
+        """One typed field per parameter; the alias keeps the Metaflow name reachable."""
+        return tuple(
+            ConfigField(
+                name=p.field_name,
+                type=_ANNOTATIONS[p.type],
+                optional=not p.required and not p.has_default,
+                required=p.required,
+                default=p.default,
+                alias=p.name if p.field_name != p.name else None,
+                description=p.help or None,
+            )
+            for p in self.ir.parameters
+        )
+
+    def get_flow(self) -> FlowSpec:
+        """What every op's runtime needs to know about the flow and the deployment."""
+        ir = self.ir
+        hooks = ir.automation.exit_hooks
+        return FlowSpec(
+            name=ir.flow_name,
+            file=ir.flow_file,
+            top_level_args=tuple(ir.top_level_args),
+            environment=dict(ir.environment),
+            namespace=ir.namespace,
+            owner=ir.owner,
+            production_token=ir.production_token,
+            config_values=ir.config_values or None,
+            flow_fingerprint=ir.flow_fingerprint or None,
+            switch_steps=tuple(s.name for s in ir.steps if s.kind == "switch"),
+            card_steps=tuple(s.name for s in ir.steps if s.has_card),
+            job_name=ir.job_name if hooks is not None else None,
+            exit_hooks_on_success=hooks.on_success if hooks is not None else (),
+            exit_hooks_on_error=hooks.on_error if hooks is not None else (),
+            datastore=ir.datastore_kwargs,
+            parameters=tuple((p.field_name, p.env_var, p.type) for p in ir.parameters),
+            transitions=tuple((s.name, s.next_steps) for s in ir.steps),
+        )
+
+    def get_schedule(self, taken: set[str]) -> ScheduleSpec | None:
+        """@schedule as a ScheduleDefinition (its variable recorded in `taken`)."""
+        sched, ir = self.ir.automation.schedule, self.ir
+        if sched is None:
+            return None
+        return ScheduleSpec(
+            var=naming.python_identifier(f"{self.job_fn}_schedule", taken),
+            name=ir.job_name + "_schedule",
+            job_fn=self.job_fn,
+            cron=sched.cron,
+            timezone=sched.timezone or None,
+            tags={"dagster-metaflow/deployment": ir.job_name},
+            description=f"@schedule of {ir.flow_name}: {sched.metaflow_cron}",
+        )
+
+    def get_triggers(self) -> tuple[TriggerSpec, ...]:
+        """The events (or upstream runs) of @trigger/@trigger_on_finish, typed parameters."""
+        types = {p.name: p.type for p in self.ir.parameters}
+        return tuple(
+            TriggerSpec(
+                name=t.name,
+                kind=t.kind,
+                flow=t.flow,
+                project=t.project or None,
+                branch=t.branch,
+                parameters=tuple((p, k, types[p], required) for p, k, required in t.parameters),
+            )
+            for t in self.ir.automation.triggers
+        )
+
+    def get_sensor(self, taken: set[str]) -> SensorSpec | None:
+        """@trigger/@trigger_on_finish as a sensor that evaluates the triggers."""
+        ir, triggers = self.ir, self.get_triggers()
+        if not triggers:
+            return None
+        suffix = "_trigger_on_finish" if triggers[0].kind == "run" else "_trigger"
+        what = " and ".join(t.name for t in triggers)
+        return SensorSpec(
+            fn=naming.python_identifier(f"{self.job_fn}{suffix}", taken),
+            name=ir.job_name + suffix,
+            job_fn=self.job_fn,
+            job_name=ir.job_name,
+            description=f"Starts {ir.job_name} when {what} occurred",
+            triggers=triggers,
+            start_op=ir.step(ir.start_step).op_name,
+        )

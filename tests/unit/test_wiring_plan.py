@@ -1,0 +1,236 @@
+"""The wiring plan is data: calls, arguments and map regions, checked without rendering."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dagster_metaflow import naming
+from dagster_metaflow.codegen import reserved_names
+from dagster_metaflow.ir import CompileOptions, FlowIR, StepIR, StepKind, build_flow_ir
+from dagster_metaflow.wiring import (
+    Call,
+    Collect,
+    HelperOp,
+    MapRegion,
+    Plan,
+    Ref,
+    RefList,
+    StepWiring,
+    WiringError,
+    plan,
+)
+
+FLOWS = Path(__file__).parent.parent / "flows"
+
+
+def _ir(filename: str) -> FlowIR:
+    from metaflow import FlowSpec
+    from metaflow.graph import FlowGraph
+
+    path = FLOWS / filename
+    spec = importlib.util.spec_from_file_location(f"wiring_{path.stem}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cls = next(
+        v
+        for v in vars(module).values()
+        if isinstance(v, type) and issubclass(v, FlowSpec) and v is not FlowSpec
+    )
+    return build_flow_ir(cls, FlowGraph(cls), CompileOptions(job_name="J", flow_file=filename))
+
+
+def _plan(filename: str) -> Plan:
+    return plan(_ir(filename), set(reserved_names()))
+
+
+def _call(target: str | tuple[str, ...], op: str, *args: Any) -> Call:
+    return Call(target if isinstance(target, tuple) else (target,), op, args)
+
+
+def test_linear_flow_is_a_chain_of_top_level_calls() -> None:
+    p = _plan("linear_flow.py")
+    assert p.body == (
+        _call("start", "op_start"),
+        _call("a", "op_a", Ref("start")),
+        _call("b", "op_b", Ref("a")),
+        _call("end", "op_end", Ref("b")),
+    )
+    assert p.steps["start"] == StepWiring(input_form="none")
+    assert p.steps["a"] == StepWiring(input_form="single")
+    assert p.helpers == ()
+
+
+def test_top_level_foreach_maps_a_region_and_collects_it() -> None:
+    p = _plan("hello_flow.py")
+    region = MapRegion(
+        fn="each_start",
+        param="item",
+        source="start",
+        calls=(_call("square", "op_square", Ref("item")),),
+        returns=("square",),
+        bound=("square_each",),
+    )
+    assert p.body[:3] == (
+        _call("start", "op_start"),
+        region,
+        _call("join", "op_join", Collect("square_each")),
+    )
+    # a static join of top-level branches: one named input per branch
+    assert _call("merge", "op_merge", Ref("left"), Ref("right")) in p.body
+    assert p.steps["merge"].input_form == "named"
+    assert p.steps["merge"].input_names == ("left", "right")
+    assert p.steps["start"].dynamic_out and p.steps["square"].in_map
+    assert p.steps["join"].input_form == "list"
+
+
+def test_nested_foreach_fans_out_again_and_regroups_before_the_inner_join() -> None:
+    p = _plan("shapes/nested2_flow.py")
+    assert p.helpers == (
+        HelperOp("fanout", "fanout_fan_inner", "fan_inner", ("upstreams",), 1),
+        HelperOp("regroup", "regroup_inner_join", "inner_join", ("from_0",), 1),
+    )
+    kinds = [type(s).__name__ for s in p.body]
+    assert kinds == ["Call", "MapRegion", "Call", "MapRegion", "Call", "MapRegion", "Call", "Call"]
+    assert p.body[2] == _call("fan_inner_fanout", "fanout_fan_inner", Collect("fan_inner_each"))
+    inner = p.body[3]
+    assert isinstance(inner, MapRegion)
+    assert (inner.source, inner.param, inner.bound) == (
+        "fan_inner_fanout",
+        "item_2",
+        ("work_each",),
+    )
+    assert p.body[4] == _call("inner_join_inputs", "regroup_inner_join", Collect("work_each"))
+    grouped = p.body[5]
+    assert isinstance(grouped, MapRegion)
+    assert grouped.calls == (_call("inner_join", "op_inner_join", Ref("items")),)
+    assert p.body[6] == _call("outer_join", "op_outer_join", Collect("inner_join_each"))
+
+
+def test_top_level_switch_binds_one_optional_output_per_branch_and_merges_a_fan_in_list() -> None:
+    p = _plan("shapes/switch_flow.py")
+    assert p.body[0] == _call(("start_to_long_a", "start_to_short"), "op_start")
+    assert p.steps["start"].switch_outputs == (("long_a", "to_long_a"), ("short", "to_short"))
+    assert not p.steps["start"].switch_always  # the branch not taken is skipped
+    merge = _call("merge", "op_merge", RefList((Ref("long_b"), Ref("short"))))
+    assert merge in p.body and p.steps["merge"].input_form == "list"
+
+
+def test_switch_inside_a_foreach_yields_every_output_and_merges_by_name() -> None:
+    p = _plan("shapes/switch_in_foreach_flow.py")
+    region = p.body[1]
+    assert isinstance(region, MapRegion)
+    assert region.calls == (
+        _call(("classify_to_halve", "classify_to_triple"), "op_classify", Ref("item")),
+        _call("halve", "op_halve", Ref("classify_to_halve")),
+        _call("triple", "op_triple", Ref("classify_to_triple")),
+        _call("settle", "op_settle", Ref("halve"), Ref("triple")),
+    )
+    assert p.steps["classify"].switch_always and p.steps["classify"].in_map
+    assert p.steps["settle"].input_form == "named"
+
+
+def test_switch_branches_ending_a_foreach_body_are_collected_one_list_each() -> None:
+    p = _plan("shapes/switch_into_foreach_join_flow.py")
+    region = p.body[1]
+    assert isinstance(region, MapRegion) and region.bound == ("even_each", "odd_each")
+    assert p.body[2] == _call("join", "op_join", Collect("even_each"), Collect("odd_each"))
+    assert p.steps["join"].input_form == "lists"
+    assert p.steps["join"].input_names == ("from_even", "from_odd")
+
+
+def test_join_across_foreach_levels_goes_through_a_regroup_of_every_input() -> None:
+    p = _plan("shapes/foreach_in_split_in_foreach_flow.py")
+    regather = _call(
+        "regather_inputs", "regroup_regather", Collect("parts_done_each"), Collect("plain_each")
+    )
+    assert regather in p.body
+    assert HelperOp("regroup", "regroup_regather", "regather", ("from_0", "from_1"), 1) in p.helpers
+    # the region of `start` is mapped before the statement that collects its values
+    order = [s.fn if isinstance(s, MapRegion) else s.targets[0] for s in p.body]
+    assert order.index("each_start") < order.index("regather_inputs")
+    region = p.body[order.index("each_regather_inputs")]
+    assert isinstance(region, MapRegion) and region.param == "items_2"
+    assert p.steps["regather"] == StepWiring(input_form="list", in_map=True)
+
+
+def test_parallel_step_is_one_control_op_and_its_join_reads_the_mapper_tasks() -> None:
+    p = _plan("shapes/parallel_flow.py")
+    assert p.body == (
+        _call("start", "op_start"),
+        _call("train", "op_train", Ref("start")),
+        _call("gather", "op_gather", Ref("train")),
+        _call("end", "op_end", Ref("gather")),
+    )
+    assert p.steps["train"].ubf_control and not p.steps["train"].dynamic_out
+    assert p.steps["gather"].parallel_join
+
+
+def test_variables_never_take_reserved_names() -> None:
+    steps = ["start", "FLOW", "TAGS", "context", "end"]
+    ops = naming.op_names(steps)
+    ir = FlowIR(
+        flow_name="F",
+        job_name="F",
+        flow_file="f.py",
+        start_step="start",
+        end_step="end",
+        steps=tuple(
+            StepIR(
+                name=n,
+                op_name=ops[n],
+                kind="start" if i == 0 else "end" if n == "end" else "linear",
+                next_steps=(steps[i + 1],) if n != "end" else (),
+                in_steps=(steps[i - 1],) if i else (),
+                foreach_depth=0,
+                split_parents=(),
+            )
+            for i, n in enumerate(steps)
+        ),
+    )
+    body = plan(ir, set(reserved_names())).body
+    assert [c.targets for c in body if isinstance(c, Call)] == [
+        ("start",),
+        ("FLOW_2",),
+        ("TAGS_2",),
+        ("context_2",),
+        ("end",),
+    ]
+
+
+def test_a_join_of_branches_from_different_foreach_levels_is_refused() -> None:
+    rows: list[tuple[str, StepKind, tuple[str, ...], tuple[str, ...], int]] = [
+        ("start", "split", ("x", "f"), (), 0),
+        ("x", "linear", ("j",), ("start",), 0),
+        ("f", "foreach", ("c",), ("start",), 0),
+        ("c", "linear", ("j",), ("f",), 1),
+        ("j", "join", ("end",), ("c", "x"), 0),
+        ("end", "end", (), ("j",), 0),
+    ]
+    ops = naming.op_names(r[0] for r in rows)
+    ir = FlowIR(
+        flow_name="F",
+        job_name="F",
+        flow_file="f.py",
+        start_step="start",
+        end_step="end",
+        steps=tuple(
+            StepIR(
+                name=n,
+                op_name=ops[n],
+                kind=k,
+                next_steps=nx,
+                in_steps=i,
+                foreach_depth=d,
+                split_parents=(),
+                join_kind="static" if k == "join" else None,
+            )
+            for n, k, nx, i, d in rows
+        ),
+    )
+    with pytest.raises(WiringError, match="step 'j': joins branches from different foreach levels"):
+        plan(ir, set())
