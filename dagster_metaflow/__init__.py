@@ -1,14 +1,49 @@
 """Compile Metaflow flows into Dagster jobs and run them with Metaflow's semantics."""
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 
 def publish_event(name: str, payload: dict | None = None, instance: object | None = None) -> str:
     """Publish a Metaflow event to the Dagster instance (DAGSTER_HOME): every deployment whose
     `@trigger` waits for `name` starts a run, with parameters from `payload`. Returns its id."""
-    from .runtime.automation import publish_event as _publish
+    from .runtime.sensors import publish_event as _publish
 
     return _publish(name, payload, instance)  # type: ignore[arg-type]
 
 
-__all__ = ["__version__", "publish_event"]
+# the compile API (`compiler`), imported on first use: `import dagster_metaflow` stays light
+_LAZY = {
+    "compile_flow": "compiler",
+    "flow_source": "compiler",
+    "CompileOptions": "compiler",
+    "CompiledFlow": "compiler",
+    "FlowSource": "compiler",
+    "CompileError": "errors",
+}
+
+if TYPE_CHECKING:
+    from .compiler import CompiledFlow, CompileOptions, FlowSource, compile_flow, flow_source
+    from .errors import CompileError
+
+
+def __getattr__(name: str) -> Any:
+    """Import the compile API when it is first used."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "CompileError",
+    "CompileOptions",
+    "CompiledFlow",
+    "FlowSource",
+    "__version__",
+    "compile_flow",
+    "flow_source",
+    "publish_event",
+]

@@ -11,11 +11,16 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dagster-metaflow")
     sub = parser.add_subparsers(dest="command", required=True)
-    pub = sub.add_parser("publish-event", help="Publish an event that @trigger deployments wait for.")
+    pub = sub.add_parser(
+        "publish-event", help="Publish an event that @trigger deployments wait for."
+    )
     pub.add_argument("name", help="event name, e.g. data.updated")
     pub.add_argument("--payload", default=None, help="JSON object with the event's fields")
     pub.add_argument(
-        "--field", action="append", default=[], metavar="KEY=VALUE",
+        "--field",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="one payload field (repeatable; VALUE is JSON if it parses, else text)",
     )
     args = parser.parse_args(argv)
@@ -31,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                 payload[key] = json.loads(text)
             except ValueError:
                 payload[key] = text
-        from .runtime.automation import publish_event
+        from .runtime.sensors import publish_event
 
         event_id = publish_event(args.name, payload)
     except ValueError as exc:

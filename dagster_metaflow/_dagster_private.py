@@ -15,7 +15,7 @@ Why each is needed:
   pools), `RetryMode`/`get_retries_config` (the executor's `retries` config),
   `EngineEventData`, `ComputeIOType`/`CapturedLogContext` (per-step compute logs) and
   `serializable_error_info_from_exc_info` (a crashed step thread as an engine error);
-- `launch.py` creates a run of a deployed job as `dagster job launch` does (`create_run`,
+- `runs.py` creates a run of a deployed job as `dagster job launch` does (`create_run`,
   the workspace helpers of `dagster._cli.workspace.cli_target`), starts its worker as the
   DefaultRunLauncher does (`ExecuteRunArgs`), and recognises runs started by a code server
   (`GRPC_INFO_TAG`);

@@ -88,7 +88,9 @@ def build_automation(
     decos = flow_decorators(flow)
     for name in decos:
         if name in REFUSED_FLOW_DECORATORS:
-            raise AutomationError(f"decorator @{name} is not supported: {REFUSED_FLOW_DECORATORS[name]}")
+            raise AutomationError(
+                f"decorator @{name} is not supported: {REFUSED_FLOW_DECORATORS[name]}"
+            )
     params = dict(parameters)
     if decos.get("trigger") and decos.get("trigger_on_finish"):
         raise AutomationError(
@@ -132,7 +134,9 @@ def _schedule(decos: list[Any] | None, params: dict[str, bool]) -> ScheduleIR | 
 
             ZoneInfo(tz)
         except Exception:
-            raise AutomationError(f"@schedule: unknown timezone {tz!r} (use an IANA name)") from None
+            raise AutomationError(
+                f"@schedule: unknown timezone {tz!r} (use an IANA name)"
+            ) from None
     return ScheduleIR(cron=cron, timezone=tz, metaflow_cron=expr)
 
 
@@ -142,7 +146,9 @@ def _event_triggers(decos: list[Any] | None, params: dict[str, bool]) -> tuple[T
         return ()
     deco = decos[0]
     if getattr(deco, "options", None):
-        raise AutomationError("@trigger: options= (e.g. reset_at) are not supported by dagster-metaflow")
+        raise AutomationError(
+            "@trigger: options= (e.g. reset_at) are not supported by dagster-metaflow"
+        )
     deco.format_deploytime_value()  # deploy-time (callable) names and mappings, evaluated now
     by_lower = {p.lower(): p for p in params}
     out: list[TriggerIR] = []
@@ -162,7 +168,9 @@ def _event_triggers(decos: list[Any] | None, params: dict[str, bool]) -> tuple[T
                 )
             real = by_lower.get(str(param).lower())
             if real is None:
-                raise AutomationError(f"@trigger: parameter {param!r} mapped from event {name!r} is not in the flow")
+                raise AutomationError(
+                    f"@trigger: parameter {param!r} mapped from event {name!r} is not in the flow"
+                )
             if real.lower() in seen:
                 raise AutomationError(f"@trigger: parameter {param!r} is mapped twice")
             seen.add(real.lower())
@@ -209,7 +217,9 @@ def _run_triggers(
             )
         fq_name = ".".join(v for v in (project, branch, event["flow"]) if v)
         name = f"metaflow.{fq_name}.end"
-        out.append(TriggerIR(name=name, kind="run", flow=event["flow"], project=project, branch=branch))
+        out.append(
+            TriggerIR(name=name, kind="run", flow=event["flow"], project=project, branch=branch)
+        )
     return tuple(out)
 
 

@@ -25,7 +25,7 @@ from metaflow.exception import MetaflowException
 from metaflow.runner.deployer import DeployedFlow, TriggeredRun, generate_fake_flow_file_contents
 from metaflow.runner.utils import get_lower_level_group, handle_timeout, temporary_fifo
 
-from . import deployments, launch
+from . import deployments, runs
 from .runtime.worker import settle
 
 _FAKE_TYPES = {"json": "JSON", "int": "int", "float": "float", "bool": "bool", "str": "str"}
@@ -37,13 +37,20 @@ def _split_identifier(identifier: str) -> tuple[str, str | None]:
 
 
 def _command(impl: Any, verb: str, **kwargs: Any) -> list[str]:
-    group: Any = get_lower_level_group(impl.api, impl.top_level_kwargs, impl.TYPE, impl.deployer_kwargs)
+    group: Any = get_lower_level_group(
+        impl.api, impl.top_level_kwargs, impl.TYPE, impl.deployer_kwargs
+    )
     return [sys.executable, *getattr(group, verb)(**kwargs)]
 
 
 def _run_cli(impl: Any, verb: str, **kwargs: Any) -> tuple[int, str]:
     """Run `python flow.py dagster <verb>` in the caller's environment; (exit code, stderr)."""
-    pid = impl.spm.run_command(_command(impl, verb, **kwargs), env=impl.env_vars, cwd=impl.cwd, show_output=impl.show_output)
+    pid = impl.spm.run_command(
+        _command(impl, verb, **kwargs),
+        env=impl.env_vars,
+        cwd=impl.cwd,
+        show_output=impl.show_output,
+    )
     command_obj: Any = impl.spm.get(pid)
     return int(command_obj.process.wait()), _stderr(command_obj)
 
@@ -66,7 +73,7 @@ def raise_if_refused(output: str) -> None:
     exception it is, with the CLI's own line (the Deployer guards as the CLI does)."""
     for line in output.splitlines():
         if deployments.REFUSAL_MARK in line:
-            from .cli import IncorrectProductionToken
+            from .errors import IncorrectProductionToken
 
             raise IncorrectProductionToken(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).strip())
 
@@ -78,13 +85,15 @@ class DagsterTriggeredRun(TriggeredRun):
         super().__init__(deployer, content)
         data = json.loads(content)
         self.dagster_run_id: str | None = data.get("dagster_run_id")
-        self.dagster_home: str | None = data.get("dagster_home") or getattr(deployer, "dagster_home", None)
+        self.dagster_home: str | None = data.get("dagster_home") or getattr(
+            deployer, "dagster_home", None
+        )
 
     def _run(self) -> Any:
         with deployments.open_instance(self.dagster_home) as instance:
             if self.dagster_run_id:
                 return settle(instance, instance.get_run_by_id(self.dagster_run_id))
-            run = launch.find_run(instance, self.pathspec.split("/")[1], self.deployer.name)
+            run = runs.find_run(instance, self.pathspec.split("/")[1], self.deployer.name)
             if run is not None:
                 self.dagster_run_id = run.run_id
             return run
@@ -92,7 +101,7 @@ class DagsterTriggeredRun(TriggeredRun):
     @property
     def status(self) -> str | None:
         """PENDING, RUNNING, SUCCEEDED, FAILED or ABORTED (None if the run is unknown)."""
-        name = launch.status_name(self._run())
+        name = runs.status_name(self._run())
         if name == "RUNNING" and self.run is None:
             return "PENDING"
         return name
@@ -105,7 +114,7 @@ class DagsterTriggeredRun(TriggeredRun):
     def dagster_ui(self) -> str | None:
         """URL of the Dagster run in `dagster dev` (DAGSTER_METAFLOW_UI_URL to change the host)."""
         run = self._run()
-        return launch.ui_url(run.run_id) if run is not None else None
+        return runs.ui_url(run.run_id) if run is not None else None
 
     def wait_for_completion(self, check_interval: int = 5, timeout: int | None = None) -> None:
         """Wait until the run ends; TimeoutError after `timeout` seconds."""
@@ -193,7 +202,9 @@ class DagsterDeployedFlow(DeployedFlow):
         return cls(deployer=d)
 
     @classmethod
-    def get_triggered_run(cls, identifier: str, run_id: str, metadata: str | None = None) -> DagsterTriggeredRun:
+    def get_triggered_run(
+        cls, identifier: str, run_id: str, metadata: str | None = None
+    ) -> DagsterTriggeredRun:
         flow = cls.from_deployment(identifier, metadata)
         impl: Any = flow.deployer
         content = json.dumps(
@@ -244,7 +255,9 @@ class DagsterDeployedFlow(DeployedFlow):
         fifo: Any = temporary_fifo()
         with fifo as (attribute_file_path, attribute_file_fd):
             command = _command(impl, verb, deployer_attribute_file=attribute_file_path, **kwargs)
-            pid = impl.spm.run_command(command, env=impl.env_vars, cwd=impl.cwd, show_output=impl.show_output)
+            pid = impl.spm.run_command(
+                command, env=impl.env_vars, cwd=impl.cwd, show_output=impl.show_output
+            )
             command_obj: Any = impl.spm.get(pid)
             content = handle_timeout(attribute_file_fd, command_obj, impl.file_read_timeout)
             command_obj.sync_wait()

@@ -66,7 +66,14 @@ class CorruptRecordWarning(UserWarning):
 
 
 # fields a record cannot do without (the others have defaults)
-REQUIRED_FIELDS = ("name", "flow_name", "flow_file", "definitions_file", "owner", "production_token")
+REQUIRED_FIELDS = (
+    "name",
+    "flow_name",
+    "flow_file",
+    "definitions_file",
+    "owner",
+    "production_token",
+)
 REFUSAL_MARK = "you need its production token"
 
 
@@ -254,7 +261,9 @@ def _quiet(message: str) -> None:
 
 
 def list_all(
-    instance: DagsterInstance, flow_name: str | None = None, warn: Callable[[str], None] | None = None
+    instance: DagsterInstance,
+    flow_name: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Deployment]:
     """Every readable deployment (of `flow_name`), by name; an unreadable record is skipped
     with `warn` (default: a CorruptRecordWarning) instead of failing the whole listing."""
@@ -315,6 +324,15 @@ def put(instance: DagsterInstance, dep: Deployment) -> None:
     _refresh(instance, add=dep.name)
 
 
+def record(instance: DagsterInstance, dep: Deployment, replaces: Deployment | None) -> None:
+    """Record a created deployment. One created again after `delete` (`replaces` is None):
+    its schedule and sensor start afresh (delete left them STOPPED, and a stored state
+    overrides default_status)."""
+    if replaces is None:
+        forget_instigators(instance, dep)
+    put(instance, dep)
+
+
 def remove(instance: DagsterInstance, name: str) -> list[str]:
     """Forget a deployment, also one whose record is corrupt; its schedule and sensor are
     stopped (returns their names). Its last record stays as a tombstone (`deleted`)."""
@@ -363,7 +381,8 @@ def _own_states(instance: DagsterInstance, dep: Deployment) -> list[Any]:
     return [
         s
         for s in instance.all_instigator_state()
-        if s.name in names and s.origin.repository_origin.code_location_origin.location_name == dep.location_name
+        if s.name in names
+        and s.origin.repository_origin.code_location_origin.location_name == dep.location_name
     ]
 
 
@@ -388,7 +407,11 @@ def workspace_path(instance: DagsterInstance) -> str:
 def _write_workspace(instance: DagsterInstance) -> None:
     """workspace.yaml with every deployment whose definitions file exists on this machine."""
     files = sorted(
-        {d.definitions_file for d in list_all(instance, warn=_quiet) if Path(d.definitions_file).exists()}
+        {
+            d.definitions_file
+            for d in list_all(instance, warn=_quiet)
+            if Path(d.definitions_file).exists()
+        }
     )
     lines = ["# Written by dagster-metaflow: every deployment of this instance.", "load_from:"]
     lines += [f"  - python_file: {json.dumps(f)}" for f in files]
@@ -399,6 +422,25 @@ def _write_workspace(instance: DagsterInstance) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(tmp, path)
+
+
+def watch_extra(
+    instance: DagsterInstance, prev: Deployment | None, watching: list[str]
+) -> dict[str, Any]:
+    """The record's `extra` for a deployment whose sensor waits for `watching` (events or
+    upstream flows): where it starts counting them, at its first `create` (a redeployment
+    keeps the start unless it watches for other things)."""
+    import time
+
+    extra = dict(prev.extra) if prev is not None else {}
+    if watching:
+        from .runtime.sensors import latest_event_id
+
+        if extra.get("watching") != watching:  # other events: count from now
+            extra.update(
+                watching=watching, events_after=latest_event_id(instance), created_at=time.time()
+            )
+    return extra
 
 
 # -- authorization and the definitions file ---------------------------------------------
@@ -415,7 +457,9 @@ def token_prefix(name: str, project_name: str | None = None, branch_name: str | 
     return f"dagster-{name}".lower()
 
 
-def authorization_problem(dep: Deployment | None, authorize: str | None, user: str | None, action: str) -> str | None:
+def authorization_problem(
+    dep: Deployment | None, authorize: str | None, user: str | None, action: str
+) -> str | None:
     """Why the caller may not `action` (create, terminate, delete) `dep`, None if they may:
     someone other than its owner needs its production token, given as `authorize` or stored
     by an earlier `create --authorize` (Metaflow's token file), as Metaflow's Argo CLI rules.
@@ -456,7 +500,9 @@ def definitions_problem(dep: Deployment) -> str | None:
     if dep.name not in jobs:
         wrong.append(f"job {', '.join(sorted(jobs)) or 'none'} (recorded: {dep.name})")
     if dep.flow_fingerprint and fingerprint != dep.flow_fingerprint:
-        wrong.append(f"flow fingerprint {(fingerprint or 'none')[:12]} (recorded: {dep.flow_fingerprint[:12]})")
+        wrong.append(
+            f"flow fingerprint {(fingerprint or 'none')[:12]} (recorded: {dep.flow_fingerprint[:12]})"
+        )
     if not wrong:
         return None
     return f"the definitions file {path} does not belong to deployment {dep.name!r}: it has {'; '.join(wrong)}; {fix}"
@@ -471,7 +517,13 @@ def _generated_identity(tree: ast.AST) -> tuple[str | None, str | None, set[str]
         if not isinstance(node, ast.Call):
             continue
         func = node.func
-        callee = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        callee = (
+            func.id
+            if isinstance(func, ast.Name)
+            else func.attr
+            if isinstance(func, ast.Attribute)
+            else ""
+        )
         kw = {
             k.arg: k.value.value
             for k in node.keywords

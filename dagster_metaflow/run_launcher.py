@@ -55,7 +55,9 @@ def worker_log_path(instance: DagsterInstance, run_id: str) -> str:
     return os.path.join(instance.storage_directory(), WORKER_LOG_DIR, f"{run_id}.log")
 
 
-def spawn_worker(instance: DagsterInstance, run: DagsterRun, resume: bool = False) -> WorkerIdentity:
+def spawn_worker(
+    instance: DagsterInstance, run: DagsterRun, resume: bool = False
+) -> WorkerIdentity:
     """Start `dagster api execute_run` (or `resume_run`) for `run` in its own session, with
     the job's own interpreter, and record the worker's identity on the run."""
     from dagster import serialize_value
@@ -69,7 +71,14 @@ def spawn_worker(instance: DagsterInstance, run: DagsterRun, resume: bool = Fals
     cls = ResumeRunArgs if resume else ExecuteRunArgs
     args = cls(job_origin=origin, run_id=run.run_id, instance_ref=instance.get_ref())
     python = origin.executable_path or sys.executable
-    command = [python, "-m", "dagster", "api", "resume_run" if resume else "execute_run", serialize_value(args)]
+    command = [
+        python,
+        "-m",
+        "dagster",
+        "api",
+        "resume_run" if resume else "execute_run",
+        serialize_value(args),
+    ]
     pointer = origin.repository_origin.code_pointer
     cwd = getattr(pointer, "working_directory", None) or (
         os.path.dirname(pointer.python_file) if hasattr(pointer, "python_file") else None
@@ -128,7 +137,9 @@ class MetaflowRunLauncher(DefaultRunLauncher):
             return CheckRunHealthResult(WorkerStatus.RUNNING, "no worker recorded yet")
         alive = worker_alive(run, identity)
         if alive is None:  # on another host, no heartbeat yet
-            return CheckRunHealthResult(WorkerStatus.RUNNING, f"worker on {identity.host}, no heartbeat yet")
+            return CheckRunHealthResult(
+                WorkerStatus.RUNNING, f"worker on {identity.host}, no heartbeat yet"
+            )
         if alive:
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=identity.tag())
         return CheckRunHealthResult(
@@ -138,10 +149,14 @@ class MetaflowRunLauncher(DefaultRunLauncher):
             run_worker_id=identity.tag(),
         )
 
-    def get_run_worker_debug_info(self, run: DagsterRun, include_container_logs: bool | None = True) -> str | None:
+    def get_run_worker_debug_info(
+        self, run: DagsterRun, include_container_logs: bool | None = True
+    ) -> str | None:
         """The last lines the worker printed (its log under the instance's storage)."""
         try:
-            with open(worker_log_path(self._instance, run.run_id), encoding="utf-8", errors="replace") as f:
+            with open(
+                worker_log_path(self._instance, run.run_id), encoding="utf-8", errors="replace"
+            ) as f:
                 tail = deque(f, maxlen=30)
         except OSError:
             return None
@@ -159,4 +174,10 @@ def uses_metaflow_launcher(instance: Any) -> bool:
     return isinstance(instance.run_launcher, MetaflowRunLauncher)
 
 
-__all__ = ["MetaflowRunLauncher", "spawn_worker", "stop_worker", "worker_log_path", "uses_metaflow_launcher"]
+__all__ = [
+    "MetaflowRunLauncher",
+    "spawn_worker",
+    "stop_worker",
+    "worker_log_path",
+    "uses_metaflow_launcher",
+]

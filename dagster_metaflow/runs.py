@@ -1,4 +1,4 @@
-"""Start, inspect and stop Dagster runs of a deployment without a webserver or daemon.
+"""Start, follow, inspect and stop Dagster runs of a deployment without a webserver or daemon.
 
 `trigger` creates the run in the instance exactly as `dagster job launch` does (same code
 location name and origin, so `dagster dev` and `dagster-daemon` pointed at the instance know
@@ -12,17 +12,22 @@ it), then either
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .deployments import Deployment
+from .errors import DagsterMetaflowException
 from .runtime.worker import settle
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
+
+Echo = Callable[..., None]
 
 TAG_DEPLOYMENT = "dagster-metaflow/deployment"
 
@@ -118,14 +123,18 @@ def launch_detached(instance: DagsterInstance, run: DagsterRun) -> DagsterRun:
     from .run_launcher import spawn_worker
 
     instance.report_dagster_event(
-        DagsterEvent(event_type_value=DagsterEventType.PIPELINE_STARTING.value, job_name=run.job_name),
+        DagsterEvent(
+            event_type_value=DagsterEventType.PIPELINE_STARTING.value, job_name=run.job_name
+        ),
         run_id=run.run_id,
     )
     try:
         spawn_worker(instance, run)
     except (OSError, RuntimeError) as exc:
         # never leave the run STARTING forever
-        instance.report_run_failed(run, message=f"dagster-metaflow could not start the run worker: {exc}")
+        instance.report_run_failed(
+            run, message=f"dagster-metaflow could not start the run worker: {exc}"
+        )
         raise LaunchError(f"could not start the run worker: {exc}") from exc
     fresh = instance.get_run_by_id(run.run_id)
     assert fresh is not None
@@ -148,7 +157,9 @@ def terminate(instance: DagsterInstance, run_id: str, wait: float = 15.0) -> boo
     if run.is_finished:
         return False
     if run.status == DagsterRunStatus.QUEUED:
-        instance.report_run_canceled(run, message="Canceled by dagster-metaflow terminate before it started")
+        instance.report_run_canceled(
+            run, message="Canceled by dagster-metaflow terminate before it started"
+        )
         return True
     instance.report_run_canceling(run)
     run = instance.get_run_by_id(run_id) or run
@@ -181,7 +192,9 @@ def status_name(run: DagsterRun | None) -> str | None:
     return STATUS_NAMES.get(run.status.value, run.status.value)
 
 
-def find_run(instance: DagsterInstance, run_id: str, job_name: str | None = None) -> DagsterRun | None:
+def find_run(
+    instance: DagsterInstance, run_id: str, job_name: str | None = None
+) -> DagsterRun | None:
     """A Dagster run by Dagster run id, or by the Metaflow run id (`dagster-<12 hex>`), as it
     really is (a run whose worker died is ended first)."""
     if run_id.startswith("dagster-"):
@@ -195,11 +208,15 @@ def find_run(instance: DagsterInstance, run_id: str, job_name: str | None = None
     return settle(instance, instance.get_run_by_id(run_id))
 
 
-def list_runs(instance: DagsterInstance, job_name: str, statuses: Sequence[str] = (), limit: int = 100) -> list[DagsterRun]:
+def list_runs(
+    instance: DagsterInstance, job_name: str, statuses: Sequence[str] = (), limit: int = 100
+) -> list[DagsterRun]:
     """The job's runs, newest first, as they really are (see `runtime.worker.settle`)."""
     from dagster import DagsterRunStatus, RunsFilter
 
-    flt = RunsFilter(job_name=job_name, statuses=[DagsterRunStatus(s) for s in statuses] if statuses else None)
+    flt = RunsFilter(
+        job_name=job_name, statuses=[DagsterRunStatus(s) for s in statuses] if statuses else None
+    )
     out = []
     for run in instance.get_runs(flt, limit=limit):
         fresh = settle(instance, run)
@@ -219,4 +236,194 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-__all__ = ["LaunchError", "start_run", "terminate", "status_name", "find_run", "list_runs", "ui_url"]
+# -- starting a run for the CLI, and following it until it ends --------------------------
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A run to start: its config and tags, where to report its ids, whether to follow it."""
+
+    run_config: dict[str, Any]
+    tags: dict[str, str]
+    verb: str  # how the announcement says it started: "triggered", "resumed from ..."
+    run_id_file: str | None = None  # gets the Metaflow run id
+    attribute_file: str | None = None  # gets what Metaflow's Deployer API reads
+    wait: bool = False
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What starting and following a run needs from the flow the CLI loaded."""
+
+    echo: Echo  # announcements and progress (Metaflow's echo: stderr, styled)
+    script: str  # the flow file, named in the resume hint
+    total_steps: int  # steps of the flow's graph, for the progress line
+    metadata: str  # Metaflow's metadata spec, for a record that keeps none
+
+
+def start(instance: DagsterInstance, dep: Deployment, request: RunRequest, caller: Caller) -> None:
+    """Start a run of `dep`, write its ids where asked, announce it; with `request.wait`
+    follow it until it ends."""
+    import uuid
+
+    from .deployments import definitions_problem
+    from .runtime.flow import TAG_PATHSPEC, metaflow_run_id
+
+    dagster_run_id = str(uuid.uuid4())
+    mf_run_id = metaflow_run_id(dagster_run_id)
+    pathspec = f"{dep.flow_name}/{mf_run_id}"
+    tags = {TAG_DEPLOYMENT: dep.name, TAG_PATHSPEC: pathspec, **request.tags}
+    problem = definitions_problem(dep)
+    if problem:
+        raise DagsterMetaflowException(problem)
+    try:
+        run, queued = start_run(instance, dep, request.run_config, tags, run_id=dagster_run_id)
+    except LaunchError as exc:
+        raise DagsterMetaflowException(f"could not start a run of {dep.name!r}: {exc}") from None
+    if request.run_id_file:
+        with open(request.run_id_file, "w") as f:
+            f.write(mf_run_id)
+    write_attribute_file(
+        request.attribute_file,
+        {
+            "name": dep.name,
+            "metadata": dep.metadata or caller.metadata,
+            "pathspec": pathspec,
+            "dagster_run_id": run.run_id,
+            "dagster_home": instance.root_directory,
+        },
+    )
+    how = (
+        "queued: dagster-daemon (running against this instance) dequeues and launches it"
+        if queued
+        else "launched"
+    )
+    caller.echo(f"Run *{pathspec}* {request.verb} ({how}).", bold=True)
+    caller.echo(f"Dagster run {run.run_id}: {ui_url(run.run_id)}")
+    if request.wait:
+        follow(instance, run.run_id, pathspec, caller)
+
+
+def write_attribute_file(path: str | None, content: dict[str, Any]) -> None:
+    """What Metaflow's Deployer API reads back from a command (`--deployer-attribute-file`)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(content, f)
+
+
+def step_of(step_key: str) -> str:
+    """Metaflow step of an op's step key (`op_body[2_1]` -> `body`)."""
+    op = step_key.split("[", 1)[0]
+    return op[3:] if op.startswith("op_") else op
+
+
+@dataclass
+class _Progress:
+    """A run's step events so far, told as one progress line."""
+
+    total: int
+    running: set[str] = field(default_factory=set)
+    finished_steps: set[str] = field(default_factory=set)
+    tasks_done: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def add(self, ev: Any) -> None:
+        from dagster import DagsterEventType
+
+        if ev is None or ev.step_key is None or ev.step_key.startswith(("fanout_", "regroup_")):
+            return
+        if ev.event_type == DagsterEventType.STEP_START:
+            self.running.add(ev.step_key)
+            return
+        self.running.discard(ev.step_key)
+        if ev.event_type == DagsterEventType.STEP_SUCCESS:
+            self.tasks_done += 1
+            self.finished_steps.add(step_of(ev.step_key))
+        elif ev.event_type == DagsterEventType.STEP_SKIPPED:
+            self.finished_steps.add(step_of(ev.step_key))
+        else:
+            self.failed.append(ev.step_key)
+
+    def line(self) -> str:
+        busy = {step_of(k) for k in self.running}
+        done = len(self.finished_steps - busy)
+        line = f"steps done {done}/{self.total}, tasks done {self.tasks_done}"
+        if self.running:
+            line += f", running: {', '.join(sorted(self.running))}"
+        if self.failed:
+            line += f", failed: {', '.join(self.failed)}"
+        return line
+
+
+def follow(instance: DagsterInstance, run_id: str, pathspec: str, caller: Caller) -> None:
+    """Print progress (steps done/total, tasks done, steps running) until the run ends, then
+    one summary line on stdout; raise unless the run succeeded."""
+    from dagster import DagsterEventType
+    from metaflow._vendor import click
+
+    kinds = {
+        DagsterEventType.STEP_START,
+        DagsterEventType.STEP_SUCCESS,
+        DagsterEventType.STEP_FAILURE,
+        DagsterEventType.STEP_SKIPPED,
+    }
+    progress = _Progress(caller.total_steps)
+    started = time.monotonic()
+    last = ""
+    cursor = None
+    while True:
+        records = instance.get_records_for_run(run_id, cursor=cursor, of_type=kinds)
+        cursor = records.cursor
+        for rec in records.records:
+            progress.add(rec.event_log_entry.dagster_event)
+        run = settle(instance, instance.get_run_by_id(run_id))
+        line = progress.line()
+        if line != last:
+            caller.echo(f"[{time.monotonic() - started:6.1f}s] {line}")
+            last = line
+        if run is None or run.is_finished:
+            break
+        time.sleep(1.0)
+    status = run.status.value if run is not None else "UNKNOWN"
+    click.echo(f"{pathspec} {status} | Dagster run {run_id} | {ui_url(run_id)}")
+    if status != "SUCCESS":
+        raise DagsterMetaflowException(
+            f"run {pathspec} ended with status {status}; {resume_hint(caller.script, pathspec.split('/')[-1])}"
+        )
+
+
+def resume_hint(script: str, mf_run_id: str) -> str:
+    """How to run again what did not finish in a run of the flow in `script`."""
+    return f"to run what did not finish: python {os.path.basename(script)} dagster resume --origin-run-id {mf_run_id}"
+
+
+def rerun_steps(graph: Any, step: str) -> list[str]:
+    """`step` and every step after it in the flow's graph: what `resume --step-to-rerun` runs."""
+    if step not in graph:
+        raise DagsterMetaflowException(f"--step-to-rerun: the flow has no step {step!r}")
+    out: list[str] = []
+    todo = [step]
+    while todo:
+        s = todo.pop()
+        if s in out:
+            continue
+        out.append(s)
+        todo.extend(graph[s].out_funcs)
+    return sorted(out)
+
+
+__all__ = [
+    "Caller",
+    "LaunchError",
+    "RunRequest",
+    "find_run",
+    "follow",
+    "list_runs",
+    "rerun_steps",
+    "resume_hint",
+    "start",
+    "start_run",
+    "status_name",
+    "terminate",
+    "ui_url",
+]

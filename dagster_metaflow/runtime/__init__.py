@@ -11,8 +11,8 @@ from typing import Any
 
 _EXPORTS = {
     "MetaflowFlow": ".flow",
-    "metaflow_run_id": ".flow",
-    "task_id_for": ".flow",
+    "metaflow_run_id": ".ids",
+    "task_id_for": ".ids",
     "ThreadedExecutor": ".executor",
     "metaflow_executor": ".executor",
     "metaflow_io_manager": ".io",
@@ -20,9 +20,9 @@ _EXPORTS = {
     "executor_with_defaults": ".engines",
     "with_metaflow_run_end": ".engines",
     "StepControl": ".supervise",
-    "Trigger": ".automation",
-    "evaluate_triggers": ".automation",
-    "publish_event": ".automation",
+    "Trigger": ".sensors",
+    "evaluate_triggers": ".sensors",
+    "publish_event": ".sensors",
     "run_supervised": ".supervise",
 }
 

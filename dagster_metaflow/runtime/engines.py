@@ -24,7 +24,9 @@ from .executor import RunOutcome, finish_run, run_exit_hooks
 from .worker import watched
 
 
-def executor_with_defaults(executor_def: ExecutorDefinition, defaults: Mapping[str, Any]) -> ExecutorDefinition:
+def executor_with_defaults(
+    executor_def: ExecutorDefinition, defaults: Mapping[str, Any]
+) -> ExecutorDefinition:
     """`executor_def` whose config fields named in `defaults` default to those values."""
     if not defaults:
         return executor_def

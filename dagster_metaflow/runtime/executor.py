@@ -81,7 +81,9 @@ class _StepLogs:
         self._streams: dict[str, Any] = {}
         self._lock = threading.Lock()
         for name, io_type in (("stdout", ComputeIOType.STDOUT), ("stderr", ComputeIOType.STDERR)):
-            self._streams[name] = self._stack.enter_context(manager.open_log_stream(self.log_key, io_type))
+            self._streams[name] = self._stack.enter_context(
+                manager.open_log_stream(self.log_key, io_type)
+            )
 
     def write(self, stream: str, line: bytes) -> None:
         f = self._streams.get(stream)
@@ -156,14 +158,6 @@ def threaded_plan_iterator(
     from .flow import warm_up_flows
 
     threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
-    events: queue.Queue[DagsterEvent | _StepDone] = queue.Queue()
-    # keyed by a per-attempt token: a retried step reuses its step key while the thread of
-    # the failed attempt may still be reporting its last events
-    running: dict[int, tuple[threading.Thread, StepControl, StepExecutionContext]] = {}
-    tokens = itertools.count()
-    stopping = False
-    timed_out = False
-
     with ExitStack() as stack:
         stack.enter_context(watched(job_context.instance, job_context.run_id, resumed))
         concurrency = stack.enter_context(
@@ -176,114 +170,172 @@ def threaded_plan_iterator(
                 step_dependency_config=job_context.step_dependency_config,
             )
         )
-        canceled = _CancelWatch(job_context)
-        outcome = RunOutcome()
-        in_flight: list[Any] = []
+        run = _ThreadedRun(job_context, active, max_concurrent, workflow_timeout, started)
         if resumed:
-            in_flight = _rebuild(job_context, active, outcome)
-            yield DagsterEvent.engine_event(
-                job_context,
-                f"Resuming the run in a new worker: {len(outcome.succeeded)} steps already done; "
-                f"running again the steps the lost worker had in flight: "
-                f"{', '.join(s.key for s in in_flight) or 'none'}",
-                EngineEventData(),
-            )
-        try:
-            while (not stopping and not active.is_complete) or running:
-                interrupted = active.check_for_interrupts() or canceled.requested()
-                if not stopping and workflow_timeout and time.monotonic() - started > workflow_timeout:
-                    timed_out = interrupted = True
-                if interrupted and not stopping:
-                    reason = (
-                        f"workflow timeout of {workflow_timeout:g}s exceeded"
-                        if timed_out
-                        else "run terminated"
-                    )
-                    yield DagsterEvent.engine_event(
-                        job_context,
-                        f"Thread executor: {reason} - stopping running steps",
-                        EngineEventData.interrupted(
-                            sorted({ctx.step.key for _t, _c, ctx in running.values()})
-                        ),
-                    )
-                    stopping = True
-                    active.mark_interrupted()
-                    for _thread, control, _ctx in running.values():
-                        control.reason = reason
-                        control.cancel.set()
-
-                while not stopping:
-                    steps = active.get_steps_to_execute(limit=max_concurrent - len(running))
-                    yield from active.concurrency_event_iterator(job_context)
-                    if in_flight:  # a resumed run: the lost worker's steps first
-                        steps, in_flight = [*in_flight, *steps], []
-                    if not steps:
-                        break
-                    for step in steps:
-                        step_context = job_context.for_step(step, active.get_known_state())
-                        logs: _StepLogs | None
-                        try:
-                            logs = _StepLogs(job_context, step.key)
-                            yield DagsterEvent.capture_logs(
-                                job_context,
-                                [step.key],
-                                logs.log_key,
-                                _log_context(logs.log_key),
-                            )
-                        except Exception:
-                            logs = None
-                        control = StepControl(sink=logs.write if logs else None)
-                        token = next(tokens)
-                        thread = threading.Thread(
-                            target=_run_step_in_thread,
-                            args=(token, step_context, control, logs, events),
-                            name=f"dagster-metaflow:{step.key}",
-                            daemon=True,
-                        )
-                        running[token] = (thread, control, step_context)
-                        thread.start()
-
-                try:
-                    item = events.get(timeout=0.05)
-                except queue.Empty:
-                    if not running and not stopping:
-                        active.sleep_til_ready()
-                    continue
-                while True:
-                    if isinstance(item, _StepDone):
-                        _thread, _control, step_context = running.pop(item.token)
-                        # an immediate retry may already be running under the same key; its
-                        # own completion will be verified when its thread ends
-                        if not any(c.step.key == item.step_key for _t, _c, c in running.values()):
-                            active.verify_complete(job_context, item.step_key)
-                        yield from trigger_hook(step_context, item.events)
-                    else:
-                        yield item
-                        active.handle_event(item)
-                        outcome.note(item)
-                    try:
-                        item = events.get_nowait()
-                    except queue.Empty:
-                        break
-                yield from active.plan_events_iterator(job_context)
-        except BaseException:
-            for _thread, control, _ctx in running.values():
-                control.cancel.set()
-            for thread, _control, _ctx in list(running.values()):
-                thread.join(timeout=30)
-            raise
+            yield run.resume()
+        yield from run.loop()
 
     from .zygote import POOL
 
     POOL.close()  # the run is over: don't keep forked interpreters around
-    if timed_out or stopping:
-        yield from run_exit_hooks(job_context, successful=False)
-        if timed_out:
-            raise DagsterExecutionInterruptedError(
-                f"Run exceeded its workflow timeout of {workflow_timeout:g} seconds"
+    yield from run.conclude(execution_plan)
+
+
+class _ThreadedRun:
+    """The executor loop of one run: the threads of the running steps, the events they
+    queue, and whether the run is stopping (terminated, or its workflow timeout exceeded)."""
+
+    def __init__(
+        self,
+        job_context: PlanExecutionContext,
+        active: Any,
+        max_concurrent: int,
+        workflow_timeout: float | None,
+        started: float,
+    ) -> None:
+        self.job_context = job_context
+        self.active = active
+        self.max_concurrent = max_concurrent
+        self.workflow_timeout = workflow_timeout
+        self.started = started
+        self.events: queue.Queue[DagsterEvent | _StepDone] = queue.Queue()
+        # keyed by a per-attempt token: a retried step reuses its step key while the thread
+        # of the failed attempt may still be reporting its last events
+        self.running: dict[int, tuple[threading.Thread, StepControl, StepExecutionContext]] = {}
+        self.tokens = itertools.count()
+        self.stopping = False
+        self.timed_out = False
+        self.canceled = _CancelWatch(job_context)
+        self.outcome = RunOutcome()
+        self.in_flight: list[Any] = []
+
+    def resume(self) -> DagsterEvent:
+        """Continue from the run's event log; the lost worker's steps run first."""
+        self.in_flight = _rebuild(self.job_context, self.active, self.outcome)
+        return DagsterEvent.engine_event(
+            self.job_context,
+            f"Resuming the run in a new worker: {len(self.outcome.succeeded)} steps already done; "
+            f"running again the steps the lost worker had in flight: "
+            f"{', '.join(s.key for s in self.in_flight) or 'none'}",
+            EngineEventData(),
+        )
+
+    def loop(self) -> Iterator[DagsterEvent]:
+        """Until every step is over (or, once stopping, every running thread has ended):
+        start the ready steps, relay their events, and stop them when the run must stop."""
+        try:
+            while (not self.stopping and not self.active.is_complete) or self.running:
+                yield from self._check_interrupts()
+                yield from self._start_ready_steps()
+                try:
+                    item = self.events.get(timeout=0.05)
+                except queue.Empty:
+                    if not self.running and not self.stopping:
+                        self.active.sleep_til_ready()
+                    continue
+                yield from self._relay(item)
+                yield from self.active.plan_events_iterator(self.job_context)
+        except BaseException:
+            for _thread, control, _ctx in self.running.values():
+                control.cancel.set()
+            for thread, _control, _ctx in list(self.running.values()):
+                thread.join(timeout=30)
+            raise
+
+    def _check_interrupts(self) -> Iterator[DagsterEvent]:
+        """On termination or the workflow timeout, cancel every running step (once)."""
+        active = self.active
+        interrupted = active.check_for_interrupts() or self.canceled.requested()
+        timeout = self.workflow_timeout
+        if not self.stopping and timeout and time.monotonic() - self.started > timeout:
+            self.timed_out = interrupted = True
+        if interrupted and not self.stopping:
+            reason = (
+                f"workflow timeout of {timeout:g}s exceeded" if self.timed_out else "run terminated"
             )
-        raise DagsterExecutionInterruptedError()
-    yield from finish_run(job_context, execution_plan, outcome)
+            yield DagsterEvent.engine_event(
+                self.job_context,
+                f"Thread executor: {reason} - stopping running steps",
+                EngineEventData.interrupted(
+                    sorted({ctx.step.key for _t, _c, ctx in self.running.values()})
+                ),
+            )
+            self.stopping = True
+            active.mark_interrupted()
+            for _thread, control, _ctx in self.running.values():
+                control.reason = reason
+                control.cancel.set()
+
+    def _start_ready_steps(self) -> Iterator[DagsterEvent]:
+        """Start a thread for every step that may run now, within `max_concurrent`."""
+        active = self.active
+        while not self.stopping:
+            steps = active.get_steps_to_execute(limit=self.max_concurrent - len(self.running))
+            yield from active.concurrency_event_iterator(self.job_context)
+            if self.in_flight:  # a resumed run: the lost worker's steps first
+                steps, self.in_flight = [*self.in_flight, *steps], []
+            if not steps:
+                break
+            for step in steps:
+                yield from self._start_step(step)
+
+    def _start_step(self, step: Any) -> Iterator[DagsterEvent]:
+        """Open the step's compute logs and run it in a new thread."""
+        job_context = self.job_context
+        step_context = job_context.for_step(step, self.active.get_known_state())
+        logs: _StepLogs | None
+        try:
+            logs = _StepLogs(job_context, step.key)
+            yield DagsterEvent.capture_logs(
+                job_context,
+                [step.key],
+                logs.log_key,
+                _log_context(logs.log_key),
+            )
+        except Exception:
+            logs = None
+        control = StepControl(sink=logs.write if logs else None)
+        token = next(self.tokens)
+        thread = threading.Thread(
+            target=_run_step_in_thread,
+            args=(token, step_context, control, logs, self.events),
+            name=f"dagster-metaflow:{step.key}",
+            daemon=True,
+        )
+        self.running[token] = (thread, control, step_context)
+        thread.start()
+
+    def _relay(self, item: DagsterEvent | _StepDone) -> Iterator[DagsterEvent]:
+        """Yield `item` and every event already queued after it, ending finished steps."""
+        active = self.active
+        while True:
+            if isinstance(item, _StepDone):
+                _thread, _control, step_context = self.running.pop(item.token)
+                # an immediate retry may already be running under the same key; its
+                # own completion will be verified when its thread ends
+                if not any(c.step.key == item.step_key for _t, _c, c in self.running.values()):
+                    active.verify_complete(self.job_context, item.step_key)
+                yield from trigger_hook(step_context, item.events)
+            else:
+                yield item
+                active.handle_event(item)
+                self.outcome.note(item)
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                break
+
+    def conclude(self, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
+        """The run's end: exit hooks then an interruption error if it stopped early, else
+        `finish_run`."""
+        if self.timed_out or self.stopping:
+            yield from run_exit_hooks(self.job_context, successful=False)
+            if self.timed_out:
+                raise DagsterExecutionInterruptedError(
+                    f"Run exceeded its workflow timeout of {self.workflow_timeout:g} seconds"
+                )
+            raise DagsterExecutionInterruptedError()
+        yield from finish_run(self.job_context, execution_plan, self.outcome)
 
 
 RunContext = PlanExecutionContext | PlanOrchestrationContext
@@ -314,7 +366,9 @@ def _rebuild(job_context: PlanExecutionContext, active: Any, outcome: RunOutcome
     return list(active.rebuild_from_events([e for e in events if not e.is_step_skipped]))
 
 
-def finish_run(job_context: RunContext, plan: ExecutionPlan, outcome: RunOutcome) -> Iterator[DagsterEvent]:
+def finish_run(
+    job_context: RunContext, plan: ExecutionPlan, outcome: RunOutcome
+) -> Iterator[DagsterEvent]:
     """The run's end once every step is over (not interrupted), whichever executor ran them:
     the exit hooks, then the safety net on `end`."""
     successful = not outcome.failed and _end_op_succeeded(job_context, outcome.succeeded)
@@ -328,7 +382,9 @@ def _end_ops(job_context: RunContext) -> set[str]:
         nodes = job_context.job.get_definition().graph.node_dict
     except Exception:
         return set()
-    return {name for name, node in nodes.items() if node.definition.tags.get("metaflow/end") == "true"}
+    return {
+        name for name, node in nodes.items() if node.definition.tags.get("metaflow/end") == "true"
+    }
 
 
 def _end_op_succeeded(job_context: RunContext, succeeded: set[str]) -> bool:
@@ -403,7 +459,10 @@ class _CancelWatch:
             run = self._ctx.instance.get_run_by_id(self._ctx.run_id)
         except Exception:
             return False
-        return run is not None and run.status in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED)
+        return run is not None and run.status in (
+            DagsterRunStatus.CANCELING,
+            DagsterRunStatus.CANCELED,
+        )
 
 
 def _log_context(log_key: Sequence[str]) -> Any:

@@ -59,12 +59,16 @@ class DeployedPackage:
                 raise RuntimeError(f"code package {self._sha} not found in the flow's datastore")
         return self._blob
 
-    def extract_into(self, dest_dir: str = ".", content_types: Any = None, timeout: float | None = None) -> None:
+    def extract_into(
+        self, dest_dir: str = ".", content_types: Any = None, timeout: float | None = None
+    ) -> None:
         from metaflow.package import MetaflowPackage
         from metaflow.packaging_sys import ContentType
 
         types = int(content_types if content_types is not None else ContentType.ALL_CONTENT)
-        MetaflowPackage.cls_extract_into(self.package_metadata, io.BytesIO(self.blob), dest_dir, types)
+        MetaflowPackage.cls_extract_into(
+            self.package_metadata, io.BytesIO(self.blob), dest_dir, types
+        )
 
     @staticmethod
     def get_post_extract_env_vars(pkg_metadata: str, dest_dir: str = ".") -> dict[str, str]:
@@ -88,7 +92,9 @@ class PackageOnDemand:
             from metaflow.package import MetaflowPackage
 
             obj = self._obj
-            self._package = MetaflowPackage(obj.flow, obj.environment, obj.echo, suffixes=obj.package_suffixes)
+            self._package = MetaflowPackage(
+                obj.flow, obj.environment, obj.echo, suffixes=obj.package_suffixes
+            )
         return getattr(self._package, name)
 
 
@@ -142,21 +148,36 @@ def step_command(
 
     `obj` is Metaflow's CLI state (flow, graph, datastore, metadata, environment, ...).
     """
-    from metaflow.runtime import CLIArgs
+    decos = list(getattr(obj.flow, spec.step).decorators)
+    obj.metadata.add_sticky_tags(tags=list(spec.tags))  # the run's tags (`run --tag`)
+    _runtime_init(obj, spec, package, decos)
+    task = _new_task(obj, spec, decos)
+    _task_created(obj, spec, decos)
+    args = _task_cli_args(spec, task, decos)
+    if config_file:
+        args.top_level_options["local-config-file"] = config_file
+    env = {str(k): str(v) for k, v in args.get_env().items()}
+    env["PYTHONUNBUFFERED"] = "x"
+    env["METAFLOW_RUN_ID"] = str(spec.run_id)
+    return [str(a) for a in args.get_args()], env, decos
+
+
+def _runtime_init(obj: Any, spec: TaskOptions, package: Any, decos: Sequence[Any]) -> None:
+    """What `NativeRuntime.__init__` does for this task's step: the decorators' `runtime_init`."""
     from metaflow.system_context import system_context
 
-    flow, graph = obj.flow, obj.graph
-    decos = list(getattr(flow, spec.step).decorators)
-    obj.metadata.add_sticky_tags(tags=list(spec.tags))  # the run's tags (`run --tag`)
-    # NativeRuntime.__init__ (for this task's step)
     system_context._update(run_id=spec.run_id)
     for deco in decos:
         if deco.runtime_init_ctx is not None:
             deco.runtime_init_ctx(spec.step)
         else:
-            deco.runtime_init(flow, graph, package, spec.run_id)
-    task = _Task(
-        flow=flow,
+            deco.runtime_init(obj.flow, obj.graph, package, spec.run_id)
+
+
+def _new_task(obj: Any, spec: TaskOptions, decos: list[Any]) -> _Task:
+    """The task as the native runtime's `Task` would describe it."""
+    return _Task(
+        flow=obj.flow,
         step=spec.step,
         run_id=spec.run_id,
         task_id=spec.task_id,
@@ -176,7 +197,13 @@ def step_command(
         monitor_type=obj.monitor.TYPE,
         clone_run_id=spec.clone_run_id,
     )
-    # Task.__init__: the attempt's datastore (opened, not written: the task initialises it)
+
+
+def _task_created(obj: Any, spec: TaskOptions, decos: Sequence[Any]) -> None:
+    """What `Task.__init__` does: open the attempt's datastore (not written: the task
+    initialises it) and call the decorators' `runtime_task_created`."""
+    from metaflow.system_context import system_context
+
     task_ds = obj.flow_datastore.get_task_datastore(
         spec.run_id, spec.step, spec.task_id, attempt=spec.retry_count, mode="w"
     )
@@ -193,9 +220,21 @@ def step_command(
             deco.runtime_task_created_ctx(spec.step)
         else:
             deco.runtime_task_created(
-                task_ds, spec.task_id, spec.split_index, list(spec.input_paths), False, spec.ubf_context
+                task_ds,
+                spec.task_id,
+                spec.split_index,
+                list(spec.input_paths),
+                False,
+                spec.ubf_context,
             )
-    # Worker._launch
+
+
+def _task_cli_args(spec: TaskOptions, task: _Task, decos: Sequence[Any]) -> Any:
+    """What `Worker._launch` does: the task's `CLIArgs`, rewritten by the decorators'
+    `runtime_step_cli` (e.g. `step` becomes `kubernetes step ...`)."""
+    from metaflow.runtime import CLIArgs
+    from metaflow.system_context import system_context
+
     args = CLIArgs(task)
     if spec.clone_run_id:
         args.command_options["clone-run-id"] = spec.clone_run_id
@@ -211,13 +250,10 @@ def step_command(
         if deco.runtime_step_cli_ctx is not None:
             deco.runtime_step_cli_ctx(spec.step, args)
         else:
-            deco.runtime_step_cli(args, spec.retry_count, spec.max_user_code_retries, spec.ubf_context)
-    if config_file:
-        args.top_level_options["local-config-file"] = config_file
-    env = {str(k): str(v) for k, v in args.get_env().items()}
-    env["PYTHONUNBUFFERED"] = "x"
-    env["METAFLOW_RUN_ID"] = str(spec.run_id)
-    return [str(a) for a in args.get_args()], env, decos
+            deco.runtime_step_cli(
+                args, spec.retry_count, spec.max_user_code_retries, spec.ubf_context
+            )
+    return args
 
 
 def task_environment(additions: Mapping[str, str]) -> dict[str, str]:
@@ -267,7 +303,10 @@ def record_dagster_metadata(obj: Any, spec: TaskOptions) -> None:
     try:
         obj.metadata.register_metadata(spec.run_id, spec.step, spec.task_id, entries)
     except Exception as exc:  # never fails the task: only the link back to Dagster is missing
-        print(f"dagster-metaflow: could not record the Dagster run on {spec.step}/{spec.task_id}: {exc}", file=sys.stderr)
+        print(
+            f"dagster-metaflow: could not record the Dagster run on {spec.step}/{spec.task_id}: {exc}",
+            file=sys.stderr,
+        )
 
 
 def launch_error(step: str, launcher: str, exc: BaseException) -> str:
@@ -286,7 +325,9 @@ def _micromamba_found() -> bool:
     """Whether Metaflow finds a micromamba binary (where `Micromamba()` looks for one)."""
     import shutil
 
-    home = os.environ.get("METAFLOW_TOKEN_HOME") or os.environ.get("METAFLOW_HOME", "~/.metaflowconfig")
+    home = os.environ.get("METAFLOW_TOKEN_HOME") or os.environ.get(
+        "METAFLOW_HOME", "~/.metaflowconfig"
+    )
     candidates = (
         os.environ.get("METAFLOW_PATH_TO_MICROMAMBA") or "micromamba",
         os.path.join(os.path.expanduser(home), "micromamba", "bin", "micromamba"),

@@ -14,7 +14,8 @@ only read. A task that is reused is *cloned* into the new run with Metaflow's ow
   the new Metaflow run is prepared once: `_parameters` persisted with the run's parameters,
   and every task that succeeded in the parent's Metaflow run and that no executed op will
   run again is cloned. Executed ops always run their step (that is what was asked for);
-  pathspecs they receive from the parent are read in the new run (`in_run`).
+  pathspecs they receive from the parent are read in the new run (`in_run`). prepare.py
+  prepares the run with what this module says (`origin_of`, `executed_tasks`).
 
 Task ids encode the task's place in the graph (foreach index path, loop iteration), so the
 origin task of a task is the one with the same step and task id.
@@ -26,21 +27,18 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import naming
+from .ids import metaflow_run_id
 
 if TYPE_CHECKING:
     from dagster import OpExecutionContext
 
-    from .flow import MetaflowFlow
-
 TAG_ORIGIN_RUN = "dagster-metaflow/origin-run-id"
 TAG_STEPS_TO_RERUN = "dagster-metaflow/steps-to-rerun"
-CLONE_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -58,8 +56,8 @@ class Origin:
 
 
 def origin_of(context: OpExecutionContext) -> Origin | None:
-    from .flow import metaflow_run_id
-
+    """The run this Dagster run reuses tasks from: its parent (re-execution) or the origin
+    run its tags name (resume); None for a fresh run."""
     run = context.run
     if run.parent_run_id:
         return Origin(run_id=metaflow_run_id(run.parent_run_id), reexecution=True)
@@ -115,7 +113,9 @@ def _tmpdir() -> str:
     return tempfile.gettempdir()
 
 
-def executed_tasks(context: OpExecutionContext) -> tuple[set[str], set[tuple[str, tuple[int, ...]]]]:
+def executed_tasks(
+    context: OpExecutionContext,
+) -> tuple[set[str], set[tuple[str, tuple[int, ...]]]]:
     """(steps whose every task runs again, (step, index path) of single tasks that run again)
     for the ops this Dagster run executes."""
     keys = context.run.step_keys_to_execute
@@ -141,41 +141,9 @@ def executed_tasks(context: OpExecutionContext) -> tuple[set[str], set[tuple[str
 def _op_steps(context: OpExecutionContext) -> dict[str, str]:
     out = {}
     for node in context.job_def.graph.node_dict.values():
-        step = node.definition.tags.get("metaflow/step") if hasattr(node.definition, "tags") else None
+        step = (
+            node.definition.tags.get("metaflow/step") if hasattr(node.definition, "tags") else None
+        )
         if step:
             out[node.name] = step
     return out
-
-
-def prepare_reexecution(flow: MetaflowFlow, context: OpExecutionContext, run_id: str, origin: Origin) -> None:
-    """Create the new Metaflow run of a Dagster re-execution: parameters, then clones of
-    every task of the parent run that this run does not execute."""
-    from .flow import PARAMS_STEP, PARAMS_TASK_ID, indices_of
-
-    params = f"{run_id}/{PARAMS_STEP}/{PARAMS_TASK_ID}"
-    if not flow._succeeded(params):
-        flow.persist_parameters(context, run_id, flow.parameter_env_from_run_config(context.run_config))
-    whole, single = executed_tasks(context)
-    to_clone = []
-    for ds in flow.origin_tasks(origin.run_id):
-        _, step, task_id = ds.pathspec.split("/")
-        if step == PARAMS_STEP or step in whole or (step, indices_of(task_id)) in single:
-            continue
-        if not ds.get("_task_ok", False):
-            continue
-        target = f"{run_id}/{step}/{task_id}"
-        if not flow._succeeded(target):
-            to_clone.append((ds.pathspec, target))
-    if not to_clone:
-        return
-    context.log.info(
-        f"Re-execution: cloning {len(to_clone)} task(s) of Metaflow run {origin.run_id} into {run_id}"
-    )
-    tags = flow.run_tags(context, flow.tags)
-    _parallel(lambda pair: flow.clone_task(context, pair[0], pair[1], tags=tags), to_clone)
-
-
-def _parallel(fn: Callable[[Any], None], items: Iterable[Any]) -> None:
-    with ThreadPoolExecutor(max_workers=CLONE_WORKERS) as pool:
-        for fut in [pool.submit(fn, item) for item in items]:
-            fut.result()

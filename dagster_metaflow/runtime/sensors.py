@@ -102,7 +102,9 @@ def _value(metadata: Mapping[str, Any], key: str) -> Any:
     return getattr(entry, "value", entry)
 
 
-def _new_events(instance: DagsterInstance, after: int, names: set[str]) -> tuple[list[dict[str, Any]], int]:
+def _new_events(
+    instance: DagsterInstance, after: int, names: set[str]
+) -> tuple[list[dict[str, Any]], int]:
     """Published events named in `names` with storage id > `after` (oldest first)."""
     from dagster import AssetRecordsFilter
 
@@ -136,7 +138,11 @@ def _new_events(instance: DagsterInstance, after: int, names: set[str]) -> tuple
 
 
 def _finished_runs(
-    instance: DagsterInstance, after: float, triggers: Sequence[Trigger], seen: list[str], since: float = 0.0
+    instance: DagsterInstance,
+    after: float,
+    triggers: Sequence[Trigger],
+    seen: list[str],
+    since: float = 0.0,
 ) -> tuple[list[dict[str, Any]], float]:
     """Successful Dagster runs of the upstream flows that ended after `after` and are not in
     `seen` (runs are looked up from a minute before `after`: end times are not committed in
@@ -211,15 +217,21 @@ def evaluate_triggers(
         # (before that, nothing counts; without a record, from now on)
         state = {**_watch_start(context.instance, job_name), "pending": {}}
     names = {t.name for t in triggers if t.kind == "event"}
-    events, state["events"] = _new_events(context.instance, int(state["events"]), names) if names else ([], state["events"])
+    events, state["events"] = (
+        _new_events(context.instance, int(state["events"]), names)
+        if names
+        else ([], state["events"])
+    )
     seen: list[str] = list(state.get("seen", []))
     since = float(state.setdefault("since", state["runs"]))  # nothing before the deployment counts
-    runs, state["runs"] = _finished_runs(context.instance, float(state["runs"]), triggers, seen, since)
+    runs, state["runs"] = _finished_runs(
+        context.instance, float(state["runs"]), triggers, seen, since
+    )
     state["seen"] = seen[-_SEEN:]
     pending: dict[str, dict[str, Any]] = state.get("pending", {})
     requests = []
     skipped = 0
-    for occurrence in sorted(events + runs, key=lambda e: (e["timestamp"] or 0)):
+    for occurrence in sorted(events + runs, key=lambda e: e["timestamp"] or 0):
         pending[occurrence["name"]] = occurrence
         if not all(t.name in pending for t in triggers):
             continue
@@ -246,7 +258,9 @@ def evaluate_triggers(
     if not requests:
         context.update_cursor(cursor)
         waiting = sorted(t.name for t in triggers if t.name not in pending)
-        return SkipReason(f"Waiting for {', '.join(waiting)}" + (f" ({skipped} not matching)" if skipped else ""))
+        return SkipReason(
+            f"Waiting for {', '.join(waiting)}" + (f" ({skipped} not matching)" if skipped else "")
+        )
     return SensorResult(run_requests=requests, cursor=cursor)
 
 

@@ -223,7 +223,9 @@ def _report_sink_error(exc: Exception) -> None:
         pass
 
 
-def _finish_readers(readers: list[threading.Thread], pipe_ids: set[str], detached: threading.Event) -> None:
+def _finish_readers(
+    readers: list[threading.Thread], pipe_ids: set[str], detached: threading.Event
+) -> None:
     """Wait for the output readers; if an unknown process still holds the pipes, kill it."""
     for r in readers:
         r.join(timeout=0.5)
@@ -258,67 +260,24 @@ def run_supervised(
     """
     control = control or current_control.get()
     sink = (control.sink if control and control.sink else None) or _default_sink
-    tails: dict[str, deque[str]] = {"stdout": deque(maxlen=tail_lines), "stderr": deque(maxlen=tail_lines)}
+    tails: dict[str, deque[str]] = {
+        "stdout": deque(maxlen=tail_lines),
+        "stderr": deque(maxlen=tail_lines),
+    }
 
     token = uuid.uuid4().hex
     env = {**env, TOKEN_VAR: token}
-    proc = spawn(argv, env, cwd) if spawn is not None else None
-    if proc is None:
-        proc = subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # own session => own process group, pgid == pid
-            # only when needed: a preexec_fn costs the vfork fast path
-            preexec_fn=default_step_signals if _ignored_step_signals() else None,
-        )
+    proc = _start_process(argv, env, cwd, spawn)
     started = time.monotonic()
 
     detached = threading.Event()  # set when we stop waiting for the readers
-
-    def pump(stream: str, pipe: IO[bytes]) -> None:
-        # keep draining whatever happens: a reader that stops makes the child block on write
-        for line in iter(pipe.readline, b""):
-            if detached.is_set():
-                continue
-            tails[stream].append(line.decode("utf-8", errors="replace").rstrip("\n"))
-            for fn in (sink, on_line):
-                if fn is None:
-                    continue
-                try:
-                    fn(stream, line)
-                except Exception as exc:  # a broken sink must not stall the step
-                    _report_sink_error(exc)
-        pipe.close()
-
     assert proc.stdout is not None and proc.stderr is not None
     pipe_ids = _pipe_ids([proc.stdout, proc.stderr])
-    readers = [
-        threading.Thread(target=pump, args=("stdout", proc.stdout), daemon=True),
-        threading.Thread(target=pump, args=("stderr", proc.stderr), daemon=True),
-    ]
-    for r in readers:
-        r.start()
+    readers = _start_readers(proc, tails, (sink, on_line), detached)
 
     tree = _Tree(proc.pid, token)
-    timed_out = False
     try:
-        while True:
-            try:
-                proc.wait(timeout=POLL_SECONDS)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            tree.snapshot()
-            if control is not None and control.cancel.is_set():
-                raise StepInterrupted(control.reason)
-            if timeout is not None and time.monotonic() - started >= timeout:
-                timed_out = True
-                kill_tree(proc, grace, tree)
-                break
+        timed_out = _wait(proc, tree, started, timeout, control, grace)
     except BaseException:
         kill_tree(proc, grace, tree)
         _finish_readers(readers, pipe_ids, detached)
@@ -337,3 +296,88 @@ def run_supervised(
         stdout_tail=list(tails["stdout"]),
     )
 
+
+def _start_process(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | None,
+    spawn: Callable[[Sequence[str], Mapping[str, str], str | None], Any] | None,
+) -> Any:
+    """Start argv with `spawn` if given and it accepts, else as a subprocess in a new session."""
+    proc = spawn(argv, env, cwd) if spawn is not None else None
+    if proc is None:
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # own session => own process group, pgid == pid
+            # only when needed: a preexec_fn costs the vfork fast path
+            preexec_fn=default_step_signals if _ignored_step_signals() else None,
+        )
+    return proc
+
+
+def _start_readers(
+    proc: Any,
+    tails: Mapping[str, deque[str]],
+    sinks: Sequence[LineSink | None],
+    detached: threading.Event,
+) -> list[threading.Thread]:
+    """Start one thread per output pipe of `proc`, each draining it into its tail and sinks."""
+    readers = [
+        threading.Thread(target=_pump, args=(name, pipe, tails[name], sinks, detached), daemon=True)
+        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr))
+    ]
+    for r in readers:
+        r.start()
+    return readers
+
+
+def _pump(
+    stream: str,
+    pipe: IO[bytes],
+    tail: deque[str],
+    sinks: Sequence[LineSink | None],
+    detached: threading.Event,
+) -> None:
+    """Reader thread: pass each line of one output pipe to the tail and the sinks."""
+    # keep draining whatever happens: a reader that stops makes the child block on write
+    for line in iter(pipe.readline, b""):
+        if detached.is_set():
+            continue
+        tail.append(line.decode("utf-8", errors="replace").rstrip("\n"))
+        for fn in sinks:
+            if fn is None:
+                continue
+            try:
+                fn(stream, line)
+            except Exception as exc:  # a broken sink must not stall the step
+                _report_sink_error(exc)
+    pipe.close()
+
+
+def _wait(
+    proc: Any,
+    tree: _Tree,
+    started: float,
+    timeout: float | None,
+    control: StepControl | None,
+    grace: float,
+) -> bool:
+    """Wait for the process to exit; whether it timed out (then its tree is killed).
+    Raises StepInterrupted when the control's cancel event is set."""
+    while True:
+        try:
+            proc.wait(timeout=POLL_SECONDS)
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+        tree.snapshot()
+        if control is not None and control.cancel.is_set():
+            raise StepInterrupted(control.reason)
+        if timeout is not None and time.monotonic() - started >= timeout:
+            kill_tree(proc, grace, tree)
+            return True

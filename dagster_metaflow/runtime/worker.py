@@ -208,7 +208,10 @@ def resume_expected(instance: DagsterInstance, run: DagsterRun) -> bool:
         launcher = instance.run_launcher
         if not (instance.run_monitoring_enabled and launcher.supports_resume_run):
             return False
-        if instance.count_resume_run_attempts(run.run_id) >= instance.run_monitoring_max_resume_run_attempts:
+        if (
+            instance.count_resume_run_attempts(run.run_id)
+            >= instance.run_monitoring_max_resume_run_attempts
+        ):
             return False
         return _monitoring_daemon_alive(instance)
     except Exception:
@@ -260,7 +263,11 @@ def settle(instance: DagsterInstance, run: DagsterRun | None) -> DagsterRun | No
     (its orphans stopped), unless the daemon will resume it."""
     from dagster import DagsterRunStatus
 
-    if run is None or run.status not in (DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING):
+    if run is None or run.status not in (
+        DagsterRunStatus.STARTED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.CANCELING,
+    ):
         return run
     identity = identity_of(run)
     if identity is None or worker_alive(run, identity) is not False:

@@ -38,7 +38,12 @@ HEADER = struct.Struct("!I")
 START_TIMEOUT = 30.0
 PRELOAD = ("metaflow", "metaflow.cli", "metaflow.task", "metaflow.datastore", "metaflow.runtime")
 # per-command variables that Metaflow reads when used, not at import
-VOLATILE_ENV = ("METAFLOW_RUN_ID", "METAFLOW_INIT_", "DAGSTER_METAFLOW_STEP_TOKEN", "METAFLOW_CODE_")
+VOLATILE_ENV = (
+    "METAFLOW_RUN_ID",
+    "METAFLOW_INIT_",
+    "DAGSTER_METAFLOW_STEP_TOKEN",
+    "METAFLOW_CODE_",
+)
 
 
 def fork_enabled() -> bool:
@@ -144,7 +149,9 @@ class Zygote:
         line = self.proc.stdout.readline() if ready else b""
         if line.strip() != b"ready":
             self.close()
-            raise RuntimeError("zygote did not start" if ready else f"zygote not ready after {START_TIMEOUT:g}s")
+            raise RuntimeError(
+                "zygote did not start" if ready else f"zygote not ready after {START_TIMEOUT:g}s"
+            )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -224,7 +231,10 @@ class ZygotePool:
             base = {k: v for k, v in env.items() if not k.startswith(VOLATILE_ENV)}
             started = Zygote(python, base)
         except Exception as exc:
-            print(f"dagster-metaflow: fork server unavailable ({exc}); using subprocesses", file=sys.stderr)
+            print(
+                f"dagster-metaflow: fork server unavailable ({exc}); using subprocesses",
+                file=sys.stderr,
+            )
         with self._lock:
             self._starting.discard(key)
             self._zygotes[key] = started
@@ -252,7 +262,10 @@ def spawn_step_process(argv: Sequence[str], env: Mapping[str, str], cwd: str | N
     try:
         return zygote.spawn(argv, env, cwd)
     except ZygoteUnavailable as exc:
-        print(f"dagster-metaflow: fork server unavailable ({exc}); using a subprocess", file=sys.stderr)
+        print(
+            f"dagster-metaflow: fork server unavailable ({exc}); using a subprocess",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -423,12 +436,29 @@ def _killpg(pgid: int, sig: int) -> None:
 
 def serve(path: str) -> None:
     """Zygote main loop: preload Metaflow, then fork one child per request."""
+    # (no PR_SET_PDEATHSIG: it fires when the *thread* that started us exits, and zygotes
+    # are started from short-lived executor threads; the parent poll in `_ForkServer.run`
+    # is used instead)
+    main_extras = _preload()
+    server = _ForkServer(path, main_extras)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    try:
+        server.run()
+    finally:
+        server.listener.close()
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _preload() -> dict[str, Any]:
+    """Import Metaflow once; return what that import added to `__main__` (see `_run_as_main`)."""
     import importlib
 
     import __main__
 
-    # (no PR_SET_PDEATHSIG: it fires when the *thread* that started us exits, and zygotes
-    # are started from short-lived executor threads; the parent poll below is used instead)
     before = set(vars(__main__))
     for name in PRELOAD:
         importlib.import_module(name)
@@ -440,19 +470,29 @@ def serve(path: str) -> None:
         setproctitle.getproctitle()
     except Exception:
         pass
-    parent = os.getppid()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(64)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    conns: dict[int, socket.socket] = {}
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    try:
+    return main_extras
+
+
+class _ForkServer:
+    """The zygote's listening socket, its signal wake-up pipe, and the children it forked
+    (pid -> the connection that waits for the child's exit status)."""
+
+    def __init__(self, path: str, main_extras: dict[str, Any]) -> None:
+        self.main_extras = main_extras
+        self.parent = os.getppid()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(64)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        self.conns: dict[int, socket.socket] = {}
+
+    def run(self) -> None:
+        """Serve requests and report exits until the run worker (our parent) is gone."""
+        listener, wake_r = self.listener, self.wake_r
         while True:
             ready: list[Any]
             watched: list[Any] = [listener, wake_r]
@@ -460,58 +500,72 @@ def serve(path: str) -> None:
                 ready, _, _ = select.select(watched, [], [], 1.0)
             except InterruptedError:
                 ready = []
-            if os.getppid() != parent:
+            if os.getppid() != self.parent:
                 # the run worker is gone (killed, crashed): its steps must not live on
-                _stop_children(list(conns))
+                _stop_children(list(self.conns))
                 return
             if wake_r in ready:
                 os.read(wake_r, 4096)
             if listener in ready:
-                conn, _ = listener.accept()
-                try:
-                    msg, fds, _flags, _addr = socket.recv_fds(conn, HEADER.size, 2)
-                    if len(fds) != 2:
-                        raise ConnectionError("expected two file descriptors")
-                    header = _recv_exact(conn, HEADER.size, msg)
-                    (length,) = HEADER.unpack(header)
-                    request = json.loads(_recv_exact(conn, length))
-                except (OSError, ValueError):
-                    conn.close()
+                received = _receive_request(listener)
+                if received is None:
                     continue
-                pid = os.fork()
-                if pid == 0:
-                    listener.close()
-                    conn.close()
-                    for c in conns.values():
-                        c.close()
-                    os.close(wake_r)
-                    os.close(wake_w)
-                    _child(request, fds[0], fds[1], main_extras)
-                for fd in fds:
-                    os.close(fd)
-                conns[pid] = conn
-                try:
-                    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-                except OSError:
-                    pass
-            while conns:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                done = conns.pop(pid, None)
-                if done is not None:
-                    try:
-                        code = os.waitstatus_to_exitcode(status)
-                        done.sendall(json.dumps({"exit": code}).encode() + b"\n")
-                    except OSError:
-                        pass
-                    done.close()
-    finally:
-        listener.close()
+                self._fork(*received)
+            self._reap()
+
+    def _fork(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        """Fork the child that runs `request`, and tell the client its pid."""
+        pid = os.fork()
+        if pid == 0:
+            self.listener.close()
+            conn.close()
+            for c in self.conns.values():
+                c.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            _child(request, fds[0], fds[1], self.main_extras)
+        for fd in fds:
+            os.close(fd)
+        self.conns[pid] = conn
         try:
-            os.unlink(path)
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         except OSError:
             pass
+
+    def _reap(self) -> None:
+        """Collect the children that exited and send each one's status to its client."""
+        conns = self.conns
+        while conns:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            done = conns.pop(pid, None)
+            if done is not None:
+                try:
+                    code = os.waitstatus_to_exitcode(status)
+                    done.sendall(json.dumps({"exit": code}).encode() + b"\n")
+                except OSError:
+                    pass
+                done.close()
+
+
+def _receive_request(
+    listener: socket.socket,
+) -> tuple[socket.socket, dict[str, Any], list[int]] | None:
+    """Accept one request: its connection, the command, and the child's stdout/stderr fds;
+    None (connection closed) for a malformed one."""
+    conn, _ = listener.accept()
+    try:
+        msg, fds, _flags, _addr = socket.recv_fds(conn, HEADER.size, 2)
+        if len(fds) != 2:
+            raise ConnectionError("expected two file descriptors")
+        header = _recv_exact(conn, HEADER.size, msg)
+        (length,) = HEADER.unpack(header)
+        request = json.loads(_recv_exact(conn, length))
+    except (OSError, ValueError):
+        conn.close()
+        return None
+    return conn, request, fds

@@ -168,7 +168,7 @@ def test_terminate_never_signals_a_process_that_reuses_the_worker_pid(tmp_path: 
     leaves that process alone and ends the run."""
     from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
-    from dagster_metaflow import launch
+    from dagster_metaflow import runs
 
     bystander = subprocess.Popen(["sleep", "120"])
     try:
@@ -182,7 +182,7 @@ def test_terminate_never_signals_a_process_that_reuses_the_worker_pid(tmp_path: 
             )
             instance.add_run_tags(run.run_id, {TAG_WORKER: stale.tag()})
             assert stale.alive() is False and not stale.signal(signal.SIGKILL)
-            assert launch.terminate(instance, run.run_id, wait=5)
+            assert runs.terminate(instance, run.run_id, wait=5)
             assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.CANCELED  # type: ignore[union-attr]
         assert bystander.poll() is None, "terminate killed an unrelated process"
     finally:

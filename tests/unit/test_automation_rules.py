@@ -11,7 +11,7 @@ import pytest
 from dagster import DagsterInstance, RunRequest, SensorResult, SkipReason, build_sensor_context
 
 from dagster_metaflow.automation import AutomationError, _event_triggers, _run_triggers, _schedule
-from dagster_metaflow.runtime.automation import Trigger, evaluate_triggers, publish_event
+from dagster_metaflow.runtime.sensors import Trigger, evaluate_triggers, publish_event
 
 
 def _deco(cls: Any, **attributes: Any) -> Any:

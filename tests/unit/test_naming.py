@@ -55,7 +55,7 @@ def test_task_ids_are_unique_across_steps_and_readable() -> None:
 
 
 def test_unbounded_foreach_control_keys() -> None:
-    from dagster_metaflow.runtime.flow import indices_of, is_ubf_control
+    from dagster_metaflow.runtime.ids import indices_of, is_ubf_control
 
     assert naming.mapping_key((), ubf=True) == "ubf"
     assert naming.mapping_key((2,), ubf=True) == "2_ubf"
@@ -69,14 +69,15 @@ def test_unbounded_foreach_control_keys() -> None:
 
 def test_unbounded_foreach_join_inputs_keep_the_control_tasks_order(monkeypatch: Any) -> None:
     from dagster_metaflow.runtime.flow import MetaflowFlow
+    from dagster_metaflow.runtime.taskstore import TaskStore
 
-    flow = MetaflowFlow(name="F", file="f.py")
+    store = MetaflowFlow(name="F", file="f.py").store
     mappers = {
         "R/inner/inner-1-ubf": [f"R/inner/inner-1-ubf-{i}" for i in range(12)],
         "R/inner/inner-0-ubf": [f"R/inner/inner-0-ubf-{i}" for i in range(12)],
     }
-    monkeypatch.setattr(MetaflowFlow, "task_datastore", lambda self, p, **kw: {"_control_mapper_tasks": mappers[p]})
-    got = flow._ubf_mappers(["R/inner/inner-1-ubf", "R/inner/inner-0-ubf"], "R")
+    monkeypatch.setattr(TaskStore, "task_datastore", lambda self, p, **kw: {"_control_mapper_tasks": mappers[p]})
+    got = store.ubf_mappers(["R/inner/inner-1-ubf", "R/inner/inner-0-ubf"], "R")
     assert got == mappers["R/inner/inner-1-ubf"] + mappers["R/inner/inner-0-ubf"]  # as given, expanded in order
     # a control task cloned into a resumed run lists its origin's tasks: placed in the new run
-    assert flow._ubf_mappers(["R/inner/inner-0-ubf"], "S")[:2] == ["S/inner/inner-0-ubf-0", "S/inner/inner-0-ubf-1"]
+    assert store.ubf_mappers(["R/inner/inner-0-ubf"], "S")[:2] == ["S/inner/inner-0-ubf-0", "S/inner/inner-0-ubf-1"]

@@ -159,13 +159,15 @@ def test_remote_step_command_equals_metaflows_own(
 ) -> None:
     """The op's `dagster launch-step` (dry run: the command it would start) against Metaflow's
     runtime (NativeRuntime hooks, `runtime.Task`, `Worker._launch`) for the same task."""
+    from dagster_metaflow.runtime.command import StepCommand
     from dagster_metaflow.runtime.flow import MetaflowFlow
+    from dagster_metaflow.task_options import TaskOptions
 
     ir = _remote_ir()
     s = ir.step(step)
     shutil.copy(FLOWS / "remote_flow.py", tmp_path / "remote_flow.py")
     # steps normally run the package's copy of the flow file (extracted from S3 here)
-    monkeypatch.setattr(MetaflowFlow, "flow_path", property(lambda self: self.source_path))
+    monkeypatch.setattr(StepCommand, "flow_path", property(lambda self: self.source_path))
     flow = MetaflowFlow(
         name="RemoteFlow",
         file=str(tmp_path / "remote_flow.py"),
@@ -177,18 +179,20 @@ def test_remote_step_command_equals_metaflows_own(
     )
     run_id = "dagster-0123456789ab"
     paths = [p.replace("R/", f"{run_id}/") for p in inputs]
-    ours = flow.step_argv(
-        step,
-        run_id,
-        task_id,
-        paths,
+    task = TaskOptions(
+        step=step,
+        run_id=run_id,
+        task_id=task_id,
+        input_paths=tuple(paths),
         retry_count=retry_count,
         max_user_code_retries=s.max_user_code_retries,
         tags=tags,
         split_index=split_index,
+        namespace=namespace,
         decorator_specs=s.decorator_specs,
         launcher=s.launcher,
     )
+    ours = flow.step_argv(task.with_package(PACKAGE))
     assert ours[ours.index("dagster") + 1] == "launch-step"
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAFLOW_RUN_ID")}
     env["PYTHONPATH"] = str(EXTENSIONS)  # the test extension's `dm-native` command
@@ -255,6 +259,7 @@ def test_launch_step_runs_the_task_and_returns_its_exit_code(workspace: Workspac
     from metaflow import Task, namespace
 
     from dagster_metaflow.runtime.flow import MetaflowFlow
+    from dagster_metaflow.task_options import TaskOptions
 
     root = os.path.join(os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"], ".metaflow")
     flow = MetaflowFlow(
@@ -269,7 +274,8 @@ def test_launch_step_runs_the_task_and_returns_its_exit_code(workspace: Workspac
     env = {k: v for k, v in env.items() if os.environ.get(k) != v}  # what the op adds
     workspace.run(*flow.base_argv(), "init", "--run-id", run_id, "--task-id", "t-params", **env)
 
-    argv = flow.step_argv("start", run_id, "start", [f"{run_id}/_parameters/t-params"], launcher="conda")
+    start = TaskOptions("start", run_id, "start", (f"{run_id}/_parameters/t-params",), launcher="conda")
+    argv = flow.step_argv(start)
     proc = workspace.run(*argv, check=False, **env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     namespace(None)
@@ -278,7 +284,7 @@ def test_launch_step_runs_the_task_and_returns_its_exit_code(workspace: Workspac
     assert "runtime:dagster" in task.system_tags
 
     # a task that fails (its input does not exist): the launcher exits with its code
-    argv = flow.step_argv("a", run_id, "a", [f"{run_id}/start/nope"], launcher="conda")
+    argv = flow.step_argv(TaskOptions("a", run_id, "a", (f"{run_id}/start/nope",), launcher="conda"))
     proc = workspace.run(*argv, check=False, **env)
     assert proc.returncode == 1 and "[dagster-metaflow launch failed]" not in proc.stderr
 

@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 from dagster import Failure
 
-from dagster_metaflow.runtime.flow import MetaflowFlow, not_taken, transition_error
+from dagster_metaflow.runtime.flow import MetaflowFlow
+from dagster_metaflow.runtime.ids import not_taken
+from dagster_metaflow.runtime.taskstore import TaskStore
+from dagster_metaflow.runtime.transitions import transition_error
 
 GRAPH = {"start": ("middle",), "middle": ("end",), "spin": ("spin", "odd", "even"), "end": ()}
 
@@ -16,7 +19,7 @@ GRAPH = {"start": ("middle",), "middle": ("end",), "spin": ("spin", "odd", "even
 def _flow(monkeypatch: pytest.MonkeyPatch, transitions: dict[str, Any]) -> MetaflowFlow:
     """A flow whose task datastores hold only `_transition`, per pathspec."""
     flow = MetaflowFlow(name="F", file="f.py", transitions=GRAPH, switch_steps=("spin",))
-    monkeypatch.setattr(MetaflowFlow, "task_datastore", lambda self, p, **kw: {"_transition": transitions.get(p)})
+    monkeypatch.setattr(TaskStore, "task_datastore", lambda self, p, **kw: {"_transition": transitions.get(p)})
     return flow
 
 
@@ -65,8 +68,8 @@ class _Context:
 
 def test_a_loop_inside_a_foreach_marks_the_exits_it_did_not_take(monkeypatch: pytest.MonkeyPatch) -> None:
     flow = _flow(monkeypatch, {"R/spin/spin-0": (["spin"], None), "R/spin/spin-0-r1": (["even"], None)})
-    monkeypatch.setattr(MetaflowFlow, "_attempts_made", lambda self, p: 0)
-    monkeypatch.setattr(MetaflowFlow, "_succeeded", lambda self, p: True)
+    monkeypatch.setattr(TaskStore, "attempts_made", lambda self, p: 0)
+    monkeypatch.setattr(TaskStore, "succeeded", lambda self, p: True)
     outputs = {"odd": "to_odd", "even": "to_even"}
     args = (_Context(), "spin", "R", "R/body/body-0", "spin-0")
     got = {o.output_name: o.value for o in flow.run_loop(*args, outputs=outputs, always=True)}  # type: ignore[arg-type]

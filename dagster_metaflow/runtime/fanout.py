@@ -1,0 +1,175 @@
+"""The ops whose outputs depend on what a task did: foreach fan-out (one Dagster dynamic
+output per split), regrouping for nested foreach, a @parallel step's tasks, the branch a
+switch chose, and a recursive switch run as a loop of tasks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+
+from dagster import DynamicOutput, Failure, OpExecutionContext, Output
+
+from .. import naming
+from ..task_options import StepOptions, TaskOptions
+from .ids import indices_of, not_taken, path_sort_key, taken
+from .steprun import StepRunner
+from .taskmeta import TaskMetadata
+from .taskstore import TaskStore
+from .transitions import Transitions
+
+
+class Fanout:
+    """Dynamic and conditional outputs of one flow's ops."""
+
+    def __init__(
+        self, store: TaskStore, meta: TaskMetadata, checks: Transitions, runner: StepRunner
+    ) -> None:
+        self.store = store
+        self.meta = meta
+        self.checks = checks
+        self.runner = runner
+
+    def fan_out(self, context: OpExecutionContext, pathspec: str) -> Iterator[DynamicOutput[str]]:
+        """One DynamicOutput per foreach split, read from the task's final attempt."""
+        children = list(self._children(pathspec, with_metadata=True))
+        context.log.info(f"Foreach {pathspec} yields {len(children)} child task(s)")
+        yield from children
+
+    def fan_out_all(
+        self, context: OpExecutionContext, pathspecs: Sequence[str]
+    ) -> Iterator[DynamicOutput[str]]:
+        """Nested foreach: fan out the children of every collected foreach task at once."""
+        count = 0
+        for pathspec in sorted(pathspecs, key=path_sort_key):
+            if not taken(pathspec):
+                # a foreach on a branch not taken: one marker child keeps its place
+                yield DynamicOutput(
+                    pathspec, mapping_key=naming.mapping_key((*indices_of(pathspec), 0))
+                )
+                continue
+            for child in self._children(pathspec):
+                count += 1
+                yield child
+        context.log.info(f"{len(pathspecs)} foreach task(s) yield {count} child task(s)")
+
+    def _children(self, pathspec: str, with_metadata: bool = False) -> Iterator[DynamicOutput[str]]:
+        """Children of one foreach task, keyed by its index path (from its task id) + i."""
+        ds = self.store.task_datastore(pathspec)
+        num_splits = int(ds["_foreach_num_splits"] or 0)
+        metadata = self.meta.of_task(pathspec, ds) if with_metadata else None
+        parent = indices_of(pathspec)
+        if "_unbounded_foreach" in ds and ds["_unbounded_foreach"]:
+            # one control task, which starts the foreach's tasks itself (Metaflow's UBF)
+            yield DynamicOutput(
+                pathspec, mapping_key=naming.mapping_key(parent, ubf=True), metadata=metadata
+            )
+            return
+        for i in range(num_splits):
+            yield DynamicOutput(
+                pathspec, mapping_key=naming.mapping_key((*parent, i)), metadata=metadata
+            )
+
+    def regroup(self, depth: int, *inputs: Sequence[str]) -> Iterator[DynamicOutput[list[str]]]:
+        """Group collected pathspecs by their first `depth` foreach indices, one output each."""
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for values in inputs:
+            for pathspec in values:
+                groups.setdefault(indices_of(pathspec)[:depth], []).append(pathspec)
+        for key in sorted(groups):
+            yield DynamicOutput(
+                sorted(groups[key], key=path_sort_key), mapping_key=naming.mapping_key(key)
+            )
+
+    def mapper_tasks(self, pathspec: str) -> list[str]:
+        """The tasks of a @parallel step (control + workers), from its control task."""
+        if not taken(pathspec):
+            return [pathspec]
+        return self.store.control_mappers(pathspec, pathspec.split("/")[0])
+
+    def switch(
+        self,
+        context: OpExecutionContext,
+        pathspec: str,
+        outputs: Mapping[str, str],
+        always: bool = False,
+    ) -> Iterator[Output[str]]:
+        """Yield the output of the branch the switch task chose. The other outputs are not
+        yielded (Dagster skips those branches) or, with `always`, carry a not-taken marker."""
+        if not taken(pathspec):  # this switch itself is on a branch not taken
+            for name in outputs.values():
+                yield Output(pathspec, name)
+            return
+        chosen = self.checks.chosen_step(pathspec)
+        if chosen not in outputs:
+            raise Failure(description=f"switch task {pathspec} chose unknown step {chosen!r}")
+        context.log.info(f"Switch {pathspec} chose {chosen!r}")
+        yield from _exits(pathspec, chosen, outputs, always)
+
+    def run_loop(
+        self,
+        context: OpExecutionContext,
+        task: TaskOptions,
+        options: StepOptions,
+        outputs: Mapping[str, str],
+        retry: tuple[int, int | None] = (0, None),
+        always: bool = False,
+    ) -> Iterator[Output[str]]:
+        """A recursive switch: one Metaflow task per iteration until it leaves the loop.
+
+        Each iteration has its own attempts, as natively: `current.retry_count` starts at 0
+        in every iteration and @retry (`retry`: max retries, delay) applies per iteration.
+        An op that is started again resumes after the last finished iteration. With `always`
+        (a loop inside a foreach) the exits not taken carry a not-taken marker, as `switch`.
+        """
+        if not any(taken(u) for u in task.input_paths):
+            for name in outputs.values():
+                yield Output(not_taken(task.pathspec), name)
+            return
+        iteration, previous = 0, task.input_paths
+        while True:
+            tid = task.task_id if iteration == 0 else f"{task.task_id}-r{iteration}"
+            current = replace(task, task_id=tid, input_paths=previous)
+            self._run_iteration(context, current, options, iteration, retry)
+            chosen = self.checks.chosen_step(current.pathspec)
+            if chosen != task.step:
+                context.log.info(f"Loop {task.step!r} finished after {iteration + 1} iteration(s)")
+                yield from _exits(current.pathspec, chosen, outputs, always)
+                return
+            iteration, previous = iteration + 1, (current.pathspec,)
+
+    def _run_iteration(
+        self,
+        context: OpExecutionContext,
+        task: TaskOptions,
+        options: StepOptions,
+        iteration: int,
+        retry: tuple[int, int | None],
+    ) -> None:
+        """Run one iteration's task until it succeeded, with its own @retry attempts."""
+        max_retries, retry_delay = retry
+        attempt = self.store.attempts_made(task.pathspec)
+        while not self.store.succeeded(task.pathspec):
+            try:
+                self.runner.run(context, replace(task, retry_count=attempt), options)
+            except Failure as exc:
+                if attempt >= max_retries or not exc.allow_retries:
+                    raise
+                context.log.warning(
+                    f"Loop {task.step!r} iteration {iteration + 1} attempt {attempt} failed; "
+                    f"retrying{f' in {retry_delay}s' if retry_delay else ''}"
+                )
+                if retry_delay:
+                    time.sleep(retry_delay)
+                attempt += 1
+
+
+def _exits(
+    pathspec: str, chosen: str, outputs: Mapping[str, str], always: bool
+) -> Iterator[Output[str]]:
+    """The output of the step chosen; with `always` a not-taken marker on every other one."""
+    yield Output(pathspec, outputs[chosen])
+    if always:
+        for step, name in outputs.items():
+            if step != chosen:
+                yield Output(not_taken(pathspec), name)
