@@ -235,7 +235,8 @@ def create(
     from . import deployments
     from .definitions_file import check_output_path, write_atomically
     from .runs import write_attribute_file
-    from .tokens import TokenOptions, resolve_token, token_prefix, username
+    from .runtime import sensors
+    from .tokens import TokenOptions, flow_token_prefix, resolve_token, username
 
     job_name = _resolve_job_name(obj, name)
     out_file = file or f"{job_name.lower()}_dagster.py"
@@ -245,7 +246,7 @@ def create(
     with _open_instance(obj) as instance:
         prev = _previous(obj, instance, job_name, force)
         token_options = TokenOptions(authorize, given_token, generate_new_token, identity)
-        token = resolve_token(prev, token_prefix(job_name), token_options, obj.echo)
+        token = resolve_token(prev, flow_token_prefix(job_name), token_options, obj.echo)
         options = compiler.CompileOptions(
             job_name=job_name,
             out_file=out_file,
@@ -262,7 +263,7 @@ def create(
         compiled = compiler.compile_flow(compiler.flow_source(obj), options, obj.echo)
         write_atomically(out_file, compiled.text)
         watching = [t.name for t in compiled.ir.automation.triggers]
-        dep = compiled.deployment(token, deployments.watch_extra(instance, prev, watching))
+        dep = compiled.deployment(token, sensors.watch_extra(instance, prev, watching))
         deployments.record(instance, dep, replaces=prev)
         _echo_created(obj, compiled.ir, out_file, instance)
     metadata = obj.metadata.metadata_str()

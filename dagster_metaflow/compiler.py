@@ -112,7 +112,7 @@ class CompiledFlow:
     branch_name: str | None = None
 
     def deployment(self, production_token: str, extra: dict[str, Any]) -> Deployment:
-        """The deployment record of this compilation (`extra`: see `deployments.watch_extra`)."""
+        """The deployment record of this compilation (`extra`: see `runtime.sensors.watch_extra`)."""
         from .deployments import Deployment
 
         ir = self.ir
@@ -224,8 +224,7 @@ def build_ir(source: FlowSource, options: CompileOptions) -> FlowIR:
     """The flow's IR for these options (attaching the `--with` decorators to the flow)."""
     from metaflow.tagging_util import validate_tags
 
-    from .ir import CompileOptions as IROptions
-    from .ir import IRError, build_flow_ir
+    from .ir import IRError, IROptions, build_flow_ir
     from .runtime.package import file_fingerprint
 
     engine_config = executor_config(options.executor, options.executor_config)  # checked first

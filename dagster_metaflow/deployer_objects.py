@@ -25,7 +25,7 @@ from metaflow.exception import MetaflowException
 from metaflow.runner.deployer import DeployedFlow, TriggeredRun, generate_fake_flow_file_contents
 from metaflow.runner.utils import get_lower_level_group, handle_timeout, temporary_fifo
 
-from . import deployments, runs
+from . import deployments, runs, tokens
 from .runtime.worker import settle
 
 _FAKE_TYPES = {"json": "JSON", "int": "int", "float": "float", "bool": "bool", "str": "str"}
@@ -72,7 +72,7 @@ def raise_if_refused(output: str) -> None:
     """Raise the CLI's production-token refusal found in its output as the Metaflow
     exception it is, with the CLI's own line (the Deployer guards as the CLI does)."""
     for line in output.splitlines():
-        if deployments.REFUSAL_MARK in line:
+        if tokens.REFUSAL_MARK in line:
             from .errors import IncorrectProductionToken
 
             raise IncorrectProductionToken(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).strip())

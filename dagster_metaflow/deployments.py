@@ -23,7 +23,6 @@ definitions file of every deployment recorded from this machine, so that
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import warnings
@@ -74,7 +73,6 @@ REQUIRED_FIELDS = (
     "owner",
     "production_token",
 )
-REFUSAL_MARK = "you need its production token"
 
 
 @dataclass(frozen=True)
@@ -422,115 +420,3 @@ def _write_workspace(instance: DagsterInstance) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(tmp, path)
-
-
-def watch_extra(
-    instance: DagsterInstance, prev: Deployment | None, watching: list[str]
-) -> dict[str, Any]:
-    """The record's `extra` for a deployment whose sensor waits for `watching` (events or
-    upstream flows): where it starts counting them, at its first `create` (a redeployment
-    keeps the start unless it watches for other things)."""
-    import time
-
-    extra = dict(prev.extra) if prev is not None else {}
-    if watching:
-        from .runtime.sensors import latest_event_id
-
-        if extra.get("watching") != watching:  # other events: count from now
-            extra.update(
-                watching=watching, events_after=latest_event_id(instance), created_at=time.time()
-            )
-    return extra
-
-
-# -- authorization and the definitions file ---------------------------------------------
-
-
-def token_prefix(name: str, project_name: str | None = None, branch_name: str | None = None) -> str:
-    """Where Metaflow keeps a deployment's production token (as its schedulers do)."""
-    import base64
-    from hashlib import sha1
-
-    if project_name:
-        branch = f"{project_name}.{branch_name}".encode()
-        return ("mfprj-" + base64.b32encode(sha1(branch).digest()).decode()[:16]).lower()
-    return f"dagster-{name}".lower()
-
-
-def authorization_problem(
-    dep: Deployment | None, authorize: str | None, user: str | None, action: str
-) -> str | None:
-    """Why the caller may not `action` (create, terminate, delete) `dep`, None if they may:
-    someone other than its owner needs its production token, given as `authorize` or stored
-    by an earlier `create --authorize` (Metaflow's token file), as Metaflow's Argo CLI rules.
-    The CLI and the Deployer API both refuse with this one line."""
-    if dep is None or not dep.production_token:
-        return None
-    if authorize is None:
-        from metaflow.plugins.aws.step_functions.production_token import load_token
-
-        authorize = load_token(token_prefix(dep.name, dep.project_name, dep.branch_name))
-    elif authorize.startswith("production:"):
-        authorize = authorize[len("production:") :]
-    if (user and dep.owner == user) or authorize == dep.production_token:
-        return None
-    return (
-        f"deployment {dep.name!r} was created by {dep.owner!r}; to {action} it {REFUSAL_MARK}: "
-        f"ask them for it, then run `dagster {action} --authorize TOKEN` "
-        f"(Deployer API: `{action}(authorize=TOKEN)`)"
-    )
-
-
-def definitions_problem(dep: Deployment) -> str | None:
-    """Why `dep`'s definitions file is not the one `create` recorded (None if it is), read
-    without running it: a record pointing at another flow's file whose job has the same
-    name would start that flow under this deployment's name."""
-    path = dep.definitions_file
-    fix = f"run `python {os.path.basename(dep.flow_file)} dagster create` again to write and record its own file"
-    try:
-        tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)
-    except OSError as exc:
-        return f"cannot read the definitions file {path} of deployment {dep.name!r} ({exc.strerror}); {fix}"
-    except (SyntaxError, ValueError) as exc:
-        return f"the definitions file {path} of deployment {dep.name!r} is not valid Python ({exc}); {fix}"
-    flow, fingerprint, jobs = _generated_identity(tree)
-    wrong = []
-    if flow != dep.flow_name:
-        wrong.append(f"flow {flow or 'none'} (recorded: {dep.flow_name})")
-    if dep.name not in jobs:
-        wrong.append(f"job {', '.join(sorted(jobs)) or 'none'} (recorded: {dep.name})")
-    if dep.flow_fingerprint and fingerprint != dep.flow_fingerprint:
-        wrong.append(
-            f"flow fingerprint {(fingerprint or 'none')[:12]} (recorded: {dep.flow_fingerprint[:12]})"
-        )
-    if not wrong:
-        return None
-    return f"the definitions file {path} does not belong to deployment {dep.name!r}: it has {'; '.join(wrong)}; {fix}"
-
-
-def _generated_identity(tree: ast.AST) -> tuple[str | None, str | None, set[str]]:
-    """(flow name, flow fingerprint, job names) a generated file declares: the string
-    keywords of its `MetaflowFlow(...)` and `@job(...)` calls."""
-    flow = fingerprint = None
-    jobs: set[str] = set()
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        callee = (
-            func.id
-            if isinstance(func, ast.Name)
-            else func.attr
-            if isinstance(func, ast.Attribute)
-            else ""
-        )
-        kw = {
-            k.arg: k.value.value
-            for k in node.keywords
-            if k.arg and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)
-        }
-        if callee == "MetaflowFlow":
-            flow, fingerprint = kw.get("name"), kw.get("flow_fingerprint")
-        elif callee == "job" and "name" in kw:
-            jobs.add(kw["name"])
-    return flow, fingerprint, jobs

@@ -115,7 +115,7 @@ class ParameterIR:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CompileOptions:
+class IROptions:
     """User options of `dagster create` (and facts of its environment) that shape the file."""
 
     job_name: str
@@ -145,7 +145,7 @@ class CompileOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FlowIR(CompileOptions):
+class FlowIR(IROptions):
     """A whole flow: the compile options plus everything read from the Metaflow graph."""
 
     flow_name: str
@@ -452,7 +452,7 @@ def reserved_config_fields() -> set[str]:
     return {n for n in dir(BaseModel)} | {"model_config", "model_fields"}
 
 
-def build_flow_ir(flow: Any, graph: Any, options: CompileOptions) -> FlowIR:
+def build_flow_ir(flow: Any, graph: Any, options: IROptions) -> FlowIR:
     """Read a loaded Metaflow flow (instance or class) and its graph into a FlowIR."""
     nodes = topological_steps(graph)
     ops = naming.op_names(n.name for n in nodes)
@@ -493,7 +493,7 @@ def build_flow_ir(flow: Any, graph: Any, options: CompileOptions) -> FlowIR:
         naming.to_dagster_alphabet(graph.name) + "Parameters", set()
     )
     return FlowIR(
-        **{f.name: getattr(options, f.name) for f in fields(CompileOptions)},
+        **{f.name: getattr(options, f.name) for f in fields(IROptions)},
         flow_name=graph.name,
         start_step=graph.start_step,
         end_step=graph.end_step,

@@ -266,7 +266,7 @@ def start(instance: DagsterInstance, dep: Deployment, request: RunRequest, calle
     follow it until it ends."""
     import uuid
 
-    from .deployments import definitions_problem
+    from .definitions_file import definitions_problem
     from .runtime.flow import TAG_PATHSPEC, metaflow_run_id
 
     dagster_run_id = str(uuid.uuid4())

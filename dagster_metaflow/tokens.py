@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import DagsterMetaflowException, IncorrectProductionToken
 
+# in every refusal for want of a token: the Deployer API tells it from other errors by it
+REFUSAL_MARK = "you need its production token"
+
 if TYPE_CHECKING:
     from .deployments import Deployment
 
@@ -31,14 +34,47 @@ class TokenOptions:
     identity: str = "production"  # or "user": runs run as the deploying user
 
 
-def token_prefix(job_name: str) -> str:
+def flow_token_prefix(job_name: str) -> str:
     """Where Metaflow keeps this deployment's production token, for the flow Metaflow loaded
     (its @project and branch)."""
     from metaflow import current
 
-    from .deployments import token_prefix as prefix_of
+    return token_prefix(job_name, current.get("project_name"), current.get("branch_name"))
 
-    return prefix_of(job_name, current.get("project_name"), current.get("branch_name"))
+
+def token_prefix(name: str, project_name: str | None = None, branch_name: str | None = None) -> str:
+    """Where Metaflow keeps a deployment's production token (as its schedulers do)."""
+    import base64
+    from hashlib import sha1
+
+    if project_name:
+        branch = f"{project_name}.{branch_name}".encode()
+        return ("mfprj-" + base64.b32encode(sha1(branch).digest()).decode()[:16]).lower()
+    return f"dagster-{name}".lower()
+
+
+def authorization_problem(
+    dep: Deployment | None, authorize: str | None, user: str | None, action: str
+) -> str | None:
+    """Why the caller may not `action` (create, terminate, delete) `dep`, None if they may:
+    someone other than its owner needs its production token, given as `authorize` or stored
+    by an earlier `create --authorize` (Metaflow's token file), as Metaflow's Argo CLI rules.
+    The CLI and the Deployer API both refuse with this one line."""
+    if dep is None or not dep.production_token:
+        return None
+    if authorize is None:
+        from metaflow.plugins.aws.step_functions.production_token import load_token
+
+        authorize = load_token(token_prefix(dep.name, dep.project_name, dep.branch_name))
+    elif authorize.startswith("production:"):
+        authorize = authorize[len("production:") :]
+    if (user and dep.owner == user) or authorize == dep.production_token:
+        return None
+    return (
+        f"deployment {dep.name!r} was created by {dep.owner!r}; to {action} it {REFUSAL_MARK}: "
+        f"ask them for it, then run `dagster {action} --authorize TOKEN` "
+        f"(Deployer API: `{action}(authorize=TOKEN)`)"
+    )
 
 
 def username() -> str:
@@ -57,8 +93,6 @@ def check_authorized(dep: Deployment | Any | None, authorize: str | None, action
     """A deployment made by someone else may only be changed with its production token (the
     token file is found from the record)."""
     from metaflow.util import get_username
-
-    from .deployments import authorization_problem
 
     problem = authorization_problem(dep, authorize, get_username(), action)
     if problem:
@@ -108,4 +142,12 @@ def _announce(token: str, identity: str, echo: Echo) -> None:
     )
 
 
-__all__ = ["TokenOptions", "check_authorized", "resolve_token", "token_prefix", "username"]
+__all__ = [
+    "TokenOptions",
+    "authorization_problem",
+    "check_authorized",
+    "flow_token_prefix",
+    "resolve_token",
+    "token_prefix",
+    "username",
+]

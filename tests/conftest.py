@@ -189,3 +189,24 @@ def survivors(pids: Iterable[int], within: float) -> list[int]:
     while alive() and time.monotonic() < deadline:
         time.sleep(0.2)
     return alive()
+
+
+FLOWS = Path(__file__).parent / "flows"
+
+
+def load_flow_class(filename: str, prefix: str = "fixture") -> Any:
+    """The FlowSpec subclass defined in tests/flows/<filename>, imported without running it."""
+    import importlib.util
+
+    from metaflow import FlowSpec
+
+    path = FLOWS / filename
+    spec = importlib.util.spec_from_file_location(f"{prefix}_{path.stem}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return next(
+        v
+        for v in vars(module).values()
+        if isinstance(v, type) and issubclass(v, FlowSpec) and v is not FlowSpec
+    )

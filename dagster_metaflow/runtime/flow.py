@@ -164,13 +164,8 @@ class MetaflowFlow(FlowSettings):
 
         With `launcher` (@kubernetes, @batch, @conda, @pypi) the task is launched by its
         decorators' runtime hooks as under `flow.py run` (see native.py), never forked."""
-        options = StepOptions(
-            max_user_code_retries,
-            dict(extra_env or {}),
-            timeout,
-            launcher,
-            ubf_context,
-            tuple(decorator_specs),
+        options = _step_options(
+            max_user_code_retries, extra_env, timeout, launcher, ubf_context, decorator_specs
         )
         task = self._task(options, step, run_id, upstream, task_id, tags, split_index, retry_count)
         return self.runner.run(context, task, options)
@@ -198,13 +193,8 @@ class MetaflowFlow(FlowSettings):
         launcher: str | None = None,
     ) -> Iterator[Output[str]]:
         """A recursive switch: one Metaflow task per iteration until it leaves the loop."""
-        options = StepOptions(
-            max_user_code_retries,
-            dict(extra_env or {}),
-            timeout,
-            launcher,
-            ubf_context,
-            tuple(decorator_specs),
+        options = _step_options(
+            max_user_code_retries, extra_env, timeout, launcher, ubf_context, decorator_specs
         )
         task = self._task(options, step, run_id, upstream, task_id, tags, split_index)
         return self.fanout.run_loop(
@@ -279,3 +269,22 @@ class MetaflowFlow(FlowSettings):
 
     def run_exit_hook(self, name: str, run_pathspec: str) -> tuple[bool, str]:
         return self.command.run_exit_hook(name, run_pathspec)
+
+
+def _step_options(
+    max_user_code_retries: int,
+    extra_env: Mapping[str, str] | None,
+    timeout: int | None,
+    launcher: str | None,
+    ubf_context: str | None,
+    decorator_specs: Sequence[str],
+) -> StepOptions:
+    """The StepOptions record from the keyword arguments the generated op call passes."""
+    return StepOptions(
+        max_user_code_retries,
+        dict(extra_env or {}),
+        timeout,
+        launcher,
+        ubf_context,
+        tuple(decorator_specs),
+    )

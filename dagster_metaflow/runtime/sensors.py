@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import (
     AssetKey,
@@ -44,6 +44,9 @@ from dagster import (
 )
 
 from ..values import config_value
+
+if TYPE_CHECKING:
+    from ..deployments import Deployment
 
 EVENTS_ASSET = AssetKey(["dagster_metaflow", "events"])
 TAG_TRIGGERS = "dagster-metaflow/triggers"
@@ -279,3 +282,20 @@ def latest_event_id(instance: DagsterInstance) -> int:
     """Storage id of the newest published event (0: none yet)."""
     result = instance.fetch_materializations(EVENTS_ASSET, limit=1, ascending=False)
     return result.records[0].storage_id if result.records else 0
+
+
+def watch_extra(
+    instance: DagsterInstance, prev: Deployment | None, watching: list[str]
+) -> dict[str, Any]:
+    """The record's `extra` for a deployment whose sensor waits for `watching` (events or
+    upstream flows): where it starts counting them, at its first `create` (a redeployment
+    keeps the start unless it watches for other things)."""
+    import time
+
+    extra = dict(prev.extra) if prev is not None else {}
+    if watching:
+        if extra.get("watching") != watching:  # other events: count from now
+            extra.update(
+                watching=watching, events_after=latest_event_id(instance), created_at=time.time()
+            )
+    return extra

@@ -71,13 +71,29 @@ def env_key(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 class ForkedProcess:
     """The subset of `subprocess.Popen` that the supervisor uses, for a zygote child."""
 
-    def __init__(self, conn: socket.socket, pid: int, stdout: IO[bytes], stderr: IO[bytes]) -> None:
+    def __init__(
+        self,
+        conn: socket.socket,
+        pid: int,
+        stdout: IO[bytes],
+        stderr: IO[bytes],
+        buffered: bytes = b"",
+    ) -> None:
         self._conn = conn
         self.pid = pid
         self.stdout = stdout
         self.stderr = stderr
         self.returncode: int | None = None
+        # what arrived with the pid: a child that ended before its client read the pid
+        # reply has its exit status sent right behind it, on the same connection
         self._buf = b""
+        self._take(buffered)
+
+    def _take(self, data: bytes) -> None:
+        self._buf += data
+        if b"\n" in self._buf:
+            self.returncode = int(json.loads(self._buf.split(b"\n", 1)[0])["exit"])
+            self._conn.close()
 
     def _read_status(self, timeout: float | None) -> None:
         if self.returncode is not None:
@@ -91,10 +107,7 @@ class ForkedProcess:
                 self.returncode = 255
                 self._conn.close()
             return
-        self._buf += chunk
-        if b"\n" in self._buf:
-            self.returncode = int(json.loads(self._buf.split(b"\n", 1)[0])["exit"])
-            self._conn.close()
+        self._take(chunk)
 
     def poll(self) -> int | None:
         self._read_status(0)
@@ -172,12 +185,13 @@ class Zygote:
                 raise ZygoteUnavailable(str(exc)) from exc
             conn.sendall(body)
             reply = b""
-            while not reply.endswith(b"\n"):
+            while b"\n" not in reply:
                 chunk = conn.recv(4096)
                 if not chunk:
                     raise RuntimeError("fork server closed the connection after taking the command")
                 reply += chunk
-            pid = int(json.loads(reply)["pid"])
+            line, rest = reply.split(b"\n", 1)
+            pid = int(json.loads(line)["pid"])
         except BaseException:
             conn.close()
             for fd in (out_r, err_r):
@@ -186,7 +200,7 @@ class Zygote:
         finally:
             os.close(out_w)
             os.close(err_w)
-        return ForkedProcess(conn, pid, os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"))
+        return ForkedProcess(conn, pid, os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"), rest)
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import Workspace
 
-from dagster_metaflow import deployments
+from dagster_metaflow import definitions_file, deployments, tokens
 from dagster_metaflow.deployments import (
     RECORD_PREFIX,
     CorruptRecord,
@@ -163,21 +163,21 @@ def test_definitions_file_is_checked_against_the_record(tmp_path: Path) -> None:
     dep = _dep("Job", flow_name="MyFlow", definitions_file=str(path), flow_fingerprint="a" * 64, flow_file="/x/my_flow.py")
     body = 'FLOW = MetaflowFlow(name={flow!r}, file="f.py", flow_fingerprint={fp!r})\n\n@job(name={job!r})\ndef Job():\n    pass\n'
     path.write_text(body.format(flow="MyFlow", fp="a" * 64, job="Job"))
-    assert deployments.definitions_problem(dep) is None
+    assert definitions_file.definitions_problem(dep) is None
     for flow, fp, job, why in [
         ("OtherFlow", "a" * 64, "Job", "flow OtherFlow (recorded: MyFlow)"),
         ("MyFlow", "b" * 64, "Job", "flow fingerprint bbbbbbbbbbbb (recorded: aaaaaaaaaaaa)"),
         ("MyFlow", "a" * 64, "Other", "job Other (recorded: Job)"),
     ]:
         path.write_text(body.format(flow=flow, fp=fp, job=job))
-        problem = deployments.definitions_problem(dep)
+        problem = definitions_file.definitions_problem(dep)
         assert problem and "\n" not in problem and why in problem, problem
         assert f"the definitions file {path} does not belong to deployment 'Job'" in problem
         assert "python my_flow.py dagster create" in problem
     path.write_text("def broken(:\n")
-    assert "is not valid Python" in (deployments.definitions_problem(dep) or "")
+    assert "is not valid Python" in (definitions_file.definitions_problem(dep) or "")
     path.unlink()
-    assert "cannot read the definitions file" in (deployments.definitions_problem(dep) or "")
+    assert "cannot read the definitions file" in (definitions_file.definitions_problem(dep) or "")
 
 
 def test_authorization_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,7 +185,7 @@ def test_authorization_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setenv("METAFLOW_HOME", str(tmp_path / "mf"))
     dep = _dep("Job", owner="alice", production_token="tok-1")
-    problem = deployments.authorization_problem
+    problem = tokens.authorization_problem
     assert problem(dep, None, "alice", "delete") is None
     assert problem(dep, "tok-1", "mallory", "delete") is None
     assert problem(dep, "production:tok-1", None, "delete") is None
@@ -197,7 +197,7 @@ def test_authorization_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     )
     assert problem(dep, "wrong", "mallory", "delete") is not None
     assert problem(dep, None, None, "delete") is not None  # no user name: the token is needed
-    store_token(deployments.token_prefix("Job"), "tok-1")  # as an earlier `create --authorize`
+    store_token(tokens.token_prefix("Job"), "tok-1")  # as an earlier `create --authorize`
     assert problem(dep, None, "mallory", "delete") is None
     assert problem(None, None, "mallory", "delete") is None
 

@@ -16,15 +16,16 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import load_flow_class
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dagster_metaflow import naming
 from dagster_metaflow.codegen import py, render
 from dagster_metaflow.ir import (
-    CompileOptions,
     FlowIR,
     IRError,
+    IROptions,
     ParameterIR,
     RetrySpec,
     StepIR,
@@ -37,23 +38,14 @@ SNAPSHOTS = Path(__file__).parent.parent / "snapshots"
 
 
 def load_flow(filename: str) -> Any:
-    path = FLOWS / filename
-    spec = importlib.util.spec_from_file_location(f"fixture_{path.stem}", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    from metaflow import FlowSpec
-
-    return next(
-        v for v in vars(module).values() if isinstance(v, type) and issubclass(v, FlowSpec) and v is not FlowSpec
-    )
+    return load_flow_class(filename)
 
 
 def ir_for(filename: str, **opts: Any) -> FlowIR:
     from metaflow.graph import FlowGraph
 
     cls = load_flow(filename)
-    options = CompileOptions(
+    options = IROptions(
         job_name=opts.pop("job_name", cls.__name__),
         flow_file=filename,
         top_level_args=("--quiet", "--metadata=local", "--environment=local"),
@@ -164,7 +156,7 @@ def test_retry_delay_only_when_user_wrote_it() -> None:
         def end(self):
             pass
 
-    ir = build_flow_ir(DelayFlow, FlowGraph(DelayFlow), CompileOptions(job_name="D", flow_file="d.py"))
+    ir = build_flow_ir(DelayFlow, FlowGraph(DelayFlow), IROptions(job_name="D", flow_file="d.py"))
     assert ir.step("start").retry == RetrySpec(3, 120)
     assert ir.step("end").retry == RetrySpec(1, None)
     text = render(ir)
@@ -203,13 +195,13 @@ def test_decorators_needing_runtime_hooks_are_refused_task_side_ones_accepted() 
 
     graph = FlowGraph(RefusedFlow)
     graph["start"].decorators.append(TaskSide())
-    build_flow_ir(RefusedFlow, graph, CompileOptions(job_name="R", flow_file="r.py"))
+    build_flow_ir(RefusedFlow, graph, IROptions(job_name="R", flow_file="r.py"))
     graph["end"].decorators.append(NeedsRuntime())
     with pytest.raises(IRError, match=r"step 'end': decorator @mystery needs Metaflow's local runtime hook runtime_task_created\(\)"):
-        build_flow_ir(RefusedFlow, graph, CompileOptions(job_name="R", flow_file="r.py"))
+        build_flow_ir(RefusedFlow, graph, IROptions(job_name="R", flow_file="r.py"))
     graph["end"].decorators[-1] = CtxHook()
     with pytest.raises(IRError, match=r"@ctx_hook needs Metaflow's local runtime hook runtime_finished_ctx\(\)"):
-        build_flow_ir(RefusedFlow, graph, CompileOptions(job_name="R", flow_file="r.py"))
+        build_flow_ir(RefusedFlow, graph, IROptions(job_name="R", flow_file="r.py"))
 
 
 def test_metaflow_step_decorators_are_handled_or_refused_with_a_reason() -> None:
@@ -226,7 +218,7 @@ def test_metaflow_step_decorators_are_handled_or_refused_with_a_reason() -> None
         def end(self):
             pass
 
-    opts = CompileOptions(job_name="D", flow_file="d.py", datastore_type="s3")
+    opts = IROptions(job_name="D", flow_file="d.py", datastore_type="s3")
     outcomes = {}
     for cls in STEP_DECORATORS:
         graph = FlowGraph(DecoratedFlow)

@@ -3,13 +3,13 @@ definitions text and its deployment record (as a `dg` component would)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import load_flow_class
 
 from dagster_metaflow import compiler, runs, values
 from dagster_metaflow.deployments import Deployment, ParameterInfo
@@ -29,19 +29,10 @@ class _NoDatastore:
 
 
 def _source(filename: str) -> compiler.FlowSource:
-    from metaflow import FlowSpec
     from metaflow.graph import FlowGraph
 
     path = FLOWS / filename
-    spec = importlib.util.spec_from_file_location(f"compiler_{path.stem}", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cls = next(
-        v
-        for v in vars(module).values()
-        if isinstance(v, type) and issubclass(v, FlowSpec) and v is not FlowSpec
-    )
+    cls = load_flow_class(filename, "compiler")
     cls.name = cls.__name__  # what a FlowSpec instance has
     return compiler.FlowSource(
         flow=cls,

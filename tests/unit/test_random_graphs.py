@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from shapegen import generate, random_flow  # noqa: E402
 
 from dagster_metaflow.codegen import render  # noqa: E402
-from dagster_metaflow.ir import CompileOptions, build_flow_ir  # noqa: E402
+from dagster_metaflow.ir import IROptions, build_flow_ir  # noqa: E402
 
 _DIR = Path(tempfile.mkdtemp(prefix="dm-random-"))
 
@@ -38,7 +38,7 @@ def test_random_flow_compiles_and_dagster_accepts_it(seed: int) -> None:
     flow_file.write_text(src)
     cls = getattr(_load(flow_file, f"random_{seed}"), cls_name)
     graph = FlowGraph(cls)
-    ir = build_flow_ir(cls, graph, CompileOptions(job_name=cls_name, flow_file=flow_file.name))
+    ir = build_flow_ir(cls, graph, IROptions(job_name=cls_name, flow_file=flow_file.name))
     text = render(ir)
     ast.parse(text)
     out = _DIR / f"random_{seed}_dagster.py"
@@ -61,7 +61,7 @@ def test_random_flow_with_loops_or_a_replaced_body_compiles(seed: int, replace_b
     flow_file.write_text(flow.source)
     cls = getattr(_load(flow_file, name), flow.cls)
     graph = FlowGraph(cls)
-    ir = build_flow_ir(cls, graph, CompileOptions(job_name=flow.cls, flow_file=flow_file.name))
+    ir = build_flow_ir(cls, graph, IROptions(job_name=flow.cls, flow_file=flow_file.name))
     out = _DIR / f"{name}_dagster.py"
     out.write_text(render(ir))
     module = _load(out, f"{name}_dagster")

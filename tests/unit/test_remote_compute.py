@@ -97,13 +97,13 @@ EXTENSIONS = Path(__file__).parent.parent / "extensions"
 def _remote_ir(datastore: str = "s3") -> Any:
     from metaflow.graph import FlowGraph
 
-    from dagster_metaflow.ir import CompileOptions, build_flow_ir
+    from dagster_metaflow.ir import IROptions, build_flow_ir
 
     spec = importlib.util.spec_from_file_location("fixture_remote_flow", FLOWS / "remote_flow.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    options = CompileOptions(
+    options = IROptions(
         job_name="RemoteFlow", flow_file="remote_flow.py", top_level_args=TOP_LEVEL, datastore_type=datastore
     )
     return build_flow_ir(module.RemoteFlow, FlowGraph(module.RemoteFlow), options)

@@ -4,15 +4,14 @@ checked without rendering; and the names the generated module reserves, derived.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import load_flow_class
 
 from dagster_metaflow.automation import ScheduleIR, TriggerIR
 from dagster_metaflow.codegen import reserved_names, template_bindings
-from dagster_metaflow.ir import CompileOptions, FlowIR, build_flow_ir
+from dagster_metaflow.ir import FlowIR, IROptions, build_flow_ir
 from dagster_metaflow.op_specs import (
     DefinitionsSpec,
     FanOut,
@@ -35,24 +34,12 @@ from dagster_metaflow.op_specs import (
 from dagster_metaflow.task_options import StepOptions
 from dagster_metaflow.translator import CodegenError, Translator
 
-FLOWS = Path(__file__).parent.parent / "flows"
-
 
 def _ir(filename: str, **opts: Any) -> FlowIR:
-    from metaflow import FlowSpec
     from metaflow.graph import FlowGraph
 
-    path = FLOWS / filename
-    spec = importlib.util.spec_from_file_location(f"translator_{path.stem}", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cls = next(
-        v
-        for v in vars(module).values()
-        if isinstance(v, type) and issubclass(v, FlowSpec) and v is not FlowSpec
-    )
-    options = CompileOptions(job_name=cls.__name__, flow_file=filename, **opts)
+    cls = load_flow_class(filename, "translator")
+    options = IROptions(job_name=cls.__name__, flow_file=filename, **opts)
     return build_flow_ir(cls, FlowGraph(cls), options)
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import load_flow_class
 
 from dagster_metaflow import naming
 from dagster_metaflow.codegen import reserved_names
-from dagster_metaflow.ir import CompileOptions, FlowIR, StepIR, StepKind, build_flow_ir
+from dagster_metaflow.ir import FlowIR, IROptions, StepIR, StepKind, build_flow_ir
 from dagster_metaflow.wiring import (
     Call,
     Collect,
@@ -24,24 +23,12 @@ from dagster_metaflow.wiring import (
     plan,
 )
 
-FLOWS = Path(__file__).parent.parent / "flows"
-
 
 def _ir(filename: str) -> FlowIR:
-    from metaflow import FlowSpec
     from metaflow.graph import FlowGraph
 
-    path = FLOWS / filename
-    spec = importlib.util.spec_from_file_location(f"wiring_{path.stem}", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cls = next(
-        v
-        for v in vars(module).values()
-        if isinstance(v, type) and issubclass(v, FlowSpec) and v is not FlowSpec
-    )
-    return build_flow_ir(cls, FlowGraph(cls), CompileOptions(job_name="J", flow_file=filename))
+    cls = load_flow_class(filename, "wiring")
+    return build_flow_ir(cls, FlowGraph(cls), IROptions(job_name="J", flow_file=filename))
 
 
 def _plan(filename: str) -> Plan:

@@ -55,6 +55,31 @@ def test_a_command_the_zygote_took_is_not_started_again(tmp_path: Path, monkeypa
         zygote.spawn_step_process([sys.executable, "flow.py", "step", "x"], dict(os.environ), None)
 
 
+def test_a_child_that_ended_before_its_pid_was_read(tmp_path: Path) -> None:
+    """The server may send the exit status right behind the pid (a quick child, a client
+    thread starved under load): both lines arrive in one read."""
+    path = str(tmp_path / "sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        _msg, fds, _flags, _addr = socket.recv_fds(conn, HEADER.size, 2)
+        for fd in fds:
+            os.close(fd)
+        conn.recv(65536)
+        conn.sendall(b'{"pid": 4242}\n{"exit": 3}\n')
+        conn.close()
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    proc = _client(path).spawn([sys.executable, "flow.py"], {}, None)
+    assert proc.pid == 4242
+    assert proc.poll() == 3
+    assert proc.wait(timeout=1) == 3
+
+
 def test_a_zygote_that_cannot_take_the_command_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     z = _client(str(tmp_path / "nobody-listens"))
     with pytest.raises(ZygoteUnavailable):
