@@ -16,9 +16,9 @@ from dagster_metaflow.runtime.supervise import default_step_signals
 from dagster_metaflow.runtime.zygote import HEADER, Zygote, ZygotePool, ZygoteUnavailable
 
 
-def _fake_zygote(path: str) -> threading.Thread:
-    """A server that takes one command (header, fds, body) and hangs up without a pid: the
-    command may have started."""
+def _fake_zygote(path: str, reply: bytes = b"") -> threading.Thread:
+    """A server that takes one command (header, fds, body), sends `reply` and hangs up;
+    without a reply (no pid) the command may have started."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
@@ -29,7 +29,9 @@ def _fake_zygote(path: str) -> threading.Thread:
         for fd in fds:
             os.close(fd)
         conn.recv(65536)
-        conn.close()  # took the command, then went away without saying what happened
+        if reply:
+            conn.sendall(reply)
+        conn.close()
         listener.close()
 
     t = threading.Thread(target=serve, daemon=True)
@@ -59,21 +61,7 @@ def test_a_child_that_ended_before_its_pid_was_read(tmp_path: Path) -> None:
     """The server may send the exit status right behind the pid (a quick child, a client
     thread starved under load): both lines arrive in one read."""
     path = str(tmp_path / "sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        _msg, fds, _flags, _addr = socket.recv_fds(conn, HEADER.size, 2)
-        for fd in fds:
-            os.close(fd)
-        conn.recv(65536)
-        conn.sendall(b'{"pid": 4242}\n{"exit": 3}\n')
-        conn.close()
-        listener.close()
-
-    threading.Thread(target=serve, daemon=True).start()
+    _fake_zygote(path, reply=b'{"pid": 4242}\n{"exit": 3}\n')
     proc = _client(path).spawn([sys.executable, "flow.py"], {}, None)
     assert proc.pid == 4242
     assert proc.poll() == 3
