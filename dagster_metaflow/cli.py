@@ -422,7 +422,7 @@ def resume(
     **kwargs: Any,
 ) -> None:
     from . import runs, values
-    from .runtime.flow import metaflow_run_id
+    from .runtime.ids import metaflow_run_id
     from .runtime.resume import TAG_ORIGIN_RUN, TAG_STEPS_TO_RERUN
 
     with _open_instance(obj) as instance:
@@ -468,7 +468,7 @@ def _find(obj: Any, instance: Any, dep: Any, run_id: str) -> Any:
 @click.pass_obj
 def status(obj: Any, run_id: str) -> None:
     from . import runs
-    from .runtime.flow import metaflow_run_id
+    from .runtime.ids import metaflow_run_id
 
     with _open_instance(obj) as instance:
         dep = _known_deployment(obj, instance)
@@ -511,7 +511,7 @@ def terminate(obj: Any, run_id: str, authorize: str | None = None) -> None:
 @click.pass_obj
 def list_runs(obj: Any, states: Sequence[str] = ()) -> None:
     from . import runs
-    from .runtime.flow import metaflow_run_id
+    from .runtime.ids import metaflow_run_id
 
     with _open_instance(obj) as instance:
         dep = _known_deployment(obj, instance)
@@ -580,7 +580,7 @@ def delete(obj: Any, authorize: str | None = None) -> None:
         stopped = deployments.remove(instance, dep.name)
         obj.echo(f"Deleted deployment *{dep.name}*; its runs stay in the instance.", bold=True)
         if active:
-            from .runtime.flow import metaflow_run_id
+            from .runtime.ids import metaflow_run_id
 
             script = os.path.basename(sys.argv[0])
             ids = ", ".join(metaflow_run_id(r.run_id) for r in active)

@@ -267,7 +267,8 @@ def _attach_decorators(source: FlowSource, specs: tuple[str, ...]) -> None:
     """Add the `--with` step decorators to every step, as `flow.py run --with` does."""
     from metaflow import decorators
 
-    from .ir import REMOTE_DATASTORES, remote_datastore_refusal
+    from .ir import remote_datastore_refusal
+    from .step_decorators import REMOTE_DATASTORES
 
     for spec in specs:
         deco = spec.split(":")[0]

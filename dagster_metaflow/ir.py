@@ -16,8 +16,7 @@ from typing import Any, Literal, cast
 
 from . import naming
 from .automation import AutomationError, AutomationIR, build_automation
-from .step_decorators import (  # noqa: F401  (re-exported for the compiler's callers)
-    ENVIRONMENT_DECORATORS,
+from .step_decorators import (
     INTERNAL_DECORATORS,
     LAUNCHER_DECORATORS,
     REFUSED_STEP_DECORATORS,

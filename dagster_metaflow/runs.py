@@ -267,7 +267,8 @@ def start(instance: DagsterInstance, dep: Deployment, request: RunRequest, calle
     import uuid
 
     from .definitions_file import definitions_problem
-    from .runtime.flow import TAG_PATHSPEC, metaflow_run_id
+    from .runtime.ids import metaflow_run_id
+    from .runtime.prepare import TAG_PATHSPEC
 
     dagster_run_id = str(uuid.uuid4())
     mf_run_id = metaflow_run_id(dagster_run_id)

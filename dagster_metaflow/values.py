@@ -124,7 +124,7 @@ def _given_values(
 def origin_parameters(flow_datastore: Any, dep: Any, origin_run_id: str) -> dict[str, Any]:
     """Parameter values of a run, read from its _parameters task (Metaflow's datastore)."""
     from .errors import DagsterMetaflowException
-    from .runtime.flow import PARAMS_STEP
+    from .runtime.ids import PARAMS_STEP
 
     try:
         stores = list(flow_datastore.get_task_datastores(run_id=origin_run_id, steps=[PARAMS_STEP]))

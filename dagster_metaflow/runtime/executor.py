@@ -395,7 +395,8 @@ def _end_op_succeeded(job_context: RunContext, succeeded: set[str]) -> bool:
 def run_exit_hooks(job_context: RunContext, successful: bool) -> Iterator[DagsterEvent]:
     """@exit_hook: the flow's on_success or on_error functions, once, when the run ends
     (failed steps and termination included), each as Metaflow runs it; output in the run's log."""
-    from .flow import flow_of_job, metaflow_run_id
+    from .flow import flow_of_job
+    from .ids import metaflow_run_id
 
     try:
         flow = flow_of_job(job_context.job.get_definition())

@@ -22,16 +22,8 @@ from ..task_options import StepOptions, TaskOptions
 from .attempt import Attempts
 from .command import StepCommand
 from .fanout import Fanout
-from .ids import (
-    PARAMS_STEP,
-    PARAMS_TASK_ID,
-    indices_of,
-    is_ubf_control,
-    metaflow_run_id,
-    task_id_for,
-)
-from .prepare import TAG_PATHSPEC, RunPreparation
-from .process import watch_run
+from .ids import task_id_for
+from .prepare import RunPreparation
 from .settings import FlowSettings
 from .steprun import StepRunner
 from .taskmeta import TaskMetadata
@@ -39,20 +31,7 @@ from .taskstore import TaskStore
 from .transitions import Transitions
 from .zygote import POOL, fork_enabled
 
-# what other modules import from here
-__all__ = [
-    "PARAMS_STEP",
-    "PARAMS_TASK_ID",
-    "TAG_PATHSPEC",
-    "MetaflowFlow",
-    "flow_of_job",
-    "indices_of",
-    "is_ubf_control",
-    "metaflow_run_id",
-    "task_id_for",
-    "warm_up_flows",
-    "watch_run",
-]
+__all__ = ["MetaflowFlow", "flow_of_job", "warm_up_flows"]
 
 _LIVE_FLOWS: list[MetaflowFlow] = []
 

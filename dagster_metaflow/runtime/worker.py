@@ -225,7 +225,7 @@ def _monitoring_daemon_alive(instance: DagsterInstance) -> bool:
 
 
 def lost_message(run: DagsterRun, identity: WorkerIdentity) -> str:
-    from .flow import metaflow_run_id
+    from .ids import metaflow_run_id
 
     return (
         f"The run worker (pid {identity.pid} on {identity.host}) died; its step processes were "
