@@ -157,49 +157,13 @@ def test_parallel_step_is_one_control_op_and_its_join_reads_the_mapper_tasks() -
     assert p.steps["gather"].parallel_join
 
 
-def test_variables_never_take_reserved_names() -> None:
-    steps = ["start", "FLOW", "TAGS", "context", "end"]
-    ops = naming.op_names(steps)
-    ir = FlowIR(
-        flow_name="F",
-        job_name="F",
-        flow_file="f.py",
-        start_step="start",
-        end_step="end",
-        steps=tuple(
-            StepIR(
-                name=n,
-                op_name=ops[n],
-                kind="start" if i == 0 else "end" if n == "end" else "linear",
-                next_steps=(steps[i + 1],) if n != "end" else (),
-                in_steps=(steps[i - 1],) if i else (),
-                foreach_depth=0,
-                split_parents=(),
-            )
-            for i, n in enumerate(steps)
-        ),
-    )
-    body = plan(ir, set(reserved_names())).body
-    assert [c.targets for c in body if isinstance(c, Call)] == [
-        ("start",),
-        ("FLOW_2",),
-        ("TAGS_2",),
-        ("context_2",),
-        ("end",),
-    ]
+Row = tuple[str, StepKind, tuple[str, ...], tuple[str, ...], int]  # name, kind, next, in, depth
 
 
-def test_a_join_of_branches_from_different_foreach_levels_is_refused() -> None:
-    rows: list[tuple[str, StepKind, tuple[str, ...], tuple[str, ...], int]] = [
-        ("start", "split", ("x", "f"), (), 0),
-        ("x", "linear", ("j",), ("start",), 0),
-        ("f", "foreach", ("c",), ("start",), 0),
-        ("c", "linear", ("j",), ("f",), 1),
-        ("j", "join", ("end",), ("c", "x"), 0),
-        ("end", "end", (), ("j",), 0),
-    ]
+def _hand_built(rows: list[Row]) -> FlowIR:
+    """A FlowIR from rows, for shapes no test flow has."""
     ops = naming.op_names(r[0] for r in rows)
-    ir = FlowIR(
+    return FlowIR(
         flow_name="F",
         job_name="F",
         flow_file="f.py",
@@ -218,6 +182,39 @@ def test_a_join_of_branches_from_different_foreach_levels_is_refused() -> None:
             )
             for n, k, nx, i, d in rows
         ),
+    )
+
+
+def test_variables_never_take_reserved_names() -> None:
+    ir = _hand_built(
+        [
+            ("start", "start", ("FLOW",), (), 0),
+            ("FLOW", "linear", ("TAGS",), ("start",), 0),
+            ("TAGS", "linear", ("context",), ("FLOW",), 0),
+            ("context", "linear", ("end",), ("TAGS",), 0),
+            ("end", "end", (), ("context",), 0),
+        ]
+    )
+    body = plan(ir, set(reserved_names())).body
+    assert [c.targets for c in body if isinstance(c, Call)] == [
+        ("start",),
+        ("FLOW_2",),
+        ("TAGS_2",),
+        ("context_2",),
+        ("end",),
+    ]
+
+
+def test_a_join_of_branches_from_different_foreach_levels_is_refused() -> None:
+    ir = _hand_built(
+        [
+            ("start", "split", ("x", "f"), (), 0),
+            ("x", "linear", ("j",), ("start",), 0),
+            ("f", "foreach", ("c",), ("start",), 0),
+            ("c", "linear", ("j",), ("f",), 1),
+            ("j", "join", ("end",), ("c", "x"), 0),
+            ("end", "end", (), ("j",), 0),
+        ]
     )
     with pytest.raises(WiringError, match="step 'j': joins branches from different foreach levels"):
         plan(ir, set())
