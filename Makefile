@@ -11,8 +11,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# dagster-dg-cli and create-dagster (tests/e2e/test_dg.py) must be dagster's own version
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
+	DV=$$($(BIN)/python -c 'import dagster; print(dagster.__version__)') && \
+	  $(BIN)/python -m pip install -q "dagster-dg-cli==$$DV" "create-dagster==$$DV"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -21,10 +21,13 @@ _LAZY = {
     "CompiledFlow": "compiler",
     "FlowSource": "compiler",
     "CompileError": "errors",
+    # the dg component (`dg list components`: dagster_metaflow.MetaflowFlowComponent)
+    "MetaflowFlowComponent": "component",
 }
 
 if TYPE_CHECKING:
     from .compiler import CompiledFlow, CompileOptions, FlowSource, compile_flow, flow_source
+    from .component import MetaflowFlowComponent
     from .errors import CompileError
 
 
@@ -37,11 +40,17 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    """The lazy names too: dg finds components by `dir()` of the registry module."""
+    return sorted([*globals(), *_LAZY])
+
+
 __all__ = [
     "CompileError",
     "CompileOptions",
     "CompiledFlow",
     "FlowSource",
+    "MetaflowFlowComponent",
     "__version__",
     "compile_flow",
     "flow_source",

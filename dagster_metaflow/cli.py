@@ -13,13 +13,12 @@ from metaflow import parameters
 from metaflow._vendor import click
 
 from . import compiler
+from .deploy import deployment_error as _deployment_error
 from .errors import DagsterMetaflowException
 from .errors import IncorrectProductionToken as IncorrectProductionToken  # re-exported
 from .runtime.task_cli import task_options_cli
 
 if TYPE_CHECKING:
-    from .deployments import Deployment
-    from .ir import FlowIR
     from .runs import Caller
 
 # Metaflow imports this module for every command it runs (each step included), so the
@@ -80,11 +79,6 @@ def _open_instance(obj: Any) -> Any:
         )
         obj._home_announced = True
     return open_instance(home)
-
-
-def _deployment_error(exc: Exception) -> DagsterMetaflowException:
-    """A deployments error as the one line this CLI prints, naming this flow file."""
-    return DagsterMetaflowException(str(exc).replace("<flow>.py", os.path.basename(sys.argv[0])))
 
 
 def _deployment(obj: Any, instance: Any, corrupt_ok: bool = False) -> Any:
@@ -210,6 +204,20 @@ def _positive(ctx: Any, param: Any, value: int | None) -> int | None:
     help="Overwrite FILE even if dagster-metaflow did not write it, and a corrupt deployment record.",
 )
 @click.option(
+    "--asset",
+    "assets",
+    multiple=True,
+    help="Declare this end-step artifact as a Dagster asset (repeatable); the flow itself "
+    "is always one.",
+)
+@click.option(
+    "--asset-automation",
+    is_flag=True,
+    default=False,
+    help="Start on @trigger_on_finish through Dagster's AutomationCondition on the assets "
+    "instead of a sensor.",
+)
+@click.option(
     "--deployer-attribute-file", default=None, hidden=True, help="Used by Metaflow's Deployer API."
 )
 @click.pass_obj
@@ -229,27 +237,23 @@ def create(
     generate_new_token: bool = False,
     given_token: str | None = None,
     force: bool = False,
+    assets: Sequence[str] = (),
+    asset_automation: bool = False,
     deployer_attribute_file: str | None = None,
 ) -> None:
-    """Compile (`compiler.compile_flow`), write the file, record the deployment."""
-    from . import deployments
-    from .definitions_file import check_output_path, write_atomically
+    """Compile, write the file, record the deployment (`deploy.deploy`, shared with the dg
+    component's `compile-component`)."""
+    from .deploy import DeployRequest, deploy
     from .runs import write_attribute_file
-    from .runtime import sensors
-    from .tokens import TokenOptions, flow_token_prefix, resolve_token, username
+    from .tokens import TokenOptions
 
     job_name = _resolve_job_name(obj, name)
-    out_file = file or f"{job_name.lower()}_dagster.py"
-    check_output_path(out_file, force, sys.argv[0])
-    obj.echo(f"Compiling *{obj.flow.name}* to Dagster job *{job_name}*...", bold=True)
-    owner = username()
-    with _open_instance(obj) as instance:
-        prev = _previous(obj, instance, job_name, force)
-        token_options = TokenOptions(authorize, given_token, generate_new_token, identity)
-        token = resolve_token(prev, flow_token_prefix(job_name), token_options, obj.echo)
-        options = compiler.CompileOptions(
-            job_name=job_name,
-            out_file=out_file,
+    request = DeployRequest(
+        job_name=job_name,
+        out_file=file or f"{job_name.lower()}_dagster.py",
+        force=force,
+        tokens=TokenOptions(authorize, given_token, generate_new_token, identity),
+        options=dict(
             tags=tuple(tags or ()),
             namespace=user_namespace,
             with_decorators=tuple(with_decorators or ()),
@@ -257,70 +261,16 @@ def create(
             max_workers=max_workers,
             executor=executor,
             executor_config=executor_config,
-            owner=owner,
-            production_token=token if identity == "production" else None,
-        )
-        compiled = compiler.compile_flow(compiler.flow_source(obj), options, obj.echo)
-        write_atomically(out_file, compiled.text)
-        watching = [t.name for t in compiled.ir.automation.triggers]
-        dep = compiled.deployment(token, sensors.watch_extra(instance, prev, watching))
-        deployments.record(instance, dep, replaces=prev)
-        _echo_created(obj, compiled.ir, out_file, instance)
+            assets=tuple(assets or ()),
+            asset_automation=asset_automation,
+        ),
+    )
+    deploy(obj, request, lambda: _open_instance(obj))
     metadata = obj.metadata.metadata_str()
     write_attribute_file(
         deployer_attribute_file,
         {"name": job_name, "flow_name": obj.flow.name, "metadata": metadata},
     )
-
-
-def _previous(obj: Any, instance: Any, job_name: str, force: bool) -> Deployment | None:
-    """The deployment `create` replaces, if any; a corrupt record only with --force (what
-    could be read of it still says who may replace it)."""
-    from . import deployments
-
-    try:
-        return deployments.get(instance, job_name)
-    except deployments.CorruptRecord as exc:
-        if not force:
-            raise _deployment_error(exc) from None
-        obj.echo(f"Overwriting the corrupt deployment record {exc.key!r} (--force).", err=True)
-        return exc.partial
-
-
-def _echo_created(obj: Any, ir: FlowIR, out_file: str, instance: Any) -> None:
-    """What `create` did, and how to go on."""
-    from .deployments import workspace_path
-
-    workspace = workspace_path(instance)
-    obj.echo(f"Wrote {out_file} ({len(ir.steps)} ops, job {ir.job_name}).")
-    obj.echo(f"Deployed as *{ir.job_name}* in the Dagster instance at {instance.root_directory}.")
-    _echo_automation(obj, ir, workspace)
-    obj.echo(f"Trigger it with:  python {os.path.basename(sys.argv[0])} dagster trigger")
-    obj.echo(f"Load it with:     dagster dev -f {out_file}")
-    obj.echo(f"All deployments:  dagster dev -w {workspace}")
-
-
-def _echo_automation(obj: Any, ir: FlowIR, workspace: str) -> None:
-    """The schedule, sensor and exit hooks the deployment got."""
-    auto = ir.automation
-    if auto.schedule is not None:
-        tz = f" ({auto.schedule.timezone})" if auto.schedule.timezone else " (UTC)"
-        obj.echo(f"Schedule {ir.job_name}_schedule: cron '{auto.schedule.cron}'{tz}, running.")
-    if auto.triggers:
-        what = " and ".join(t.name for t in auto.triggers)
-        obj.echo(
-            f"Sensor {ir.job_name}_{'trigger_on_finish' if auto.triggers[0].kind == 'run' else 'trigger'}: "
-            f"starts a run when {what} occurred, running."
-        )
-    if auto.schedule is not None or auto.triggers:
-        obj.echo(
-            f"Schedules and sensors fire while a daemon runs:  dagster-daemon run -w {workspace}"
-        )
-    if auto.exit_hooks:
-        hooks = auto.exit_hooks
-        obj.echo(
-            f"Exit hooks: on success {list(hooks.on_success)}, on error {list(hooks.on_error)}."
-        )
 
 
 def _caller(obj: Any) -> Caller:
@@ -643,3 +593,36 @@ def launch_step(ctx: Any, dry_run: bool = False, **options: Any) -> None:
     if launcher in REMOTE_COMPUTE_DECORATORS:
         native.record_dagster_metadata(obj, spec)
     sys.exit(code)
+
+
+@dagster.command(
+    "compile-component",
+    hidden=True,
+    help="Internal: what `create` does, for the dg component MetaflowFlowComponent.",
+)
+@click.option(
+    "--request",
+    "request_json",
+    required=True,
+    help='JSON object: {"out_file", "name", "identity", "options": {CompileOptions fields}}.',
+)
+@click.pass_obj
+def compile_component(obj: Any, request_json: str) -> None:
+    """Run by `MetaflowFlowComponent.build_defs` on a cache miss (`component_cache.compile_into`):
+    the component's attributes as one JSON request, compiled by `create`'s own code path
+    (`deploy.deploy`); prints the job name and file as one JSON line."""
+    from .deploy import DeployRequest, deploy
+    from .tokens import TokenOptions
+
+    spec = json.loads(request_json)
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["options"].items()}
+    job_name = _resolve_job_name(obj, spec.get("name"))
+    request = DeployRequest(
+        job_name=job_name,
+        out_file=spec["out_file"],
+        tokens=TokenOptions(identity=spec.get("identity") or "production"),
+        options=options,
+        announce=False,
+    )
+    compiled = deploy(obj, request, lambda: _open_instance(obj))
+    click.echo(json.dumps({"job_name": job_name, "definitions_file": compiled.definitions_file}))

@@ -17,7 +17,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +69,8 @@ class CompileOptions:
     executor_config: str | Mapping[str, Any] | None = None
     owner: str | None = None  # the deploying user
     production_token: str | None = None  # runs' namespace production:<token>; None: as the owner
+    assets: tuple[str, ...] = ()  # end-step artifacts declared as assets (`--asset`)
+    asset_automation: bool = False  # `--asset-automation`: AutomationCondition, not a sensor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +116,7 @@ class CompiledFlow:
     def deployment(self, production_token: str, extra: dict[str, Any]) -> Deployment:
         """The deployment record of this compilation (`extra`: see `runtime.sensors.watch_extra`)."""
         from .deployments import Deployment
+        from .translator import graph_name
 
         ir = self.ir
         return Deployment(
@@ -123,7 +126,7 @@ class CompiledFlow:
             definitions_file=self.definitions_file,
             owner=self.owner,
             production_token=production_token,
-            start_op=ir.step(ir.start_step).op_name,
+            start_op=f"{graph_name(ir.job_name)}.{ir.step(ir.start_step).op_name}",
             parameters=self.parameters,
             project_name=self.project_name,
             branch_name=self.branch_name,
@@ -256,6 +259,8 @@ def build_ir(source: FlowSource, options: CompileOptions) -> FlowIR:
         production_token=options.production_token,
         config_values=source.config_values,
         flow_fingerprint=file_fingerprint(source.flow_file),
+        assets=checked_assets(options.assets),
+        asset_automation=options.asset_automation,
     )
     try:
         return build_flow_ir(source.flow, source.graph, ir_options)
@@ -440,3 +445,16 @@ __all__ = [
     "flow_source",
     "resolve_job_name",
 ]
+
+
+def checked_assets(names: Sequence[str]) -> tuple[str, ...]:
+    """`--asset` names, deduplicated in order: each must be a public artifact name."""
+    out: dict[str, None] = {}
+    for name in names:
+        if not name.isidentifier() or name.startswith("_"):
+            raise CompileError(
+                f"--asset {name!r}: not an artifact name (a Python identifier not starting "
+                "with '_', as in `self.model = ...`)"
+            )
+        out[name] = None
+    return tuple(out)

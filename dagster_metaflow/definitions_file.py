@@ -81,7 +81,9 @@ def dagster_load_problem(text: str, out_file: str, job_name: str) -> str | None:
     sys.modules[name] = module  # Dagster resolves annotations through the module
     try:
         exec(compile(text, module.__file__, "exec", dont_inherit=True), module.__dict__)
-        module.__dict__["defs"].resolve_job_def(job_name)
+        defs = module.__dict__["defs"]
+        defs.resolve_job_def(job_name)
+        type(defs).validate_loadable(defs)  # the whole repository, as a code server loads it
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return f"{type(exc).__name__}: {first}"
@@ -122,7 +124,8 @@ def definitions_problem(dep: Deployment) -> str | None:
 
 def _generated_identity(tree: ast.AST) -> tuple[str | None, str | None, set[str]]:
     """(flow name, flow fingerprint, job names) a generated file declares: the string
-    keywords of its `MetaflowFlow(...)` and `@job(...)` calls."""
+    keywords of its `MetaflowFlow(...)` and `define_asset_job(...)` calls (`@job(...)` in files
+    generated before flows became assets)."""
     flow = fingerprint = None
     jobs: set[str] = set()
     for node in ast.walk(tree):
@@ -143,6 +146,6 @@ def _generated_identity(tree: ast.AST) -> tuple[str | None, str | None, set[str]
         }
         if callee == "MetaflowFlow":
             flow, fingerprint = kw.get("name"), kw.get("flow_fingerprint")
-        elif callee == "job" and "name" in kw:
+        elif callee in ("job", "define_asset_job") and "name" in kw:
             jobs.add(kw["name"])
     return flow, fingerprint, jobs

@@ -140,6 +140,8 @@ class IROptions:
     # sha256 of the compiled flow file: a run uses the deployment's code package when the
     # deployment record matches it, and otherwise refuses a flow file that changed
     flow_fingerprint: str | None = None
+    assets: tuple[str, ...] = ()  # end-step artifacts declared as assets (besides the flow's)
+    asset_automation: bool = False  # AutomationCondition instead of @trigger_on_finish's sensor
     production_token: str | None = None  # steps run in namespace production:<token>
 
 

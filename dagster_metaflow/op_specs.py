@@ -50,6 +50,15 @@ DYNAMIC_OUT = importable(DAGSTER, "DynamicOut")
 OUT = importable(DAGSTER, "Out")
 RETRY_POLICY = importable(DAGSTER, "RetryPolicy")
 JOB = importable(DAGSTER, "job")
+GRAPH_MULTI_ASSET = importable(DAGSTER, "graph_multi_asset")
+ASSET_OUT = importable(DAGSTER, "AssetOut")
+ASSET_IN = importable(DAGSTER, "AssetIn")
+IN = importable(DAGSTER, "In")
+NOTHING = importable(DAGSTER, "Nothing")
+DEFINE_ASSET_JOB = importable(DAGSTER, "define_asset_job")
+AUTOMATION_CONDITION = importable(DAGSTER, "AutomationCondition")
+AUTOMATION_SENSOR = importable(DAGSTER, "AutomationConditionSensorDefinition")
+ASSET_SELECTION = importable(DAGSTER, "AssetSelection")
 DEFINITIONS = importable(DAGSTER, "Definitions")
 CONFIG = importable(DAGSTER, "Config")
 FIELD = importable("pydantic", "Field")
@@ -87,7 +96,7 @@ class OpOutput:
     """What an op produces: one pathspec (returned), a dynamic output (`item` per mapping
     key), or optional outputs `names` yielded by a switch or a loop."""
 
-    kind: Literal["value", "dynamic", "switch", "loop"]
+    kind: Literal["value", "dynamic", "switch", "loop", "assets"]
     item: Literal["str", "list"] = "str"
     names: tuple[str, ...] = ()
 
@@ -192,7 +201,18 @@ class Regroup:
     inputs: tuple[str, ...]
 
 
-RuntimeCall = RunId | InitRun | RunStep | FanOut | Switch | RunLoop | FanOutAll | Regroup
+@dataclass(frozen=True)
+class Materialize:
+    """`yield from _materialize(...)`: the end op's asset outputs (output name -> artifact,
+    None for the flow's own asset), with the run's and the artifacts' metadata."""
+
+    kind: ClassVar[str] = "materialize"
+    outputs: Mapping[str, str | None]
+
+
+RuntimeCall = (
+    RunId | InitRun | RunStep | FanOut | Switch | RunLoop | FanOutAll | Regroup | Materialize
+)
 
 
 @dataclass(frozen=True)
@@ -207,13 +227,19 @@ class OpSpec:
     description: str | None = None
     retry_policy: RetryPolicySpec | None = None
     config: str | None = None  # the Config class the op takes (start op of a flow with parameters)
+    # the definition's name, unique in a repository holding several flows (the node keeps
+    # `name`: the graph calls `op_x.alias("op_x")`); None: `name`
+    dagster_name: str | None = None
+    after: bool = False  # a Nothing input: the start op waits for the assets the flow reads
 
     def imports(self) -> tuple[Import, ...]:
         out = [OP, OP_CONTEXT]
         if self.output.kind == "dynamic":
             out.append(DYNAMIC_OUT)
-        if self.output.kind in ("switch", "loop"):
+        if self.output.kind in ("switch", "loop", "assets"):
             out.append(OUT)
+        if self.after:
+            out += [IN, NOTHING]
         if self.retry_policy is not None:
             out.append(RETRY_POLICY)
         return tuple(out)
@@ -252,18 +278,73 @@ class ExecutorSpec:
 
 
 @dataclass(frozen=True)
+class AssetOutSpec:
+    """One asset the flow declares: the flow's own (`artifact` None) or one of its end
+    step's artifacts, produced by the end op's output `out`."""
+
+    out: str
+    key: tuple[str, ...]
+    description: str
+    artifact: str | None
+
+
+@dataclass(frozen=True)
+class AssetDepSpec:
+    """An asset the flow reads (an upstream flow's, or a published event's): a graph input
+    `param` the start op waits for, loading nothing."""
+
+    param: str
+    key: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AssetsSpec:
+    """`@graph_multi_asset`: the flow's ops as one graph whose outputs are its assets, so
+    that "Materialize" runs the flow, one op per step."""
+
+    fn: str
+    name: str
+    group: str
+    owners: tuple[str, ...]
+    outs: tuple[AssetOutSpec, ...]
+    deps: tuple[AssetDepSpec, ...]
+    end_var: str  # the end op's handle in the graph body
+    # with asset automation: the AutomationConditionSensorDefinition's variable (None: off)
+    automation_sensor: str | None
+    io_manager: Import
+
+    @property
+    def automation(self) -> bool:
+        """AutomationCondition on each asset (instead of @trigger_on_finish's sensor)."""
+        return self.automation_sensor is not None
+
+    def imports(self) -> tuple[Import, ...]:
+        return (
+            GRAPH_MULTI_ASSET,
+            ASSET_OUT,
+            *([ASSET_IN, NOTHING] if self.deps else []),
+            *(
+                [AUTOMATION_CONDITION, AUTOMATION_SENSOR, ASSET_SELECTION, DEFAULT_SENSOR_STATUS]
+                if self.automation
+                else []
+            ),
+            self.io_manager,
+        )
+
+
+@dataclass(frozen=True)
 class JobSpec:
-    """`@job`: its function, Dagster name, executor, io manager and run tags."""
+    """`define_asset_job`: the variable, Dagster name, executor and run tags of the job that
+    materializes the flow's assets."""
 
     fn: str
     name: str
     description: str | None
     executor: ExecutorSpec
-    io_manager: Import
     tags: Mapping[str, str]
 
     def imports(self) -> tuple[Import, ...]:
-        return (JOB, DEFINITIONS, *self.executor.imports(), self.io_manager)
+        return (DEFINE_ASSET_JOB, DEFINITIONS, *self.executor.imports())
 
 
 @dataclass(frozen=True)
@@ -386,8 +467,9 @@ class DefinitionsSpec:
     flow: FlowSpec
     config: ConfigSpec | None
     ops: tuple[OpSpec, ...]
+    assets: AssetsSpec
     job: JobSpec
-    body: tuple[Statement, ...]  # the job function's statements (wiring plan)
+    body: tuple[Statement, ...]  # the graph function's statements (wiring plan)
     schedule: ScheduleSpec | None
     sensor: SensorSpec | None
 
@@ -413,6 +495,7 @@ class DefinitionsSpec:
         parts: list[_Importing | None] = [
             self.flow,
             *self.ops,
+            self.assets,
             self.job,
             self.config,
             self.schedule,

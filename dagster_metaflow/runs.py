@@ -313,8 +313,10 @@ def write_attribute_file(path: str | None, content: dict[str, Any]) -> None:
 
 
 def step_of(step_key: str) -> str:
-    """Metaflow step of an op's step key (`op_body[2_1]` -> `body`)."""
-    op = step_key.split("[", 1)[0]
+    """Metaflow step of an op's step key (`op_body[2_1]`, `Flow.op_body[2_1]` -> `body`)."""
+    from .runtime.ids import op_of_step_key
+
+    op = op_of_step_key(step_key)
     return op[3:] if op.startswith("op_") else op
 
 
@@ -331,7 +333,7 @@ class _Progress:
     def add(self, ev: Any) -> None:
         from dagster import DagsterEventType
 
-        if ev is None or ev.step_key is None or ev.step_key.startswith(("fanout_", "regroup_")):
+        if ev is None or ev.step_key is None or step_of(ev.step_key).startswith(("fanout_", "regroup_")):
             return
         if ev.event_type == DagsterEventType.STEP_START:
             self.running.add(ev.step_key)

@@ -8,6 +8,7 @@ subclass could change one of them. Nothing here writes Python source: the templa
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from . import naming
@@ -17,6 +18,9 @@ from .op_specs import (
     RUNTIME,
     UPSTREAM,
     UPSTREAMS,
+    AssetDepSpec,
+    AssetOutSpec,
+    AssetsSpec,
     ConfigField,
     ConfigSpec,
     DefinitionsSpec,
@@ -27,6 +31,7 @@ from .op_specs import (
     Import,
     InitRun,
     JobSpec,
+    Materialize,
     OpInput,
     OpOutput,
     OpSpec,
@@ -45,7 +50,7 @@ from .op_specs import (
     importable,
 )
 from .task_options import StepOptions
-from .wiring import HelperOp, Plan, StepWiring, WiringError, plan
+from .wiring import Call, HelperOp, Plan, Ref, RefList, Statement, StepWiring, WiringError, plan
 
 
 class CodegenError(Exception):
@@ -70,6 +75,15 @@ EXECUTORS: dict[str, Import] = {
 }
 IO_MANAGER = importable(RUNTIME, "metaflow_io_manager")
 SHARED_IO_MANAGER = importable(RUNTIME, "metaflow_shared_io_manager")
+FLOW_OUTPUT = "flow_run"  # the end op's output that is the flow's own asset
+EVENT_ASSET_PREFIX = "metaflow_events"  # asset key of a published event: metaflow_events/<name>
+
+
+def flow_asset_key(flow: str, project: str | None, branch: str | None) -> tuple[str, ...]:
+    """The asset key of a flow's own asset (its artifacts' keys extend it)."""
+    return (project, branch or "", flow) if project else (flow,)
+
+
 # Config field type per parameter type (a JSON parameter travels as its text)
 _ANNOTATIONS: dict[str, Literal["int", "float", "bool", "str"]] = {
     "int": "int",
@@ -93,6 +107,7 @@ class OpTranslator:
         w = self.plan.steps[step.name]
         return OpSpec(
             name=self.get_op_name(step),
+            dagster_name=self.get_definition_name(self.get_op_name(step)),
             inputs=self.get_inputs(w),
             output=self.get_output(step, w),
             body=self.get_body(step, w),
@@ -100,11 +115,45 @@ class OpTranslator:
             description=self.get_description(step),
             retry_policy=self.get_retry_policy(step),
             config=self.get_config_input(w),
+            after=w.input_form == "none" and bool(self.get_asset_deps()),
+        )
+
+    def get_asset_outputs(self) -> dict[str, str | None]:
+        """The end op's outputs: `flow_run` (the flow's asset), `artifact_<name>` per artifact."""
+        outs: dict[str, str | None] = {FLOW_OUTPUT: None}
+        outs.update({f"artifact_{a}": a for a in self.ir.assets})
+        return outs
+
+    def get_asset_key(self) -> tuple[str, ...]:
+        """The flow's asset key: `Flow`, or `project/branch/Flow` for a @project flow, so a
+        downstream flow names it from its @trigger_on_finish alone."""
+        auto = self.ir.automation
+        return flow_asset_key(self.ir.flow_name, auto.project_name, auto.branch_name)
+
+    def get_asset_deps(self) -> tuple[AssetDepSpec, ...]:
+        """Assets the flow reads: each @trigger_on_finish flow's, each @trigger event's."""
+        deps: dict[tuple[str, ...], None] = {}
+        for t in self.ir.automation.triggers:
+            if t.kind == "run" and t.flow:
+                deps[flow_asset_key(t.flow.split(".")[-1], t.project, t.branch)] = None
+            else:
+                deps[(EVENT_ASSET_PREFIX, t.name)] = None
+        taken: set[str] = set()
+        return tuple(
+            AssetDepSpec(
+                naming.python_identifier("after_" + re.sub(r"\W", "_", key[-1]), taken), key
+            )
+            for key in deps
         )
 
     def get_config_input(self, w: StepWiring) -> str | None:
         """The start op takes the run's Config (the flow's parameters), if any."""
         return self.ir.config_class_name if w.input_form == "none" and self.ir.parameters else None
+
+    def get_definition_name(self, op_name: str) -> str:
+        """The op definition's name: Dagster wants it unique in a repository, which may hold
+        several flows (a dg project); the node in the graph keeps `op_name`."""
+        return f"{self.ir.job_name}__{op_name}"
 
     def get_op_name(self, step: StepIR) -> str:
         """`op_<step>` in Dagster's alphabet, chosen (unique) when the IR was built."""
@@ -175,6 +224,8 @@ class OpTranslator:
             return OpOutput("dynamic")
         if w.switch_outputs:
             return OpOutput("switch", names=tuple(n for _t, n in w.switch_outputs))
+        if step.kind == "end":
+            return OpOutput("assets", names=tuple(self.get_asset_outputs()))
         return OpOutput("value")
 
     def get_task_id(self, step: StepIR, w: StepWiring) -> str | None:
@@ -211,6 +262,8 @@ class OpTranslator:
             calls += [RunStep(task, result="task"), FanOut()]
         elif w.switch_outputs:
             calls += [RunStep(task, result="task"), Switch(outputs, always=w.switch_always)]
+        elif step.kind == "end":
+            calls += [RunStep(task, result="task"), Materialize(self.get_asset_outputs())]
         else:
             calls.append(RunStep(task, result="return"))
         return tuple(calls)
@@ -221,6 +274,7 @@ class OpTranslator:
         if h.kind == "fanout":
             return OpSpec(
                 name=h.name,
+                dagster_name=self.get_definition_name(h.name),
                 inputs=(OpInput(UPSTREAMS, "list"),),
                 output=OpOutput("dynamic"),
                 body=(FanOutAll(UPSTREAMS),),
@@ -229,6 +283,7 @@ class OpTranslator:
             )
         return OpSpec(
             name=h.name,
+            dagster_name=self.get_definition_name(h.name),
             inputs=tuple(OpInput(n, "list") for n in h.input_names),
             output=OpOutput("dynamic", item="list"),
             body=(Regroup(h.depth, h.input_names),),
@@ -245,37 +300,88 @@ class Translator(OpTranslator):
         """`reserved`: names the generated module binds itself (no variable may take them)."""
         self.ir = ir
         self.taken = set(reserved) | {s.op_name for s in ir.steps} | {ir.config_class_name}
+        # `from my_flow_dagster import MyFlow` is the job, as it was before flows were assets
         self.job_fn = naming.python_identifier(ir.flow_name, self.taken)
+        self.assets_fn = naming.python_identifier(graph_name(ir.flow_name), self.taken)
         try:
-            self.plan: Plan = plan(ir, self.taken | {self.job_fn})
+            self.plan: Plan = plan(ir, self.taken | {self.assets_fn, self.job_fn})
         except WiringError as exc:
             raise CodegenError(str(exc)) from None
         self.taken |= {h.name for h in self.plan.helpers}
 
     def definitions(self) -> DefinitionsSpec:
         """The whole module."""
-        automation_taken = self.taken | {self.job_fn}  # schedule and sensor names
+        automation_taken = self.taken | {self.assets_fn, self.job_fn}  # schedule, sensor names
         return DefinitionsSpec(
             tags=self.ir.tags,
             flow=self.get_flow(),
             config=self.get_config(),
             ops=tuple(self.get_op(s) for s in self.ir.steps)
             + tuple(self.get_helper_op(h) for h in self.plan.helpers),
+            assets=self.get_assets(),
             job=self.get_job(),
-            body=self.plan.body,
+            body=self.get_graph_body(),
             schedule=self.get_schedule(automation_taken),
             sensor=self.get_sensor(automation_taken),
         )
 
-    # -- job ----------------------------------------------------------------------------------
+    # -- assets and job -----------------------------------------------------------------------
+    def get_assets(self) -> AssetsSpec:
+        """The graph-backed multi-asset holding every op: the flow's asset and one per named
+        artifact, in a group named after the deployment, owned by the deploying user."""
+        ir, key = self.ir, self.get_asset_key()
+        outs = [AssetOutSpec(FLOW_OUTPUT, key, ir.doc or f"Runs of the Metaflow flow {ir.flow_name}.", None)]
+        outs += [
+            AssetOutSpec(out, (*key, art), f"Artifact `{art}` of {ir.flow_name}'s end step.", art)
+            for out, art in self.get_asset_outputs().items()
+            if art is not None
+        ]
+        return AssetsSpec(
+            fn=self.assets_fn,
+            name=graph_name(ir.job_name),
+            group=ir.job_name,
+            owners=(asset_owner(ir.owner),) if ir.owner else (),
+            outs=tuple(outs),
+            deps=self.get_asset_deps(),
+            end_var=self.get_end_var(),
+            automation_sensor=(
+                naming.python_identifier(f"{self.job_fn}_automation", self.taken)
+                if ir.asset_automation
+                else None
+            ),
+            io_manager=self.get_io_manager(),
+        )
+
+    def get_end_var(self) -> str:
+        """The variable the graph body binds the end op's handle to."""
+        end_op = ir_end = self.ir.step(self.ir.end_step).op_name
+        for s in self.plan.body:
+            if isinstance(s, Call) and s.op == end_op:
+                return s.targets[0]
+        raise CodegenError(f"the end step {ir_end!r} is not at the top level of the job")
+
+    def get_graph_body(self) -> tuple[Statement, ...]:
+        """The wiring plan's statements; the start op also waits for the assets it reads."""
+        deps = self.get_asset_deps()
+        start_op = self.ir.step(self.ir.start_step).op_name
+        if not deps:
+            return self.plan.body
+        refs = tuple(Ref(d.param) for d in deps)
+        after = refs[0] if len(refs) == 1 else RefList(refs)
+        return tuple(
+            Call(s.targets, s.op, (*s.args, after))
+            if isinstance(s, Call) and s.op == start_op
+            else s
+            for s in self.plan.body
+        )
+
     def get_job(self) -> JobSpec:
-        """The `@job` that wires every op."""
+        """The asset job that materializes the flow's assets: the flow's Dagster job."""
         return JobSpec(
             fn=self.job_fn,
             name=self.ir.job_name,
             description=self.ir.doc or None,
             executor=self.get_executor(),
-            io_manager=self.get_io_manager(),
             tags=self.get_job_tags(),
         )
 
@@ -350,7 +456,7 @@ class Translator(OpTranslator):
             flow_fingerprint=ir.flow_fingerprint or None,
             switch_steps=tuple(s.name for s in ir.steps if s.kind == "switch"),
             card_steps=tuple(s.name for s in ir.steps if s.has_card),
-            job_name=ir.job_name if hooks is not None else None,
+            job_name=ir.job_name,
             exit_hooks_on_success=hooks.on_success if hooks is not None else (),
             exit_hooks_on_error=hooks.on_error if hooks is not None else (),
             datastore=ir.datastore_kwargs,
@@ -386,6 +492,8 @@ class Translator(OpTranslator):
                 parameters=tuple((p, k, types[p], required) for p, k, required in t.parameters),
             )
             for t in self.ir.automation.triggers
+            # with asset automation, an upstream flow's end starts this one through its asset
+            if not (t.kind == "run" and self.ir.asset_automation)
         )
 
     def get_sensor(self, taken: set[str]) -> SensorSpec | None:
@@ -402,5 +510,19 @@ class Translator(OpTranslator):
             job_name=ir.job_name,
             description=f"Starts {ir.job_name} when {what} occurred",
             triggers=triggers,
-            start_op=ir.step(ir.start_step).op_name,
+            start_op=f"{graph_name(ir.job_name)}.{ir.step(ir.start_step).op_name}",
         )
+
+
+def graph_name(job_name: str) -> str:
+    """The name of the flow's graph-backed asset (a Dagster node name: unique in the
+    repository, so not the job's, which the asset job's own graph takes)."""
+    return f"{job_name}_steps"
+
+
+def asset_owner(user: str) -> str:
+    """Dagster accepts an email or `team:<name>` as an asset owner: a bare Metaflow user
+    name becomes `team:<user>`."""
+    if re.fullmatch(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,7}", user):
+        return user
+    return "team:" + (re.sub(r"[^A-Za-z0-9_.-]", "_", user) or "unknown")

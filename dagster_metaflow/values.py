@@ -88,7 +88,9 @@ def run_config(
             f"or set METAFLOW_RUN_{name.upper().replace('-', '_')}"
         )
     cfg = {k: v for k, v in values.items() if v is not None}
-    return ({"ops": {dep.start_op: {"config": cfg}}} if dep.parameters else {}), given
+    from .runtime.ids import op_config
+
+    return (op_config(dep.start_op, cfg) if dep.parameters else {}), given
 
 
 def _given_values(

@@ -65,7 +65,7 @@ class StepCommand:
 
         found = None
         try:
-            dep = get(context.instance, context.job_def.name)
+            dep = get(context.instance, self.settings.job_name or context.job_def.name)
             if dep is not None and dep.flow_fingerprint == key and dep.code_package:
                 found = dict(dep.code_package)
         except Exception as exc:

@@ -53,6 +53,7 @@ from .._dagster_private import (
     serializable_error_info_from_exc_info,
     trigger_hook,
 )
+from .ids import op_nodes, op_of_step_key
 from .supervise import StepControl, current_control
 from .worker import watched
 
@@ -379,17 +380,15 @@ def finish_run(
 
 def _end_ops(job_context: RunContext) -> set[str]:
     try:
-        nodes = job_context.job.get_definition().graph.node_dict
+        ops = op_nodes(job_context.job.get_definition().graph)
+        return {name for name, op in ops.items() if op.tags.get("metaflow/end") == "true"}
     except Exception:
         return set()
-    return {
-        name for name, node in nodes.items() if node.definition.tags.get("metaflow/end") == "true"
-    }
 
 
 def _end_op_succeeded(job_context: RunContext, succeeded: set[str]) -> bool:
     ends = _end_ops(job_context)
-    return any(key.split("[", 1)[0] in ends for key in succeeded) or not ends
+    return any(op_of_step_key(key) in ends for key in succeeded) or not ends
 
 
 def run_exit_hooks(job_context: RunContext, successful: bool) -> Iterator[DagsterEvent]:
@@ -430,7 +429,7 @@ def _check_reached_end(job_context: RunContext, plan: ExecutionPlan, succeeded: 
     end_ops = _end_ops(job_context)
     if not end_ops:
         return
-    planned = {key for key in plan.step_keys_to_execute if key.split("[", 1)[0] in end_ops}
+    planned = {key for key in plan.step_keys_to_execute if op_of_step_key(key) in end_ops}
     missing = sorted(planned - succeeded)
     if missing:
         raise MetaflowRunIncomplete(

@@ -23,6 +23,7 @@ from .attempt import Attempts
 from .command import StepCommand
 from .fanout import Fanout
 from .ids import task_id_for
+from .materialize import asset_outputs
 from .prepare import RunPreparation
 from .settings import FlowSettings
 from .steprun import StepRunner
@@ -148,6 +149,12 @@ class MetaflowFlow(FlowSettings):
         )
         task = self._task(options, step, run_id, upstream, task_id, tags, split_index, retry_count)
         return self.runner.run(context, task, options)
+
+    def materialize(
+        self, context: OpExecutionContext, task: str, outputs: Mapping[str, str | None]
+    ) -> Iterator[Output[str]]:
+        """The end op's asset outputs, with metadata, once the `end` task succeeded."""
+        return asset_outputs(self, context, task, outputs, card_root=self._meta.card_root())
 
     def run_loop(
         self,

@@ -58,3 +58,45 @@ def path_sort_key(pathspec: str) -> tuple[Any, ...]:
     """Tasks in graph order: by step, then foreach index path."""
     step = pathspec.split("/")[1]
     return (step, indices_of(pathspec), pathspec)
+
+
+def op_of_step_key(step_key: str) -> str:
+    """The op name of a Dagster step key: `op_x`, `op_x[3]`, or, inside a flow's graph-backed
+    asset, `Graph.op_x[3]` (op and graph names never contain a dot)."""
+    return step_key.split("[", 1)[0].rsplit(".", 1)[-1]
+
+
+def op_config(start_op: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Run config giving the start op `config`; `start_op` is `op_start`, or `Graph.op_start`
+    for the op inside a flow's graph-backed asset (the deployment record says which)."""
+    *graphs, op = start_op.split(".")
+    node: dict[str, Any] = {op: {"config": config}}
+    for graph in reversed(graphs):
+        node = {graph: {"ops": node}}
+    return {"ops": node}
+
+
+def start_op_config(run_config: Any) -> dict[str, Any]:
+    """The start op's config in a run config, at whatever depth `op_config` put it."""
+    ops = (run_config or {}).get("ops") or {}
+    while ops:
+        for name, value in ops.items():
+            if name == "op_start" or name.endswith("start"):
+                if isinstance(value, dict) and "config" in value:
+                    return value.get("config") or {}
+        inner = [v.get("ops") for v in ops.values() if isinstance(v, dict) and v.get("ops")]
+        ops = inner[0] if inner else {}
+    return {}
+
+
+def op_nodes(graph: Any) -> dict[str, Any]:
+    """Op node name -> op definition, inside the flow's graph-backed asset too. A node's name
+    is `op_<step>` (what step keys hold); its definition's name is unique in the repository."""
+    out: dict[str, Any] = {}
+    for node in graph.nodes:
+        definition = node.definition
+        if hasattr(definition, "nodes"):  # a graph
+            out.update(op_nodes(definition))
+        else:
+            out[node.name] = definition
+    return out

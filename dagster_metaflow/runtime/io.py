@@ -18,9 +18,17 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
-from dagster import InputContext, IOManager, OutputContext, io_manager
+from dagster import BetaWarning, InputContext, IOManager, OutputContext, io_manager
+
+# A generated file attaches these io managers to its flow's graph-backed asset (its own
+# resource, so a project's `io_manager` is neither overridden nor in conflict); Dagster
+# marks that parameter beta and would warn on every load of the definitions.
+warnings.filterwarnings(
+    "ignore", message=r"Parameter `resource_defs` of .*from_graph", category=BetaWarning
+)
 
 KEY_PREFIX = "dagster_metaflow/io"
 

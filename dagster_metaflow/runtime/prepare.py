@@ -11,7 +11,14 @@ from typing import Any
 from dagster import Failure, OpExecutionContext
 
 from .command import StepCommand
-from .ids import PARAMS_STEP, PARAMS_TASK_ID, indices_of, metaflow_run_id, params_pathspec
+from .ids import (
+    PARAMS_STEP,
+    PARAMS_TASK_ID,
+    indices_of,
+    metaflow_run_id,
+    params_pathspec,
+    start_op_config,
+)
 from .process import announce, supervise_step
 from .resume import OncePerRun, Origin, executed_tasks, origin_of
 from .settings import FlowSettings
@@ -101,11 +108,7 @@ class RunPreparation:
 
     def parameter_env_from_run_config(self, run_config: Mapping[str, Any]) -> dict[str, str | None]:
         """METAFLOW_INIT_* values from a run config (a re-execution runs no start op)."""
-        ops = run_config.get("ops") or {}
-        start = (
-            next((v for k, v in ops.items() if k == "op_start" or k.endswith("start")), None) or {}
-        )
-        values = start.get("config") or {}
+        values = start_op_config(run_config)
         out: dict[str, str | None] = {}
         for field_name, env_var, typ in self.settings.parameters:
             alias = env_var[len("METAFLOW_INIT_") :].lower()

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import naming
-from .ids import metaflow_run_id
+from .ids import metaflow_run_id, op_nodes, op_of_step_key
 
 if TYPE_CHECKING:
     from dagster import OpExecutionContext
@@ -125,8 +125,8 @@ def executed_tasks(
     if keys is None:
         return set(steps_of.values()), single
     for key in keys:
-        op, _, mapping = key.partition("[")
-        step = steps_of.get(op)
+        _, _, mapping = key.partition("[")
+        step = steps_of.get(op_of_step_key(key))
         if step is None:
             continue
         mapping = mapping.rstrip("]")
@@ -140,10 +140,8 @@ def executed_tasks(
 
 def _op_steps(context: OpExecutionContext) -> dict[str, str]:
     out = {}
-    for node in context.job_def.graph.node_dict.values():
-        step = (
-            node.definition.tags.get("metaflow/step") if hasattr(node.definition, "tags") else None
-        )
+    for name, op in op_nodes(context.job_def.graph).items():  # also inside the graph asset
+        step = op.tags.get("metaflow/step")
         if step:
-            out[node.name] = step
+            out[name] = step
     return out

@@ -44,6 +44,7 @@ from dagster import (
 )
 
 from ..values import config_value
+from .ids import op_config
 
 if TYPE_CHECKING:
     from ..deployments import Deployment
@@ -207,7 +208,7 @@ def _run_config(
                 values[param] = config_value(typ, payload[key])
             except (TypeError, ValueError):
                 return None
-    return {"ops": {start_op: {"config": values}}} if values else {}
+    return op_config(start_op, values) if values else {}
 
 
 def evaluate_triggers(

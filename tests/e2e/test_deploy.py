@@ -35,6 +35,17 @@ def _wait_finished(ws: Workspace, dagster_run_id: str, timeout: float = 180) -> 
             time.sleep(0.5)
 
 
+def _materialized_run(ws: Workspace, key: str = "DeployFlow") -> str | None:
+    """The Metaflow run the flow's asset was last materialized by (None: never)."""
+    from dagster import AssetKey
+
+    with _instance(ws) as instance:
+        event = instance.get_latest_materialization_event(AssetKey([key]))
+    if event is None or event.asset_materialization is None:
+        return None
+    return str(event.asset_materialization.metadata["metaflow/run_pathspec"].value)
+
+
 def _dagster_run_of(ws: Workspace, mf_run_id: str) -> Any:
     with _instance(ws) as instance:
         for run in instance.get_runs():
@@ -157,6 +168,7 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Works
     # same parameters, marker still there: the same task fails again, the others are clones
     res = workspace.metaflow("dagster", "resume", "--origin-run-id", origin, "--wait", "--run-id-file", "second", check=False)
     assert res.returncode != 0
+    assert _materialized_run(workspace) is None  # failed runs materialize nothing
     second = _tasks(f"DeployFlow/{(workspace.dir / 'second').read_text()}")
     assert second["start/start"].metadata_dict.get("origin-run-id") == origin
     assert second["body/body-0"].metadata_dict.get("origin-task-id") == "body-0"
@@ -165,6 +177,7 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Works
     (workspace.dir / "fail-2").unlink()
     workspace.metaflow("dagster", "resume", "--origin-run-id", origin, "--wait", "--run-id-file", "third")
     third_id = (workspace.dir / "third").read_text()
+    assert _materialized_run(workspace) == f"DeployFlow/{third_id}"  # a resume materializes
     third = _tasks(f"DeployFlow/{third_id}")
     assert third["join/join"].data.results == [2, 4, 6]
     origin_tasks = _tasks(f"DeployFlow/{origin}")
@@ -202,8 +215,8 @@ def test_dagster_reexecution_from_failure_is_a_new_metaflow_run(workspace: Works
     code = f"""
 import sys
 from dagster import DagsterInstance, ReexecutionOptions, execute_job
-from dagster._core.definitions.reconstruct import ReconstructableJob
-job = ReconstructableJob.for_file({str(out)!r}, "DeployFlow")
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+job = ReconstructableRepository.for_file({str(out)!r}, "defs").get_reconstructable_job("DeployFlow")
 with DagsterInstance.from_config({str(workspace.dagster_home)!r}) as instance:
     res = execute_job(job, instance, reexecution_options=ReexecutionOptions.from_failure({parent.run_id!r}, instance))
     print("RUN", res.run_id, res.success)
@@ -223,6 +236,7 @@ with DagsterInstance.from_config({str(workspace.dagster_home)!r}) as instance:
     from metaflow import Run
 
     assert Run(child, _namespace_check=False).successful
+    assert _materialized_run(workspace) == child  # so does a re-execution
 
 
 @pytest.mark.flow("deploy_flow.py")

@@ -21,7 +21,7 @@ def test_start_retry_reuses_parameters_and_foreach_reads_final_attempt(workspace
     from metaflow import Run
 
     out = workspace.compile()
-    workspace.dagster_execute(out, "FlakyStartFlow", "ops:\n  op_start:\n    config:\n      width: 4\n")
+    workspace.dagster_execute(out, "FlakyStartFlow", "ops:\n  FlakyStartFlow_steps:\n    ops:\n      op_start:\n        config:\n          width: 4\n")
     run = Run(f"FlakyStartFlow/{metaflow_run_id(workspace.last_dagster_run().run_id)}")
     assert run.successful
     # attempt 0 set 9 items and failed; the foreach must use attempt 1's 4 items
@@ -94,7 +94,13 @@ def test_dagster_dev_launch_and_terminate(workspace: Workspace) -> None:
             try:
                 run_id = client.submit_job_execution(
                     "SleepyFlow",
-                    run_config={"ops": {"op_start": {"config": {"marker-dir": str(workspace.dir)}}}},
+                    run_config={
+                        "ops": {
+                            "SleepyFlow_steps": {
+                                "ops": {"op_start": {"config": {"marker-dir": str(workspace.dir)}}}
+                            }
+                        }
+                    },
                 )
             except Exception:
                 if time.monotonic() > deadline:

@@ -69,8 +69,9 @@ def test_linear_and_definitions_validate(workspace: Workspace) -> None:
 def test_parameters_typed_config(workspace: Workspace) -> None:
     native_args = ("--needed", "7", "--alpha", "2.5", "--learning-rate", "0.3", "--flag", "True")
     cfg = (
-        "ops:\n  op_start:\n    config:\n      needed: 7\n      alpha: 2.5\n"
-        "      learning-rate: 0.3\n      flag: true\n"
+        "ops:\n  ParamsFlow_steps:\n    ops:\n      op_start:\n        config:\n"
+        "          needed: 7\n          alpha: 2.5\n          learning-rate: 0.3\n"
+        "          flag: true\n"
     )
     native, dag = run_both(workspace, "ParamsFlow", native_args=native_args, config_yaml=cfg)
     a, b = artifacts_by_task(dag), artifacts_by_task(native)
@@ -151,7 +152,7 @@ def _alive(pid: int) -> bool:
 def test_timeout_kills_process_group(workspace: Workspace) -> None:
     out = workspace.compile()
     assert '"dagster/op_execution_timeout": "4"' in out.read_text()
-    cfg = f"ops:\n  op_start:\n    config:\n      marker-dir: '{workspace.dir}'\n"
+    cfg = f"ops:\n  SleepyFlow_steps:\n    ops:\n      op_start:\n        config:\n          marker-dir: '{workspace.dir}'\n"
     t0 = time.monotonic()
     res = workspace.dagster_execute(out, "SleepyFlow", cfg, check=False)
     elapsed = time.monotonic() - t0
@@ -183,7 +184,7 @@ def test_interrupt_stops_step_tree_and_logs_stream_live(workspace: Workspace) ->
     workspace.flow.write_text(workspace.flow.read_text().replace("@timeout(seconds=4)", ""))
     out = workspace.compile()
     cfg = workspace.dir / "cfg.yaml"
-    cfg.write_text(f"ops:\n  op_start:\n    config:\n      marker-dir: '{workspace.dir}'\n")
+    cfg.write_text(f"ops:\n  SleepyFlow_steps:\n    ops:\n      op_start:\n        config:\n          marker-dir: '{workspace.dir}'\n")
     env = dict(os.environ, DAGSTER_HOME=str(workspace.dagster_home))
     proc = subprocess.Popen(
         [str(BIN / "dagster"), "job", "execute", "-f", str(out), "-j", "SleepyFlow", "-c", str(cfg)],

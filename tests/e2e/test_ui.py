@@ -124,7 +124,10 @@ def test_graph_launchpad_and_run_in_chromium(workspace: Workspace, webserver: tu
             expect(editor).to_contain_text("alpha: 0.5")
             editor.click()
             page.keyboard.press("Control+A")
-            page.keyboard.insert_text("ops:\n  op_start:\n    config:\n      alpha: 2.0\n      n: 4\n")
+            page.keyboard.insert_text(
+                "ops:\n  HelloFlow_steps:\n    ops:\n      op_start:\n        config:\n"
+                "          alpha: 2.0\n          n: 4\n"
+            )
             expect(editor).to_contain_text("alpha: 2.0")
             expect(page.get_by_text("No errors")).to_be_visible()
             launch = page.get_by_role("button", name="Launch Run")
@@ -148,7 +151,7 @@ def test_graph_launchpad_and_run_in_chromium(workspace: Workspace, webserver: tu
     with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
         drun = instance.get_run_by_id(run_id)
     assert drun is not None and drun.status.value == "SUCCESS"
-    assert drun.run_config["ops"]["op_start"]["config"] == {"alpha": 2.0, "n": 4}
+    assert drun.run_config["ops"]["HelloFlow_steps"]["ops"]["op_start"]["config"] == {"alpha": 2.0, "n": 4}
 
     run = Run(f"HelloFlow/{mf_run}", _namespace_check=False)
     assert run.successful

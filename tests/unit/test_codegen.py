@@ -32,6 +32,7 @@ from dagster_metaflow.ir import (
     build_flow_ir,
     reserved_config_fields,
 )
+from dagster_metaflow.runtime.ids import op_nodes
 
 FLOWS = Path(__file__).parent.parent / "flows"
 SNAPSHOTS = Path(__file__).parent.parent / "snapshots"
@@ -106,8 +107,9 @@ def test_generated_definitions_load_in_dagster(case: str, tmp_path: Path) -> Non
     filename, opts = SNAPSHOT_CASES[case]
     ir = ir_for(filename, **opts)
     module = load_module(render(ir), tmp_path, f"gen_{case}")
+    module.defs.validate_loadable(module.defs)  # the whole repository, as a code server loads it
     job = module.defs.resolve_job_def(ir.job_name)
-    nodes = {n.name for n in job.nodes}
+    nodes = set(op_nodes(job.graph))  # inside the flow's graph asset
     steps = {s.op_name for s in ir.steps}
     assert steps <= nodes
     assert all(n.startswith(("fanout_", "regroup_")) for n in nodes - steps)
@@ -293,8 +295,8 @@ def test_hostile_names_and_defaults_compile_and_load(tmp_path: Path) -> None:
     ast.parse(text)
     module = load_module(text, tmp_path, "hostile_defs")
     job = module.defs.resolve_job_def("Weird_Flow")
-    assert len(job.nodes) == len(HOSTILE_STEPS)
-    assert len({n.name for n in job.nodes}) == len(HOSTILE_STEPS)
+    assert len(op_nodes(job.graph)) == len(HOSTILE_STEPS)
+    assert len(set(op_nodes(job.graph))) == len(HOSTILE_STEPS)
     assert module.FLOW.file == "we'ird \"flow\".py"
     cfg_fields = getattr(module, ir.config_class_name).model_fields
     assert cfg_fields["p7"].default == float("inf") and math.isnan(cfg_fields["p9"].default)
@@ -336,7 +338,11 @@ def test_create_guard_reports_what_dagster_refuses(tmp_path: Path) -> None:
 
     good = render(ir_for("hello_flow.py"))
     assert dagster_load_problem(good, str(tmp_path / "out.py"), "HelloFlow") is None
-    bad = good.replace("join = op_join(square_each.collect())", "join = op_join([square_each])")
+    bad = good.replace(
+        'join = op_join.alias("op_join")(square_each.collect())',
+        'join = op_join.alias("op_join")([square_each])',
+    )
+    assert bad != good
     problem = dagster_load_problem(bad, str(tmp_path / "out.py"), "HelloFlow")
     assert problem is not None and problem.startswith("DagsterInvalidDefinitionError")
 

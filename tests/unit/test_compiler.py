@@ -60,7 +60,8 @@ def test_compile_flow_without_the_cli(tmp_path: Path) -> None:
     assert any("could not package the flow's code" in ln for ln in lines)
     dep = compiled.deployment("tok", {})
     assert isinstance(dep, Deployment) and dep.owner == "ann" and dep.production_token == "tok"
-    assert dep.start_op == compiled.ir.step("start").op_name and dep.code_package == {}
+    assert dep.start_op == "HelloFlow_steps." + compiled.ir.step("start").op_name
+    assert dep.code_package == {}
     assert [p.name for p in dep.parameters] == ["alpha", "n"]
     with pytest.raises(AttributeError):
         options.job_name = "other"  # type: ignore[misc]

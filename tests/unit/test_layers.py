@@ -22,6 +22,9 @@ COMPILER = {
     "cli",
     "definitions_file",
     "tokens",
+    "deploy",
+    "component",
+    "component_cache",
 }
 LEAVES = {"task_options", "step_decorators", "naming", "errors"}
 MAX_FUNCTION = 80

@@ -16,6 +16,7 @@ from shapegen import generate, random_flow  # noqa: E402
 
 from dagster_metaflow.codegen import render  # noqa: E402
 from dagster_metaflow.ir import IROptions, build_flow_ir  # noqa: E402
+from dagster_metaflow.runtime.ids import op_nodes
 
 _DIR = Path(tempfile.mkdtemp(prefix="dm-random-"))
 
@@ -44,7 +45,7 @@ def test_random_flow_compiles_and_dagster_accepts_it(seed: int) -> None:
     out = _DIR / f"random_{seed}_dagster.py"
     out.write_text(text)
     job = _load(out, f"random_{seed}_dagster").defs.resolve_job_def(cls_name)
-    step_ops = {n.name for n in job.nodes if n.name.startswith("op_")}
+    step_ops = {n for n in op_nodes(job.graph) if n.startswith("op_")}
     assert step_ops == {s.op_name for s in ir.steps}
 
 
@@ -66,6 +67,6 @@ def test_random_flow_with_loops_or_a_replaced_body_compiles(seed: int, replace_b
     out.write_text(render(ir))
     module = _load(out, f"{name}_dagster")
     job = module.defs.resolve_job_def(flow.cls)
-    assert {n.name for n in job.nodes if n.name.startswith("op_")} == {s.op_name for s in ir.steps}
+    assert {n for n in op_nodes(job.graph) if n.startswith("op_")} == {s.op_name for s in ir.steps}
     assert dict(module.FLOW.transitions) == {n.name: tuple(n.out_funcs) for n in graph}
     assert set(module.FLOW.switch_steps) == {n.name for n in graph if n.type == "split-switch"}

@@ -62,6 +62,7 @@ def test_a_step_op_with_retry_timeout_and_environment() -> None:
     )
     assert _op(spec, "op_process") == OpSpec(
         name="op_process",
+        dagster_name="RetryFlow__op_process",
         inputs=(OpInput("upstream", "str"),),
         output=OpOutput("value"),
         body=(RunId(), RunStep(Task("process", _upstream(), "process", options, False), "return")),
@@ -104,6 +105,7 @@ def test_foreach_switch_and_helper_ops() -> None:
     assert merge.body[1].task.upstream == Upstream("items", ("off_diag", "on_diag"))
     assert _op(spec, "fanout_row") == OpSpec(
         name="fanout_row",
+        dagster_name=spec.job.name + "__fanout_row",
         inputs=(OpInput("upstreams", "list"),),
         output=OpOutput("dynamic"),
         body=(FanOutAll("upstreams"),),
@@ -145,7 +147,8 @@ def test_executor_per_executor_option(
         opts["executor_config"] = {"broker": "redis://x"}
     job = _spec("linear_flow.py", **opts).job
     assert (job.executor.definition.name, job.executor.config) == (name, config)
-    assert job.executor.run_end is run_end and job.io_manager.name == io_manager
+    assets = _spec("linear_flow.py", **opts).assets
+    assert job.executor.run_end is run_end and assets.io_manager.name == io_manager
     assert job.tags == {"metaflow/flow": "LinearFlow", "dagster/max_runtime": "60"}
 
 
@@ -160,8 +163,13 @@ def test_imports_follow_from_what_the_specs_use() -> None:
     assert plain == (
         ImportBlock("pathlib", ("Path",), parenthesized=False),
         ImportBlock(
-            "dagster", ("Definitions", "OpExecutionContext", "job", "op"), parenthesized=True
-        ),
+            "dagster",
+            (
+                "AssetOut", "Definitions", "OpExecutionContext", "Out",
+                "define_asset_job", "graph_multi_asset", "op",
+            ),
+            parenthesized=True,
+        ),  # fmt: skip
         ImportBlock(
             "dagster_metaflow.runtime",
             ("MetaflowFlow", "executor_with_defaults", "metaflow_executor", "metaflow_io_manager"),
@@ -177,7 +185,7 @@ def test_imports_follow_from_what_the_specs_use() -> None:
         "dagster_metaflow.runtime",
     ]
     names = {n for b in _spec("retry_flow.py").imports for n in b.names}
-    assert "RetryPolicy" in names and "DynamicOut" not in names and "Out" not in names
+    assert "RetryPolicy" in names and "DynamicOut" not in names and "AssetIn" not in names
 
 
 def test_config_fields() -> None:
@@ -211,7 +219,9 @@ def test_schedule_and_sensor_specs() -> None:
         "LinearFlow_trigger_on_finish",
         "LinearFlow_trigger_on_finish",
     )
-    assert spec.sensor.triggers[0].flow == "Up" and spec.sensor.start_op == "op_start"
+    assert spec.sensor.triggers[0].flow == "Up" and spec.sensor.start_op == "LinearFlow_steps.op_start"
+    # the flow's asset reads Up's asset: lineage, and the start op waits for it
+    assert [d.key for d in spec.assets.deps] == [("Up",)]
     blocks = {b.module: b.names for b in spec.imports}
     assert {"ScheduleDefinition", "sensor"} <= set(blocks["dagster"])
     assert {"Trigger", "evaluate_triggers"} <= set(blocks["dagster_metaflow.runtime"])
@@ -224,11 +234,13 @@ def test_reserved_names_are_derived_from_the_templates_and_the_specs() -> None:
     assert template_bindings() == {
         "FLOW", "TAGS", "TRIGGERS", "defs", "context", "config", "run_id", "task",
         "_run_step", "_init_run", "_fan_out", "_run_id", "_task_id", "_split_index",
-        "_fan_out_all", "_regroup", "_mapper_tasks", "_switch", "_run_loop",
+        "_fan_out_all", "_regroup", "_mapper_tasks", "_switch", "_run_loop", "_materialize",
     }  # fmt: skip
     assert reserved_names() - template_bindings() == {
         "Path", "Config", "Field", "Definitions", "DynamicOut", "OpExecutionContext",
-        "RetryPolicy", "job", "op", "Out", "ScheduleDefinition", "DefaultScheduleStatus",
+        "RetryPolicy", "job", "op", "Out", "graph_multi_asset", "AssetOut", "AssetIn", "In",
+        "Nothing", "define_asset_job", "AutomationCondition",
+        "AutomationConditionSensorDefinition", "AssetSelection", "ScheduleDefinition", "DefaultScheduleStatus",
         "DefaultSensorStatus", "SensorEvaluationContext", "sensor", "MetaflowFlow", "Trigger",
         "evaluate_triggers", "metaflow_executor", "metaflow_io_manager",
         "metaflow_shared_io_manager", "executor_with_defaults", "with_metaflow_run_end",
