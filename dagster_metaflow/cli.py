@@ -616,6 +616,7 @@ def compile_component(obj: Any, request_json: str) -> None:
 
     spec = json.loads(request_json)
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["options"].items()}
+    options["regenerate"] = "automatic: loading its dg component recompiles a changed flow"
     job_name = _resolve_job_name(obj, spec.get("name"))
     request = DeployRequest(
         job_name=job_name,

@@ -71,6 +71,7 @@ class CompileOptions:
     production_token: str | None = None  # runs' namespace production:<token>; None: as the owner
     assets: tuple[str, ...] = ()  # end-step artifacts declared as assets (`--asset`)
     asset_automation: bool = False  # `--asset-automation`: AutomationCondition, not a sensor
+    regenerate: str | None = None  # the file's "Regenerate:" line; None: the compiling command
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,7 +249,8 @@ def build_ir(source: FlowSource, options: CompileOptions) -> FlowIR:
         workflow_timeout=options.workflow_timeout,
         top_level_args=top_level_args(source),
         environment=baked_environment(dict(os.environ)),
-        regenerate_command="python " + " ".join(shlex.quote(a) for a in source.command),
+        regenerate_command=options.regenerate
+        or "python " + " ".join(shlex.quote(a) for a in source.command),
         tool_version=__version__,
         output_name=os.path.basename(options.out_file),
         datastore_type=source.flow_datastore.TYPE,

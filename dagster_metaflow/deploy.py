@@ -98,6 +98,8 @@ def echo_created(obj: Any, ir: FlowIR, out_file: str, instance: Any) -> None:
 
     workspace = workspace_path(instance)
     obj.echo(f"Wrote {out_file} ({len(ir.steps)} ops, job {ir.job_name}).")
+    keys = ["/".join(_asset_key(ir))] + ["/".join((*_asset_key(ir), a)) for a in ir.assets]
+    obj.echo(f"Assets (group {ir.job_name}): {', '.join(keys)}.")
     obj.echo(f"Deployed as *{ir.job_name}* in the Dagster instance at {instance.root_directory}.")
     echo_automation(obj, ir, workspace)
     obj.echo(f"Trigger it with:  python {os.path.basename(sys.argv[0])} dagster trigger")
@@ -111,11 +113,19 @@ def echo_automation(obj: Any, ir: FlowIR, workspace: str) -> None:
     if auto.schedule is not None:
         tz = f" ({auto.schedule.timezone})" if auto.schedule.timezone else " (UTC)"
         obj.echo(f"Schedule {ir.job_name}_schedule: cron '{auto.schedule.cron}'{tz}, running.")
-    if auto.triggers:
-        what = " and ".join(t.name for t in auto.triggers)
+    by_assets = [t for t in auto.triggers if t.kind == "run" and ir.asset_automation]
+    by_sensor = [t for t in auto.triggers if t not in by_assets]
+    if by_sensor:
+        what = " and ".join(t.name for t in by_sensor)
         obj.echo(
-            f"Sensor {ir.job_name}_{'trigger_on_finish' if auto.triggers[0].kind == 'run' else 'trigger'}: "
+            f"Sensor {ir.job_name}_{'trigger_on_finish' if by_sensor[0].kind == 'run' else 'trigger'}: "
             f"starts a run when {what} occurred, running."
+        )
+    if by_assets:
+        what = " and ".join(t.flow or t.name for t in by_assets)
+        obj.echo(
+            f"Automation {ir.job_name}_automation: an AutomationCondition starts a run when "
+            f"{what} materialized its asset, running."
         )
     if auto.schedule is not None or auto.triggers:
         obj.echo(
@@ -129,3 +139,10 @@ def echo_automation(obj: Any, ir: FlowIR, workspace: str) -> None:
 
 
 __all__ = ["DeployRequest", "deploy", "deployment_error", "echo_automation", "echo_created"]
+
+
+def _asset_key(ir: FlowIR) -> tuple[str, ...]:
+    from .translator import flow_asset_key
+
+    auto = ir.automation
+    return flow_asset_key(ir.flow_name, auto.project_name, auto.branch_name)

@@ -210,3 +210,9 @@ def load_flow_class(filename: str, prefix: str = "fixture") -> Any:
         for v in vars(module).values()
         if isinstance(v, type) and issubclass(v, FlowSpec) and v is not FlowSpec
     )
+
+
+def short_key(step_key: str) -> str:
+    """A step key without the flow's graph-asset prefix: `Flow_steps.op_work[2]` -> `op_work[2]`."""
+    head, bracket, rest = step_key.partition("[")
+    return head.rsplit(".", 1)[-1] + bracket + rest

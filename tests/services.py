@@ -34,6 +34,21 @@ S3_CREDENTIALS = {
 }
 
 
+def wait_for_webserver(base: str, server: subprocess.Popen[Any], log: Path, timeout: float = 60) -> None:
+    """Until dagster-webserver at `base` answers; its log if it died or never came up."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/server_info", timeout=2).close()
+            return
+        except OSError:
+            assert server.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "dagster-webserver did not start"
+            time.sleep(0.5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

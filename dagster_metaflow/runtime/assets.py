@@ -45,9 +45,11 @@ def flow_asset_metadata(
     datastore_type: str,
     datastore_root: str | None,
     dagster_run_id: str | None = None,
+    skip: Collection[str] = (),
 ) -> dict[str, Any]:
     """The flow asset: the Metaflow run, how to read it, and a table of the end step's
-    artifacts (what the run produced)."""
+    artifacts (what the run produced). The client snippet reads the first artifact not in
+    `skip` (the flow's parameters, which every run carries)."""
     run = f"{flow_name}/{run_id}"
     md: dict[str, Any] = {"metaflow/run_pathspec": MetadataValue.text(run)}
     if dagster_run_id:
@@ -55,7 +57,8 @@ def flow_asset_metadata(
     try:
         reader = _EndTask(flow_name, run_id, end_task_id, datastore_type, datastore_root)
         names = reader.names()
-        md["metaflow/client"] = _client_md(run, names[0] if names else "<artifact>")
+        shown = [n for n in names if n not in skip] or names
+        md["metaflow/client"] = _client_md(run, shown[0] if shown else "<artifact>")
         md["metaflow/artifacts"] = MetadataValue.table(reader.table_rows(names), ARTIFACT_TABLE)
     except Exception as exc:
         _warn(f"could not read the artifacts of {run}/{END_STEP}/{end_task_id}: {exc}")

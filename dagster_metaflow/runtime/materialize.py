@@ -48,7 +48,11 @@ def asset_outputs(
         if artifact is None:
             run_meta = _safe(
                 context,
-                lambda: assets.flow_asset_metadata(**where, dagster_run_id=context.run_id),
+                lambda: assets.flow_asset_metadata(
+                    **where,
+                    dagster_run_id=context.run_id,
+                    skip={field for field, _env, _type in settings.parameters},
+                ),
                 {},
             )
             yield Output(f"{settings.name}/{run_id}", name, metadata=run_meta)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import BIN, FLOWS, Workspace, wait_for
+from conftest import BIN, FLOWS, Workspace, short_key, wait_for
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -169,7 +169,7 @@ def test_cards_are_made_as_natively_and_linked_from_the_op(workspace: Workspace)
         outputs = [
             e.dagster_event.event_specific_data
             for e in instance.all_logs(run.run_id)
-            if e.dagster_event and e.dagster_event.event_type_value == "STEP_OUTPUT" and e.step_key == "op_start"
+            if e.dagster_event and e.dagster_event.event_type_value == "STEP_OUTPUT" and short_key(e.step_key) == "op_start"
         ]
     md = outputs[0].metadata
     assert open(md["card"].value).read() == card_html  # the op links the card `card get` returns

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import BIN, Workspace, survivors
+from conftest import BIN, Workspace, short_key, survivors
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -98,7 +98,7 @@ def test_trigger_typed_parameters_status_and_attribution(workspace: Workspace) -
         for task in step:
             meta = task.metadata_dict
             assert meta["dagster-run-id"] == drun.run_id and meta["dagster-job"] == "DeployFlow"
-            assert meta["dagster-step-key"].startswith(f"op_{step.id}")
+            assert short_key(meta["dagster-step-key"]).startswith(f"op_{step.id}")
     assert run["body"].task.metadata_dict["dagster-step-key"].endswith("]")
 
     for ident in (mf_run_id, drun.run_id):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BIN, FLOWS
+from conftest import BIN, FLOWS, stop_group, survivors
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -80,6 +79,22 @@ def _scaffold(project: Project, folder: str, flow: str) -> Path:
     return target
 
 
+def _check_bad(project: Project, attributes: str) -> tuple[Path, str]:
+    """`dg check defs` with one more component whose `attributes:` are given; it must fail.
+    Returns that defs.yaml and dg's output."""
+    folder = project.defs / "flows" / "bad"
+    folder.mkdir()
+    yaml = folder / "defs.yaml"
+    yaml.write_text(f"type: {TYPE}\n\nattributes:\n  {attributes}\n")
+    try:
+        proc = project.dg("check", "defs", check=False)
+    finally:
+        shutil.rmtree(folder)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    return yaml, out
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     if not (BIN / "dg").exists() or not (BIN / "create-dagster").exists():
@@ -125,8 +140,8 @@ def test_check_defs_compiles_once(project: Project) -> None:
     assert generated.is_file() and (entry / "cache_key").is_file()
     assert (cache / "flows" / "hello" / "hello_flow_dagster.py").is_file()
     assert (cache / ".gitignore").read_text().strip().endswith("*")
-    # max_workers came from "{{ env.DM_TEST_WORKERS }}" (the compile request in the header)
-    assert re.search(r'max_workers\\*": 4\b', generated.read_text())
+    # max_workers came from "{{ env.DM_TEST_WORKERS }}": the executor's default concurrency
+    assert '{"max_concurrent": 4}' in generated.read_text()
     before = generated.stat().st_mtime_ns
     project.dg("check", "defs")  # a hit: nothing is compiled again
     assert generated.stat().st_mtime_ns == before
@@ -143,34 +158,14 @@ def test_check_defs_compiles_once(project: Project) -> None:
 def test_a_bad_attribute_fails_check_naming_it(
     project: Project, attribute: str, line: int, field: str, message: str
 ) -> None:
-    folder = project.defs / "flows" / "bad"
-    folder.mkdir()
-    yaml = folder / "defs.yaml"
-    yaml.write_text(f"type: {TYPE}\n\nattributes:\n  {attribute}\n")
-    try:
-        proc = project.dg("check", "defs", check=False)
-    finally:
-        shutil.rmtree(folder)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out
+    yaml, out = _check_bad(project, attribute)
     assert f"{yaml}:{line} - attributes.{field}" in out, out[-3000:]
     errors = [ln for ln in out.splitlines() if ln.startswith(f"ValueError: attributes.{field}: ")]
     assert errors and message in errors[0], out[-3000:]
 
 
 def test_a_compile_error_is_one_line_naming_defs_yaml_and_the_flow(project: Project) -> None:
-    folder = project.defs / "flows" / "bad"
-    folder.mkdir()
-    yaml = folder / "defs.yaml"
-    yaml.write_text(
-        f"type: {TYPE}\n\nattributes:\n  flow_file: ../linear/linear_flow.py\n  with: [nosuchdeco]\n"
-    )
-    try:
-        proc = project.dg("check", "defs", check=False)
-    finally:
-        shutil.rmtree(folder)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out
+    yaml, out = _check_bad(project, "flow_file: ../linear/linear_flow.py\n  with: [nosuchdeco]")
     line = f"ComponentCompileError: {yaml}: cannot compile ../linear/linear_flow.py: "
     assert f"{line}Unknown step decorator nosuchdeco" in out, out[-3000:]
 
@@ -209,3 +204,56 @@ def test_launch_runs_the_flow_seen_by_metaflow_and_the_cli(project: Project) -> 
     assert f"LinearFlow/{mf_id}" in listed and "SUCCESS" in listed, listed
     status = project.run(*cli, "status", "--run-id", mf_id, cwd=flow_dir).stdout
     assert status.startswith(f"LinearFlow/{mf_id}: ") and run.run_id in status, status
+
+
+def test_dg_dev_serves_the_assets_and_a_ui_launch_runs_the_flow(project: Project) -> None:
+    """`dg dev` (webserver + daemon): both flows' assets in the catalog, and a run submitted
+    through the webserver's GraphQL API (what the UI's Launchpad does) runs the flow."""
+    import time
+
+    from dagster import DagsterInstance, DagsterRunStatus
+    from dagster_graphql import DagsterGraphQLClient
+    from metaflow import Run, namespace
+    from services import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=project.root, env=project.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+        query = "{ assetNodes { assetKey { path } groupName } }"
+        deadline = time.monotonic() + 120
+        nodes = None
+        while nodes is None:
+            try:
+                nodes = client._execute(query)["assetNodes"]  # noqa: SLF001 - raw GraphQL
+            except Exception:
+                assert time.monotonic() < deadline, "dg dev did not serve the project"
+                time.sleep(1)
+        keys = {tuple(n["assetKey"]["path"]): n["groupName"] for n in nodes}
+        assert keys[("HelloFlow",)] == "HelloFlow" and keys[("LinearFlow", "final")] == "linear_job"
+        run_id = client.submit_job_execution("HelloFlow")
+        with DagsterInstance.from_config(str(project.home)) as instance:
+            deadline = time.monotonic() + 180
+            while True:
+                run = instance.get_run_by_id(run_id)
+                assert run is not None
+                if run.is_finished:
+                    break
+                assert time.monotonic() < deadline, f"run {run_id} still {run.status}"
+                time.sleep(1)
+            assert run.status == DagsterRunStatus.SUCCESS, run.status
+    finally:
+        import psutil
+
+        try:  # the webserver, daemon and code servers dg dev started
+            tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+        except psutil.NoSuchProcess:
+            tree = [proc.pid]
+        stop_group(proc)
+    namespace(None)
+    assert Run(f"HelloFlow/{metaflow_run_id(run_id)}").successful
+    assert not survivors(tree, within=15)

@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import BIN, Workspace, artifacts_by_task, latest_run_pathspec
+from conftest import BIN, Workspace, artifacts_by_task, latest_run_pathspec, short_key
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -59,7 +59,8 @@ def test_linear_and_definitions_validate(workspace: Workspace) -> None:
     # the generated module is importable and runs in-process as the spec promises
     code = (
         "import sys; sys.path.insert(0, '.');"
-        "from out_dagster import LinearFlow; r = LinearFlow.execute_in_process(); print('OK', r.success)"
+        "from out_dagster import defs; r = defs.resolve_job_def('LinearFlow').execute_in_process(); "
+        "print('OK', r.success)"
     )
     res = workspace.run(sys.executable, "-c", code)
     assert "OK True" in res.stdout
@@ -243,7 +244,7 @@ def test_pypi_step_without_micromamba_fails_with_metaflows_one_line(workspace: W
         e.dagster_event for e in workspace.dagster_events(run.run_id)
         if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"
     ]
-    assert [f.step_key for f in failures] == ["op_start"], res.stdout[-3000:]
+    assert [short_key(f.step_key) for f in failures] == ["op_start"], res.stdout[-3000:]
     msg = failures[0].step_failure_data.user_failure_data.description
     assert msg == (
         f"step 'start' (@conda): Micromamba ran into an error while setting up environment: {metaflow_line}"

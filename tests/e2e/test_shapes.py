@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FLOWS, Workspace, artifacts_by_task, latest_run_pathspec
+from conftest import FLOWS, Workspace, artifacts_by_task, latest_run_pathspec, short_key
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -62,8 +62,8 @@ def test_branches_not_taken_inside_foreach_run_no_task_and_keys_show_index_paths
     _differential(workspace)
     run = workspace.last_dagster_run()
     events = workspace.dagster_events(run.run_id)
-    skipped = {e.step_key for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_SKIPPED"}
-    succeeded = {e.step_key for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_SUCCESS"}
+    skipped = {short_key(e.step_key) for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_SKIPPED"}
+    succeeded = {short_key(e.step_key) for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_SUCCESS"}
     # (row, col) cells: on_diag runs for (0,0),(1,1); off_diag for the other four. Inside a
     # foreach a switch passes "not taken" to the other branch, whose op ends at once without
     # a Metaflow task (the differential check above compares every task with native)
@@ -84,7 +84,7 @@ def test_empty_inner_foreach_fails_like_native(workspace: Workspace) -> None:
         e for e in workspace.dagster_events(run.run_id)
         if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"
     ]
-    assert [e.step_key for e in failed] == ["op_outer_step[1]"]
+    assert [short_key(e.step_key) for e in failed] == ["op_outer_step[1]"]
     assert "zero splits" in failed[0].dagster_event.step_failure_data.user_failure_data.description
 
 
@@ -94,7 +94,7 @@ def test_switch_choice_comes_from_final_attempt(workspace: Workspace) -> None:
     assert got[("merge", (), ())]["took"] == "b"
     run = workspace.last_dagster_run()
     skipped = {
-        e.step_key for e in workspace.dagster_events(run.run_id)
+        short_key(e.step_key) for e in workspace.dagster_events(run.run_id)
         if e.dagster_event and e.dagster_event.event_type_value == "STEP_SKIPPED"
     }
     assert "op_branch_a" in skipped

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import BIN, Workspace, stop_group
-from services import free_port
+from services import free_port, wait_for_webserver
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -71,15 +70,7 @@ def webserver(workspace: Workspace) -> Iterator[tuple[str, Path]]:
         env={**os.environ, "DAGSTER_HOME": str(workspace.dagster_home), "DAGSTER_METAFLOW_UI_URL": base},
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/server_info", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None, (workspace.dir / "webserver.log").read_text()[-4000:]
-                assert time.monotonic() < deadline, "dagster-webserver did not start"
-                time.sleep(0.5)
+        wait_for_webserver(base, server, workspace.dir / "webserver.log")
         _graphql(base, "mutation { setNuxSeen }")  # no "join the community" dialog over the pages
         yield base, out
     finally:
@@ -105,8 +96,12 @@ def test_graph_launchpad_and_run_in_chromium(workspace: Workspace, webserver: tu
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(60_000)
 
-            # the job graph: one node per step, edges as in the flow
+            # the job graph: an asset job opens on its asset; as ops, the flow's graph asset
+            # expanded holds one node per step, edges as in the flow
             page.goto(job, wait_until="networkidle")
+            page.get_by_text("View as Asset Graph").click()
+            page.locator('[data-tooltip="HelloFlow_steps"]').first.click()
+            page.get_by_text("Expand graph").click()
             page.locator('[data-tooltip="op_end"]').wait_for()
             nodes = page.evaluate(GRAPH_JS)
             assert sorted(n["name"] for n in nodes) == sorted({op for edge in EDGES for op in edge})
@@ -137,13 +132,14 @@ def test_graph_launchpad_and_run_in_chromium(workspace: Workspace, webserver: tu
             page.wait_for_url("**/runs/*")
             run_id = page.url.rstrip("/").rsplit("/", 1)[1]
 
-            # the run page: success, and op_end's output metadata is the Metaflow task
+            # the run page: success; an op's output metadata is its Metaflow task, and op_end
+            # materializes the flow's asset with the Metaflow run
             expect(page.get_by_text("Success", exact=True).first).to_be_visible(timeout=90_000)
             mf_run = metaflow_run_id(run_id)
-            page.get_by_placeholder("Filter…").fill("step:op_end")
-            row = page.get_by_text(f"HelloFlow/{mf_run}/end/end", exact=True)
-            expect(row).to_be_visible()
-            expect(page.get_by_text("sides, total", exact=False).first).to_be_visible()
+            page.get_by_placeholder("Filter…").fill("step:HelloFlow_steps.op_merge")
+            expect(page.get_by_text(f"HelloFlow/{mf_run}/merge/merge", exact=True)).to_be_visible()
+            page.get_by_placeholder("Filter…").fill("step:HelloFlow_steps.op_end")
+            expect(page.get_by_text(f"HelloFlow/{mf_run}", exact=True).first).to_be_visible()
             page.screenshot(path=str(shots / "ui-run.png"))
         finally:
             browser.close()

@@ -18,14 +18,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import BIN, FLOWS, Workspace, stop_group, survivors
-from services import free_port
+from services import free_port, wait_for_webserver
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -95,17 +94,6 @@ def _ours(home: Path) -> list[int]:
     return out
 
 
-def _wait_up(base: str, server: subprocess.Popen[Any], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/server_info", timeout=2).close()
-            return
-        except OSError:
-            assert server.poll() is None, log.read_text()[-4000:]
-            assert time.monotonic() < deadline, "dagster-webserver did not start"
-            time.sleep(0.5)
-
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
 @pytest.mark.flow("asset_up_flow.py")
@@ -138,7 +126,7 @@ def test_asset_lineage_and_materialization_metadata_in_chromium(workspace: Works
         (ok_run,) = _runs(workspace.dagster_home, UP)
         assert ok_run.status.value == "SUCCESS" and metaflow_run_id(ok_run.run_id) == mf_run
 
-        _wait_up(base, server, log_path)
+        wait_for_webserver(base, server, log_path)
         _graphql(base, "mutation { setNuxSeen }")  # no "join the community" dialog
         # both code locations loaded, the assets as declared (Dagster's own view of them)
         locations = _graphql(base, "{ workspaceOrError { ... on Workspace { locationEntries { name "

@@ -7,6 +7,7 @@ Snapshots live in tests/snapshots/*.py.snap; regenerate them with
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import math
 import os
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dagster_metaflow import naming
+from dagster_metaflow.automation import AutomationIR, TriggerIR
 from dagster_metaflow.codegen import py, render
 from dagster_metaflow.ir import (
     FlowIR,
@@ -46,6 +48,7 @@ def ir_for(filename: str, **opts: Any) -> FlowIR:
     from metaflow.graph import FlowGraph
 
     cls = load_flow(filename)
+    automation = opts.pop("automation", None)  # decorators as the CLI would have read them
     options = IROptions(
         job_name=opts.pop("job_name", cls.__name__),
         flow_file=filename,
@@ -55,7 +58,8 @@ def ir_for(filename: str, **opts: Any) -> FlowIR:
         datastore_root="/data/.metaflow",
         **opts,
     )
-    return build_flow_ir(cls, FlowGraph(cls), options)
+    ir = build_flow_ir(cls, FlowGraph(cls), options)
+    return ir if automation is None else dataclasses.replace(ir, automation=automation)
 
 
 def load_module(text: str, tmp_path: Path, name: str = "gen_defs") -> ModuleType:
@@ -80,6 +84,20 @@ SNAPSHOT_CASES = {
     "recursive": ("shapes/recursive_flow.py", {}),
     "loop_in_foreach_rejoin": ("shapes/loop_in_foreach_rejoin_flow.py", {}),
     "parallel": ("shapes/parallel_flow.py", {}),
+    "asset_up": ("asset_up_flow.py", {"assets": ("model", "score"), "owner": "alice"}),
+    "linear_asset_automation": (
+        "linear_flow.py",
+        {
+            "asset_automation": True,
+            "owner": "ann@example.com",
+            "automation": AutomationIR(
+                triggers=(
+                    TriggerIR(name="metaflow.Up.end", kind="run", flow="Up"),
+                    TriggerIR(name="data.ready"),
+                )
+            ),
+        },
+    ),
     "linear_celery": (
         "linear_flow.py",
         {"executor": "celery", "executor_config": {"broker": "redis://127.0.0.1:6379/0"}},
