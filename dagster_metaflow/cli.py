@@ -406,7 +406,7 @@ def _find(obj: Any, instance: Any, dep: Any, run_id: str) -> Any:
     from . import runs
 
     run = runs.find_run(instance, run_id, dep.name)
-    if run is None or run.job_name != dep.name:  # a Dagster run id may name another job's run
+    if run is None or not runs.of_deployment(run, dep.name):  # an id may name another's run
         raise DagsterMetaflowException(
             f"no run {run_id!r} of deployment {dep.name!r} in {instance.root_directory}"
         )

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .deployments import Deployment
 from .errors import DagsterMetaflowException
+from .runtime.prepare import TAG_DEPLOYMENT
 from .runtime.worker import settle
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 Echo = Callable[..., None]
 
-TAG_DEPLOYMENT = "dagster-metaflow/deployment"
 
 # Dagster run status -> the status string a Metaflow TriggeredRun reports
 STATUS_NAMES = {
@@ -198,27 +198,47 @@ def find_run(
     """A Dagster run by Dagster run id, or by the Metaflow run id (`dagster-<12 hex>`), as it
     really is (a run whose worker died is ended first)."""
     if run_id.startswith("dagster-"):
-        from dagster import RunsFilter
 
         want = run_id[len("dagster-") :]
-        for r in instance.get_runs(RunsFilter(job_name=job_name) if job_name else None):
+        runs = deployment_runs(instance, job_name) if job_name else instance.get_runs()
+        for r in runs:
             if r.run_id.replace("-", "")[: len(want)] == want:
                 return settle(instance, r)
         return None
     return settle(instance, instance.get_run_by_id(run_id))
 
 
+def deployment_runs(
+    instance: DagsterInstance, job_name: str, statuses: Sequence[str] = (), limit: int | None = None
+) -> list[DagsterRun]:
+    """The deployment's runs, newest first: its job's, and those of another job (Dagster's
+    implicit asset job, launched by "Materialize") that its ops tagged as the deployment's."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    states = [DagsterRunStatus(s) for s in statuses] if statuses else None
+    found = {
+        rec.dagster_run.run_id: rec
+        for flt in (
+            RunsFilter(job_name=job_name, statuses=states),
+            RunsFilter(tags={TAG_DEPLOYMENT: job_name}, statuses=states),
+        )
+        for rec in instance.get_run_records(flt, limit=limit)
+    }
+    records = sorted(found.values(), key=lambda rec: rec.create_timestamp, reverse=True)
+    return [rec.dagster_run for rec in (records[:limit] if limit else records)]
+
+
+def of_deployment(run: DagsterRun, job_name: str) -> bool:
+    """Whether `run` is the deployment's: of its job, or tagged by its ops (`deployment_runs`)."""
+    return run.job_name == job_name or run.tags.get(TAG_DEPLOYMENT) == job_name
+
+
 def list_runs(
     instance: DagsterInstance, job_name: str, statuses: Sequence[str] = (), limit: int = 100
 ) -> list[DagsterRun]:
     """The job's runs, newest first, as they really are (see `runtime.worker.settle`)."""
-    from dagster import DagsterRunStatus, RunsFilter
-
-    flt = RunsFilter(
-        job_name=job_name, statuses=[DagsterRunStatus(s) for s in statuses] if statuses else None
-    )
     out = []
-    for run in instance.get_runs(flt, limit=limit):
+    for run in deployment_runs(instance, job_name, statuses, limit):
         fresh = settle(instance, run)
         if fresh is not None and (not statuses or fresh.status.value in statuses):
             out.append(fresh)

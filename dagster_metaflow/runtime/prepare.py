@@ -25,6 +25,9 @@ from .settings import FlowSettings
 from .taskstore import TaskStore
 
 TAG_PATHSPEC = "metaflow/pathspec"  # on the Dagster run: its Metaflow run
+# on a run of another job holding the flow's ops (Dagster's implicit `__ASSET_JOB`, which
+# "Materialize" may launch): whose deployment's run it is, for list-runs and status
+TAG_DEPLOYMENT = "dagster-metaflow/deployment"
 CLONE_WORKERS = 8
 _PREPARE = OncePerRun()
 
@@ -55,10 +58,14 @@ class RunPreparation:
 
     def _prepare_run(self, context: OpExecutionContext, run_id: str) -> None:
         self.command.check_flow_unchanged()
-        tag = f"{self.settings.name}/{run_id}"
+        s = self.settings
+        tags = {TAG_PATHSPEC: f"{s.name}/{run_id}"}
+        if s.job_name and context.job_name != s.job_name:
+            tags.update({TAG_DEPLOYMENT: s.job_name, "metaflow/flow": s.name})
         try:
-            if context.run.tags.get(TAG_PATHSPEC) != tag:
-                context.instance.add_run_tags(context.run_id, {TAG_PATHSPEC: tag})
+            missing = {k: v for k, v in tags.items() if context.run.tags.get(k) != v}
+            if missing:
+                context.instance.add_run_tags(context.run_id, missing)
         except Exception:
             pass
         origin = origin_of(context)

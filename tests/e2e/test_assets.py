@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from conftest import FLOWS, Workspace
 
+from dagster_metaflow.runtime import metaflow_run_id
+
 
 def _load(path: Path) -> Any:
     spec = importlib.util.spec_from_file_location(f"assets_{path.stem}", path)
@@ -79,3 +81,17 @@ def test_assets_materialize_with_lineage_and_automation(workspace: Workspace) ->
         assert first.get_num_requested(AssetKey(["DownstreamFlow"])) == 1
         again = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         assert again.get_num_requested(AssetKey(["DownstreamFlow"])) == 0
+
+        # a run of Dagster's implicit asset job (what "Materialize" launches for a job name
+        # that sorts after `__ASSET_JOB`) is still the deployment's: list-runs and status
+        implicit = _load(up).defs.resolve_implicit_global_asset_job_def()
+        up_keys = [AssetKey(["UpstreamFlow", *k]) for k in ((), ("value",), ("missing",))]
+        result = implicit.get_subset(asset_selection=set(up_keys)).execute_in_process(
+            instance=instance
+        )
+        assert result.success
+    mf_id = metaflow_run_id(result.run_id)
+    listed = workspace.metaflow("dagster", "list-runs").stdout
+    assert f"UpstreamFlow/{mf_id}" in listed, listed
+    status = workspace.metaflow("dagster", "status", "--run-id", mf_id).stdout
+    assert f"UpstreamFlow/{mf_id}: SUCCEEDED" in status, status

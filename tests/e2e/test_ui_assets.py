@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, FLOWS, Workspace, stop_group, survivors
+from conftest import BIN, FLOWS, Workspace, stop_group, survivors, wait_for
 from services import free_port, wait_for_webserver
 
 from dagster_metaflow.runtime import metaflow_run_id
@@ -101,12 +101,19 @@ def test_asset_lineage_and_materialization_metadata_in_chromium(workspace: Works
     assert CHROMIUM is not None
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=30_000)  # the graph loads its live data slowly on a busy machine
+
     shutil.copy(FLOWS / "asset_down_flow.py", workspace.dir / "asset_down_flow.py")
     up = workspace.compile("--asset", "model", "--asset", "score", out="up_dagster.py")
     down_res = workspace.run(sys.executable, "asset_down_flow.py", "dagster", "create", "down_dagster.py")
     down = workspace.dir / "down_dagster.py"
     assert "AssetDownFlow_trigger_on_finish" in down_res.stdout + down_res.stderr
 
+    # runs launched from the UI ("Materialize") start at once, without a daemon
+    (workspace.dagster_home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nrun_coordinator:\n"
+        "  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
+    )
     shots = Path(os.environ.get("DAGSTER_METAFLOW_SCREENSHOTS") or workspace.dir).resolve()
     shots.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -247,6 +254,32 @@ def test_asset_lineage_and_materialization_metadata_in_chromium(workspace: Works
         assert after[(DOWN,)] is None
         for key in map(tuple, UP_KEYS):
             assert (after[key].run_id, after[key].timestamp) == (latest[key].run_id, latest[key].timestamp), key
+
+        # "Materialize" on an artifact's page runs the flow: Dagster asks to materialize the
+        # whole multi-asset, then launches the flow's own job, one op per step
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.set_default_timeout(60_000)
+                page.goto(f"{base}/assets/{UP}/model", wait_until="networkidle")
+                page.get_by_text("Materialize", exact=True).first.click()
+                page.get_by_role("button", name="Confirm").click()
+                known = {ok_run.run_id, failed[0].run_id}
+                new = wait_for(
+                    "the run Materialize launched",
+                    lambda: [r for r in _runs(workspace.dagster_home, UP) if r.run_id not in known and r.is_finished],
+                    timeout=120,
+                )
+            finally:
+                browser.close()
+        from metaflow import Run
+
+        (ui_run,) = new
+        assert ui_run.status.value == "SUCCESS" and ui_run.job_name == UP
+        assert Run(f"{UP}/{metaflow_run_id(ui_run.run_id)}", _namespace_check=False).successful
+        final = _materializations(workspace.dagster_home)
+        assert all(final[tuple(k)].run_id == ui_run.run_id for k in UP_KEYS)
     finally:
         stop_group(server)
         log.close()
