@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import sys
 import tempfile
 from pathlib import Path
 
+from dagster import Definitions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,9 +46,17 @@ def test_random_flow_compiles_and_dagster_accepts_it(seed: int) -> None:
     ast.parse(text)
     out = _DIR / f"random_{seed}_dagster.py"
     out.write_text(text)
-    job = _load(out, f"random_{seed}_dagster").defs.resolve_job_def(cls_name)
+    defs = _load(out, f"random_{seed}_dagster").defs
+    job = defs.resolve_job_def(cls_name)
     step_ops = {n for n in op_nodes(job.graph) if n.startswith("op_")}
     assert step_ops == {s.op_name for s in ir.steps}
+    # a code server loads the whole repository, and a dg project holds several flows: the
+    # same shape deployed twice (another job name) must share one repository
+    twin = dataclasses.replace(ir, job_name=f"{cls_name}_twin", flow_name=f"{cls_name}Twin")
+    twin_out = _DIR / f"random_{seed}_twin_dagster.py"
+    twin_out.write_text(render(twin))
+    merged = Definitions.merge(defs, _load(twin_out, f"random_{seed}_twin_dagster").defs)
+    Definitions.validate_loadable(merged)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
