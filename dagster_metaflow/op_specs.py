@@ -312,6 +312,7 @@ class AssetsSpec:
     # with asset automation: the AutomationConditionSensorDefinition's variable (None: off)
     automation_sensor: str | None
     io_manager: Import
+    event_prefix: str  # event assets' key prefix: automation ignores them (@trigger's sensor)
 
     @property
     def automation(self) -> bool:

@@ -350,6 +350,7 @@ class Translator(OpTranslator):
                 else None
             ),
             io_manager=self.get_io_manager(),
+            event_prefix=EVENT_ASSET_PREFIX,
         )
 
     def get_end_var(self) -> str:

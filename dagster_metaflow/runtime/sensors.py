@@ -93,12 +93,24 @@ def publish_event(
             "payload": MetadataValue.json(body),
         },
     )
+    # and as the event's own asset, which a @trigger flow's asset depends on (lineage)
+    own = AssetMaterialization(
+        asset_key=event_asset_key(name), description=event.description, metadata=event.metadata
+    )
     if instance is not None:
         instance.report_runless_asset_event(event)
+        instance.report_runless_asset_event(own)
     else:
         with DagsterInstance.get() as inst:
             inst.report_runless_asset_event(event)
+            inst.report_runless_asset_event(own)
     return event_id
+
+
+def event_asset_key(name: str) -> AssetKey:
+    """The asset of a published event, `metaflow_events/<name>` (the compiler's
+    `EVENT_ASSET_PREFIX`): every publish materializes it."""
+    return AssetKey(["metaflow_events", name])
 
 
 def _value(metadata: Mapping[str, Any], key: str) -> Any:

@@ -11,7 +11,13 @@ import pytest
 from dagster import DagsterInstance, RunRequest, SensorResult, SkipReason, build_sensor_context
 
 from dagster_metaflow.automation import AutomationError, _event_triggers, _run_triggers, _schedule
-from dagster_metaflow.runtime.sensors import Trigger, evaluate_triggers, publish_event
+from dagster_metaflow.runtime.sensors import (
+    Trigger,
+    evaluate_triggers,
+    event_asset_key,
+    publish_event,
+)
+from dagster_metaflow.translator import EVENT_ASSET_PREFIX
 
 
 def _deco(cls: Any, **attributes: Any) -> Any:
@@ -115,6 +121,10 @@ def test_events_start_one_run_each_with_mapped_parameters() -> None:
         meta = json.loads(requests[0].tags["dagster-metaflow/triggers"])
         assert meta == [{"timestamp": meta[0]["timestamp"], "id": ids[0], "name": "data.ready", "type": "event"}]
         assert _tick(instance, triggers, cursor)[0] == []  # nothing new: no run
+        # each publish also materializes the event's own asset, which @trigger flows read
+        own = instance.get_latest_materialization_event(event_asset_key("data.ready"))
+        assert own is not None and own.asset_materialization.metadata["payload"].value == {"a": None}
+    assert event_asset_key("x").path[0] == EVENT_ASSET_PREFIX  # the compiler's dependency key
 
 
 def test_several_events_start_a_run_once_all_occurred() -> None:
