@@ -73,6 +73,14 @@ def _materializations(home: Path) -> dict[tuple[str, ...], Any]:
         return {tuple(k): instance.get_latest_materialization_event(AssetKey(k)) for k in (*UP_KEYS, [DOWN])}
 
 
+def _open_page(pw: Any, timeout_ms: int) -> tuple[Any, Any]:
+    """Headless Debian chromium and one 1400x900 page (close the browser when done)."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(timeout_ms)
+    return browser, page
+
+
 def _runs(home: Path, job: str) -> list[Any]:
     from dagster import DagsterInstance, RunsFilter
 
@@ -152,10 +160,8 @@ def test_asset_lineage_and_materialization_metadata_in_chromium(workspace: Works
             assert node["owners"] == [{"team": user}], node
 
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            browser, page = _open_page(pw, timeout_ms=30_000)
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 900})
-                page.set_default_timeout(30_000)
 
                 # (1) the global lineage graph: one collapsed node per group (= job); expand
                 # both, then load the page again so the graph is fitted to the viewport
@@ -258,10 +264,8 @@ def test_asset_lineage_and_materialization_metadata_in_chromium(workspace: Works
         # "Materialize" on an artifact's page runs the flow: Dagster asks to materialize the
         # whole multi-asset, then launches the flow's own job, one op per step
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            browser, page = _open_page(pw, timeout_ms=60_000)
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 900})
-                page.set_default_timeout(60_000)
                 page.goto(f"{base}/assets/{UP}/model", wait_until="networkidle")
                 page.get_by_text("Materialize", exact=True).first.click()
                 page.get_by_role("button", name="Confirm").click()
