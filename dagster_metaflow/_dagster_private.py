@@ -87,6 +87,8 @@ if not os.environ.get(SKIP_ENV):
     check_version(DAGSTER_VERSION)
 
 try:
+    from dagster._cli.api import _execute_run_command_body as execute_run_body
+    from dagster._cli.api import _resume_run_command_body as resume_run_body
     from dagster._cli.job import _create_run as create_run
     from dagster._cli.workspace.cli_target import (
         WorkspaceOpts,
@@ -127,6 +129,7 @@ try:
     from dagster._core.storage.sqlalchemy_compat import db_select
     from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
     from dagster._utils.error import serializable_error_info_from_exc_info
+    from dagster._utils.interrupts import capture_interrupts
     from dagster._utils.schedules import is_valid_cron_string
 except ImportError as exc:
     raise UnsupportedDagsterVersion(unsupported_message(DAGSTER_VERSION, f" ({exc})")) from None
@@ -136,6 +139,8 @@ __all__ = [
     "DAGSTER_MIN",
     "DAGSTER_VERSION",
     "GRPC_INFO_TAG",
+    "execute_run_body",
+    "resume_run_body",
     "CapturedLogContext",
     "CheckRunHealthResult",
     "ComputeIOType",
@@ -157,6 +162,7 @@ __all__ = [
     "UnsupportedDagsterVersion",
     "WorkerStatus",
     "WorkspaceOpts",
+    "capture_interrupts",
     "check_version",
     "create_run",
     "dagster_event_sequence_for_step",

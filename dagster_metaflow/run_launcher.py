@@ -30,6 +30,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -79,10 +81,7 @@ def spawn_worker(
         "resume_run" if resume else "execute_run",
         serialize_value(args),
     ]
-    pointer = origin.repository_origin.code_pointer
-    cwd = getattr(pointer, "working_directory", None) or (
-        os.path.dirname(pointer.python_file) if hasattr(pointer, "python_file") else None
-    )
+    cwd = _working_directory(origin)
     env = dict(os.environ)
     env["DAGSTER_HOME"] = instance.root_directory
     log_path = worker_log_path(instance, run.run_id)
@@ -102,6 +101,94 @@ def spawn_worker(
     identity = WorkerIdentity.of(proc.pid) or WorkerIdentity(socket.gethostname(), proc.pid, 0.0)
     instance.add_run_tags(run.run_id, {TAG_WORKER: identity.tag()})
     return identity
+
+
+def fork_worker(instance: DagsterInstance, run: DagsterRun) -> WorkerIdentity | None:
+    """Start `run`'s worker by forking this process, which has already imported Dagster and
+    loaded the run's definitions: the same run body `dagster api execute_run` runs, minus a
+    fresh interpreter's ~1 s start. The worker is a grandchild in its own session (it
+    outlives the caller and is nobody's zombie), its output goes to the worker log, and its
+    identity is recorded as `spawn_worker` records it. None when forking is off
+    (`DAGSTER_METAFLOW_FORK=0`) or unsafe here (other threads): then spawn instead."""
+    from .runtime.zygote import fork_enabled
+
+    origin = run.job_code_origin
+    if not fork_enabled() or threading.active_count() > 1 or origin is None:
+        return None
+    log_path = worker_log_path(instance, run.run_id)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    ref, cwd = instance.get_ref(), _working_directory(origin)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked processes
+        os.close(read_end)
+        _become_worker(ref, instance.root_directory, run.run_id, log_path, cwd, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as r:
+        pid_text = r.read().decode() or "0"
+    os.waitpid(child, 0)
+    pid = int(pid_text)
+    if pid <= 0:
+        return None
+    identity = WorkerIdentity.of(pid) or WorkerIdentity(socket.gethostname(), pid, 0.0)
+    instance.add_run_tags(run.run_id, {TAG_WORKER: identity.tag()})
+    return identity
+
+
+def _become_worker(
+    ref: Any, home: str, run_id: str, log_path: str, cwd: str | None, pid_fd: int
+) -> None:
+    """In the forked child: detach (new session, second fork), report the worker's pid, and
+    run the run's body as `dagster api execute_run` would; never returns."""
+    code = 1
+    try:
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
+        os.write(pid_fd, str(os.getpid()).encode())
+        os.close(pid_fd)
+        with open(os.devnull, "rb") as devnull:
+            os.dup2(devnull.fileno(), 0)
+        with open(log_path, "ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        if cwd:
+            os.chdir(cwd)
+        os.environ["DAGSTER_HOME"] = home
+        from .runtime.flow import warm_up_flows
+
+        # the definitions are loaded already: start their zygote while Dagster sets up
+        threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
+        code = run_worker_body(ref, run_id)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def run_worker_body(ref: Any, run_id: str, resume: bool = False) -> int:
+    """What `dagster api execute_run` (or `resume_run`) does with its arguments."""
+    from dagster import DagsterInstance
+
+    from ._dagster_private import capture_interrupts, execute_run_body, resume_run_body
+
+    body = resume_run_body if resume else execute_run_body
+    with capture_interrupts():
+        with DagsterInstance.from_ref(ref) as instance:
+            return body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
+
+
+def _working_directory(origin: Any) -> str | None:
+    pointer = origin.repository_origin.code_pointer
+    return getattr(pointer, "working_directory", None) or (
+        os.path.dirname(pointer.python_file) if hasattr(pointer, "python_file") else None
+    )
 
 
 def stop_worker(instance: DagsterInstance, run: DagsterRun) -> bool:

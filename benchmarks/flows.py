@@ -1,0 +1,122 @@
+"""Flow sources the benchmarks share: small shapes for start-up cost, wide ones for scale."""
+
+from __future__ import annotations
+
+import textwrap
+
+_LINEAR = '''
+from metaflow import FlowSpec, step
+
+
+class Linear10Flow(FlowSpec):
+    @step
+    def start(self):
+        self.x = 0
+        self.next(self.s1)
+{middle}
+    @step
+    def end(self):
+        print("x =", self.x)
+
+
+if __name__ == "__main__":
+    Linear10Flow()
+'''
+
+_FOREACH = '''
+from metaflow import FlowSpec, step
+
+
+class {name}(FlowSpec):
+    @step
+    def start(self):
+        self.items = list(range({width}))
+        self.next(self.body, foreach="items")
+
+    @step
+    def body(self):
+        self.y = self.input * 2
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        self.total = sum(i.y for i in inputs)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        print("total =", self.total)
+
+
+if __name__ == "__main__":
+    {name}()
+'''
+
+_NESTED = '''
+import time
+
+from metaflow import FlowSpec, step
+
+
+class {name}(FlowSpec):
+    @step
+    def start(self):
+        self.outer = list(range({outer}))
+        self.next(self.fan, foreach="outer")
+
+    @step
+    def fan(self):
+        self.o = self.input
+        {skew}
+        self.inner = list(range({inner}))
+        self.next(self.leaf, foreach="inner")
+
+    @step
+    def leaf(self):
+        {leaf_sleep}
+        self.v = self.o * 100 + self.input
+        self.next(self.inner_join)
+
+    @step
+    def inner_join(self, inputs):
+        self.s = sum(i.v for i in inputs)
+        self.next(self.outer_join)
+
+    @step
+    def outer_join(self, inputs):
+        self.total = sum(i.s for i in inputs)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        print("total =", self.total)
+
+
+if __name__ == "__main__":
+    {name}()
+'''
+
+
+def linear(steps: int = 10) -> tuple[str, str]:
+    """(class name, source) of a linear flow of `steps` steps (start, s1.., end)."""
+    parts = []
+    middle = steps - 2
+    for i in range(1, middle + 1):
+        nxt = f"s{i + 1}" if i < middle else "end"
+        parts.append(textwrap.indent(f"@step\ndef s{i}(self):\n    self.x += 1\n    self.next(self.{nxt})\n", "    "))
+    return "Linear10Flow", _LINEAR.format(middle="\n".join(parts))
+
+
+def foreach(width: int) -> tuple[str, str]:
+    """(class name, source) of start -> foreach body x width -> join -> end."""
+    name = f"Foreach{width}Flow"
+    return name, _FOREACH.format(name=name, width=width)
+
+
+def nested(outer: int, inner: int, skew_s: float = 0.0, leaf_s: float = 0.0) -> tuple[str, str]:
+    """(class name, source) of a 2-level nested foreach; with `skew_s` outer item 0 sleeps
+    that long before fanning out (a skewed flow), with `leaf_s` every leaf sleeps."""
+    name = f"Nested{outer}x{inner}{'Skewed' if skew_s else ''}Flow"
+    skew = f"time.sleep({skew_s} if self.input == 0 else 0)" if skew_s else "pass"
+    leaf = f"time.sleep({leaf_s})" if leaf_s else "pass"
+    return name, _NESTED.format(name=name, outer=outer, inner=inner, skew=skew, leaf_sleep=leaf)

@@ -1,0 +1,88 @@
+"""Whole commands a user types, against native `python flow.py run`, in one invocation.
+
+    python benchmarks/trigger.py [--repeat N] [--shapes linear,foreach16,nested4x4]
+
+For each shape it alternates, --repeat times:
+  native    `python flow.py run`
+  trigger   `python flow.py dagster trigger --wait` (deployment created once beforehand;
+            default instance, no daemon: the CLI launches the run worker itself)
+  execute   `dagster job execute -f <compiled> -j <job>`
+and prints medians and each median divided by native's. Nothing else should run meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flows  # noqa: E402
+
+SHAPES = {
+    "linear": lambda: flows.linear(10),
+    "foreach16": lambda: flows.foreach(16),
+    "nested4x4": lambda: flows.nested(4, 4),
+}
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"command failed: {' '.join(cmd)}")
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--no-execute", action="store_true", help="skip `dagster job execute`")
+    args = ap.parse_args()
+    dagster_cli = str(Path(sys.executable).parent / "dagster")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dm-bench-trigger-") as tmp:
+        root = Path(tmp)
+        home = root / "home"
+        home.mkdir()
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        env = dict(os.environ, DAGSTER_HOME=str(home), METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root))
+        env.setdefault("USER", "bench")
+        py = sys.executable
+        for shape in [s for s in args.shapes.split(",") if s]:
+            name, source = SHAPES[shape]()
+            flow = root / f"{name.lower()}.py"
+            flow.write_text(source)
+            out = f"{name.lower()}_dagster.py"
+            timed([py, flow.name, "dagster", "create", out], root, env)
+            times: dict[str, list[float]] = {"native": [], "trigger": [], "execute": []}
+            for _ in range(args.repeat):
+                times["native"].append(timed([py, flow.name, "run"], root, env))
+                times["trigger"].append(timed([py, flow.name, "dagster", "trigger", "--wait"], root, env))
+                if not args.no_execute:
+                    times["execute"].append(timed([dagster_cli, "job", "execute", "-f", out, "-j", name], root, env))
+            med = {k: statistics.median(v) for k, v in times.items() if v}
+            rows.append((shape, med))
+            print(
+                f"{shape}: "
+                + "  ".join(f"{k} {v:.2f}s ({v / med['native']:.2f}x) [{', '.join(f'{t:.2f}' for t in times[k])}]" for k, v in med.items()),
+                flush=True,
+            )
+    print("\n| flow | native `flow.py run` | `dagster trigger --wait` | ratio | `dagster job execute` | ratio |")
+    print("|---|---|---|---|---|---|")
+    for shape, med in rows:
+        n = med["native"]
+        ex = f"{med['execute']:.2f}s | {med['execute'] / n:.2f}x" if "execute" in med else "– | –"
+        print(f"| {shape} | {n:.2f}s | {med['trigger']:.2f}s | {med['trigger'] / n:.2f}x | {ex} |")
+
+
+if __name__ == "__main__":
+    main()
