@@ -1,8 +1,11 @@
 """Every private Dagster API dagster-metaflow uses, behind one version check.
 
 Dagster has no public API for what these do, and its `dagster._*` modules change between
-minor releases. Importing them all here, once, means an untested Dagster fails with one line
-naming the installed and the supported versions instead of an error deep in a run.
+minor releases. Naming them all here means an untested Dagster fails with one line naming
+the installed and the supported versions instead of an error deep in a run: the version is
+checked on import, each API is imported on first use (importing all of them costs ~0.6 s,
+which the generated file and read-only commands do not need), and a unit test imports
+every one (`check_imports`).
 The range is what `tests/compat/run_compat.sh` passes (README, "Compatibility");
 `DAGSTER_METAFLOW_SKIP_VERSION_CHECK=1` skips the range check (the imports still must work).
 
@@ -14,11 +17,15 @@ Why each is needed:
   events), `_trigger_hook` (op hooks after a step), `InstanceConcurrencyContext` (concurrency
   pools), `RetryMode`/`get_retries_config` (the executor's `retries` config),
   `EngineEventData`, `ComputeIOType`/`CapturedLogContext` (per-step compute logs) and
-  `serializable_error_info_from_exc_info` (a crashed step thread as an engine error);
+  `serializable_error_info_from_exc_info` (a crashed step thread as an engine error),
+  `LOG_RECORD_EVENT_ATTR` (to keep unread IO bookkeeping events out of the event log);
 - `runs.py` creates a run of a deployed job as `dagster job launch` does (`create_run`,
   the workspace helpers of `dagster._cli.workspace.cli_target`), starts its worker as the
   DefaultRunLauncher does (`ExecuteRunArgs`), and recognises runs started by a code server
   (`GRPC_INFO_TAG`);
+- `run_launcher.py` forks a run worker from `trigger`, which already loaded Dagster and the
+  definitions, and runs in it what `dagster api execute_run` runs (`execute_run_body`,
+  `resume_run_body`, `capture_interrupts`);
 - `run_launcher.py` is a run launcher (`LaunchRunContext`, `ResumeRunContext`,
   `CheckRunHealthResult`, `WorkerStatus`) that starts workers with `ExecuteRunArgs` /
   `ResumeRunArgs`, as Dagster's own launchers do;
@@ -31,8 +38,10 @@ Why each is needed:
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
+from typing import TYPE_CHECKING, Any
 
 # tested range (README "Compatibility"); dagster-webserver follows dagster's version.
 # 1.11.10: the first with PlanExecutionContext.step_dependency_config (the executor passes it
@@ -86,7 +95,69 @@ from dagster import __version__ as DAGSTER_VERSION  # noqa: E402
 if not os.environ.get(SKIP_ENV):
     check_version(DAGSTER_VERSION)
 
-try:
+# name -> (module, attribute): imported on first use, so a process imports only what it
+# needs (all of it costs ~0.6 s: run storage, alembic, the daemon); `check_imports` (a unit
+# test) imports every one against the installed Dagster.
+_LAZY: dict[str, tuple[str, str]] = {
+    "CapturedLogContext": ("dagster._core.storage.compute_log_manager", "CapturedLogContext"),
+    "CheckRunHealthResult": ("dagster._core.launcher", "CheckRunHealthResult"),
+    "ComputeIOType": ("dagster._core.storage.compute_log_manager", "ComputeIOType"),
+    "EngineEventData": ("dagster._core.events", "EngineEventData"),
+    "ExecuteRunArgs": ("dagster._grpc.types", "ExecuteRunArgs"),
+    "ExecuteRunWithPlanIterable": ("dagster._core.execution.api", "ExecuteRunWithPlanIterable"),
+    "ExecutionPlan": ("dagster._core.execution.plan.plan", "ExecutionPlan"),
+    "GRPC_INFO_TAG": ("dagster._core.launcher.default_run_launcher", "GRPC_INFO_TAG"),
+    "InstanceConcurrencyContext": ("dagster._core.execution.plan.instance_concurrency_context", "InstanceConcurrencyContext"),
+    "InstigatorStatus": ("dagster._core.scheduler.instigation", "InstigatorStatus"),
+    "LOG_RECORD_EVENT_ATTR": ("dagster._core.log_manager", "LOG_RECORD_EVENT_ATTR"),
+    "KeyValueStoreTable": ("dagster._core.storage.runs.schema", "KeyValueStoreTable"),
+    "LaunchRunContext": ("dagster._core.launcher", "LaunchRunContext"),
+    "PlanExecutionContext": ("dagster._core.execution.context.system", "PlanExecutionContext"),
+    "PlanExecutionContextManager": ("dagster._core.execution.context_creation_job", "PlanExecutionContextManager"),
+    "PlanOrchestrationContext": ("dagster._core.execution.context.system", "PlanOrchestrationContext"),
+    "ResumeRunArgs": ("dagster._grpc.types", "ResumeRunArgs"),
+    "ResumeRunContext": ("dagster._core.launcher", "ResumeRunContext"),
+    "RetryMode": ("dagster._core.execution.retries", "RetryMode"),
+    "SqlRunStorage": ("dagster._core.storage.runs.sql_run_storage", "SqlRunStorage"),
+    "WorkerStatus": ("dagster._core.launcher", "WorkerStatus"),
+    "WorkspaceOpts": ("dagster._cli.workspace.cli_target", "WorkspaceOpts"),
+    "capture_interrupts": ("dagster._utils.interrupts", "capture_interrupts"),
+    "create_run": ("dagster._cli.job", "_create_run"),
+    "dagster_event_sequence_for_step": ("dagster._core.execution.plan.execute_plan", "dagster_event_sequence_for_step"),
+    "db_select": ("dagster._core.storage.sqlalchemy_compat", "db_select"),
+    "execute_run_body": ("dagster._cli.api", "_execute_run_command_body"),
+    "get_code_location_from_workspace": ("dagster._cli.workspace.cli_target", "get_code_location_from_workspace"),
+    "get_remote_job_from_remote_repo": ("dagster._cli.workspace.cli_target", "get_remote_job_from_remote_repo"),
+    "get_remote_repository_from_code_location": ("dagster._cli.workspace.cli_target", "get_remote_repository_from_code_location"),
+    "get_retries_config": ("dagster._core.execution.retries", "get_retries_config"),
+    "get_workspace_from_cli_opts": ("dagster._cli.workspace.cli_target", "get_workspace_from_cli_opts"),
+    "is_valid_cron_string": ("dagster._utils.schedules", "is_valid_cron_string"),
+    "resume_run_body": ("dagster._cli.api", "_resume_run_command_body"),
+    "serializable_error_info_from_exc_info": ("dagster._utils.error", "serializable_error_info_from_exc_info"),
+    "trigger_hook": ("dagster._core.execution.plan.execute_plan", "_trigger_hook"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    try:
+        value = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UnsupportedDagsterVersion(unsupported_message(DAGSTER_VERSION, f" ({exc})")) from None
+    globals()[name] = value
+    return value
+
+
+def check_imports() -> None:
+    """Import every private API used, as a whole-package check of the installed Dagster."""
+    for name in _LAZY:
+        __getattr__(name)
+
+
+if TYPE_CHECKING:
     from dagster._cli.api import _execute_run_command_body as execute_run_body
     from dagster._cli.api import _resume_run_command_body as resume_run_body
     from dagster._cli.job import _create_run as create_run
@@ -122,6 +193,7 @@ try:
         WorkerStatus,
     )
     from dagster._core.launcher.default_run_launcher import GRPC_INFO_TAG
+    from dagster._core.log_manager import LOG_RECORD_EVENT_ATTR
     from dagster._core.scheduler.instigation import InstigatorStatus
     from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
     from dagster._core.storage.runs.schema import KeyValueStoreTable
@@ -131,14 +203,14 @@ try:
     from dagster._utils.error import serializable_error_info_from_exc_info
     from dagster._utils.interrupts import capture_interrupts
     from dagster._utils.schedules import is_valid_cron_string
-except ImportError as exc:
-    raise UnsupportedDagsterVersion(unsupported_message(DAGSTER_VERSION, f" ({exc})")) from None
+
 
 __all__ = [
     "DAGSTER_MAX_EXCLUSIVE",
     "DAGSTER_MIN",
     "DAGSTER_VERSION",
     "GRPC_INFO_TAG",
+    "LOG_RECORD_EVENT_ATTR",
     "execute_run_body",
     "resume_run_body",
     "CapturedLogContext",
@@ -163,6 +235,7 @@ __all__ = [
     "WorkerStatus",
     "WorkspaceOpts",
     "capture_interrupts",
+    "check_imports",
     "check_version",
     "create_run",
     "dagster_event_sequence_for_step",

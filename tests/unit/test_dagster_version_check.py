@@ -70,3 +70,12 @@ def test_cli_refuses_an_untested_dagster_in_one_line(
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "found dagster 1.99.0" in proc.stderr and private.supported_range() in proc.stderr
     assert not (workspace.dir / "hello_flow_dagster.py").exists()
+
+
+def test_every_private_api_exists_in_the_installed_dagster() -> None:
+    """The private APIs are imported on first use; this imports them all, so a Dagster that
+    lacks one fails here and not first in a run."""
+    private.check_imports()
+    assert callable(private.create_run) and private.ExecutionPlan is not None
+    with pytest.raises(AttributeError):
+        private.no_such_api  # noqa: B018

@@ -1,0 +1,128 @@
+"""A very wide foreach through `python flow.py dagster trigger --wait`, against native.
+
+    python benchmarks/wide.py --width 1000 [--native] [--repeat 1]
+
+Prints, for the Dagster run: whole-command wall time, the run worker's peak RSS (sampled
+every 0.5 s), the run's event log on disk per task (SQLite instance: the run's own
+`history/runs/<run id>.db`), compute logs per task, and throughput (tasks finished per
+second) in each tenth of the run, so a run that slows down as it grows shows it.
+With --native it also times `python flow.py run` in the same invocation and prints the
+ratio; without, give a native time measured earlier with --native-seconds (said so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flows  # noqa: E402
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+class _PeakRss(threading.Thread):
+    """Peak RSS of the run worker (the process recorded in the run's worker tag)."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(daemon=True)
+        self.home, self.peak, self.stop = home, 0, threading.Event()
+
+    def run(self) -> None:
+        import psutil
+        from dagster import DagsterInstance
+
+        os.environ["DAGSTER_HOME"] = str(self.home)
+        pid = None
+        with DagsterInstance.get() as instance:
+            while not self.stop.is_set():
+                if pid is None:
+                    runs = instance.get_runs(limit=1)
+                    tag = runs[0].tags.get("dagster-metaflow/worker") if runs else None
+                    pid = int(tag.split("/")[-2]) if tag else None
+                if pid is not None:
+                    try:
+                        self.peak = max(self.peak, psutil.Process(pid).memory_info().rss)
+                    except psutil.Error:
+                        pass
+                self.stop.wait(0.5)
+
+
+def _throughput(home: Path) -> tuple[str, float, int]:
+    """(tasks/s per tenth of the run, run seconds, tasks) from STEP_SUCCESS timestamps."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    os.environ["DAGSTER_HOME"] = str(home)
+    with DagsterInstance.get() as instance:
+        run = instance.get_runs(limit=1)[0]
+        stats = instance.get_run_stats(run.run_id)
+        recs = instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.STEP_SUCCESS, limit=10_000_000
+        ).records
+        times = sorted(r.event_log_entry.timestamp for r in recs)
+        t0, t1 = stats.start_time or times[0], stats.end_time or times[-1]
+        span = max(t1 - t0, 1e-6)
+        buckets = [0] * 10
+        for t in times:
+            buckets[min(9, int((t - t0) / span * 10))] += 1
+        rates = " ".join(f"{b / (span / 10):.0f}" for b in buckets)
+        return rates, span, len(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--width", type=int, default=1000)
+    ap.add_argument("--native", action="store_true", help="also time `python flow.py run`")
+    ap.add_argument("--native-seconds", type=float, help="a native time measured earlier")
+    ap.add_argument("--keep", help="use this directory and keep it")
+    args = ap.parse_args()
+    name, source = flows.foreach(args.width)
+    with tempfile.TemporaryDirectory(prefix="dm-bench-wide-") as tmp:
+        root = Path(args.keep or tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        home = root / "home"
+        home.mkdir(exist_ok=True)
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        env = dict(os.environ, DAGSTER_HOME=str(home), METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root))
+        env.setdefault("USER", "bench")
+        flow = root / f"{name.lower()}.py"
+        flow.write_text(source)
+        py = sys.executable
+        subprocess.run([py, flow.name, "dagster", "create", f"{name.lower()}_dagster.py"], cwd=root, env=env, check=True, capture_output=True)
+        native = args.native_seconds
+        if args.native:
+            t0 = time.perf_counter()
+            subprocess.run([py, flow.name, "run"], cwd=root, env=env, check=True, capture_output=True)
+            native = time.perf_counter() - t0
+            print(f"native `flow.py run`: {native:.1f}s", flush=True)
+        sampler = _PeakRss(home)
+        sampler.start()
+        t0 = time.perf_counter()
+        proc = subprocess.run([py, flow.name, "dagster", "trigger", "--wait"], cwd=root, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        sampler.stop.set()
+        sampler.join()
+        if proc.returncode:
+            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+            raise SystemExit("the run failed")
+        rates, span, tasks = _throughput(home)
+        events = _dir_size(home / "history")
+        logs = _dir_size(home / "storage") - _dir_size(home / "storage" / "dagster_metaflow_io")
+        print(f"width {args.width}: `trigger --wait` {wall:.1f}s (run {span:.1f}s, {tasks} steps)")
+        if native:
+            print(f"  ratio to native ({native:.1f}s{'' if args.native else ', given'}): {wall / native:.2f}x")
+        print(f"  run worker peak RSS {sampler.peak / 2**20:.0f} MB")
+        print(f"  event log {events / 2**20:.1f} MB = {events / tasks / 1024:.1f} KB/task; compute logs etc. {logs / 2**20:.1f} MB = {logs / tasks / 1024:.1f} KB/task")
+        print(f"  tasks/s by tenth of the run: {rates}")
+
+
+if __name__ == "__main__":
+    main()
