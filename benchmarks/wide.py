@@ -25,6 +25,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flows  # noqa: E402
 
 
+def _busy_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy so far (/proc/stat): the run worker is detached
+    and its steps are the zygote's children, so per-process accounting would miss them.
+    Meaningful only on a quiet machine."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
@@ -99,15 +109,17 @@ def main() -> None:
         subprocess.run([py, flow.name, "dagster", "create", f"{name.lower()}_dagster.py"], cwd=root, env=env, check=True, capture_output=True)
         native = args.native_seconds
         if args.native:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _busy_cpu_seconds()
             subprocess.run([py, flow.name, "run"], cwd=root, env=env, check=True, capture_output=True)
             native = time.perf_counter() - t0
-            print(f"native `flow.py run`: {native:.1f}s", flush=True)
+            cpu = _busy_cpu_seconds() - c0
+            print(f"native `flow.py run`: {native:.1f}s, {cpu:.0f} CPU-s = {cpu / args.width:.3f} CPU-s/task", flush=True)
         sampler = _PeakRss(home)
         sampler.start()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _busy_cpu_seconds()
         proc = subprocess.run([py, flow.name, "dagster", "trigger", "--wait"], cwd=root, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
+        cpu = _busy_cpu_seconds() - c0
         sampler.stop.set()
         sampler.join()
         if proc.returncode:
@@ -119,6 +131,7 @@ def main() -> None:
         print(f"width {args.width}: `trigger --wait` {wall:.1f}s (run {span:.1f}s, {tasks} steps)")
         if native:
             print(f"  ratio to native ({native:.1f}s{'' if args.native else ', given'}): {wall / native:.2f}x")
+        print(f"  {cpu:.0f} CPU-s = {cpu / args.width:.3f} CPU-s/task (whole machine, this sampler included)")
         print(f"  run worker peak RSS {sampler.peak / 2**20:.0f} MB")
         print(f"  event log {events / 2**20:.1f} MB = {events / tasks / 1024:.1f} KB/task; compute logs etc. {logs / 2**20:.1f} MB = {logs / tasks / 1024:.1f} KB/task")
         print(f"  tasks/s by tenth of the run: {rates}")

@@ -87,20 +87,41 @@ def spawn_worker(
     log_path = worker_log_path(instance, run.run_id)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-            close_fds=True,
-        )
+        pid = _fork_from_worker_zygote(command, env, cwd, log.fileno())
+        if pid is None:
+            pid = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                close_fds=True,
+            ).pid
     # a worker that is already gone is recorded with no start time: readers end its run
-    identity = WorkerIdentity.of(proc.pid) or WorkerIdentity(socket.gethostname(), proc.pid, 0.0)
+    identity = WorkerIdentity.of(pid) or WorkerIdentity(socket.gethostname(), pid, 0.0)
     instance.add_run_tags(run.run_id, {TAG_WORKER: identity.tag()})
     return identity
+
+
+def _fork_from_worker_zygote(
+    command: list[str], env: dict[str, str], cwd: str | None, log_fd: int
+) -> int | None:
+    """The worker's pid, forked by this process's worker zygote (Dagster already imported:
+    the run's first event comes ~1 s sooner than from a fresh interpreter); None when
+    forking is off or the zygote cannot take it (then the caller starts a subprocess)."""
+    from .runtime.zygote import WORKER_POOL, ZygoteUnavailable, fork_enabled
+
+    if not fork_enabled() or command[0] != sys.executable:
+        return None
+    zygote = WORKER_POOL.get(command[0], env)
+    if zygote is None:
+        return None
+    try:
+        return zygote.spawn_detached(command, env, cwd, log_fd)
+    except ZygoteUnavailable:
+        return None
 
 
 def fork_worker(instance: DagsterInstance, run: DagsterRun) -> WorkerIdentity | None:

@@ -13,7 +13,10 @@ one it was started with; `ZygotePool` keeps one per such environment. Anything u
 (start-up failure, a dead zygote) falls back to a plain subprocess. Set
 `DAGSTER_METAFLOW_FORK=0` to always use plain subprocesses.
 
-The server half (`serve`) must not import Dagster: it runs in the zygote.
+The server half (`serve`) must not import Dagster in a step zygote. A *worker* zygote
+(`WORKER_POOL`, used by `MetaflowRunLauncher` in dagster-daemon and the webserver) preloads
+Dagster instead and forks `python -m dagster api execute_run ...` run workers: those are
+detached (their own sessions) and outlive the zygote and its parent.
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ from .supervise import default_step_signals
 HEADER = struct.Struct("!I")
 START_TIMEOUT = 30.0
 PRELOAD = ("metaflow", "metaflow.cli", "metaflow.task", "metaflow.datastore", "metaflow.runtime")
+# what a run worker imports before its first event: Dagster, its run storage, the run body
+WORKER_PRELOAD = (
+    "dagster",
+    "dagster._cli.api",
+    "dagster._core.storage.runs.sqlite",
+    "dagster._core.storage.event_log.sqlite",
+    "dagster_metaflow.runtime.executor",
+)
+STEP, WORKER = "step", "worker"
 # per-command variables that Metaflow reads when used, not at import
 VOLATILE_ENV = (
     "METAFLOW_RUN_ID",
@@ -142,12 +154,12 @@ def _pid_alive(pid: int) -> bool:
 class Zygote:
     """Client handle of one zygote process."""
 
-    def __init__(self, python: str, env: Mapping[str, str]) -> None:
+    def __init__(self, python: str, env: Mapping[str, str], mode: str = STEP) -> None:
         self._dir = tempfile.mkdtemp(prefix="dm-zygote-")
         self.path = os.path.join(self._dir, "sock")
-        code = "import sys; from dagster_metaflow.runtime.zygote import serve; serve(sys.argv[1])"
+        code = "import sys; from dagster_metaflow.runtime.zygote import serve; serve(*sys.argv[1:])"
         self.proc = subprocess.Popen(
-            [python, "-u", "-c", code, self.path],
+            [python, "-u", "-c", code, self.path, mode],
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -168,6 +180,30 @@ class Zygote:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def spawn_detached(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, output_fd: int
+    ) -> int:
+        """Fork `argv` with stdout and stderr on `output_fd`; return its pid and forget it
+        (a run worker is followed through the instance, not through the zygote)."""
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                conn.connect(self.path)
+                body = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
+                socket.send_fds(conn, [HEADER.pack(len(body))], [output_fd, output_fd])
+            except OSError as exc:
+                raise ZygoteUnavailable(str(exc)) from exc
+            conn.sendall(body)
+            reply = b""
+            while b"\n" not in reply:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    raise RuntimeError("fork server closed the connection after taking the command")
+                reply += chunk
+            return int(json.loads(reply.split(b"\n", 1)[0])["pid"])
+        finally:
+            conn.close()
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> ForkedProcess:
         """Fork `argv` in the zygote. Raises ZygoteUnavailable when the request never
@@ -226,7 +262,8 @@ class ZygotePool:
     A zygote is started outside the lock: steps that need it meanwhile run as plain
     subprocesses instead of waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = STEP) -> None:
+        self.mode = mode
         self._lock = threading.Lock()
         self._zygotes: dict[Any, Zygote | None] = {}
         self._starting: set[Any] = set()
@@ -243,7 +280,7 @@ class ZygotePool:
         started: Zygote | None = None
         try:
             base = {k: v for k, v in env.items() if not k.startswith(VOLATILE_ENV)}
-            started = Zygote(python, base)
+            started = Zygote(python, base, self.mode)
         except Exception as exc:
             print(
                 f"dagster-metaflow: fork server unavailable ({exc}); using subprocesses",
@@ -264,6 +301,8 @@ class ZygotePool:
 
 POOL = ZygotePool()
 atexit.register(POOL.close)
+WORKER_POOL = ZygotePool(WORKER)
+atexit.register(WORKER_POOL.close)
 
 
 def spawn_step_process(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> Any:
@@ -321,11 +360,18 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[
         os.environ.clear()
         os.environ.update(request["env"])
         argv = request["argv"][1:]
-        script = os.path.abspath(argv[0])
-        sys.argv = argv
-        sys.path[0] = os.path.dirname(script)
         try:
-            _run_as_main(script, main_extras)
+            if argv[0] == "-m":  # `python -m module args...` (a run worker)
+                import runpy
+
+                sys.argv = [argv[1], *argv[2:]]
+                sys.path[0] = os.getcwd()
+                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+            else:
+                script = os.path.abspath(argv[0])
+                sys.argv = argv
+                sys.path[0] = os.path.dirname(script)
+                _run_as_main(script, main_extras)
             code = 0
         except SystemExit as exc:
             if exc.code is None:
@@ -448,13 +494,21 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def serve(path: str) -> None:
-    """Zygote main loop: preload Metaflow, then fork one child per request."""
+def serve(path: str, mode: str = STEP) -> None:
+    """Zygote main loop: preload Metaflow (or Dagster, for run workers), then fork one
+    child per request."""
     # (no PR_SET_PDEATHSIG: it fires when the *thread* that started us exits, and zygotes
     # are started from short-lived executor threads; the parent poll in `_ForkServer.run`
     # is used instead)
-    main_extras = _preload()
-    server = _ForkServer(path, main_extras)
+    if mode == WORKER:
+        import importlib
+
+        for name in WORKER_PRELOAD:
+            importlib.import_module(name)
+        main_extras: dict[str, Any] = {}
+    else:
+        main_extras = _preload()
+    server = _ForkServer(path, main_extras, stop_children=mode != WORKER)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     try:
@@ -491,8 +545,9 @@ class _ForkServer:
     """The zygote's listening socket, its signal wake-up pipe, and the children it forked
     (pid -> the connection that waits for the child's exit status)."""
 
-    def __init__(self, path: str, main_extras: dict[str, Any]) -> None:
+    def __init__(self, path: str, main_extras: dict[str, Any], stop_children: bool = True) -> None:
         self.main_extras = main_extras
+        self.stop_children = stop_children
         self.parent = os.getppid()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
@@ -515,8 +570,10 @@ class _ForkServer:
             except InterruptedError:
                 ready = []
             if os.getppid() != self.parent:
-                # the run worker is gone (killed, crashed): its steps must not live on
-                _stop_children(list(self.conns))
+                # the run worker is gone (killed, crashed): its steps must not live on;
+                # run workers, though, outlive the daemon or webserver that launched them
+                if self.stop_children:
+                    _stop_children(list(self.conns))
                 return
             if wake_r in ready:
                 os.read(wake_r, 4096)

@@ -242,6 +242,13 @@ def test_daemon_resumes_a_scheduled_run_whose_worker_died_and_the_run_outlives_t
         mf_run = wait_for("the holding run", lambda: (ws.dir / "holding-run").read_text().strip(), 10)
         run_id = _dagster_run_id(ws, mf_run)
         first = _worker(ws, run_id)
+        # the launcher forked the worker from its worker zygote (Dagster preloaded), in a
+        # session of its own
+        import psutil
+
+        parent = psutil.Process(first.pid).parent()
+        assert parent is not None and "zygote import serve" in " ".join(parent.cmdline())
+        assert parent.cmdline()[-1] == "worker" and os.getsid(first.pid) == first.pid
         pathspec = f"FaultFlow/{mf_run}"
         done_before = {tid: t.finished_at for tid, t in _body_tasks(pathspec).items() if t.successful}
         assert list(done_before) == ["body-0"], done_before
@@ -249,6 +256,7 @@ def test_daemon_resumes_a_scheduled_run_whose_worker_died_and_the_run_outlives_t
         assert survivors(pids, within=30) == []
         resumed_pids = _markers(ws, 1, 3, timeout=150)  # the new worker's attempts hold too
         second = wait_for("a new worker", lambda: (w := _worker(ws, run_id)) != first and w, 30)
+        assert psutil.Process(second.pid).parent() == parent  # resume_run: the same zygote
         os.killpg(daemon.pid, signal.SIGKILL)
         daemon.wait(timeout=30)
     ws.dir.joinpath("release").write_text("")
@@ -265,7 +273,7 @@ def test_daemon_resumes_a_scheduled_run_whose_worker_died_and_the_run_outlives_t
     assert tasks["body-0"].current_attempt == 0
     for tid in ("body-1", "body-2", "body-3"):
         assert tasks[tid].current_attempt == 1 and tasks[tid].successful, tid
-    assert survivors([first.pid, second.pid, *resumed_pids], within=30) == []
+    assert survivors([first.pid, second.pid, parent.pid, *resumed_pids], within=30) == []
     assert _carriers(first) == [] and _carriers(second) == []
 
 

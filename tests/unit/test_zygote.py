@@ -144,3 +144,25 @@ def test_steps_get_a_fresh_interpreters_signals_on_both_paths(tmp_path: Path, ig
         assert out.returncode == 0, out.stderr
         seen[path] = out.stdout.strip().splitlines()[-1]
     assert seen["zygote"] == seen["subprocess"] == fresh.strip()
+
+
+def test_worker_zygote_forks_detached_module_commands_that_outlive_it(tmp_path: Path) -> None:
+    """A worker zygote (Dagster preloaded) runs `python -m module args` with output in a
+    file, in its own session; closing the zygote leaves the command running."""
+    import psutil
+
+    mod = tmp_path / "dm_sleeper.py"
+    mod.write_text("import os, sys, time\nprint('argv', sys.argv[1:], os.getsid(0) == os.getpid(), flush=True)\ntime.sleep(float(sys.argv[1]))\nprint('done', flush=True)\n")
+    log = tmp_path / "worker.log"
+    pool = ZygotePool(zygote.WORKER)
+    env = dict(os.environ)
+    z = pool.get(sys.executable, env)
+    assert z is not None
+    with open(log, "ab") as f:
+        pid = z.spawn_detached([sys.executable, "-m", "dm_sleeper", "1.5"], env, str(tmp_path), f.fileno())
+    pool.close()  # the daemon that launched the worker exits
+    assert psutil.pid_exists(pid)
+    deadline = time.monotonic() + 30
+    while "done" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert log.read_text().splitlines() == ["argv ['1.5'] True", "done"]
