@@ -6,7 +6,8 @@ Prints, for the Dagster run: whole-command wall time, the run worker's peak RSS 
 every 0.5 s), the run's event log on disk per task (SQLite instance: the run's own
 `history/runs/<run id>.db`), compute logs per task, and throughput (tasks finished per
 second) in each tenth of the run, so a run that slows down as it grows shows it.
-With --native it also times `python flow.py run` in the same invocation and prints the
+With --native it also times `python flow.py run --max-num-splits N` (Metaflow refuses
+more than 100 splits by default) in the same invocation and prints the
 ratio; without, give a native time measured earlier with --native-seconds (said so).
 """
 
@@ -110,7 +111,7 @@ def main() -> None:
         native = args.native_seconds
         if args.native:
             t0, c0 = time.perf_counter(), _busy_cpu_seconds()
-            subprocess.run([py, flow.name, "run"], cwd=root, env=env, check=True, capture_output=True)
+            subprocess.run([py, flow.name, "run", "--max-num-splits", str(args.width + 1)], cwd=root, env=env, check=True, capture_output=True)
             native = time.perf_counter() - t0
             cpu = _busy_cpu_seconds() - c0
             print(f"native `flow.py run`: {native:.1f}s, {cpu:.0f} CPU-s = {cpu / args.width:.3f} CPU-s/task", flush=True)
