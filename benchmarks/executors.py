@@ -16,82 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import textwrap
-import time
 from pathlib import Path
 
-LINEAR = '''
-from metaflow import FlowSpec, step
-
-
-class Linear10Flow(FlowSpec):
-    @step
-    def start(self):
-        self.x = 0
-        self.next(self.s1)
-{middle}
-    @step
-    def end(self):
-        print("x =", self.x)
-
-
-if __name__ == "__main__":
-    Linear10Flow()
-'''
-
-FOREACH = '''
-from metaflow import FlowSpec, step
-
-
-class Foreach16Flow(FlowSpec):
-    @step
-    def start(self):
-        self.items = list(range(16))
-        self.next(self.body, foreach="items")
-
-    @step
-    def body(self):
-        self.y = self.input * 2
-        self.next(self.join)
-
-    @step
-    def join(self, inputs):
-        self.total = sum(i.y for i in inputs)
-        self.next(self.end)
-
-    @step
-    def end(self):
-        print("total =", self.total)
-
-
-if __name__ == "__main__":
-    Foreach16Flow()
-'''
-
-
-def linear_source() -> str:
-    parts = []
-    for i in range(1, 9):
-        nxt = f"s{i + 1}" if i < 8 else "end"
-        parts.append(
-            textwrap.indent(
-                f"@step\ndef s{i}(self):\n    self.x += 1\n    self.next(self.{nxt})\n", "    "
-            )
-        )
-    return LINEAR.format(middle="\n".join(parts))
-
-
-def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit(f"command failed: {' '.join(cmd)}")
-    return elapsed
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flows  # noqa: E402
+from trigger import timed  # noqa: E402
 
 
 def last_run_duration(dagster_home: Path) -> float:
@@ -120,9 +51,9 @@ def main() -> None:
         env = dict(os.environ)
         env.setdefault("USER", "bench")
         env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(root)
-        for label, flow_name, source in (
-            ("linear 10 steps", "Linear10Flow", linear_source()),
-            ("foreach 16 wide", "Foreach16Flow", FOREACH),
+        for label, (flow_name, source) in (
+            ("linear 10 steps", flows.linear(10)),
+            ("foreach 16 wide", flows.foreach(16)),
         ):
             flow = root / f"{flow_name.lower()}.py"
             flow.write_text(source)

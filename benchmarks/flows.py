@@ -120,3 +120,61 @@ def nested(outer: int, inner: int, skew_s: float = 0.0, leaf_s: float = 0.0) -> 
     skew = f"time.sleep({skew_s} if self.input == 0 else 0)" if skew_s else "pass"
     leaf = f"time.sleep({leaf_s})" if leaf_s else "pass"
     return name, _NESTED.format(name=name, outer=outer, inner=inner, skew=skew, leaf_sleep=leaf)
+
+
+_NESTED3 = '''
+from metaflow import FlowSpec, step
+
+
+class {name}(FlowSpec):
+    @step
+    def start(self):
+        self.a = list(range({n}))
+        self.next(self.l1, foreach="a")
+
+    @step
+    def l1(self):
+        self.i = self.input
+        self.b = list(range({n}))
+        self.next(self.l2, foreach="b")
+
+    @step
+    def l2(self):
+        self.j = self.input
+        self.c = list(range({n}))
+        self.next(self.leaf, foreach="c")
+
+    @step
+    def leaf(self):
+        self.v = (self.i * {n} + self.j) * {n} + self.input
+        self.next(self.j2)
+
+    @step
+    def j2(self, inputs):
+        self.s = sum(x.v for x in inputs)
+        self.next(self.j1)
+
+    @step
+    def j1(self, inputs):
+        self.s = sum(x.s for x in inputs)
+        self.next(self.j0)
+
+    @step
+    def j0(self, inputs):
+        self.total = sum(x.s for x in inputs)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        print("total =", self.total)
+
+
+if __name__ == "__main__":
+    {name}()
+'''
+
+
+def nested3(n: int) -> tuple[str, str]:
+    """(class name, source) of a 3-level nested foreach n x n x n (n**3 leaf tasks)."""
+    name = f"Nested3x{n}Flow"
+    return name, _NESTED3.format(name=name, n=n)

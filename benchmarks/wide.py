@@ -91,11 +91,13 @@ def _throughput(home: Path) -> tuple[str, float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--width", type=int, default=1000)
+    ap.add_argument("--nested3", action="store_true", help="a 3-level nested foreach width x width x width")
     ap.add_argument("--native", action="store_true", help="also time `python flow.py run`")
     ap.add_argument("--native-seconds", type=float, help="a native time measured earlier")
     ap.add_argument("--keep", help="use this directory and keep it")
     args = ap.parse_args()
-    name, source = flows.foreach(args.width)
+    name, source = flows.nested3(args.width) if args.nested3 else flows.foreach(args.width)
+    tasks_of_width = args.width**3 if args.nested3 else args.width
     with tempfile.TemporaryDirectory(prefix="dm-bench-wide-") as tmp:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -111,10 +113,10 @@ def main() -> None:
         native = args.native_seconds
         if args.native:
             t0, c0 = time.perf_counter(), _busy_cpu_seconds()
-            subprocess.run([py, flow.name, "run", "--max-num-splits", str(args.width + 1)], cwd=root, env=env, check=True, capture_output=True)
+            subprocess.run([py, flow.name, "run", "--max-num-splits", str(tasks_of_width + 1)], cwd=root, env=env, check=True, capture_output=True)
             native = time.perf_counter() - t0
             cpu = _busy_cpu_seconds() - c0
-            print(f"native `flow.py run`: {native:.1f}s, {cpu:.0f} CPU-s = {cpu / args.width:.3f} CPU-s/task", flush=True)
+            print(f"native `flow.py run`: {native:.1f}s, {cpu:.0f} CPU-s = {cpu / tasks_of_width:.3f} CPU-s/task", flush=True)
         sampler = _PeakRss(home)
         sampler.start()
         t0, c0 = time.perf_counter(), _busy_cpu_seconds()
@@ -129,10 +131,11 @@ def main() -> None:
         rates, span, tasks = _throughput(home)
         events = _dir_size(home / "history")
         logs = _dir_size(home / "storage") - _dir_size(home / "storage" / "dagster_metaflow_io")
-        print(f"width {args.width}: `trigger --wait` {wall:.1f}s (run {span:.1f}s, {tasks} steps)")
+        shape = f"{args.width}x{args.width}x{args.width} nested" if args.nested3 else f"width {args.width}"
+        print(f"{shape}: `trigger --wait` {wall:.1f}s (run {span:.1f}s, {tasks} steps)")
         if native:
             print(f"  ratio to native ({native:.1f}s{'' if args.native else ', given'}): {wall / native:.2f}x")
-        print(f"  {cpu:.0f} CPU-s = {cpu / args.width:.3f} CPU-s/task (whole machine, this sampler included)")
+        print(f"  {cpu:.0f} CPU-s = {cpu / tasks_of_width:.3f} CPU-s/leaf task (whole machine, this sampler included)")
         print(f"  run worker peak RSS {sampler.peak / 2**20:.0f} MB")
         print(f"  event log {events / 2**20:.1f} MB = {events / tasks / 1024:.1f} KB/task; compute logs etc. {logs / 2**20:.1f} MB = {logs / tasks / 1024:.1f} KB/task")
         print(f"  tasks/s by tenth of the run: {rates}")

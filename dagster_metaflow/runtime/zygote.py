@@ -181,42 +181,20 @@ class Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def spawn_detached(
-        self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, output_fd: int
-    ) -> int:
-        """Fork `argv` with stdout and stderr on `output_fd`; return its pid and forget it
-        (a run worker is followed through the instance, not through the zygote)."""
+    def _request(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, fds: Sequence[int]
+    ) -> tuple[socket.socket, int, bytes]:
+        """Send one command with the child's stdout/stderr fds; return the open connection,
+        the child's pid and what arrived after the pid. Raises ZygoteUnavailable when the
+        request never reached the zygote (the caller may run the command itself); any
+        later failure is a plain error: the command may have started, so it must not be
+        started a second time."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             try:
                 conn.connect(self.path)
                 body = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
-                socket.send_fds(conn, [HEADER.pack(len(body))], [output_fd, output_fd])
-            except OSError as exc:
-                raise ZygoteUnavailable(str(exc)) from exc
-            conn.sendall(body)
-            reply = b""
-            while b"\n" not in reply:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    raise RuntimeError("fork server closed the connection after taking the command")
-                reply += chunk
-            return int(json.loads(reply.split(b"\n", 1)[0])["pid"])
-        finally:
-            conn.close()
-
-    def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> ForkedProcess:
-        """Fork `argv` in the zygote. Raises ZygoteUnavailable when the request never
-        reached it (the caller may run the command itself); any later failure is a plain
-        error: the command may have started, so it must not be started a second time."""
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            try:
-                conn.connect(self.path)
-                body = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
-                socket.send_fds(conn, [HEADER.pack(len(body))], [out_w, err_w])
+                socket.send_fds(conn, [HEADER.pack(len(body))], list(fds))
             except OSError as exc:
                 raise ZygoteUnavailable(str(exc)) from exc
             conn.sendall(body)
@@ -227,9 +205,27 @@ class Zygote:
                     raise RuntimeError("fork server closed the connection after taking the command")
                 reply += chunk
             line, rest = reply.split(b"\n", 1)
-            pid = int(json.loads(line)["pid"])
+            return conn, int(json.loads(line)["pid"]), rest
         except BaseException:
             conn.close()
+            raise
+
+    def spawn_detached(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, output_fd: int
+    ) -> int:
+        """Fork `argv` with stdout and stderr on `output_fd`; return its pid and forget it
+        (a run worker is followed through the instance, not through the zygote)."""
+        conn, pid, _rest = self._request(argv, env, cwd, (output_fd, output_fd))
+        conn.close()
+        return pid
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> ForkedProcess:
+        """Fork `argv` in the zygote, its output on pipes (see `_request` for failures)."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            conn, pid, rest = self._request(argv, env, cwd, (out_w, err_w))
+        except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
             raise
