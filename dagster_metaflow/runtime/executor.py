@@ -52,6 +52,7 @@ from .._dagster_private import (
     RetryMode,
     dagster_event_sequence_for_step,
     get_retries_config,
+    known_state_for_step,
     serializable_error_info_from_exc_info,
     trigger_hook,
 )
@@ -291,7 +292,12 @@ class _ThreadedRun:
         """Start a thread for every step that may run now, within `max_concurrent`."""
         active = self.active
         while not self.stopping:
-            steps = active.get_steps_to_execute(limit=self.max_concurrent - len(self.running))
+            room = self.max_concurrent - len(self.running)
+            if room <= 0 and not self.in_flight:
+                # asking Dagster anyway sorts every ready step (all of a wide foreach's
+                # tasks) to return none: once per event, quadratic in the width
+                break
+            steps = active.get_steps_to_execute(limit=max(room, 0))
             yield from active.concurrency_event_iterator(self.job_context)
             if self.in_flight:  # a resumed run: the lost worker's steps first
                 steps, self.in_flight = [*self.in_flight, *steps], []
@@ -303,7 +309,7 @@ class _ThreadedRun:
     def _start_step(self, step: Any) -> Iterator[DagsterEvent]:
         """Open the step's compute logs and run it in a new thread."""
         job_context = self.job_context
-        step_context = job_context.for_step(step, self.active.get_known_state())
+        step_context = job_context.for_step(step, known_state_for_step(self.active, step))
         step_context.log.addFilter(_UNREAD_EVENTS)
         logs: _StepLogs | None
         try:
