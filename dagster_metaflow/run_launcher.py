@@ -163,6 +163,8 @@ def _become_worker(
 ) -> None:
     """In the forked child: detach (new session, second fork), report the worker's pid, and
     run the run's body as `dagster api execute_run` would; never returns."""
+    from .runtime.zygote import fresh_interpreter_signals
+
     code = 1
     try:
         os.setsid()
@@ -175,8 +177,7 @@ def _become_worker(
         with open(log_path, "ab") as log:
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
+        fresh_interpreter_signals()  # not the Metaflow CLI's handlers
         if cwd:
             os.chdir(cwd)
         os.environ["DAGSTER_HOME"] = home

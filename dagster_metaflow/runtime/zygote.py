@@ -338,12 +338,7 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[
     code = 1
     try:
         os.setsid()
-        # the dispositions a fresh `python flow.py` gets from exec + interpreter start-up
-        default_step_signals()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_IGN)
-        signal.set_wakeup_fd(-1)
+        fresh_interpreter_signals()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(out_fd, 1)
@@ -399,6 +394,16 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[
         except Exception:
             pass
         os._exit(code & 0xFF if code >= 0 else 1)
+
+
+def fresh_interpreter_signals() -> None:
+    """In a forked child: the signal dispositions a fresh `python ...` gets from exec and
+    interpreter start-up (KeyboardInterrupt on SIGINT, SIGPIPE/SIGXFSZ ignored)."""
+    default_step_signals()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.set_wakeup_fd(-1)
 
 
 def _set_title(argv: Sequence[str]) -> None:
