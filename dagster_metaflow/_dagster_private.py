@@ -26,7 +26,7 @@ Why each is needed:
   (`GRPC_INFO_TAG`);
 - `run_launcher.py` forks a run worker from `trigger`, which already loaded Dagster and the
   definitions, and runs in it what `dagster api execute_run` runs (`execute_run_body`,
-  `resume_run_body`, `capture_interrupts`);
+  `capture_interrupts`);
 - `run_launcher.py` is a run launcher (`LaunchRunContext`, `ResumeRunContext`,
   `CheckRunHealthResult`, `WorkerStatus`) that starts workers with `ExecuteRunArgs` /
   `ResumeRunArgs`, as Dagster's own launchers do;
@@ -133,7 +133,6 @@ _LAZY: dict[str, tuple[str, str]] = {
     "get_retries_config": ("dagster._core.execution.retries", "get_retries_config"),
     "get_workspace_from_cli_opts": ("dagster._cli.workspace.cli_target", "get_workspace_from_cli_opts"),
     "is_valid_cron_string": ("dagster._utils.schedules", "is_valid_cron_string"),
-    "resume_run_body": ("dagster._cli.api", "_resume_run_command_body"),
     "serializable_error_info_from_exc_info": ("dagster._utils.error", "serializable_error_info_from_exc_info"),
     "trigger_hook": ("dagster._core.execution.plan.execute_plan", "_trigger_hook"),
 }
@@ -186,7 +185,6 @@ def check_imports() -> None:
 
 if TYPE_CHECKING:
     from dagster._cli.api import _execute_run_command_body as execute_run_body
-    from dagster._cli.api import _resume_run_command_body as resume_run_body
     from dagster._cli.job import _create_run as create_run
     from dagster._cli.workspace.cli_target import (
         WorkspaceOpts,
@@ -239,7 +237,6 @@ __all__ = [
     "GRPC_INFO_TAG",
     "LOG_RECORD_EVENT_ATTR",
     "execute_run_body",
-    "resume_run_body",
     "CapturedLogContext",
     "CheckRunHealthResult",
     "ComputeIOType",

@@ -99,9 +99,14 @@ def spawn_worker(
                 start_new_session=True,
                 close_fds=True,
             ).pid
-    # a worker that is already gone is recorded with no start time: readers end its run
+    return _record_worker(instance, run.run_id, pid)
+
+
+def _record_worker(instance: DagsterInstance, run_id: str, pid: int) -> WorkerIdentity:
+    """Record `pid` as the run's worker (host, pid, start time); a worker that is already
+    gone is recorded with no start time: readers end its run."""
     identity = WorkerIdentity.of(pid) or WorkerIdentity(socket.gethostname(), pid, 0.0)
-    instance.add_run_tags(run.run_id, {TAG_WORKER: identity.tag()})
+    instance.add_run_tags(run_id, {TAG_WORKER: identity.tag()})
     return identity
 
 
@@ -153,9 +158,7 @@ def fork_worker(instance: DagsterInstance, run: DagsterRun) -> WorkerIdentity | 
     pid = int(pid_text)
     if pid <= 0:
         return None
-    identity = WorkerIdentity.of(pid) or WorkerIdentity(socket.gethostname(), pid, 0.0)
-    instance.add_run_tags(run.run_id, {TAG_WORKER: identity.tag()})
-    return identity
+    return _record_worker(instance, run.run_id, pid)
 
 
 def _become_worker(
@@ -194,16 +197,15 @@ def _become_worker(
         os._exit(code)
 
 
-def run_worker_body(ref: Any, run_id: str, resume: bool = False) -> int:
-    """What `dagster api execute_run` (or `resume_run`) does with its arguments."""
+def run_worker_body(ref: Any, run_id: str) -> int:
+    """What `dagster api execute_run` does with its arguments."""
     from dagster import DagsterInstance
 
-    from ._dagster_private import capture_interrupts, execute_run_body, resume_run_body
+    from ._dagster_private import capture_interrupts, execute_run_body
 
-    body = resume_run_body if resume else execute_run_body
     with capture_interrupts():
         with DagsterInstance.from_ref(ref) as instance:
-            return body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
+            return execute_run_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
 
 
 def _working_directory(origin: Any) -> str | None:
