@@ -1,8 +1,11 @@
-"""Flow sources the benchmarks share: small shapes for start-up cost, wide ones for scale."""
+"""Flow sources the benchmarks share (small shapes for start-up cost, wide ones for scale),
+and the scratch instance they run in."""
 
 from __future__ import annotations
 
+import os
 import textwrap
+from pathlib import Path
 
 _LINEAR = '''
 from metaflow import FlowSpec, step
@@ -178,3 +181,38 @@ def nested3(n: int) -> tuple[str, str]:
     """(class name, source) of a 3-level nested foreach n x n x n (n**3 leaf tasks)."""
     name = f"Nested3x{n}Flow"
     return name, _NESTED3.format(name=name, n=n)
+
+
+def deep_nested(levels: int = 10, steps: int = 50) -> tuple[str, str]:
+    """(class name, source) of a `steps`-step flow with `levels` nested foreach levels (each
+    one item wide: only compiling it matters), padded with linear steps between the joins."""
+    name = f"Deep{levels}x{steps}Flow"
+    names = ["start"] + [f"f{i}" for i in range(1, levels)] + ["leaf"]  # every one but leaf splits
+    joins = [f"j{i}" for i in range(levels, 0, -1)]
+    pad = [f"p{i}" for i in range(1, steps - len(names) - len(joins))]
+    order = names + joins + pad + ["end"]
+    body = []
+    for i, step in enumerate(order[:-1]):
+        nxt = order[i + 1]
+        is_join = step in joins
+        arg = ", inputs" if is_join else ""
+        merge = "        self.merge_artifacts(inputs)\n" if is_join else ""
+        if step in names[:-1]:
+            code = f"        self.items = [0]\n        self.next(self.{nxt}, foreach=\"items\")\n"
+        else:
+            code = f"{merge}        self.next(self.{nxt})\n"
+        body.append(f"    @step\n    def {step}(self{arg}):\n{code}")
+    body.append("    @step\n    def end(self):\n        pass\n")
+    src = "from metaflow import FlowSpec, step\n\n\nclass {n}(FlowSpec):\n{b}\n\nif __name__ == \"__main__\":\n    {n}()\n"
+    return name, src.format(n=name, b="\n".join(body))
+
+
+def bench_env(root: Path) -> dict[str, str]:
+    """The environment of a benchmark's commands: a fresh Dagster instance (telemetry off)
+    in `root/home` and Metaflow's local datastore under `root`."""
+    home = root / "home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = dict(os.environ, DAGSTER_HOME=str(home), METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root))
+    env.setdefault("USER", "bench")
+    return env

@@ -55,11 +55,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="dm-bench-trigger-") as tmp:
         root = Path(tmp)
-        home = root / "home"
-        home.mkdir()
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        env = dict(os.environ, DAGSTER_HOME=str(home), METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root))
-        env.setdefault("USER", "bench")
+        env = flows.bench_env(root)
         py = sys.executable
         for shape in [s for s in args.shapes.split(",") if s]:
             name, source = SHAPES[shape]()

@@ -34,6 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("home")
     ap.add_argument("--run-id")
+    ap.add_argument("--screenshot", help="save the page, once the network is idle, to this PNG")
     args = ap.parse_args()
     home = Path(args.home).resolve()
     os.environ["DAGSTER_HOME"] = str(home)
@@ -73,6 +74,8 @@ def main() -> None:
             steps = time.perf_counter() - t0
             page.wait_for_load_state("networkidle")
             idle = time.perf_counter() - t0
+            if args.screenshot:
+                page.screenshot(path=args.screenshot)
             browser.close()
         print(f"run {run_id}: status shown {status:.1f}s, steps shown {steps:.1f}s, network idle {idle:.1f}s")
     finally:

@@ -101,11 +101,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dm-bench-wide-") as tmp:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)
+        env = flows.bench_env(root)
         home = root / "home"
-        home.mkdir(exist_ok=True)
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        env = dict(os.environ, DAGSTER_HOME=str(home), METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root))
-        env.setdefault("USER", "bench")
         flow = root / f"{name.lower()}.py"
         flow.write_text(source)
         py = sys.executable

@@ -1,0 +1,63 @@
+"""What compiling costs: `create` against importing Metaflow, the generated file against
+importing Dagster.
+
+    python benchmarks/compile.py [--repeat 3]
+
+Flows: a generated 200-step linear flow and a 50-step flow with 10 nested foreach levels.
+For each it times (median of --repeat runs, alternating):
+  `python -c "import metaflow"`            the baseline `create` is measured against
+  `python flow.py dagster create out.py`   compile, load check, package, record
+  `python -c "import dagster"`             the baseline the generated file is measured against
+  `python out.py` (imports the definitions) the generated file
+Nothing else should run meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flows  # noqa: E402
+from trigger import timed  # noqa: E402
+
+FLOWS = {
+    "linear 200 steps": lambda: flows.linear(200),
+    "50 steps, 10 nested foreach levels": lambda: flows.deep_nested(10, 50),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    py = sys.executable
+    with tempfile.TemporaryDirectory(prefix="dm-bench-compile-") as tmp:
+        root = Path(tmp)
+        env = flows.bench_env(root)
+        for label, make in FLOWS.items():
+            name, source = make()
+            flow = root / f"{name.lower()}.py"
+            flow.write_text(source)
+            out = f"{name.lower()}_dagster.py"
+            times: dict[str, list[float]] = {k: [] for k in ("metaflow", "create", "dagster", "generated")}
+            for _ in range(args.repeat):
+                times["metaflow"].append(timed([py, "-c", "import metaflow"], root, env))
+                times["create"].append(timed([py, flow.name, "dagster", "create", out], root, env))
+                times["dagster"].append(timed([py, "-c", "import dagster"], root, env))
+                times["generated"].append(timed([py, out], root, env))
+            m = {k: statistics.median(v) for k, v in times.items()}
+            print(
+                f"{label}: create {m['create']:.2f}s = import metaflow {m['metaflow']:.2f}s "
+                f"+ {m['create'] - m['metaflow']:.2f}s; generated file {m['generated']:.2f}s = "
+                f"import dagster {m['dagster']:.2f}s + {m['generated'] - m['dagster']:.2f}s",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
