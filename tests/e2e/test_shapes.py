@@ -51,7 +51,26 @@ def _differential(ws: Workspace, forks: tuple[str, ...] = ("1",)) -> dict:
     return got
 
 
-def _branches_not_taken_run_no_task_and_keys_show_index_paths(ws: Workspace) -> None:
+def _switch_choice_comes_from_final_attempt(ws: Workspace, got: dict) -> None:
+    assert got[("merge", (), ())]["took"] == "b"
+    run = ws.last_dagster_run()
+    skipped = {
+        short_key(e.step_key) for e in ws.dagster_events(run.run_id)
+        if e.dagster_event and e.dagster_event.event_type_value == "STEP_SKIPPED"
+    }
+    assert "op_branch_a" in skipped
+
+
+def _loop_iterations_have_their_own_attempts(ws: Workspace, got: dict) -> None:
+    from metaflow import Run
+
+    run = Run(f"RecursiveRetryFlow/{metaflow_run_id(ws.last_dagster_run().run_id)}")
+    attempts = {t.id: t.current_attempt for t in run["loop"].tasks()}
+    # attempts per iteration, as natively: only the third iteration was retried
+    assert attempts == {"loop": 0, "loop-r1": 0, "loop-r2": 1, "loop-r3": 0}, attempts
+
+
+def _branches_not_taken_run_no_task_and_keys_show_index_paths(ws: Workspace, got: dict) -> None:
     run = ws.last_dagster_run()
     events = ws.dagster_events(run.run_id)
     skipped = {short_key(e.step_key) for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_SKIPPED"}
@@ -66,7 +85,11 @@ def _branches_not_taken_run_no_task_and_keys_show_index_paths(ws: Workspace) -> 
 
 # checks of the Dagster run beyond the differential one, for shapes that need them (run on
 # the shape's own test, so the shape is not run natively and compiled a second time)
-SHAPE_CHECKS = {"nested_switch_flow.py": _branches_not_taken_run_no_task_and_keys_show_index_paths}
+SHAPE_CHECKS = {
+    "nested_switch_flow.py": _branches_not_taken_run_no_task_and_keys_show_index_paths,
+    "switch_retry_flow.py": _switch_choice_comes_from_final_attempt,
+    "recursive_retry_flow.py": _loop_iterations_have_their_own_attempts,
+}
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -76,9 +99,9 @@ def test_shape_matches_native(shape: str, request: pytest.FixtureRequest) -> Non
     `python flow.py step`."""
     request.node.add_marker(pytest.mark.flow(f"shapes/{shape}"))
     ws = request.getfixturevalue("workspace")
-    _differential(ws, ("1", "0"))
+    got = _differential(ws, ("1", "0"))
     if shape in SHAPE_CHECKS:
-        SHAPE_CHECKS[shape](ws)
+        SHAPE_CHECKS[shape](ws, got)
 
 
 @pytest.mark.flow("shapes/empty_inner_flow.py")
@@ -95,26 +118,3 @@ def test_empty_inner_foreach_fails_like_native(workspace: Workspace) -> None:
     ]
     assert [short_key(e.step_key) for e in failed] == ["op_outer_step[1]"]
     assert "zero splits" in failed[0].dagster_event.step_failure_data.user_failure_data.description
-
-
-@pytest.mark.flow("shapes/switch_retry_flow.py")
-def test_switch_choice_comes_from_final_attempt(workspace: Workspace) -> None:
-    got = _differential(workspace)
-    assert got[("merge", (), ())]["took"] == "b"
-    run = workspace.last_dagster_run()
-    skipped = {
-        short_key(e.step_key) for e in workspace.dagster_events(run.run_id)
-        if e.dagster_event and e.dagster_event.event_type_value == "STEP_SKIPPED"
-    }
-    assert "op_branch_a" in skipped
-
-
-@pytest.mark.flow("shapes/recursive_retry_flow.py")
-def test_loop_iterations_have_their_own_attempts(workspace: Workspace) -> None:
-    from metaflow import Run
-
-    _differential(workspace)
-    run = Run(f"RecursiveRetryFlow/{metaflow_run_id(workspace.last_dagster_run().run_id)}")
-    attempts = {t.id: t.current_attempt for t in run["loop"].tasks()}
-    # attempts per iteration, as natively: only the third iteration was retried
-    assert attempts == {"loop": 0, "loop-r1": 0, "loop-r2": 1, "loop-r3": 0}, attempts
