@@ -92,6 +92,14 @@ class Workspace:
         with DagsterInstance.from_config(str(self.dagster_home)) as instance:
             return list(instance.all_logs(run_id))
 
+    def step_keys(self, run_id: str, event_type: str) -> set[str]:
+        """Short step keys (`op_x[0_1]`) of the run's events of `event_type` ("STEP_SKIPPED")."""
+        return {
+            short_key(e.step_key)
+            for e in self.dagster_events(run_id)
+            if e.dagster_event and e.dagster_event.event_type_value == event_type
+        }
+
 
 @pytest.fixture
 def workspace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Workspace:

@@ -53,12 +53,7 @@ def _differential(ws: Workspace, forks: tuple[str, ...] = ("1",)) -> dict:
 
 def _switch_choice_comes_from_final_attempt(ws: Workspace, got: dict) -> None:
     assert got[("merge", (), ())]["took"] == "b"
-    run = ws.last_dagster_run()
-    skipped = {
-        short_key(e.step_key) for e in ws.dagster_events(run.run_id)
-        if e.dagster_event and e.dagster_event.event_type_value == "STEP_SKIPPED"
-    }
-    assert "op_branch_a" in skipped
+    assert "op_branch_a" in ws.step_keys(ws.last_dagster_run().run_id, "STEP_SKIPPED")
 
 
 def _loop_iterations_have_their_own_attempts(ws: Workspace, got: dict) -> None:
@@ -72,9 +67,8 @@ def _loop_iterations_have_their_own_attempts(ws: Workspace, got: dict) -> None:
 
 def _branches_not_taken_run_no_task_and_keys_show_index_paths(ws: Workspace, got: dict) -> None:
     run = ws.last_dagster_run()
-    events = ws.dagster_events(run.run_id)
-    skipped = {short_key(e.step_key) for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_SKIPPED"}
-    succeeded = {short_key(e.step_key) for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_SUCCESS"}
+    skipped = ws.step_keys(run.run_id, "STEP_SKIPPED")
+    succeeded = ws.step_keys(run.run_id, "STEP_SUCCESS")
     # (row, col) cells: on_diag runs for (0,0),(1,1); off_diag for the other four. Inside a
     # foreach a switch passes "not taken" to the other branch, whose op ends at once without
     # a Metaflow task (the differential check compares every task with native)
