@@ -108,14 +108,23 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ExecuteRunWithPlanIterable": ("dagster._core.execution.api", "ExecuteRunWithPlanIterable"),
     "ExecutionPlan": ("dagster._core.execution.plan.plan", "ExecutionPlan"),
     "GRPC_INFO_TAG": ("dagster._core.launcher.default_run_launcher", "GRPC_INFO_TAG"),
-    "InstanceConcurrencyContext": ("dagster._core.execution.plan.instance_concurrency_context", "InstanceConcurrencyContext"),
+    "InstanceConcurrencyContext": (
+        "dagster._core.execution.plan.instance_concurrency_context",
+        "InstanceConcurrencyContext",
+    ),
     "InstigatorStatus": ("dagster._core.scheduler.instigation", "InstigatorStatus"),
     "LOG_RECORD_EVENT_ATTR": ("dagster._core.log_manager", "LOG_RECORD_EVENT_ATTR"),
     "KeyValueStoreTable": ("dagster._core.storage.runs.schema", "KeyValueStoreTable"),
     "LaunchRunContext": ("dagster._core.launcher", "LaunchRunContext"),
     "PlanExecutionContext": ("dagster._core.execution.context.system", "PlanExecutionContext"),
-    "PlanExecutionContextManager": ("dagster._core.execution.context_creation_job", "PlanExecutionContextManager"),
-    "PlanOrchestrationContext": ("dagster._core.execution.context.system", "PlanOrchestrationContext"),
+    "PlanExecutionContextManager": (
+        "dagster._core.execution.context_creation_job",
+        "PlanExecutionContextManager",
+    ),
+    "PlanOrchestrationContext": (
+        "dagster._core.execution.context.system",
+        "PlanOrchestrationContext",
+    ),
     "ResumeRunArgs": ("dagster._grpc.types", "ResumeRunArgs"),
     "ResumeRunContext": ("dagster._core.launcher", "ResumeRunContext"),
     "RetryMode": ("dagster._core.execution.retries", "RetryMode"),
@@ -124,16 +133,34 @@ _LAZY: dict[str, tuple[str, str]] = {
     "WorkspaceOpts": ("dagster._cli.workspace.cli_target", "WorkspaceOpts"),
     "capture_interrupts": ("dagster._utils.interrupts", "capture_interrupts"),
     "create_run": ("dagster._cli.job", "_create_run"),
-    "dagster_event_sequence_for_step": ("dagster._core.execution.plan.execute_plan", "dagster_event_sequence_for_step"),
+    "dagster_event_sequence_for_step": (
+        "dagster._core.execution.plan.execute_plan",
+        "dagster_event_sequence_for_step",
+    ),
     "db_select": ("dagster._core.storage.sqlalchemy_compat", "db_select"),
     "execute_run_body": ("dagster._cli.api", "_execute_run_command_body"),
-    "get_code_location_from_workspace": ("dagster._cli.workspace.cli_target", "get_code_location_from_workspace"),
-    "get_remote_job_from_remote_repo": ("dagster._cli.workspace.cli_target", "get_remote_job_from_remote_repo"),
-    "get_remote_repository_from_code_location": ("dagster._cli.workspace.cli_target", "get_remote_repository_from_code_location"),
+    "get_code_location_from_workspace": (
+        "dagster._cli.workspace.cli_target",
+        "get_code_location_from_workspace",
+    ),
+    "get_remote_job_from_remote_repo": (
+        "dagster._cli.workspace.cli_target",
+        "get_remote_job_from_remote_repo",
+    ),
+    "get_remote_repository_from_code_location": (
+        "dagster._cli.workspace.cli_target",
+        "get_remote_repository_from_code_location",
+    ),
     "get_retries_config": ("dagster._core.execution.retries", "get_retries_config"),
-    "get_workspace_from_cli_opts": ("dagster._cli.workspace.cli_target", "get_workspace_from_cli_opts"),
+    "get_workspace_from_cli_opts": (
+        "dagster._cli.workspace.cli_target",
+        "get_workspace_from_cli_opts",
+    ),
     "is_valid_cron_string": ("dagster._utils.schedules", "is_valid_cron_string"),
-    "serializable_error_info_from_exc_info": ("dagster._utils.error", "serializable_error_info_from_exc_info"),
+    "serializable_error_info_from_exc_info": (
+        "dagster._utils.error",
+        "serializable_error_info_from_exc_info",
+    ),
     "trigger_hook": ("dagster._core.execution.plan.execute_plan", "_trigger_hook"),
 }
 

@@ -260,9 +260,7 @@ class MetaflowFlowComponent(dg.Component, dg.Resolvable, dg.Model):
     ] = None
     with_: Annotated[
         list[str],
-        _resolver(
-            _decorator_specs, list[str], "Step decorators for every step (--with).", "with"
-        ),
+        _resolver(_decorator_specs, list[str], "Step decorators for every step (--with).", "with"),
     ] = Field(default_factory=list, alias="with")
     executor: Annotated[
         str, _resolver(_choice(EXECUTORS), str, f"One of {', '.join(EXECUTORS)}.")
@@ -281,9 +279,9 @@ class MetaflowFlowComponent(dg.Component, dg.Resolvable, dg.Model):
         dict[str, str],
         _resolver(_configs, dict[str, Any], "Metaflow config values (--config-value)."),
     ] = Field(default_factory=dict)
-    branch: Annotated[
-        str | None, _resolver(_optional_str, str, "@project branch (--branch).")
-    ] = None
+    branch: Annotated[str | None, _resolver(_optional_str, str, "@project branch (--branch).")] = (
+        None
+    )
     production: Annotated[
         bool, _resolver(_bool, bool, "@project production branch (--production).")
     ] = False
@@ -326,9 +324,7 @@ class MetaflowFlowComponent(dg.Component, dg.Resolvable, dg.Model):
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         """The compiled flow's Definitions; compiles only when the flow or attributes changed."""
         flow_file = Path(self.flow_file)
-        entry = component_cache.cache_entry(
-            context.project_root, _relative_key(context), flow_file
-        )
+        entry = component_cache.cache_entry(context.project_root, _relative_key(context), flow_file)
         attributes = self.model_dump(mode="json")
         key = component_cache.cache_key(attributes, flow_file)
         where = f"{_defs_yaml(context)}: cannot compile {_relative(flow_file, context.path)}"

@@ -137,6 +137,23 @@ def is_ubf_key(key: str | None) -> bool:
     return key is not None and key.rsplit("_", 1)[-1] == UBF
 
 
+CHUNK_PREFIX = "tasks_"  # mapping key of a chunk of foreach tasks: `tasks_<first>_to_<last>`
+
+
+def chunk_key(first: int, last: int) -> str:
+    """Dagster mapping key of one chunk of a top-level foreach's tasks (indices first..last):
+    readable in the UI (`chunk_train[tasks_0_to_19]`), never a task's index path."""
+    return f"{CHUNK_PREFIX}{first}_to_{last}"
+
+
+def chunk_range(key: str | None) -> range | None:
+    """The foreach indices a chunk's mapping key covers; None for any other key."""
+    if not key or not key.startswith(CHUNK_PREFIX):
+        return None
+    first, _, last = key[len(CHUNK_PREFIX) :].partition("_to_")
+    return range(int(first), int(last) + 1)
+
+
 def task_id_for(step: str, mapping_key: str | None = None, iteration: int = 0) -> str:
     """Readable task id, unique within the run (as natively), from the step and its place.
 

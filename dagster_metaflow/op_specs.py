@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
 from .task_options import StepOptions
-from .wiring import Statement
+from .wiring import CHUNKS, UPSTREAM, UPSTREAMS, Statement
 
 DAGSTER = "dagster"
 RUNTIME = "dagster_metaflow.runtime"
@@ -74,10 +74,8 @@ PATH = importable("pathlib", "Path")
 EXECUTOR_WITH_DEFAULTS = importable(RUNTIME, "executor_with_defaults")
 WITH_RUN_END = importable(RUNTIME, "with_metaflow_run_end")
 
-# the inputs an op gets from one predecessor / from a fan-in list of them
-UPSTREAM = "upstream"
-UPSTREAMS = "upstreams"
-OP_INPUT_NAMES = frozenset({UPSTREAM, UPSTREAMS})
+# the inputs an op gets from one predecessor / from a fan-in list of them / from chunk ops
+OP_INPUT_NAMES = frozenset({UPSTREAM, UPSTREAMS, CHUNKS})
 
 
 # -- ops ----------------------------------------------------------------------------------------
@@ -85,18 +83,20 @@ OP_INPUT_NAMES = frozenset({UPSTREAM, UPSTREAMS})
 
 @dataclass(frozen=True)
 class OpInput:
-    """One input of an op: a task pathspec (`str`) or a list of them."""
+    """One input of an op: a task pathspec (`str`), a list of them, or a chunk of foreach
+    tasks (`chunk`: `[index, pathspec]` pairs; a list of chunks for a join: `chunks`)."""
 
     name: str
-    kind: Literal["str", "list"]
+    kind: Literal["str", "list", "chunk", "chunks"]
 
 
 @dataclass(frozen=True)
 class OpOutput:
     """What an op produces: one pathspec (returned), a dynamic output (`item` per mapping
-    key), or optional outputs `names` yielded by a switch or a loop."""
+    key; `chunked`: with a second one of chunks), optional outputs `names` yielded by a
+    switch or a loop, or a chunk op's `[index, pathspec]` pairs (`chunk`)."""
 
-    kind: Literal["value", "dynamic", "switch", "loop", "assets"]
+    kind: Literal["value", "dynamic", "chunked", "switch", "loop", "assets", "chunk"]
     item: Literal["str", "list"] = "str"
     names: tuple[str, ...] = ()
 
@@ -112,9 +112,10 @@ class RetryPolicySpec:
 @dataclass(frozen=True)
 class Upstream:
     """How an op's inputs become the task's input paths: one input as is (`name`), the
-    mapper tasks of a @parallel control task, a list of inputs, or lists spliced into one."""
+    mapper tasks of a @parallel control task, a list of inputs, lists spliced into one, or a
+    foreach join's per-task list and its chunks' tasks."""
 
-    kind: Literal["name", "mapper_tasks", "items", "splat"]
+    kind: Literal["name", "mapper_tasks", "items", "splat", "chunked"]
     names: tuple[str, ...]
 
 
@@ -157,9 +158,23 @@ class RunStep:
 
 @dataclass(frozen=True)
 class FanOut:
-    """`yield from _fan_out(context, task)`: a top-level foreach's dynamic output."""
+    """`yield from _fan_out(context, task)`: a top-level foreach's dynamic output; with
+    `chunks` (the second output's name) in chunks when it is wider than the threshold."""
 
     kind: ClassVar[str] = "fan_out"
+    chunks: str | None = None
+
+
+@dataclass(frozen=True)
+class RunChunk:
+    """`return _run_chunk(...)`: the tasks of one chunk of a foreach body step, one after
+    another, each with its own attempts (`max_retries`, `retry_delay`: @retry and @catch)."""
+
+    kind: ClassVar[str] = "run_chunk"
+    task: Task  # the step's options; task id and split index come from each chunk item
+    foreach_child: bool  # the first body step: each task gets its split index
+    max_retries: int | None
+    retry_delay: int | None
 
 
 @dataclass(frozen=True)
@@ -211,7 +226,16 @@ class Materialize:
 
 
 RuntimeCall = (
-    RunId | InitRun | RunStep | FanOut | Switch | RunLoop | FanOutAll | Regroup | Materialize
+    RunId
+    | InitRun
+    | RunStep
+    | FanOut
+    | Switch
+    | RunLoop
+    | FanOutAll
+    | Regroup
+    | Materialize
+    | RunChunk
 )
 
 
@@ -234,7 +258,7 @@ class OpSpec:
 
     def imports(self) -> tuple[Import, ...]:
         out = [OP, OP_CONTEXT]
-        if self.output.kind == "dynamic":
+        if self.output.kind in ("dynamic", "chunked"):
             out.append(DYNAMIC_OUT)
         if self.output.kind in ("switch", "loop", "assets"):
             out.append(OUT)
@@ -479,6 +503,11 @@ class DefinitionsSpec:
     def uses_nesting(self) -> bool:
         """fanout_*/regroup_* helpers: `_fan_out_all`, `_regroup`."""
         return any(o.makes("fan_out_all", "regroup") for o in self.ops)
+
+    @property
+    def uses_chunks(self) -> bool:
+        """A chunked foreach: `_run_chunk`, `_chunk_tasks`."""
+        return any(o.makes("run_chunk") for o in self.ops)
 
     @property
     def uses_switch(self) -> bool:

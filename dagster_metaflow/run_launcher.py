@@ -205,7 +205,9 @@ def run_worker_body(ref: Any, run_id: str) -> int:
 
     with capture_interrupts():
         with DagsterInstance.from_ref(ref) as instance:
-            return execute_run_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
+            return execute_run_body(
+                run_id, instance, lambda _event: None, set_exit_code_on_failure=False
+            )
 
 
 def _working_directory(origin: Any) -> str | None:

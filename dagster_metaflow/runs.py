@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import naming
 from .deployments import Deployment
 from .errors import DagsterMetaflowException
 from .runtime.prepare import TAG_DEPLOYMENT
@@ -199,7 +200,6 @@ def find_run(
     """A Dagster run by Dagster run id, or by the Metaflow run id (`dagster-<12 hex>`), as it
     really is (a run whose worker died is ended first)."""
     if run_id.startswith("dagster-"):
-
         want = run_id[len("dagster-") :]
         runs = deployment_runs(instance, job_name) if job_name else instance.get_runs()
         for r in runs:
@@ -338,7 +338,16 @@ def step_of(step_key: str) -> str:
     from .runtime.ids import op_of_step_key
 
     op = op_of_step_key(step_key)
-    return op[3:] if op.startswith("op_") else op
+    for prefix in ("op_", "chunk_"):  # a step's op, a chunk of a step's tasks
+        if op.startswith(prefix):
+            return op[len(prefix) :]
+    return op
+
+
+def tasks_of(step_key: str) -> int:
+    """Metaflow tasks a successful op ran: a chunk op's chunk, one for any other op."""
+    chunk = naming.chunk_range(step_key.partition("[")[2].rstrip("]"))
+    return 1 if chunk is None else len(chunk)
 
 
 @dataclass
@@ -354,14 +363,18 @@ class _Progress:
     def add(self, ev: Any) -> None:
         from dagster import DagsterEventType
 
-        if ev is None or ev.step_key is None or step_of(ev.step_key).startswith(("fanout_", "regroup_")):
+        if (
+            ev is None
+            or ev.step_key is None
+            or step_of(ev.step_key).startswith(("fanout_", "regroup_"))
+        ):
             return
         if ev.event_type == DagsterEventType.STEP_START:
             self.running.add(ev.step_key)
             return
         self.running.discard(ev.step_key)
         if ev.event_type == DagsterEventType.STEP_SUCCESS:
-            self.tasks_done += 1
+            self.tasks_done += tasks_of(ev.step_key)
             self.finished_steps.add(step_of(ev.step_key))
         elif ev.event_type == DagsterEventType.STEP_SKIPPED:
             self.finished_steps.add(step_of(ev.step_key))

@@ -37,6 +37,7 @@ from .op_specs import (
     OpSpec,
     Regroup,
     RetryPolicySpec,
+    RunChunk,
     RunId,
     RunLoop,
     RunStep,
@@ -50,7 +51,18 @@ from .op_specs import (
     importable,
 )
 from .task_options import StepOptions
-from .wiring import Call, HelperOp, Plan, Ref, RefList, Statement, StepWiring, WiringError, plan
+from .wiring import (
+    CHUNKS,
+    Call,
+    HelperOp,
+    Plan,
+    Ref,
+    RefList,
+    Statement,
+    StepWiring,
+    WiringError,
+    plan,
+)
 
 
 class CodegenError(Exception):
@@ -205,6 +217,7 @@ class OpTranslator:
             "list": (OpInput(UPSTREAMS, "list"),),
             "lists": tuple(OpInput(n, "list") for n in w.input_names),
             "named": tuple(OpInput(n, "str") for n in w.input_names),
+            "chunked": (OpInput(UPSTREAMS, "list"), OpInput(CHUNKS, "chunks")),
         }
         return forms[w.input_form]
 
@@ -214,6 +227,8 @@ class OpTranslator:
             return Upstream("mapper_tasks" if w.parallel_join else "name", (UPSTREAM,))
         if w.input_form == "list":
             return Upstream("name", (UPSTREAMS,))
+        if w.input_form == "chunked":
+            return Upstream("chunked", (UPSTREAMS, CHUNKS))
         return Upstream("splat" if w.input_form == "lists" else "items", w.input_names)
 
     def get_output(self, step: StepIR, w: StepWiring) -> OpOutput:
@@ -221,7 +236,7 @@ class OpTranslator:
         if step.is_recursive:
             return OpOutput("loop", names=tuple(n for _t, n in w.switch_outputs))
         if w.dynamic_out:
-            return OpOutput("dynamic")
+            return OpOutput("chunked" if w.chunked else "dynamic")
         if w.switch_outputs:
             return OpOutput("switch", names=tuple(n for _t, n in w.switch_outputs))
         if step.kind == "end":
@@ -259,7 +274,7 @@ class OpTranslator:
             retries, delay = self.get_loop_retries(step)
             calls.append(RunLoop(task, outputs, retries, delay, always=w.switch_always))
         elif w.dynamic_out:
-            calls += [RunStep(task, result="task"), FanOut()]
+            calls += [RunStep(task, result="task"), FanOut(CHUNKS if w.chunked else None)]
         elif w.switch_outputs:
             calls += [RunStep(task, result="task"), Switch(outputs, always=w.switch_always)]
         elif step.kind == "end":
@@ -268,9 +283,42 @@ class OpTranslator:
             calls.append(RunStep(task, result="return"))
         return tuple(calls)
 
-    # -- helper ops (nested foreach) ---------------------------------------------------------
+    # -- helper ops (nested foreach, chunks) -------------------------------------------------
+    def get_chunk_op(self, step: StepIR) -> OpSpec:
+        """A chunk_* op: a chunk of a foreach body step's tasks, each with its own attempts
+        (so no Dagster retry policy, and @timeout applies per task, not to the op)."""
+        w = self.plan.steps[step.name]
+        task = Task(
+            step=step.name,
+            upstream=Upstream("name", (UPSTREAM,)),
+            task_id=None,
+            options=self.get_step_options(step, w),
+            split_index=False,
+        )
+        tags = {k: v for k, v in self.get_tags(step).items() if not k.startswith("dagster/")}
+        retries, delay = self.get_loop_retries(step)
+        foreach_child = any(self.ir.step(p).kind == "foreach" for p in step.in_steps)
+        return OpSpec(
+            name=self.get_chunk_op_name(step),
+            dagster_name=self.get_definition_name(self.get_chunk_op_name(step)),
+            inputs=(OpInput(UPSTREAM, "chunk"),),
+            output=OpOutput("chunk"),
+            body=(RunId(), RunChunk(task, foreach_child, retries, delay)),
+            tags={**tags, "metaflow/chunk": "true"},
+            description=f"Tasks of step {step.name!r} in chunks, when its foreach is wider than "
+            "the chunking threshold (one task after another, each with its own attempts).",
+        )
+
+    def get_chunk_op_name(self, step: StepIR) -> str:
+        """The chunk op of a foreach body step, as the wiring named it."""
+        (name,) = (h.name for h in self.plan.helpers if h.kind == "chunk" and h.step == step.name)
+        return name
+
     def get_helper_op(self, h: HelperOp) -> OpSpec:
-        """A fanout_*/regroup_* op: Dagster plumbing for nested levels, no Metaflow task."""
+        """A fanout_*/regroup_*/chunk_* op: Dagster plumbing for nested levels (no Metaflow
+        task), or a chunk of a body step's tasks."""
+        if h.kind == "chunk":
+            return self.get_chunk_op(self.ir.step(h.step))
         if h.kind == "fanout":
             return OpSpec(
                 name=h.name,
@@ -330,7 +378,11 @@ class Translator(OpTranslator):
         """The graph-backed multi-asset holding every op: the flow's asset and one per named
         artifact, in a group named after the deployment, owned by the deploying user."""
         ir, key = self.ir, self.get_asset_key()
-        outs = [AssetOutSpec(FLOW_OUTPUT, key, ir.doc or f"Runs of the Metaflow flow {ir.flow_name}.", None)]
+        outs = [
+            AssetOutSpec(
+                FLOW_OUTPUT, key, ir.doc or f"Runs of the Metaflow flow {ir.flow_name}.", None
+            )
+        ]
         outs += [
             AssetOutSpec(out, (*key, art), f"Artifact `{art}` of {ir.flow_name}'s end step.", art)
             for out, art in self.get_asset_outputs().items()

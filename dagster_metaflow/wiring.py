@@ -15,7 +15,13 @@ a generated `fanout_<step>` op collects those values and fans out again over eve
 different streams, and a conditional merge inside a region, go through a `regroup_<step>`
 op: it collects its inputs and emits one list per outer index. Every Metaflow task stays its
 own op with its own retries and logs; every level runs in parallel; each collect is a
-barrier. Pure data in, pure data out: the plan is frozen records (calls, arguments, map
+barrier.
+
+A top-level foreach whose body is a chain of plain steps also gets a *chunked* path: its op
+has a second dynamic output (`chunks`), used instead of the first when the foreach is wider
+than the chunking threshold at run time; one `chunk_<step>` op per body step is mapped over
+it and runs a chunk of that step's tasks, each with its own attempts. The join collects
+both paths (the unused one is an empty list). Pure data in, pure data out: the plan is frozen records (calls, arguments, map
 regions) that the template renders; nothing here writes Python source.
 """
 
@@ -28,7 +34,11 @@ from typing import ClassVar, Literal
 from . import naming
 from .ir import FlowIR, StepIR
 
-InputForm = Literal["none", "single", "list", "named", "lists"]
+UPSTREAMS = "upstreams"  # a foreach join's per-task input (op_specs names the op inputs)
+UPSTREAM = "upstream"
+CHUNKS = "chunks"  # a chunked foreach join's second input, and the foreach's second output
+
+InputForm = Literal["none", "single", "list", "named", "lists", "chunked"]
 
 
 class WiringError(Exception):
@@ -106,17 +116,18 @@ class StepWiring:
     # that is skipped for every key, so joins and merges inside regions (and foreach
     # joins) need every value to exist
     switch_always: bool = False
+    chunked: bool = False  # top-level foreach with a chunked path (a second dynamic output)
     ubf_control: bool = False  # @parallel step: one control task that runs the workers
     parallel_join: bool = False  # join of a @parallel step: inputs are its mapper tasks
 
 
 @dataclass(frozen=True)
 class HelperOp:
-    """A generated op that is not a Metaflow step: fanout_* or regroup_*."""
+    """A generated op that is not one Metaflow task: fanout_*, regroup_* or chunk_*."""
 
-    kind: Literal["fanout", "regroup"]
+    kind: Literal["fanout", "regroup", "chunk"]
     name: str
-    step: str  # the foreach step (fanout) or the join/merge step (regroup)
+    step: str  # the foreach step (fanout), the join/merge step (regroup), the body step (chunk)
     input_names: tuple[str, ...]
     depth: int  # regroup: key length of the output; fanout: key length of its input
 
@@ -192,6 +203,11 @@ class _Builder:
         self.switch_val: dict[tuple[str, str], _Val] = {}  # (switch step, target) -> output
         self.children: dict[str, _Stream] = {}  # foreach step -> stream of its children
         self.statement: dict[str, _TopItem] = {}  # top-level step -> its statement
+        # chunked fan-out: body step -> its foreach; foreach -> its chunk stream; body step ->
+        # its chunk op's output
+        self.chunk_body = {b: f.name for f in ir.steps for b in chunkable_body(ir, f)}
+        self.chunk_stream: dict[str, _Stream] = {}
+        self.chunk_val: dict[str, _Val] = {}
 
     # -- names ------------------------------------------------------------------------------
     def var(self, base: str) -> str:
@@ -289,6 +305,11 @@ class _Builder:
             grouped = self.regroup(step, vals, depth - 1)
             return _Inputs("list", grouped.stream, (Ref(grouped.var),))
         needs = [v.stream for v in vals if v.stream is not None]
+        if len(step.in_steps) == 1 and step.in_steps[0] in self.chunk_val:
+            chunks = self.chunk_val[step.in_steps[0]]
+            assert chunks.stream is not None
+            args = (self.export(vals[0]), self.export(chunks))
+            return _Inputs("chunked", None, args, [*needs, chunks.stream], (UPSTREAMS, CHUNKS))
         if len(vals) == 1:
             return _Inputs("list", None, (self.export(vals[0]),), needs)
         # switch branches ending the body: one collected list per branch
@@ -349,20 +370,41 @@ class _Builder:
             call = Call(out_vars, step.op_name, i.args)  # one output: the handle, not a tuple
         else:
             call = Call((var,), step.op_name, i.args)
+        chunked = chunkable_body(self.ir, step) != () and i.stream is None
+        if chunked:
+            call = Call((var, self.var(f"{step.name}_chunks")), step.op_name, i.args)
         statement = self.emit(i.stream, call, i.needs)
         if statement is not None:
             self.statement[step.name] = statement
+        if chunked:
+            stream = self.new_stream(call.targets[1], 1, self.var("chunk"))
+            stream.source = statement
+            self.chunk_stream[step.name] = stream
+        if step.name in self.chunk_body:
+            self.place_chunk(step)
         self.value[step.name] = _Val(var, i.stream, optional=i.optional_out)
         self.wiring[step.name] = StepWiring(
             input_form=i.form,
             input_names=i.names,
             in_map=i.stream is not None,
             dynamic_out=step.kind == "foreach" and i.stream is None and not step.parallel_foreach,
+            chunked=chunked,
             switch_outputs=switch_outputs,
             switch_always=step.kind == "switch" and i.stream is not None,
             ubf_control=step.is_parallel,
             parallel_join=i.parallel_join,
         )
+
+    def place_chunk(self, step: StepIR) -> None:
+        """The chunk op of a body step of a chunked foreach, in the foreach's chunk stream."""
+        stream = self.chunk_stream[self.chunk_body[step.name]]
+        (pred,) = step.in_steps
+        upstream = self.chunk_val[pred].var if pred in self.chunk_val else stream.param
+        op = self.helper_name(f"chunk_{step.name}")
+        self.helpers.append(HelperOp("chunk", op, step.name, (UPSTREAM,), 1))
+        var = self.var(f"{step.name}_chunk")
+        self.emit(stream, Call((var,), op, (Ref(upstream),)))
+        self.chunk_val[step.name] = _Val(var, stream)
 
     # -- final ordering ---------------------------------------------------------------------
     def body(self) -> tuple[Statement, ...]:
@@ -394,6 +436,25 @@ class _Builder:
         for s in self.streams:  # regions whose values nobody collects (end inside a region)
             map_stream(s)
         return tuple(out)
+
+
+def chunkable_body(ir: FlowIR, foreach: StepIR) -> tuple[str, ...]:
+    """The body of a top-level foreach that may run in chunks: a chain of plain steps from the
+    foreach to its join (no branch, switch, nested foreach or @parallel); () otherwise."""
+    if foreach.kind != "foreach" or foreach.parallel_foreach or foreach.foreach_depth:
+        return ()
+    chain: list[str] = []
+    step = foreach
+    while True:
+        if len(step.next_steps) != 1:
+            return ()
+        nxt = ir.step(step.next_steps[0])
+        if nxt.kind == "join" and nxt.join_kind == "foreach":
+            return tuple(chain) if chain and nxt.in_steps == (chain[-1],) else ()
+        if nxt.kind != "linear" or nxt.is_parallel or len(nxt.in_steps) != 1:
+            return ()
+        chain.append(nxt.name)
+        step = nxt
 
 
 def plan(ir: FlowIR, taken: set[str]) -> Plan:

@@ -31,6 +31,8 @@ class _Gen:
     foreach_level: int = 0  # foreach bodies enclosing the step being added
     conditional: int = 0  # switch/loop branches enclosing it (it may not run)
     features: set[str] = field(default_factory=set)
+    # first body steps of top-level foreaches whose body is one plain step (may run in chunks)
+    chunk_items: set[str] = field(default_factory=set)
     # step -> (foreach level, conditional depth, index in `steps`)
     placed: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
@@ -97,6 +99,9 @@ class _Gen:
         first = self.name("item")
         self.add(first, f"        self.trace += '{first}' + str(self.input) + ';'\n", f"self.{body}")
         self.foreach_level -= 1
+        if self.foreach_level == 0 and body.startswith("s") and body[1:].isdigit():
+            self.features.add("chunked_foreach")  # item -> one plain step -> join: a chain
+            self.chunk_items.add(first)
         self.add(
             head,
             f"        self.trace += '{head};'\n        self.items = list(range({width}))\n",
@@ -156,6 +161,7 @@ class GeneratedFlow:
     features: frozenset[str]  # "loop", "open_loop", "loop_in_foreach<level>", ...
     replaced: str | None = None  # the step whose body a decorator replaced
     replaced_level: int = 0  # foreach bodies enclosing it
+    chunk_items: frozenset[str] = frozenset()  # first steps of bodies that may run in chunks
 
 
 # stands in for a step's body, as a user decorator may: self.next() is never called
@@ -193,7 +199,7 @@ def generate(
         head = "import functools\n\n" + head + REPLACE_BODY.lstrip() + "\n\n"
     src = head + f"class {cls}(FlowSpec):\n{body}\n\n" + f'if __name__ == "__main__":\n    {cls}()\n'
     level = g.placed[replaced][0] if replaced else 0
-    return GeneratedFlow(cls, src, frozenset(g.features), replaced, level)
+    return GeneratedFlow(cls, src, frozenset(g.features), replaced, level, frozenset(g.chunk_items))
 
 
 def random_flow(seed: int, max_steps: int = 14, max_depth: int = 3, *, loops: bool = False) -> tuple[str, str]:

@@ -4,14 +4,15 @@ switch chose, and a recursive switch run as a loop of tasks."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from dagster import DynamicOutput, Failure, OpExecutionContext, Output
 
 from .. import naming
 from ..task_options import StepOptions, TaskOptions
+from .chunks import CHUNK_ABOVE_VAR, chunk_outputs, chunk_size
 from .ids import indices_of, not_taken, path_sort_key, taken
 from .steprun import StepRunner
 from .taskmeta import TaskMetadata
@@ -30,11 +31,24 @@ class Fanout:
         self.checks = checks
         self.runner = runner
 
-    def fan_out(self, context: OpExecutionContext, pathspec: str) -> Iterator[DynamicOutput[str]]:
-        """One DynamicOutput per foreach split, read from the task's final attempt."""
+    def fan_out(
+        self, context: OpExecutionContext, pathspec: str, chunks: str | None = None
+    ) -> Iterator[DynamicOutput[Any]]:
+        """One DynamicOutput per foreach split, read from the task's final attempt; with
+        `chunks` (the op's output of chunks), chunks of them when the foreach is wider than
+        the chunking threshold (chunks.py)."""
         children = list(self._children(pathspec, with_metadata=True))
-        context.log.info(f"Foreach {pathspec} yields {len(children)} child task(s)")
-        yield from children
+        ubf = any(naming.is_ubf_key(c.mapping_key) for c in children)
+        size = chunk_size(len(children)) if chunks is not None and not ubf else None
+        if chunks is None or size is None:
+            context.log.info(f"Foreach {pathspec} yields {len(children)} child task(s)")
+            yield from children
+            return
+        context.log.info(
+            f"Foreach {pathspec} yields {len(children)} child task(s), "
+            f"in {-(-len(children) // size)} chunk(s) of up to {size} ({CHUNK_ABOVE_VAR})"
+        )
+        yield from chunk_outputs(pathspec, len(children), size, chunks, children[0].metadata)
 
     def fan_out_all(
         self, context: OpExecutionContext, pathspecs: Sequence[str]
@@ -134,38 +148,14 @@ class Fanout:
         while True:
             tid = task.task_id if iteration == 0 else f"{task.task_id}-r{iteration}"
             current = replace(task, task_id=tid, input_paths=previous)
-            self._run_iteration(context, current, options, iteration, retry)
+            what = f"Loop {task.step!r} iteration {iteration + 1}"
+            self.runner.run_until_done(context, current, options, retry, what)
             chosen = self.checks.chosen_step(current.pathspec)
             if chosen != task.step:
                 context.log.info(f"Loop {task.step!r} finished after {iteration + 1} iteration(s)")
                 yield from _exits(current.pathspec, chosen, outputs, always)
                 return
             iteration, previous = iteration + 1, (current.pathspec,)
-
-    def _run_iteration(
-        self,
-        context: OpExecutionContext,
-        task: TaskOptions,
-        options: StepOptions,
-        iteration: int,
-        retry: tuple[int, int | None],
-    ) -> None:
-        """Run one iteration's task until it succeeded, with its own @retry attempts."""
-        max_retries, retry_delay = retry
-        attempt = self.store.attempts_made(task.pathspec)
-        while not self.store.succeeded(task.pathspec):
-            try:
-                self.runner.run(context, replace(task, retry_count=attempt), options)
-            except Failure as exc:
-                if attempt >= max_retries or not exc.allow_retries:
-                    raise
-                context.log.warning(
-                    f"Loop {task.step!r} iteration {iteration + 1} attempt {attempt} failed; "
-                    f"retrying{f' in {retry_delay}s' if retry_delay else ''}"
-                )
-                if retry_delay:
-                    time.sleep(retry_delay)
-                attempt += 1
 
 
 def _exits(

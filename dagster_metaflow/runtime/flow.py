@@ -20,6 +20,7 @@ from dagster import DynamicOutput, OpExecutionContext, Output
 from .. import naming
 from ..task_options import StepOptions, TaskOptions
 from .attempt import Attempts
+from .chunks import Chunk, ChunkRunner, chunk_tasks
 from .command import StepCommand
 from .fanout import Fanout
 from .ids import task_id_for
@@ -90,6 +91,10 @@ class MetaflowFlow(FlowSettings):
     @cached_property
     def fanout(self) -> Fanout:
         return Fanout(self.store, self._meta, self.checks, self.runner)
+
+    @cached_property
+    def chunks(self) -> ChunkRunner:
+        return ChunkRunner(self.runner, self._meta)
 
     @cached_property
     def _meta(self) -> TaskMetadata:
@@ -187,6 +192,50 @@ class MetaflowFlow(FlowSettings):
             context, task, options, outputs, (max_retries, retry_delay), always
         )
 
+    def run_chunk(
+        self,
+        context: OpExecutionContext,
+        step: str,
+        run_id: str,
+        chunk: Chunk,
+        *,
+        foreach_child: bool = False,
+        max_retries: int = 0,
+        retry_delay: int | None = None,
+        max_user_code_retries: int = 0,
+        tags: Sequence[str] = (),
+        extra_env: Mapping[str, str] | None = None,
+        timeout: int | None = None,
+        ubf_context: str | None = None,
+        decorator_specs: Sequence[str] = (),
+        launcher: str | None = None,
+    ) -> list[list[Any]]:
+        """The tasks of one chunk of a foreach body step (`[[index, upstream], ...]`), each
+        with its own attempts; returns `[[index, pathspec], ...]` (chunks.py)."""
+        options = _step_options(
+            max_user_code_retries, extra_env, timeout, launcher, ubf_context, decorator_specs
+        )
+        tasks = [
+            (
+                index,
+                self._task(
+                    options,
+                    step,
+                    run_id,
+                    upstream,
+                    task_id_for(step, naming.mapping_key((index,))),
+                    tags,
+                    index if foreach_child else None,
+                ),
+            )
+            for index, upstream in chunk
+        ]
+        return self.chunks.run(context, tasks, options, (max_retries, retry_delay))
+
+    def chunk_tasks(self, chunks: Sequence[Chunk]) -> list[str]:
+        """The task pathspecs of a chunked foreach join's collected chunks."""
+        return chunk_tasks(chunks)
+
     def _task(
         self,
         options: StepOptions,
@@ -204,8 +253,10 @@ class MetaflowFlow(FlowSettings):
         return options.task(step, run_id, task_id, paths, tags=tuple(tags), **more)
 
     # -- dynamic outputs -----------------------------------------------------------------
-    def fan_out(self, context: OpExecutionContext, pathspec: str) -> Iterator[DynamicOutput[str]]:
-        return self.fanout.fan_out(context, pathspec)
+    def fan_out(
+        self, context: OpExecutionContext, pathspec: str, chunks: str | None = None
+    ) -> Iterator[DynamicOutput[Any]]:
+        return self.fanout.fan_out(context, pathspec, chunks)
 
     def fan_out_all(
         self, context: OpExecutionContext, pathspecs: Sequence[str]

@@ -130,8 +130,11 @@ def executed_tasks(
         if step is None:
             continue
         mapping = mapping.rstrip("]")
+        chunk = naming.chunk_range(mapping)
         if not mapping or mapping == "?" or "?" in mapping:
             whole.add(step)
+        elif chunk is not None:  # a chunk op: every task of its chunk
+            single.update((step, (i,)) for i in chunk)
         else:
             single.add((step, naming.indices_from_mapping_key(mapping)))
     # ops outside any foreach have no mapping key: they rerun their only task

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 
 from dagster import Failure, OpExecutionContext
@@ -43,10 +44,17 @@ class StepRunner:
         self.prep = prep
         self.attempts = attempts
 
-    def run(self, context: OpExecutionContext, task: TaskOptions, options: StepOptions) -> str:
+    def run(
+        self,
+        context: OpExecutionContext,
+        task: TaskOptions,
+        options: StepOptions,
+        show: bool = True,
+    ) -> str:
         """Run one Metaflow task to completion; return its pathspec `run/step/task`.
 
-        `task.input_paths` are the op's upstream values as received; `options` the step's."""
+        `task.input_paths` are the op's upstream values as received; `options` the step's;
+        `show`: put the task on the op's output (False: the op runs several tasks)."""
         pathspec = task.pathspec
         # "" comes from a branch not taken (a switch inside a foreach yields every output);
         # inputs reused from a parent run (Dagster re-execution) were cloned into this run
@@ -69,7 +77,7 @@ class StepRunner:
                 announce(
                     f"[dagster-metaflow] task {pathspec} finished before the run worker was lost\n"
                 )
-                self.finish(context, task.step, pathspec)
+                self.finish(context, task.step, pathspec, show=show)
                 return pathspec
             retry, max_retries = self.store.fresh_attempt(
                 pathspec, task.retry_count, task.max_user_code_retries
@@ -78,8 +86,39 @@ class StepRunner:
         result = self.attempts.run(
             context, self._to_launch(context, task, origin, options), options
         )
-        self.finish(context, task.step, pathspec, result.duration)
+        self.finish(context, task.step, pathspec, result.duration, show=show)
         return pathspec
+
+    def run_until_done(
+        self,
+        context: OpExecutionContext,
+        task: TaskOptions,
+        options: StepOptions,
+        retry: tuple[int, int | None],
+        what: str,
+    ) -> int:
+        """Attempts of one task, made by the op itself (a loop's iteration, a chunk's task),
+        until one succeeds; `retry`: (@retry's and @catch's retries, delay). Picks up after
+        the attempts already made (an op started again). Returns the attempts made here."""
+        max_retries, retry_delay = retry
+        attempt = self.store.attempts_made(task.pathspec)
+        made = 0
+        while not self.store.succeeded(task.pathspec):
+            made += 1
+            try:
+                self.run(context, replace(task, retry_count=attempt), options, show=False)
+                break
+            except Failure as exc:
+                if attempt >= max_retries or not exc.allow_retries:
+                    raise
+                context.log.warning(
+                    f"{what} attempt {attempt} failed; retrying"
+                    f"{f' in {retry_delay}s' if retry_delay else ''}"
+                )
+                if retry_delay:
+                    time.sleep(retry_delay)
+                attempt += 1
+        return made
 
     def _placed(self, task: TaskOptions, paths: list[str]) -> TaskOptions:
         """The task with its inputs in graph order, an unbounded foreach's control tasks
@@ -135,12 +174,17 @@ class StepRunner:
         ).with_package(self.command.package if task.launcher else None)
 
     def finish(
-        self, context: OpExecutionContext, step: str, pathspec: str, duration: float | None = None
+        self,
+        context: OpExecutionContext,
+        step: str,
+        pathspec: str,
+        duration: float | None = None,
+        show: bool = True,
     ) -> None:
         """After a task succeeded: check its transition (a switch's is checked where its choice
         is read) and show the task on the op's output, from one datastore read."""
         ds = self.checks.check_finished(step, pathspec)
-        if _single_output(context):
+        if show and _single_output(context):
             context.add_output_metadata(self.meta.of_task(pathspec, ds, duration=duration))
 
 

@@ -61,8 +61,18 @@ def _replaced(prefix: str, level: int) -> Callable[[int], bool]:
 
 # loops inside nested foreach bodies whose exits rejoin in a merge step / in the joins
 LOOP_SEEDS = _first_seeds({"closed": _has("loop_in_foreach2"), "open": _has("open_loop_in_foreach2")})
-# a body replaced by a decorator (no self.next()): a loop inside a foreach; a nested foreach body
-REPLACED_SEEDS = _first_seeds({"loop": _replaced("lp", 1), "item": _replaced("item", 2)})
+def _replaced_in_chunks(seed: int) -> bool:
+    flow = generate(seed, loops=True, replace_body=True)
+    return flow.replaced in flow.chunk_items
+
+
+# a body replaced by a decorator (no self.next()): a loop inside a foreach; a nested foreach
+# body; the first body step of a foreach that runs in chunks
+REPLACED_SEEDS = _first_seeds(
+    {"loop": _replaced("lp", 1), "item": _replaced("item", 2), "chunk": _replaced_in_chunks}
+)
+# every foreach whose body may run in chunks does, two tasks a chunk
+CHUNKED = {"DAGSTER_METAFLOW_CHUNK_ABOVE": "0", "DAGSTER_METAFLOW_CHUNK_SIZE": "2"}
 
 
 def _workspace(name: str, src: str) -> Workspace:
@@ -75,22 +85,29 @@ def _workspace(name: str, src: str) -> Workspace:
     return Workspace(dir=d, flow=flow, dagster_home=home)
 
 
-def _matches_native(cls_name: str, ws: Workspace, src: str) -> None:
+def _matches_native(cls_name: str, ws: Workspace, src: str, chunks: bool = False) -> None:
+    """Native and Dagster runs have equal artifacts; with `chunks`, a second Dagster run
+    in chunks too (its chunk ops checked to have run)."""
     try:
         ws.metaflow("run")
         native = latest_run_pathspec(cls_name)
         out = ws.compile()
-        ws.dagster_execute(out, cls_name)
-        dag = f"{cls_name}/{metaflow_run_id(ws.last_dagster_run().run_id)}"
-        assert artifacts_by_task(dag) == artifacts_by_task(native), src
+        for env in ({}, CHUNKED) if chunks else ({},):
+            ws.dagster_execute(out, cls_name, **env)
+            run = ws.last_dagster_run()
+            dag = f"{cls_name}/{metaflow_run_id(run.run_id)}"
+            assert artifacts_by_task(dag) == artifacts_by_task(native), (env, src)
+            if env:
+                assert any(k.startswith("chunk_") for k in ws.step_keys(run.run_id, "STEP_SUCCESS"))
     finally:
         shutil.rmtree(ws.dagster_home, ignore_errors=True)
 
 
 @pytest.mark.parametrize("seed", _rich_seeds(3))
 def test_random_flow_matches_native(seed: int) -> None:
-    cls_name, src = random_flow(seed)
-    _matches_native(cls_name, _workspace(f"random_{seed}", src), src)
+    flow = generate(seed)
+    ws = _workspace(f"random_{seed}", flow.source)
+    _matches_native(flow.cls, ws, flow.source, chunks=bool(flow.chunk_items))
 
 
 @pytest.mark.parametrize("seed", LOOP_SEEDS)
@@ -114,7 +131,8 @@ def test_random_flow_without_self_next_fails_like_native(seed: int) -> None:
         message = native.split("Internal error:", 1)[1].strip().splitlines()[0].strip()
         assert f" {flow.replaced} " in message
         out = ws.compile()
-        assert ws.dagster_execute(out, flow.cls, check=False).returncode != 0
+        env = CHUNKED if flow.replaced in flow.chunk_items else {}
+        assert ws.dagster_execute(out, flow.cls, check=False, **env).returncode != 0
         run = ws.last_dagster_run()
         assert run.status.value == "FAILURE"
         failures = [

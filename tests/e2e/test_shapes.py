@@ -26,9 +26,18 @@ def _flow_class_name(path: Path) -> str:
     return next(n.name for n in tree.body if isinstance(n, ast.ClassDef))
 
 
-def _differential(ws: Workspace, forks: tuple[str, ...] = ("1",)) -> dict:
+ZYGOTE = {"DAGSTER_METAFLOW_FORK": "1"}
+SUBPROCESS = {"DAGSTER_METAFLOW_FORK": "0"}
+# every foreach whose body may run in chunks does, two tasks a chunk
+CHUNKED = {"DAGSTER_METAFLOW_CHUNK_ABOVE": "0", "DAGSTER_METAFLOW_CHUNK_SIZE": "2"}
+
+
+def _differential(
+    ws: Workspace, runs: tuple[dict[str, str], ...] = (ZYGOTE,), chunked: bool = False
+) -> dict:
     """Run the flow natively once, compile it once, execute it under Dagster once per
-    DAGSTER_METAFLOW_FORK value, and compare every task's artifacts with native's."""
+    environment in `runs` (and, with `chunked`, once more with every foreach that may run
+    in chunks doing so), and compare every task's artifacts with native's."""
     from metaflow import Run
 
     flow_name = _flow_class_name(ws.flow)
@@ -36,18 +45,23 @@ def _differential(ws: Workspace, forks: tuple[str, ...] = ("1",)) -> dict:
     native = latest_run_pathspec(flow_name)
     expected = artifacts_by_task(native)
     out = ws.compile()
+    if chunked and "def chunk_" in out.read_text():
+        runs = (*runs, {**ZYGOTE, **CHUNKED})
     got: dict = {}
-    for fork in forks:
-        ws.dagster_execute(out, flow_name, DAGSTER_METAFLOW_FORK=fork)
+    for env in runs:
+        ws.dagster_execute(out, flow_name, **env)
         dagster_run = ws.last_dagster_run()
         dag = f"{flow_name}/{metaflow_run_id(dagster_run.run_id)}"
         assert Run(dag).successful
         ids = [task.id for step in Run(dag) for task in step]
         assert len(ids) == len(set(ids)), "task ids must be unique within a run, as natively"
         got = artifacts_by_task(dag)
-        assert got.keys() == expected.keys(), f"DAGSTER_METAFLOW_FORK={fork}"
+        assert got.keys() == expected.keys(), env
         for key in expected:
-            assert got[key] == expected[key], (f"DAGSTER_METAFLOW_FORK={fork}", key)
+            assert got[key] == expected[key], (env, key)
+        if "DAGSTER_METAFLOW_CHUNK_ABOVE" in env:  # it ran chunk ops
+            ran = ws.step_keys(dagster_run.run_id, "STEP_SUCCESS")
+            assert any(k.startswith("chunk_") or k.endswith("[ubf]") for k in ran), ran
     return got
 
 
@@ -90,10 +104,10 @@ SHAPE_CHECKS = {
 def test_shape_matches_native(shape: str, request: pytest.FixtureRequest) -> None:
     """The whole catalogue, with steps forked from the zygote and as plain subprocesses
     (two runs of one compiled file): the fast path must be indistinguishable from
-    `python flow.py step`."""
+    `python flow.py step`; and a third run in chunks for shapes with a chunkable foreach."""
     request.node.add_marker(pytest.mark.flow(f"shapes/{shape}"))
     ws = request.getfixturevalue("workspace")
-    got = _differential(ws, ("1", "0"))
+    got = _differential(ws, (ZYGOTE, SUBPROCESS), chunked=True)
     if shape in SHAPE_CHECKS:
         SHAPE_CHECKS[shape](ws, got)
 

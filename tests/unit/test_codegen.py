@@ -130,7 +130,7 @@ def test_generated_definitions_load_in_dagster(case: str, tmp_path: Path) -> Non
     nodes = set(op_nodes(job.graph))  # inside the flow's graph asset
     steps = {s.op_name for s in ir.steps}
     assert steps <= nodes
-    assert all(n.startswith(("fanout_", "regroup_")) for n in nodes - steps)
+    assert all(n.startswith(("fanout_", "regroup_", "chunk_")) for n in nodes - steps)
 
 
 # -- IR details ----------------------------------------------------------------------------
@@ -357,8 +357,8 @@ def test_create_guard_reports_what_dagster_refuses(tmp_path: Path) -> None:
     good = render(ir_for("hello_flow.py"))
     assert dagster_load_problem(good, str(tmp_path / "out.py"), "HelloFlow") is None
     bad = good.replace(
-        'join = op_join.alias("op_join")(square_each.collect())',
-        'join = op_join.alias("op_join")([square_each])',
+        'join = op_join.alias("op_join")(square_each.collect(), square_chunk_each.collect())',
+        'join = op_join.alias("op_join")([square_each], square_chunk_each.collect())',
     )
     assert bad != good
     problem = dagster_load_problem(bad, str(tmp_path / "out.py"), "HelloFlow")

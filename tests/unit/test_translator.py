@@ -235,6 +235,7 @@ def test_reserved_names_are_derived_from_the_templates_and_the_specs() -> None:
         "FLOW", "TAGS", "TRIGGERS", "defs", "context", "config", "run_id", "task",
         "_run_step", "_init_run", "_fan_out", "_run_id", "_task_id", "_split_index",
         "_fan_out_all", "_regroup", "_mapper_tasks", "_switch", "_run_loop", "_materialize",
+        "_run_chunk", "_chunk_tasks",
     }  # fmt: skip
     assert reserved_names() - template_bindings() == {
         "Path", "Config", "Field", "Definitions", "DynamicOut", "OpExecutionContext",
@@ -245,6 +246,6 @@ def test_reserved_names_are_derived_from_the_templates_and_the_specs() -> None:
         "evaluate_triggers", "metaflow_executor", "metaflow_io_manager",
         "metaflow_shared_io_manager", "executor_with_defaults", "with_metaflow_run_end",
         "celery_executor", "k8s_job_executor", "multiprocess_executor", "in_process_executor",
-        "upstream", "upstreams",
+        "upstream", "upstreams", "chunks",
     }  # fmt: skip
     assert Import("dagster", "op") in {i for o in _spec("linear_flow.py").ops for i in o.imports()}

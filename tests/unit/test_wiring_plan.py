@@ -20,6 +20,7 @@ from dagster_metaflow.wiring import (
     RefList,
     StepWiring,
     WiringError,
+    chunkable_body,
     plan,
 )
 
@@ -62,17 +63,52 @@ def test_top_level_foreach_maps_a_region_and_collects_it() -> None:
         returns=("square",),
         bound=("square_each",),
     )
-    assert p.body[:3] == (
-        _call("start", "op_start"),
-        region,
-        _call("join", "op_join", Collect("square_each")),
+    # its chain of body steps also runs in chunks, over the foreach's second output
+    chunks = MapRegion(
+        fn="each_start_chunks",
+        param="chunk",
+        source="start_chunks",
+        calls=(_call("square_chunk", "chunk_square", Ref("chunk")),),
+        returns=("square_chunk",),
+        bound=("square_chunk_each",),
     )
+    assert p.body[:4] == (
+        _call(("start", "start_chunks"), "op_start"),
+        region,
+        chunks,
+        _call("join", "op_join", Collect("square_each"), Collect("square_chunk_each")),
+    )
+    assert p.helpers == (HelperOp("chunk", "chunk_square", "square", ("upstream",), 1),)
+    assert p.steps["start"].chunked and p.steps["join"].input_form == "chunked"
     # a static join of top-level branches: one named input per branch
     assert _call("merge", "op_merge", Ref("left"), Ref("right")) in p.body
     assert p.steps["merge"].input_form == "named"
     assert p.steps["merge"].input_names == ("left", "right")
     assert p.steps["start"].dynamic_out and p.steps["square"].in_map
-    assert p.steps["join"].input_form == "list"
+    assert p.steps["join"].input_names == ("upstreams", "chunks")
+
+
+@pytest.mark.parametrize(
+    ("flow", "chunked"),
+    [
+        ("hello_flow.py", {"start": ("square",)}),
+        ("shapes/multistep_body_flow.py", {"start": ("body", "transform", "polish")}),
+        ("shapes/foreach_in_branch_flow.py", {"fanning": ("each",)}),
+        ("shapes/nested2_flow.py", {}),  # a nested foreach in the body: one op per task
+        ("shapes/nested_switch_flow.py", {}),  # a switch in the body
+        ("shapes/parallel_flow.py", {}),  # @parallel: one control task
+    ],
+)
+def test_only_foreaches_whose_body_is_a_chain_of_plain_steps_run_in_chunks(
+    flow: str, chunked: dict[str, tuple[str, ...]]
+) -> None:
+    ir = _ir(flow)
+    found = {s.name: chunkable_body(ir, s) for s in ir.steps if chunkable_body(ir, s)}
+    assert found == chunked
+    p = plan(ir, set(reserved_names()))
+    assert {h.step for h in p.helpers if h.kind == "chunk"} == {
+        b for body in chunked.values() for b in body
+    }
 
 
 def test_nested_foreach_fans_out_again_and_regroups_before_the_inner_join() -> None:

@@ -1,0 +1,124 @@
+"""The chunked fan-out: a wide top-level foreach's tasks run in chunks, one op per chunk.
+
+One Dagster op per task costs ~12 KB of event log and ~30 ms of the run worker's CPU per
+task (README "Performance"). Above the threshold (`DAGSTER_METAFLOW_CHUNK_ABOVE`, default
+1,000 tasks) the foreach op yields chunks of `DAGSTER_METAFLOW_CHUNK_SIZE` (default 20) task
+indices on its second dynamic output instead, and each body step's `chunk_<step>` op runs
+its chunk's tasks one after another. Each task keeps what a task op gives it: its own
+attempts (@retry, @catch) and @timeout, its lines in the op's compute log, one event when it
+succeeds, its failure (pathspec and the user's error) failing the op. A chunk op started
+again after a lost run worker skips the tasks that already succeeded.
+
+A chunk travels as `[[index, upstream pathspec], ...]`; a chunk op returns the same pairs
+with its own tasks' pathspecs, for the next body step or the join.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from dagster import DynamicOutput, Failure, MetadataValue, OpExecutionContext
+
+from .. import naming
+from ..task_options import StepOptions, TaskOptions
+from .steprun import StepRunner
+from .taskmeta import TaskMetadata
+
+CHUNK_ABOVE_VAR = "DAGSTER_METAFLOW_CHUNK_ABOVE"
+CHUNK_SIZE_VAR = "DAGSTER_METAFLOW_CHUNK_SIZE"
+DEFAULT_CHUNK_ABOVE = 1000
+DEFAULT_CHUNK_SIZE = 20
+
+Chunk = Sequence[Sequence[Any]]  # [[index, pathspec], ...]
+
+
+def _setting(var: str, default: int, minimum: int) -> int | None:
+    """An integer setting from the environment; `off` (for the threshold) means never."""
+    text = os.environ.get(var, "").strip()
+    if not text:
+        return default
+    if text.lower() == "off" and var == CHUNK_ABOVE_VAR:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise Failure(
+            description=f"{var}={text!r} is not valid: use an integer >= {minimum}"
+            + (" or 'off'" if var == CHUNK_ABOVE_VAR else "")
+        )
+    return value
+
+
+def chunk_size(width: int) -> int | None:
+    """Tasks per chunk for a foreach of `width` tasks; None: one op per task."""
+    above = _setting(CHUNK_ABOVE_VAR, DEFAULT_CHUNK_ABOVE, 0)
+    if above is None or width <= above:
+        return None
+    return _setting(CHUNK_SIZE_VAR, DEFAULT_CHUNK_SIZE, 1)
+
+
+def chunk_outputs(
+    pathspec: str, width: int, size: int, output: str, metadata: Any
+) -> Iterator[DynamicOutput[list[list[Any]]]]:
+    """The foreach task's children as chunks of `size` on `output` (metadata on the first)."""
+    for first in range(0, width, size):
+        last = min(first + size, width) - 1
+        yield DynamicOutput(
+            [[i, pathspec] for i in range(first, last + 1)],
+            output_name=output,
+            mapping_key=naming.chunk_key(first, last),
+            metadata=metadata if first == 0 else None,
+        )
+
+
+def chunk_tasks(chunks: Sequence[Chunk]) -> list[str]:
+    """The task pathspecs of collected chunks (a chunked foreach join's inputs)."""
+    return [pathspec for chunk in chunks for _index, pathspec in chunk]
+
+
+class ChunkRunner:
+    """Runs the tasks of one chunk of a body step."""
+
+    def __init__(self, runner: StepRunner, meta: TaskMetadata) -> None:
+        self.runner = runner
+        self.meta = meta
+
+    def run(
+        self,
+        context: OpExecutionContext,
+        tasks: Sequence[tuple[int, TaskOptions]],
+        options: StepOptions,
+        retry: tuple[int, int | None],
+    ) -> list[list[Any]]:
+        """Run every task of the chunk in order, each until it succeeded or its attempts ran
+        out (which fails the op, naming the task); returns `[[index, pathspec], ...]`."""
+        done: list[list[Any]] = []
+        began = time.monotonic()
+        for index, task in tasks:
+            started = time.monotonic()
+            made = self.runner.run_until_done(
+                context, task, options, retry, f"Task {task.pathspec}"
+            )
+            again = f", {made} attempts" if made > 1 else ""
+            if made == 0:
+                context.log.info(f"Task {task.pathspec} had already succeeded")
+            else:
+                context.log.info(
+                    f"Task {task.pathspec} succeeded in {time.monotonic() - started:.1f}s{again}"
+                )
+            done.append([index, task.pathspec])
+        if done:
+            context.add_output_metadata(
+                {
+                    "tasks": MetadataValue.int(len(done)),
+                    "first task": self.meta.pathspec_value(done[0][1]),
+                    "last task": self.meta.pathspec_value(done[-1][1]),
+                    "duration (s)": MetadataValue.float(round(time.monotonic() - began, 3)),
+                }
+            )
+        return done
