@@ -68,8 +68,11 @@ class _PeakRss(threading.Thread):
 
 
 def _throughput(home: Path) -> tuple[str, float, int]:
-    """(tasks/s per tenth of the run, run seconds, tasks) from STEP_SUCCESS timestamps."""
+    """(tasks/s per tenth of the run, run seconds, Metaflow tasks) from STEP_SUCCESS events
+    (a chunk op's counts its chunk's tasks, at its end)."""
     from dagster import DagsterEventType, DagsterInstance
+
+    from dagster_metaflow.runs import tasks_of
 
     os.environ["DAGSTER_HOME"] = str(home)
     with DagsterInstance.get() as instance:
@@ -78,14 +81,16 @@ def _throughput(home: Path) -> tuple[str, float, int]:
         recs = instance.get_records_for_run(
             run.run_id, of_type=DagsterEventType.STEP_SUCCESS, limit=10_000_000
         ).records
-        times = sorted(r.event_log_entry.timestamp for r in recs)
-        t0, t1 = stats.start_time or times[0], stats.end_time or times[-1]
+        done = sorted(
+            (r.event_log_entry.timestamp, tasks_of(r.event_log_entry.step_key or "")) for r in recs
+        )
+        t0, t1 = stats.start_time or done[0][0], stats.end_time or done[-1][0]
         span = max(t1 - t0, 1e-6)
         buckets = [0] * 10
-        for t in times:
-            buckets[min(9, int((t - t0) / span * 10))] += 1
+        for t, n in done:
+            buckets[min(9, int((t - t0) / span * 10))] += n
         rates = " ".join(f"{b / (span / 10):.0f}" for b in buckets)
-        return rates, span, len(times)
+        return rates, span, sum(n for _t, n in done)
 
 
 def main() -> None:
@@ -129,7 +134,8 @@ def main() -> None:
         events = _dir_size(home / "history")
         logs = _dir_size(home / "storage") - _dir_size(home / "storage" / "dagster_metaflow_io")
         shape = f"{args.width}x{args.width}x{args.width} nested" if args.nested3 else f"width {args.width}"
-        print(f"{shape}: `trigger --wait` {wall:.1f}s (run {span:.1f}s, {tasks} steps)")
+        chunking = os.environ.get("DAGSTER_METAFLOW_CHUNK_ABOVE", "default")
+        print(f"{shape}: `trigger --wait` {wall:.1f}s (run {span:.1f}s, {tasks} tasks; DAGSTER_METAFLOW_CHUNK_ABOVE={chunking})")
         if native:
             print(f"  ratio to native ({native:.1f}s{'' if args.native else ', given'}): {wall / native:.2f}x")
         print(f"  {cpu:.0f} CPU-s = {cpu / tasks_of_width:.3f} CPU-s/leaf task (whole machine, this sampler included)")

@@ -52,7 +52,14 @@ def test_chunked_foreach_matches_native_task_by_task(workspace: Workspace) -> No
     messages = [e.user_message for e in ws.dagster_events(run.run_id)]
     mf_run = metaflow_run_id(run.run_id)
     assert f"Task {mf_run}/body/body-3 attempt 0 failed; retrying" in messages
-    assert sum(f"Task {mf_run}/post/post-" in m and "succeeded" in m for m in messages) == 7
+    tables = {
+        e.step_key.split(".")[-1]: e.dagster_event.event_specific_data.metadata["task table"].value
+        for e in ws.dagster_events(run.run_id)
+        if e.dagster_event and e.dagster_event.event_type_value == "STEP_OUTPUT" and "chunk_" in e.step_key
+    }
+    # a row per task on its chunk op's output: pathspec, attempts, seconds
+    assert sum(t.count(f"| `{mf_run}/post/post-") for t in tables.values()) == 7
+    assert f"| `{mf_run}/body/body-3` | 2 |" in tables["chunk_body[tasks_3_to_5]"]
     from metaflow import Run
 
     assert Run(dag)["body"].tasks() and "body 3 attempt 1" in Run(dag)["body"]["body-3"].stdout
