@@ -331,12 +331,13 @@ def production_yaml() -> str:
 
 
 @contextmanager
-def dagster_daemon(ws: Workspace) -> Iterator[subprocess.Popen[bytes]]:
-    """`dagster-daemon run` on the workspace file of every deployment in ws's instance."""
+def dagster_daemon(ws: Workspace, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`dagster-daemon run` on the workspace file of every deployment in ws's instance
+    (`env`: more environment for the daemon, and so for the run workers it starts)."""
     home = ws.dagster_home
     proc = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-w", str(home / "dagster_metaflow_workspace.yaml")],
-        cwd=ws.dir, env={**os.environ, "DAGSTER_HOME": str(home)},
+        cwd=ws.dir, env={**os.environ, "DAGSTER_HOME": str(home), **env},
         stdout=open(ws.dir / "daemon.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
         start_new_session=True,
     )

@@ -201,11 +201,15 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Works
 
 
 @pytest.mark.flow("deploy_flow.py")
-def test_dagster_reexecution_from_failure_is_a_new_metaflow_run(workspace: Workspace) -> None:
-    """What the UI's "Re-execute from failure" does, through Dagster's Python API."""
+@pytest.mark.parametrize("chunks", [False, True], ids=["per-task", "chunked"])
+def test_dagster_reexecution_from_failure_is_a_new_metaflow_run(workspace: Workspace, chunks: bool) -> None:
+    """What the UI's "Re-execute from failure" does, through Dagster's Python API. Chunked
+    (two tasks a chunk): the failed chunk op `chunk_body[tasks_2_to_2]` is re-executed, the
+    tasks of the chunk that succeeded are cloned, as with one op per task."""
+    env = {"DAGSTER_METAFLOW_CHUNK_ABOVE": "0", "DAGSTER_METAFLOW_CHUNK_SIZE": "2"} if chunks else {}
     (workspace.dir / "fail-3").write_text("")
     out = workspace.compile()
-    workspace.metaflow("dagster", "trigger", "--marker-dir", str(workspace.dir), "--run-id-file", "first")
+    workspace.metaflow("dagster", "trigger", "--marker-dir", str(workspace.dir), "--run-id-file", "first", **env)
     origin = (workspace.dir / "first").read_text()
     parent = _wait_finished(workspace, _dagster_run_of(workspace, origin).run_id)
     assert parent.status.value == "FAILURE"
@@ -221,7 +225,7 @@ with DagsterInstance.from_config({str(workspace.dagster_home)!r}) as instance:
     res = execute_job(job, instance, reexecution_options=ReexecutionOptions.from_failure({parent.run_id!r}, instance))
     print("RUN", res.run_id, res.success)
 """
-    res = workspace.run(sys.executable, "-c", code)
+    res = workspace.run(sys.executable, "-c", code, **env)
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RUN "))
     _, child_id, ok = line.split()
     assert ok == "True"
@@ -237,6 +241,8 @@ with DagsterInstance.from_config({str(workspace.dagster_home)!r}) as instance:
 
     assert Run(child, _namespace_check=False).successful
     assert _materialized_run(workspace) == child  # so does a re-execution
+    if chunks:
+        assert "chunk_body[tasks_2_to_2]" in workspace.step_keys(child_id, "STEP_SUCCESS")
 
 
 @pytest.mark.flow("deploy_flow.py")

@@ -225,20 +225,28 @@ def _scheduled(ws: Workspace) -> None:
     (ws.dagster_home / "dagster.yaml").write_text(DAEMON_YAML)
 
 
+# the 4-wide foreach in chunks of two: chunk 0-1 runs body-0 then holds in body-1, chunk
+# 2-3 holds in body-2; body-3 has not started when the worker is killed
+CHUNKED = {"DAGSTER_METAFLOW_CHUNK_ABOVE": "0", "DAGSTER_METAFLOW_CHUNK_SIZE": "2"}
+
+
 @pytest.mark.flow("fault_flow.py")
+@pytest.mark.parametrize("chunks", [False, True], ids=["per-task", "chunked"])
 def test_daemon_resumes_a_scheduled_run_whose_worker_died_and_the_run_outlives_the_daemon(
-    workspace: Workspace,
+    workspace: Workspace, chunks: bool
 ) -> None:
     """A run started by the daemon's scheduler; kill -9 of its worker mid-foreach: with
     MetaflowRunLauncher and `max_resume_run_attempts`, the daemon resumes the SAME run
     (finished tasks not run again, killed ones as new attempts); then kill -9 of the daemon
     itself: the new worker (its own session) goes on, and the run ends SUCCESS with the
-    artifacts of an uninterrupted run and nothing left in the process table."""
+    artifacts of an uninterrupted run and nothing left in the process table. Chunked: the
+    resumed chunk op skips the task that succeeded and retries the one that was killed."""
     ws = workspace
     _scheduled(ws)
     ws.compile()
-    with dagster_daemon(ws) as daemon:
-        pids = _markers(ws, 0, 3, timeout=150)
+    held = 2 if chunks else 3
+    with dagster_daemon(ws, **(CHUNKED if chunks else {})) as daemon:
+        pids = _markers(ws, 0, held, timeout=150)
         mf_run = wait_for("the holding run", lambda: (ws.dir / "holding-run").read_text().strip(), 10)
         run_id = _dagster_run_id(ws, mf_run)
         first = _worker(ws, run_id)
@@ -254,7 +262,7 @@ def test_daemon_resumes_a_scheduled_run_whose_worker_died_and_the_run_outlives_t
         assert list(done_before) == ["body-0"], done_before
         os.kill(first.pid, signal.SIGKILL)
         assert survivors(pids, within=30) == []
-        resumed_pids = _markers(ws, 1, 3, timeout=150)  # the new worker's attempts hold too
+        resumed_pids = _markers(ws, 1, held, timeout=150)  # the new worker's attempts hold too
         second = wait_for("a new worker", lambda: (w := _worker(ws, run_id)) != first and w, 30)
         assert psutil.Process(second.pid).parent() == parent  # resume_run: the same zygote
         os.killpg(daemon.pid, signal.SIGKILL)
@@ -272,7 +280,11 @@ def test_daemon_resumes_a_scheduled_run_whose_worker_died_and_the_run_outlives_t
     assert tasks["body-0"].finished_at == done_before["body-0"]  # not run again
     assert tasks["body-0"].current_attempt == 0
     for tid in ("body-1", "body-2", "body-3"):
-        assert tasks[tid].current_attempt == 1 and tasks[tid].successful, tid
+        # chunked: body-3 first started in the new worker
+        attempt = 0 if chunks and tid == "body-3" else 1
+        assert tasks[tid].current_attempt == attempt and tasks[tid].successful, tid
+    if chunks:
+        assert "chunk_body[tasks_0_to_1]" in ws.step_keys(run_id, "STEP_SUCCESS")
     assert survivors([first.pid, second.pid, parent.pid, *resumed_pids], within=30) == []
     assert _carriers(first) == [] and _carriers(second) == []
 
