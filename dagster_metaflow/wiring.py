@@ -21,8 +21,10 @@ A top-level foreach whose body is a chain of plain steps also gets a *chunked* p
 has a second dynamic output (`chunks`), used instead of the first when the foreach is wider
 than the chunking threshold at run time; one `chunk_<step>` op per body step is mapped over
 it and runs a chunk of that step's tasks, each with its own attempts. The join collects
-both paths (the unused one is an empty list). Pure data in, pure data out: the plan is frozen records (calls, arguments, map
-regions) that the template renders; nothing here writes Python source.
+both paths (the unused one is an empty list).
+
+Pure data in, pure data out: the plan is frozen records (calls, arguments, map regions)
+that the template renders; nothing here writes Python source.
 """
 
 from __future__ import annotations

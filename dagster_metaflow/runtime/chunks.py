@@ -106,7 +106,7 @@ class ChunkRunner:
         for index, task in tasks:
             started = time.monotonic()
             what = f"Task {task.pathspec}"
-            made = self.runner.run_until_done(context, task, options, retry, what)
+            made = self.runner.run_until_done(context, task, options, retry, what, show=False)
             seconds = time.monotonic() - started
             how = "had already succeeded" if made == 0 else f"succeeded in {seconds:.1f}s"
             announce(f"[dagster-metaflow] task {task.pathspec} {how} ({made} attempt(s) here)\n")

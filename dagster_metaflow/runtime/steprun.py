@@ -69,7 +69,7 @@ class StepRunner:
         if (
             origin is not None
             and origin.may_clone(task.step)
-            and self._cloned(context, task, origin)
+            and self._cloned(context, task, origin, show)
         ):
             return pathspec
         if os.environ.get(RECOVERING_VAR):  # a new worker of a run whose worker died
@@ -96,6 +96,7 @@ class StepRunner:
         options: StepOptions,
         retry: tuple[int, int | None],
         what: str,
+        show: bool = True,
     ) -> int:
         """Attempts of one task, made by the op itself (a loop's iteration, a chunk's task),
         until one succeeds; `retry`: (@retry's and @catch's retries, delay). Picks up after
@@ -106,7 +107,7 @@ class StepRunner:
         while not self.store.succeeded(task.pathspec):
             made += 1
             try:
-                self.run(context, replace(task, retry_count=attempt), options, show=False)
+                self.run(context, replace(task, retry_count=attempt), options, show=show)
                 break
             except Failure as exc:
                 if attempt >= max_retries or not exc.allow_retries:
@@ -135,7 +136,9 @@ class StepRunner:
         paths = self.store.ubf_mappers(sorted(paths, key=path_sort_key), task.run_id)
         return replace(task, input_paths=tuple(paths), ubf_context=ubf_context)
 
-    def _cloned(self, context: OpExecutionContext, task: TaskOptions, origin: Origin) -> bool:
+    def _cloned(
+        self, context: OpExecutionContext, task: TaskOptions, origin: Origin, show: bool
+    ) -> bool:
         """Resume: clone the origin run's task (a control task with its mapper tasks, as
         natively) when it succeeded there; False when it must run."""
         source = f"{origin.run_id}/{task.step}/{task.task_id}"
@@ -147,7 +150,7 @@ class StepRunner:
             for mapper in self.store.control_mappers(task.pathspec, origin.run_id):
                 if mapper != source:
                     self.prep.clone_task(context, mapper, in_run(mapper, task.run_id), tags=tags)
-        self.finish(context, task.step, task.pathspec)
+        self.finish(context, task.step, task.pathspec, show=show)
         return True
 
     def _to_launch(

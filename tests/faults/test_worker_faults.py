@@ -217,6 +217,15 @@ run_monitoring:
 """
 
 
+# `trigger` only queues the run; the daemon's run queue launches it (every second)
+QUEUED_YAML = """run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+"""
+
+
 def _scheduled(ws: Workspace) -> None:
     """The fault flow on a per-minute @schedule, holding in the workspace's marker dir."""
     text = ws.flow.read_text().replace('Parameter("marker-dir", default="")', f'Parameter("marker-dir", default={str(ws.dir)!r})')
@@ -231,21 +240,28 @@ CHUNKED = {"DAGSTER_METAFLOW_CHUNK_ABOVE": "0", "DAGSTER_METAFLOW_CHUNK_SIZE": "
 
 
 @pytest.mark.flow("fault_flow.py")
-@pytest.mark.parametrize("chunks", [False, True], ids=["per-task", "chunked"])
-def test_daemon_resumes_a_scheduled_run_whose_worker_died_and_the_run_outlives_the_daemon(
+@pytest.mark.parametrize("chunks", [False, True], ids=["scheduled-per-task", "queued-chunked"])
+def test_daemon_resumes_a_run_it_launched_whose_worker_died_and_the_run_outlives_the_daemon(
     workspace: Workspace, chunks: bool
 ) -> None:
-    """A run started by the daemon's scheduler; kill -9 of its worker mid-foreach: with
-    MetaflowRunLauncher and `max_resume_run_attempts`, the daemon resumes the SAME run
-    (finished tasks not run again, killed ones as new attempts); then kill -9 of the daemon
-    itself: the new worker (its own session) goes on, and the run ends SUCCESS with the
-    artifacts of an uninterrupted run and nothing left in the process table. Chunked: the
-    resumed chunk op skips the task that succeeded and retries the one that was killed."""
+    """A run launched by the daemon (its scheduler; or, chunked, its run queue after
+    `trigger`); kill -9 of its worker mid-foreach: with MetaflowRunLauncher and
+    `max_resume_run_attempts`, the daemon resumes the SAME run (finished tasks not run
+    again, killed ones as new attempts); then kill -9 of the daemon itself: the new worker
+    (its own session) goes on, and the run ends SUCCESS with the artifacts of an
+    uninterrupted run and nothing left in the process table. Chunked: the resumed chunk op
+    skips the task that succeeded and retries the one that was killed."""
     ws = workspace
-    _scheduled(ws)
+    if chunks:  # the queue launches at once: no wait for the schedule's next minute
+        (ws.dagster_home / "dagster.yaml").write_text(DAEMON_YAML + QUEUED_YAML)
+    else:
+        _scheduled(ws)
     ws.compile()
     held = 2 if chunks else 3
     with dagster_daemon(ws, **(CHUNKED if chunks else {})) as daemon:
+        if chunks:
+            res = ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir))
+            assert "queued: dagster-daemon" in res.stderr, res.stderr[-2000:]
         pids = _markers(ws, 0, held, timeout=150)
         mf_run = wait_for("the holding run", lambda: (ws.dir / "holding-run").read_text().strip(), 10)
         run_id = _dagster_run_id(ws, mf_run)
@@ -270,7 +286,8 @@ def test_daemon_resumes_a_scheduled_run_whose_worker_died_and_the_run_outlives_t
     ws.dir.joinpath("release").write_text("")
     run = wait_for("the resumed run to end", lambda: _finished(ws, run_id), 180)
     assert run.status.value == "SUCCESS", [e.message for e in ws.dagster_events(run.run_id)][-15:]
-    assert run.tags.get("dagster/schedule_name") == "FaultFlow_schedule"
+    if not chunks:
+        assert run.tags.get("dagster/schedule_name") == "FaultFlow_schedule"
     assert any("Resuming the run in a new worker" in (e.message or "") for e in ws.dagster_events(run_id))
     from metaflow import Run
 
