@@ -191,11 +191,15 @@ def test_terminate_never_signals_a_process_that_reuses_the_worker_pid(tmp_path: 
 
 
 @pytest.mark.flow("fault_flow.py")
-def test_terminate_a_64_wide_foreach_leaves_no_process(workspace: Workspace) -> None:
+@pytest.mark.parametrize("chunks", [False, True], ids=["per-task", "chunked"])
+def test_terminate_a_64_wide_foreach_leaves_no_process(workspace: Workspace, chunks: bool) -> None:
+    """Chunked (16 chunks of 4, each holding in its first held task): the interrupted chunk
+    ops start none of their remaining tasks."""
     ws = workspace
     ws.compile()
-    ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir), "--width", "64", "--run-id-file", "rid")
-    pids = _markers(ws, 0, 12)
+    env = {"DAGSTER_METAFLOW_CHUNK_ABOVE": "0", "DAGSTER_METAFLOW_CHUNK_SIZE": "4"} if chunks else {}
+    ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir), "--width", "64", "--run-id-file", "rid", **env)
+    pids = _markers(ws, 0, 16 if chunks else 12)  # chunked: every chunk holds
     identity = _worker(ws)
     mf_run = (ws.dir / "rid").read_text().strip()
     ws.metaflow("dagster", "terminate", "--run-id", mf_run)
@@ -203,6 +207,11 @@ def test_terminate_a_64_wide_foreach_leaves_no_process(workspace: Workspace) -> 
     assert survivors(pids, within=30) == []
     assert survivors([identity.pid], within=30) == []
     assert _carriers(identity) == []
+    if chunks:
+        time.sleep(2)
+        held = sorted(p.name for p in ws.dir.glob("body-*-0"))
+        assert len(held) == 16, held  # one per chunk: none started after the terminate
+        assert "chunk_body" in " ".join(ws.step_keys(_run(ws).run_id, "STEP_START"))
 
 
 DAEMON_YAML = """telemetry:
