@@ -357,8 +357,10 @@ class _Progress:
     total: int
     running: set[str] = field(default_factory=set)
     finished_steps: set[str] = field(default_factory=set)
+    skipped_steps: set[str] = field(default_factory=set)
     tasks_done: int = 0
     failed: list[str] = field(default_factory=list)
+    reason: str | None = None  # the first failure: its task and the user's error line
 
     def add(self, ev: Any) -> None:
         from dagster import DagsterEventType
@@ -377,19 +379,38 @@ class _Progress:
             self.tasks_done += tasks_of(ev.step_key)
             self.finished_steps.add(step_of(ev.step_key))
         elif ev.event_type == DagsterEventType.STEP_SKIPPED:
-            self.finished_steps.add(step_of(ev.step_key))
+            self.skipped_steps.add(step_of(ev.step_key))
         else:
             self.failed.append(ev.step_key)
+            self.reason = self.reason or failure_reason(ev)
 
     def line(self) -> str:
-        busy = {step_of(k) for k in self.running}
-        done = len(self.finished_steps - busy)
-        line = f"steps done {done}/{self.total}, tasks done {self.tasks_done}"
+        """Steps done (a branch a switch did not take counts as done; after a failure, the
+        steps it kept from running do not), tasks done, steps running, steps failed."""
+        busy = {step_of(k) for k in self.running} | {step_of(k) for k in self.failed}
+        done_steps = self.finished_steps | (set() if self.failed else self.skipped_steps)
+        line = f"steps done {len(done_steps - busy)}/{self.total}, tasks done {self.tasks_done}"
         if self.running:
             line += f", running: {', '.join(sorted(self.running))}"
         if self.failed:
             line += f", failed: {', '.join(self.failed)}"
         return line
+
+
+def failure_reason(ev: Any) -> str:
+    """One line saying why an op failed: the task and the user's error line when it ran a
+    Metaflow task (runtime/attempt.py writes them first), else Dagster's message."""
+    data = ev.step_failure_data
+    user = getattr(data, "user_failure_data", None) if data is not None else None
+    text = (user.description if user is not None else None) or (
+        data.error.message if data is not None and data.error is not None else ""
+    )
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    if not lines:
+        return f"op {ev.step_key} failed"
+    if len(lines) > 1 and not lines[1].startswith("Last lines of stderr"):
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 def follow(instance: DagsterInstance, run_id: str, pathspec: str, caller: Caller) -> None:
@@ -425,8 +446,10 @@ def follow(instance: DagsterInstance, run_id: str, pathspec: str, caller: Caller
     status = run.status.value if run is not None else "UNKNOWN"
     click.echo(f"{pathspec} {status} | Dagster run {run_id} | {ui_url(run_id)}")
     if status != "SUCCESS":
+        why = f": {progress.reason}" if progress.reason else ""
         raise DagsterMetaflowException(
-            f"run {pathspec} ended with status {status}; {resume_hint(caller.script, pathspec.split('/')[-1])}"
+            f"run {pathspec} ended with status {status}{why}; "
+            f"{resume_hint(caller.script, pathspec.split('/')[-1])}"
         )
 
 

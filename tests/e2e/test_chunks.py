@@ -70,11 +70,14 @@ def test_chunked_task_failure_names_the_task_and_stops_its_chunk(workspace: Work
     from metaflow import Run
 
     ws = workspace
-    out = ws.compile()
-    cfg = "ops:\n  ChunkedFlow_steps:\n    ops:\n      op_start:\n        config:\n          fail_at: 4\n"
-    res = ws.dagster_execute(out, "ChunkedFlow", config_yaml=cfg, check=False, **CHUNKED)
+    ws.compile()
+    res = ws.metaflow("dagster", "trigger", "--wait", "--fail_at", "4", check=False, **CHUNKED)
     assert res.returncode != 0
     run = ws.last_dagster_run()
+    mf_run = metaflow_run_id(run.run_id)
+    # `trigger --wait` says which task failed and why, through the chunk op
+    assert f"FAILURE: Metaflow step 'body' (task {mf_run}/body/body-4) (retry 1)" in res.stderr
+    assert "ValueError: item 4 is bad; to run what did not finish" in res.stderr
     assert run.status.value == "FAILURE"
     failures = [
         (e.step_key, e.dagster_event.step_failure_data.user_failure_data.description)
@@ -82,7 +85,6 @@ def test_chunked_task_failure_names_the_task_and_stops_its_chunk(workspace: Work
         if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"
     ]
     assert len(failures) == 1 and failures[0][0].endswith("chunk_body[tasks_3_to_5]"), failures
-    mf_run = metaflow_run_id(run.run_id)
     assert f"(task {mf_run}/body/body-4) (retry 1)" in failures[0][1]
     assert "item 4 is bad" in failures[0][1]
     body = {t.id: t for t in Run(f"ChunkedFlow/{mf_run}", _namespace_check=False)["body"]}

@@ -162,6 +162,12 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Works
     res = workspace.metaflow("dagster", "trigger", *marker, "--wait", "--run-id-file", "first", check=False)
     assert res.returncode != 0 and "FAILURE" in res.stderr
     origin = (workspace.dir / "first").read_text()
+    # the error names the failed task and the user's exception, and the progress line does
+    # not count the failed step, nor the steps it kept from running, as done
+    assert f"ended with status FAILURE: Metaflow step 'body' (task {origin}/body/body-1)" in res.stderr, res.stderr[-3000:]
+    assert "RuntimeError: marker says item 2 fails; " in res.stderr.split("ended with status FAILURE")[1]
+    last_progress = [ln for ln in res.stderr.splitlines() if "steps done" in ln][-1]
+    assert "steps done 1/4," in last_progress and "failed: " in last_progress, last_progress
     before = _snapshot(f"DeployFlow/{origin}")
     assert before["body/body-1"][2] is False
 
