@@ -30,6 +30,11 @@ def check_output_path(out_file: str, force: bool, flow_file: str) -> None:
         raise DagsterMetaflowException(
             f"output FILE {out_file!r} is a directory; give a file name, e.g. {os.path.join(out_file, 'flow_dagster.py')!r}"
         )
+    if not out_file.endswith(".py"):
+        raise DagsterMetaflowException(
+            f"output FILE {out_file!r} must end in .py: Dagster loads it as a Python module "
+            f"(dagster dev -f FILE); e.g. {os.path.splitext(out_file)[0] + '_dagster.py'!r}"
+        )
     parent = os.path.dirname(real)
     if not os.path.isdir(parent):
         raise DagsterMetaflowException(

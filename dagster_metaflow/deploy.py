@@ -52,7 +52,7 @@ def deploy(
     from . import deployments
     from .definitions_file import check_output_path, write_atomically
     from .runtime import sensors
-    from .tokens import flow_token_prefix, resolve_token, username
+    from .tokens import flow_token_prefix, keep_token, resolve_token, username
 
     job_name, out_file = request.job_name, request.out_file
     check_output_path(out_file, request.force, sys.argv[0])
@@ -60,7 +60,8 @@ def deploy(
     owner = username()
     with open_instance() as instance:
         prev = previous(obj, instance, job_name, request.force)
-        token = resolve_token(prev, flow_token_prefix(job_name), request.tokens, obj.echo)
+        prefix = flow_token_prefix(job_name)
+        token, new_token = resolve_token(prev, prefix, request.tokens)
         options = compiler.CompileOptions(
             job_name=job_name,
             out_file=out_file,
@@ -73,6 +74,7 @@ def deploy(
         watching = [t.name for t in compiled.ir.automation.triggers]
         dep = compiled.deployment(token, sensors.watch_extra(instance, prev, watching))
         deployments.record(instance, dep, replaces=prev)
+        keep_token(prefix, token, new_token, request.tokens, obj.echo)
         if request.announce:
             echo_created(obj, compiled.ir, out_file, instance)
     return compiled

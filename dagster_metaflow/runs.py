@@ -470,7 +470,10 @@ def resume_hint(script: str, mf_run_id: str) -> str:
 def rerun_steps(graph: Any, step: str) -> list[str]:
     """`step` and every step after it in the flow's graph: what `resume --step-to-rerun` runs."""
     if step not in graph:
-        raise DagsterMetaflowException(f"--step-to-rerun: the flow has no step {step!r}")
+        steps = getattr(graph, "sorted_nodes", None) or list(graph)  # FlowGraph, or a mapping
+        raise DagsterMetaflowException(
+            f"--step-to-rerun: the flow has no step {step!r}; its steps: {', '.join(steps)}"
+        )
     out: list[str] = []
     todo = [step]
     while todo:

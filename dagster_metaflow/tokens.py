@@ -99,11 +99,12 @@ def check_authorized(dep: Deployment | Any | None, authorize: str | None, action
         raise IncorrectProductionToken(problem)
 
 
-def resolve_token(prev: Deployment | None, prefix: str, options: TokenOptions, echo: Echo) -> str:
-    """The production token of a (re)deployment, as `argo-workflows create` resolves it:
-    checked, announced and stored in Metaflow's token file."""
+def resolve_token(prev: Deployment | None, prefix: str, options: TokenOptions) -> tuple[str, bool]:
+    """The production token of a (re)deployment, as `argo-workflows create` resolves it, and
+    whether it is new; checked, but neither announced nor stored (`keep_token` does that
+    once the deployment is made, so a refused `create` leaves no token behind)."""
     from metaflow import current
-    from metaflow.plugins.aws.step_functions.production_token import new_token, store_token
+    from metaflow.plugins.aws.step_functions.production_token import new_token
 
     check_authorized(prev, options.authorize, "create")
     prev_token = prev.production_token if prev is not None else None
@@ -113,19 +114,25 @@ def resolve_token(prev: Deployment | None, prefix: str, options: TokenOptions, e
             raise DagsterMetaflowException(
                 "--new-token is not supported for @project flows; use --generate-new-token"
             )
-        token = given[len("production:") :] if given.startswith("production:") else given
-    elif prev_token is None or options.generate_new_token:
+        return (given[len("production:") :] if given.startswith("production:") else given), False
+    if prev_token is None or options.generate_new_token:
         token = new_token(prefix, prev_token)
         if token is None:
             raise DagsterMetaflowException(
                 "--generate-new-token is not supported after --new-token; use --new-token"
             )
+        return str(token), True
+    return prev_token, False
+
+
+def keep_token(prefix: str, token: str, new: bool, options: TokenOptions, echo: Echo) -> None:
+    """After a deployment was made: announce its token and store it in Metaflow's token file."""
+    from metaflow.plugins.aws.step_functions.production_token import store_token
+
+    if new:
         echo("A new production token was generated.")
-    else:
-        token = prev_token
-    _announce(str(token), options.identity, echo)
+    _announce(token, options.identity, echo)
     store_token(prefix, token)
-    return str(token)
 
 
 def _announce(token: str, identity: str, echo: Echo) -> None:
@@ -147,6 +154,7 @@ __all__ = [
     "authorization_problem",
     "check_authorized",
     "flow_token_prefix",
+    "keep_token",
     "resolve_token",
     "token_prefix",
     "username",

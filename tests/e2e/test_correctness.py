@@ -40,6 +40,7 @@ def test_create_refuses_bad_output_paths_with_one_line(workspace: Workspace) -> 
         ("adir", "is a directory"),
         ("missing/sub/out.py", "does not exist"),
         ("mine.py", "was not written by dagster-metaflow"),
+        ("out.txt", "must end in .py"),  # Dagster could not load it: refused, not recorded
     ]
     for target, message in cases:
         res = workspace.metaflow("dagster", "create", target, check=False)
@@ -122,9 +123,13 @@ def test_extension_step_decorators_run_and_runtime_only_ones_are_refused(workspa
     assert run["start"].task.data.dm_after == "start"
     assert artifacts_by_task(got).keys() == artifacts_by_task(native).keys()
     # a decorator that needs the local runtime's hooks: one line naming it and the hook
-    res = workspace.metaflow("--with", "dm_runtime_only", "dagster", "create", "x_dagster.py", check=False, **env)
+    # (a new deployment's name: a refused create generates, prints and stores no token)
+    res = workspace.metaflow(
+        "--with", "dm_runtime_only", "dagster", "--name", "Refused", "create", "x_dagster.py", check=False, **env
+    )
     assert res.returncode != 0
     assert "decorator @dm_runtime_only needs Metaflow's local runtime hook runtime_step_cli()" in res.stderr
+    assert "production token" not in res.stdout + res.stderr and not (workspace.dir / "x_dagster.py").exists()
 
 
 @pytest.mark.flow("segfault_flow.py")

@@ -115,7 +115,7 @@ def test_step_of_and_rerun_steps() -> None:
         "c": SimpleNamespace(out_funcs=[]),
     }
     assert runs.rerun_steps(graph, "b") == ["b", "c"]
-    with pytest.raises(DagsterMetaflowException, match="no step 'z'"):
+    with pytest.raises(DagsterMetaflowException, match="no step 'z'; its steps: a, b, c"):
         runs.rerun_steps(graph, "z")
 
 
