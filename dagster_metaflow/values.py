@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -134,7 +135,10 @@ def origin_parameters(flow_datastore: Any, dep: Any, origin_run_id: str) -> dict
         stores = []
     if not stores:
         raise DagsterMetaflowException(
-            f"run {dep.flow_name}/{origin_run_id} not found (no _parameters task in the datastore)"
+            f"--origin-run-id: no run {dep.flow_name}/{origin_run_id} in the datastore "
+            f"{getattr(flow_datastore, 'datastore_root', None) or ''}".rstrip()
+            + f"; list this deployment's runs with `python {os.path.basename(sys.argv[0])} "
+            "dagster list-runs`"
         )
     ds = stores[0]
     values = {}

@@ -168,6 +168,12 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Works
     assert "RuntimeError: marker says item 2 fails; " in res.stderr.split("ended with status FAILURE")[1]
     last_progress = [ln for ln in res.stderr.splitlines() if "steps done" in ln][-1]
     assert "steps done 1/4," in last_progress and "failed: " in last_progress, last_progress
+    # mistakes in resume's options: one line each, saying what exists
+    res = workspace.metaflow("dagster", "resume", "--origin-run-id", "dagster-000000000000", check=False)
+    assert res.returncode != 0 and "--origin-run-id: no run DeployFlow/dagster-000000000000 in the datastore" in res.stderr
+    assert "dagster list-runs" in res.stderr and "Traceback" not in res.stderr
+    res = workspace.metaflow("dagster", "resume", "--origin-run-id", origin, "--step-to-rerun", "bdy", check=False)
+    assert res.returncode != 0 and "no step 'bdy'; its steps: start, body, join, end" in res.stderr, res.stderr[-1500:]
     before = _snapshot(f"DeployFlow/{origin}")
     assert before["body/body-1"][2] is False
 
