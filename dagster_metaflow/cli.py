@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 EXECUTORS = ("threads", "multiprocess", "forkserver", "in_process", "celery", "k8s")
 IDENTITIES = ("production", "user")
+# commands that act on runs and records only: no flow validation (pylint) before them
+READ_ONLY_COMMANDS = frozenset({"status", "list-runs", "describe", "terminate", "delete"})
 
 
 @click.group()
@@ -44,9 +46,11 @@ def cli() -> None:
     default=None,
     help="Deployment (= Dagster job) name; default: the flow name, or P_<branch>_<Flow> with @project.",
 )
-@click.pass_obj
-def dagster(obj: Any, name: str | None = None) -> None:
-    obj.check(obj.graph, obj.flow, obj.environment, pylint=obj.pylint)
+@click.pass_context
+def dagster(ctx: Any, name: str | None = None) -> None:
+    obj = ctx.obj
+    if ctx.invoked_subcommand not in READ_ONLY_COMMANDS:
+        obj.check(obj.graph, obj.flow, obj.environment, pylint=obj.pylint)
     obj.dagster_name = name
     # every subcommand needs Dagster: refuse an untested one here, in one line, rather than
     # as a "Dagster refused the job" at create or a traceback later
@@ -67,10 +71,23 @@ def _resolve_job_name(obj: Any, name: str | None) -> str:
     return compiler.resolve_job_name(name, obj.flow.name, project_flow)
 
 
-def _open_instance(obj: Any) -> Any:
+def _open_instance(obj: Any, may_create: bool = False) -> Any:
+    """The deployments' Dagster instance. Only a deploying command (`may_create`) may make a
+    new one: any other command refuses a DAGSTER_HOME that does not exist, which would be an
+    empty instance (a typo), in one line. A relative DAGSTER_HOME is refused as Dagster does."""
     from .deployments import dagster_home, open_instance
 
+    given = os.environ.get("DAGSTER_HOME")
+    if given and not os.path.isabs(os.path.expanduser(given)):
+        raise DagsterMetaflowException(
+            f"DAGSTER_HOME={given!r} must be an absolute path (as Dagster requires)"
+        )
     home, chosen = dagster_home()
+    if not may_create and not os.path.isdir(home):
+        raise DagsterMetaflowException(
+            f"no Dagster instance at {home} (DAGSTER_HOME{' is not set' if chosen else ''}): "
+            "nothing was deployed there; check DAGSTER_HOME, or deploy with `dagster create`"
+        )
     if chosen and not getattr(obj, "_home_announced", False):
         obj.echo(
             f"DAGSTER_HOME is not set: using the dagster-metaflow instance at {home} "
@@ -265,7 +282,7 @@ def create(
             asset_automation=asset_automation,
         ),
     )
-    deploy(obj, request, lambda: _open_instance(obj))
+    deploy(obj, request, lambda: _open_instance(obj, may_create=True))
     metadata = obj.metadata.metadata_str()
     write_attribute_file(
         deployer_attribute_file,
@@ -437,19 +454,23 @@ def status(obj: Any, run_id: str) -> None:
 @click.pass_obj
 def terminate(obj: Any, run_id: str, authorize: str | None = None) -> None:
     from . import runs
+    from .runtime.ids import metaflow_run_id
     from .tokens import check_authorized
 
     with _open_instance(obj) as instance:
         dep = _known_deployment(obj, instance)
         check_authorized(dep, authorize, "terminate")
         run = _find(obj, instance, dep, run_id)
+        pathspec = f"{dep.flow_name}/{metaflow_run_id(run.run_id)} (Dagster run {run.run_id})"
         if run.is_finished:
-            obj.echo(f"Run {run.run_id} already ended ({run.status.value}); nothing to terminate.")
+            obj.echo(
+                f"Run {pathspec} already ended ({runs.status_name(run)}); nothing to terminate."
+            )
             return
         if runs.terminate(instance, run.run_id):
-            obj.echo(f"Run {run.run_id} terminated.", bold=True)
+            obj.echo(f"Run {pathspec} terminated.", bold=True)
         else:
-            raise DagsterMetaflowException(f"run {run.run_id} did not stop within 15 s")
+            raise DagsterMetaflowException(f"run {pathspec} did not stop within 15 s")
 
 
 @dagster.command("list-runs", help="List the runs of this deployment, newest first.")
@@ -458,20 +479,23 @@ def terminate(obj: Any, run_id: str, authorize: str | None = None) -> None:
     "--succeeded", "states", flag_value="SUCCESS", multiple=True, help="Only successful runs."
 )
 @click.option("--failed", "states", flag_value="FAILURE", multiple=True, help="Only failed runs.")
+@click.option(
+    "--aborted", "states", flag_value="CANCELED", multiple=True, help="Only terminated runs."
+)
 @click.pass_obj
 def list_runs(obj: Any, states: Sequence[str] = ()) -> None:
     from . import runs
-    from .runtime.ids import metaflow_run_id
 
     with _open_instance(obj) as instance:
         dep = _known_deployment(obj, instance)
         found = runs.list_runs(instance, dep.name, list(states or ()))
         if not found:
-            obj.echo(f"No runs of {dep.name}.")
+            which = " or ".join(sorted({runs.STATUS_NAMES.get(s, s) for s in states or ()}))
+            obj.echo(f"No {which + ' ' if which else ''}runs of {dep.name}.")
+            return
+        click.echo(runs.RUN_LINE_HEADER)
         for run in found:
-            click.echo(
-                f"{dep.flow_name}/{metaflow_run_id(run.run_id)}  {run.status.value:<10} {run.run_id}"
-            )
+            click.echo(runs.run_line(instance, dep.flow_name, run))
 
 
 @dagster.command(help="Show the deployment: job, files, schedule, sensor and exit hooks.")
@@ -625,5 +649,5 @@ def compile_component(obj: Any, request_json: str) -> None:
         options=options,
         announce=False,
     )
-    compiled = deploy(obj, request, lambda: _open_instance(obj))
+    compiled = deploy(obj, request, lambda: _open_instance(obj, may_create=True))
     click.echo(json.dumps({"job_name": job_name, "definitions_file": compiled.definitions_file}))

@@ -246,6 +246,29 @@ def list_runs(
     return out
 
 
+RUN_LINE_HEADER = f"{'RUN':<40} {'STATUS':<10} {'STARTED (UTC)':<19}  {'DURATION':>9}  DAGSTER RUN"
+
+
+def run_line(instance: DagsterInstance, flow_name: str, run: DagsterRun) -> str:
+    """One run as `list-runs` shows it: Metaflow pathspec, status (the vocabulary of `status`
+    and the Deployer), start time, duration so far or in all, Dagster run id."""
+    import datetime
+
+    from .runtime.ids import metaflow_run_id
+
+    record = instance.get_run_record_by_id(run.run_id)
+    start = record.start_time if record is not None else None
+    end = record.end_time if record is not None else None
+    started = (
+        datetime.datetime.fromtimestamp(start, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        if start
+        else "-"
+    )
+    took = f"{(end or time.time()) - start:.1f}s" if start else "-"
+    pathspec = f"{flow_name}/{metaflow_run_id(run.run_id)}"
+    return f"{pathspec:<40} {status_name(run) or '-':<10} {started:<19}  {took:>9}  {run.run_id}"
+
+
 def ui_url(run_id: str) -> str:
     """Where `dagster dev` (default port, or DAGSTER_METAFLOW_UI_URL) shows the run."""
     base = os.environ.get("DAGSTER_METAFLOW_UI_URL", "http://127.0.0.1:3000").rstrip("/")

@@ -52,7 +52,7 @@ class Workspace:
         proc = subprocess.run(
             list(args),
             cwd=self.dir,
-            env=_env(DAGSTER_HOME=str(self.dagster_home), **env),
+            env=_env(**{"DAGSTER_HOME": str(self.dagster_home), **env}),  # env may override it
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -104,9 +104,18 @@ def test_trigger_typed_parameters_status_and_attribution(workspace: Workspace) -
     for ident in (mf_run_id, drun.run_id):
         out = workspace.metaflow("dagster", "status", "--run-id", ident).stdout
         assert f"DeployFlow/{mf_run_id}: SUCCEEDED" in out
-    listed = workspace.metaflow("dagster", "list-runs", "--succeeded").stdout
-    assert mf_run_id in listed
-    assert mf_run_id not in workspace.metaflow("dagster", "list-runs", "--failed").stdout
+    listed = workspace.metaflow("dagster", "list-runs", "--succeeded")
+    assert "Validating your flow" not in listed.stderr  # read-only: no flow validation
+    row = next(ln for ln in listed.stdout.splitlines() if mf_run_id in ln)
+    assert row.split()[1] == "SUCCEEDED" and row.split()[-1] == drun.run_id, row  # + start, duration
+    failed = workspace.metaflow("dagster", "list-runs", "--failed")
+    assert mf_run_id not in failed.stdout and "No FAILED runs of DeployFlow." in failed.stderr
+    # a DAGSTER_HOME that does not exist is a typo, not a new instance to read from
+    typo = workspace.dir / "dagster_hom"
+    res = workspace.metaflow("dagster", "status", "--run-id", mf_run_id, check=False, DAGSTER_HOME=str(typo))
+    assert res.returncode != 0 and f"no Dagster instance at {typo}" in res.stderr and not typo.exists()
+    res = workspace.metaflow("dagster", "list-runs", check=False, DAGSTER_HOME="relative/home")
+    assert res.returncode != 0 and "must be an absolute path" in res.stderr
 
 
 @pytest.mark.flow("deploy_flow.py")
@@ -145,7 +154,8 @@ def test_terminate_stops_every_step_process(workspace: Workspace) -> None:
         assert time.monotonic() < deadline, "the step never started"
         time.sleep(0.5)
     pids = [int(p) for p in pid_file.read_text().split()]
-    workspace.metaflow("dagster", "terminate", "--run-id", mf_run_id)
+    res = workspace.metaflow("dagster", "terminate", "--run-id", mf_run_id)
+    assert f"Run SleepyFlow/{mf_run_id} (Dagster run " in res.stderr + res.stdout
     assert not survivors(pids, within=15), "step processes survived terminate"
     drun = _wait_finished(workspace, _dagster_run_of(workspace, mf_run_id).run_id, timeout=15)
     assert drun.status.value == "CANCELED"

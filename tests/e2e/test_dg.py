@@ -201,7 +201,7 @@ def test_launch_runs_the_flow_seen_by_metaflow_and_the_cli(project: Project) -> 
     flow_dir = project.defs / "flows" / "linear"
     cli = (sys.executable, "linear_flow.py", "dagster", "--name", "linear_job")
     listed = project.run(*cli, "list-runs", cwd=flow_dir).stdout
-    assert f"LinearFlow/{mf_id}" in listed and "SUCCESS" in listed, listed
+    assert f"LinearFlow/{mf_id}" in listed and "SUCCEEDED" in listed, listed
     status = project.run(*cli, "status", "--run-id", mf_id, cwd=flow_dir).stdout
     assert status.startswith(f"LinearFlow/{mf_id}: ") and run.run_id in status, status
 
