@@ -442,7 +442,7 @@ def status(obj: Any, run_id: str) -> None:
         run = _find(obj, instance, dep, run_id)
         click.echo(
             f"{dep.flow_name}/{metaflow_run_id(run.run_id)}: {runs.status_name(run)} "
-            f"(Dagster {run.status.value}, run {run.run_id}) {runs.ui_url(run.run_id)}"
+            f"(Dagster {run.status.value}, run {run.run_id}) {runs.where_to_see(instance, run.run_id)}"
         )
         if run.status.value in ("FAILURE", "CANCELED"):
             obj.echo(runs.resume_hint(obj.flow.script_name, metaflow_run_id(run.run_id)))

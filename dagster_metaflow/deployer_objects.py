@@ -112,7 +112,8 @@ class DagsterTriggeredRun(TriggeredRun):
 
     @property
     def dagster_ui(self) -> str | None:
-        """URL of the Dagster run in `dagster dev` (DAGSTER_METAFLOW_UI_URL to change the host)."""
+        """URL of the run's page in the Dagster UI at $DAGSTER_METAFLOW_UI_URL (None when it
+        is not set, as Argo's `argo_ui` without its UI URL)."""
         run = self._run()
         return runs.ui_url(run.run_id) if run is not None else None
 

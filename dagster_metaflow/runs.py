@@ -269,10 +269,24 @@ def run_line(instance: DagsterInstance, flow_name: str, run: DagsterRun) -> str:
     return f"{pathspec:<40} {status_name(run) or '-':<10} {started:<19}  {took:>9}  {run.run_id}"
 
 
-def ui_url(run_id: str) -> str:
-    """Where `dagster dev` (default port, or DAGSTER_METAFLOW_UI_URL) shows the run."""
-    base = os.environ.get("DAGSTER_METAFLOW_UI_URL", "http://127.0.0.1:3000").rstrip("/")
-    return f"{base}/runs/{run_id}"
+UI_URL_VAR = "DAGSTER_METAFLOW_UI_URL"  # where the instance's Dagster UI is served
+
+
+def ui_url(run_id: str) -> str | None:
+    """The run's page in the Dagster UI at $DAGSTER_METAFLOW_UI_URL; None when it is not set
+    (as Argo's `argo_ui` without its UI URL): a guessed host and port may point nowhere."""
+    base = os.environ.get(UI_URL_VAR, "").strip().rstrip("/")
+    return f"{base}/runs/{run_id}" if base else None
+
+
+def where_to_see(instance: DagsterInstance, run_id: str) -> str:
+    """The run's page, or how to serve it: the UI of this instance's deployments."""
+    from .deployments import workspace_path
+
+    return ui_url(run_id) or (
+        f"see it with `dagster dev -w {workspace_path(instance)}` at /runs/{run_id} "
+        f"(set {UI_URL_VAR} to print its URL)"
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -344,7 +358,7 @@ def start(instance: DagsterInstance, dep: Deployment, request: RunRequest, calle
         else "launched"
     )
     caller.echo(f"Run *{pathspec}* {request.verb} ({how}).", bold=True)
-    caller.echo(f"Dagster run {run.run_id}: {ui_url(run.run_id)}")
+    caller.echo(f"Dagster run {run.run_id}: {where_to_see(instance, run.run_id)}")
     if request.wait:
         follow(instance, run.run_id, pathspec, caller)
 
@@ -467,7 +481,7 @@ def follow(instance: DagsterInstance, run_id: str, pathspec: str, caller: Caller
             break
         time.sleep(poll_interval(now - started))
     status = run.status.value if run is not None else "UNKNOWN"
-    click.echo(f"{pathspec} {status} | Dagster run {run_id} | {ui_url(run_id)}")
+    click.echo(f"{pathspec} {status} | Dagster run {run_id} | {where_to_see(instance, run_id)}")
     if status != "SUCCESS":
         why = f": {progress.reason}" if progress.reason else ""
         raise DagsterMetaflowException(
@@ -522,4 +536,5 @@ __all__ = [
     "status_name",
     "terminate",
     "ui_url",
+    "where_to_see",
 ]

@@ -268,7 +268,7 @@ with DagsterInstance.from_config({str(workspace.dagster_home)!r}) as instance:
 
 
 @pytest.mark.flow("deploy_flow.py")
-def test_deployer_api(workspace: Workspace) -> None:
+def test_deployer_api(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     from metaflow import Deployer
     from metaflow.runner.deployer import DeployedFlow
 
@@ -280,7 +280,9 @@ def test_deployer_api(workspace: Workspace) -> None:
     triggered = flow.trigger(alpha=2.5, retry_count=7, payload={"x": 1}, flag=True)
     assert time.monotonic() - t0 < 30
     assert triggered.status in ("PENDING", "RUNNING", "SUCCEEDED")
-    assert triggered.dagster_ui and triggered.dagster_ui.startswith("http://127.0.0.1:3000/runs/")
+    assert triggered.dagster_ui is None  # no UI URL configured: no guessed URL
+    monkeypatch.setenv("DAGSTER_METAFLOW_UI_URL", "http://dagster.example:8080/")
+    assert triggered.dagster_ui and triggered.dagster_ui.startswith("http://dagster.example:8080/runs/")
     run = triggered.wait_for_run(check_interval=1, timeout=120)
     assert run is not None
     triggered.wait_for_completion(check_interval=1, timeout=180)
