@@ -290,6 +290,26 @@ def create(
     )
 
 
+def _drift_notice(obj: Any, dep: Any) -> None:
+    """One line when the flow file differs from the one the deployment was compiled from:
+    the run runs the deployment's code package, not the edits (a fix needs `create`)."""
+    from .runtime.package import file_fingerprint
+
+    script = obj.flow.script_name
+    try:
+        changed = (
+            bool(dep.flow_fingerprint) and file_fingerprint(sys.argv[0]) != dep.flow_fingerprint
+        )
+    except OSError:
+        return
+    if changed:
+        obj.echo(
+            f"{script} has changed since it was deployed: this run runs the deployed code, "
+            f"not your edits (to deploy them: python {script} dagster create).",
+            err=True,
+        )
+
+
 def _caller(obj: Any) -> Caller:
     """What starting and following a run needs from the loaded flow."""
     from .runs import Caller
@@ -364,6 +384,7 @@ def trigger(
         request = runs.RunRequest(
             run_config, {}, "triggered", run_id_file, deployer_attribute_file, wait
         )
+        _drift_notice(obj, dep)
         runs.start(instance, dep, request, _caller(obj))
 
 
@@ -415,6 +436,7 @@ def resume(
         request = runs.RunRequest(
             run_config, tags, f"resumed from {origin}", run_id_file, deployer_attribute_file, wait
         )
+        _drift_notice(obj, dep)
         runs.start(instance, dep, request, _caller(obj))
 
 

@@ -66,7 +66,10 @@ def test_deployment_runs_the_code_it_was_compiled_from(workspace: Workspace) -> 
     edited = original.replace("self.next(self.end)", "self.next(self.extra)", 1)
     edited = edited.replace("    @step\n    def end(self):", "    @step\n    def extra(self):\n        self.next(self.end)\n\n    @step\n    def end(self):", 1)
     workspace.flow.write_text(edited)
-    workspace.metaflow("dagster", "trigger", "--wait", "--run-id-file", "rid")
+    res = workspace.metaflow("dagster", "trigger", "--wait", "--run-id-file", "rid")
+    # and says so, in one line naming the create to run
+    drift = "linear_flow.py has changed since it was deployed: this run runs the deployed code"
+    assert drift in res.stderr and "python linear_flow.py dagster create" in res.stderr, res.stderr[-2000:]
     run = Run(f"LinearFlow/{(workspace.dir / 'rid').read_text()}", _namespace_check=False)
     assert run.successful and "extra" not in [s.id for s in run.steps()]
     assert run.code is not None

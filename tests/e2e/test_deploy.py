@@ -171,6 +171,7 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Works
     marker = ("--marker-dir", str(workspace.dir))
     res = workspace.metaflow("dagster", "trigger", *marker, "--wait", "--run-id-file", "first", check=False)
     assert res.returncode != 0 and "FAILURE" in res.stderr
+    assert "has changed since it was deployed" not in res.stderr  # the deployed file: no notice
     origin = (workspace.dir / "first").read_text()
     # the error names the failed task and the user's exception, and the progress line does
     # not count the failed step, nor the steps it kept from running, as done
