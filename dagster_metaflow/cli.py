@@ -235,6 +235,13 @@ def _positive(ctx: Any, param: Any, value: int | None) -> int | None:
     "instead of a sensor.",
 )
 @click.option(
+    "--only-json",
+    is_flag=True,
+    default=False,
+    help="Print what would be deployed (job, file, the definitions' text) as JSON; write and "
+    "record nothing (as argo-workflows create --only-json, the code package is saved).",
+)
+@click.option(
     "--deployer-attribute-file", default=None, hidden=True, help="Used by Metaflow's Deployer API."
 )
 @click.pass_obj
@@ -256,11 +263,12 @@ def create(
     force: bool = False,
     assets: Sequence[str] = (),
     asset_automation: bool = False,
+    only_json: bool = False,
     deployer_attribute_file: str | None = None,
 ) -> None:
     """Compile, write the file, record the deployment (`deploy.deploy`, shared with the dg
-    component's `compile-component`)."""
-    from .deploy import DeployRequest, deploy
+    component's `compile-component`); with --only-json, print what it would deploy."""
+    from .deploy import DeployRequest, deploy, preview
     from .runs import write_attribute_file
     from .tokens import TokenOptions
 
@@ -282,6 +290,9 @@ def create(
             asset_automation=asset_automation,
         ),
     )
+    if only_json:
+        click.echo(json.dumps(preview(obj, request, lambda: _open_instance(obj)), indent=2))
+        return
     deploy(obj, request, lambda: _open_instance(obj, may_create=True))
     metadata = obj.metadata.metadata_str()
     write_attribute_file(

@@ -80,6 +80,39 @@ def deploy(
     return compiled
 
 
+def preview(
+    obj: Any, request: DeployRequest, open_instance: Callable[[], AbstractContextManager[Any]]
+) -> dict[str, Any]:
+    """What `deploy` would deploy, written and recorded nowhere (`create --only-json`): the
+    definitions compiled with the token a deployment would keep (a new one is made only by
+    `create`), read from the instance when there is one."""
+    from .deployments import dagster_home
+    from .tokens import username
+
+    prev = None
+    if os.path.isdir(dagster_home()[0]):
+        with open_instance() as instance:
+            prev = previous(obj, instance, request.job_name, request.force)
+    token = prev.production_token if prev is not None else None
+    production = request.tokens.identity == "production"
+    options = compiler.CompileOptions(
+        job_name=request.job_name,
+        out_file=request.out_file,
+        owner=username(),
+        production_token=token if production else None,
+        **request.options,
+    )
+    compiled = compiler.compile_flow(compiler.flow_source(obj), options, obj.echo)
+    return {
+        "flow_name": obj.flow.name,
+        "job_name": request.job_name,
+        "file": request.out_file,
+        "production_token": token if production else None,
+        "new_production_token": production and token is None,
+        "definitions": compiled.text,
+    }
+
+
 def previous(obj: Any, instance: Any, job_name: str, force: bool) -> Deployment | None:
     """The deployment being replaced, if any; a corrupt record only with --force (what
     could be read of it still says who may replace it)."""
@@ -140,7 +173,14 @@ def echo_automation(obj: Any, ir: FlowIR, workspace: str) -> None:
         )
 
 
-__all__ = ["DeployRequest", "deploy", "deployment_error", "echo_automation", "echo_created"]
+__all__ = [
+    "DeployRequest",
+    "deploy",
+    "deployment_error",
+    "echo_automation",
+    "echo_created",
+    "preview",
+]
 
 
 def _asset_key(ir: FlowIR) -> tuple[str, ...]:

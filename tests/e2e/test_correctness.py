@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import Workspace, short_key
 
@@ -34,6 +36,14 @@ def test_configs_fixed_at_create_reach_every_step(workspace: Workspace, fork: st
 
 @pytest.mark.flow("linear_flow.py")
 def test_create_refuses_bad_output_paths_with_one_line(workspace: Workspace) -> None:
+    # --only-json: what would be deployed, on stdout; no file, no deployment
+    res = workspace.metaflow("dagster", "create", "only_dagster.py", "--only-json")
+    shown = json.loads(res.stdout)
+    assert (shown["job_name"], shown["file"], shown["new_production_token"]) == ("LinearFlow", "only_dagster.py", True)
+    assert "def op_start(" in shown["definitions"] and "defs = Definitions(" in shown["definitions"]
+    assert not (workspace.dir / "only_dagster.py").exists() and "production token" not in res.stderr
+    res = workspace.metaflow("dagster", "describe", check=False)
+    assert res.returncode != 0 and "no deployment named 'LinearFlow'" in res.stderr, res.stderr[-1000:]
     (workspace.dir / "adir").mkdir()
     (workspace.dir / "mine.py").write_text("print('my own code')\n")
     cases = [
