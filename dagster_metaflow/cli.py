@@ -478,6 +478,9 @@ def status(obj: Any, run_id: str) -> None:
             f"(Dagster {run.status.value}, run {run.run_id}) {runs.where_to_see(instance, run.run_id)}"
         )
         if run.status.value in ("FAILURE", "CANCELED"):
+            error = runs.error_of(run)
+            if error:
+                obj.echo(f"Error: {error}")
             obj.echo(runs.resume_hint(obj.flow.script_name, metaflow_run_id(run.run_id)))
 
 
@@ -515,6 +518,13 @@ def terminate(obj: Any, run_id: str, authorize: str | None = None) -> None:
 @click.option(
     "--aborted", "states", flag_value="CANCELED", multiple=True, help="Only terminated runs."
 )
+@click.option(
+    "--timed-out",
+    "states",
+    flag_value="TIMED_OUT",
+    multiple=True,
+    help="Only runs stopped by their --workflow-timeout.",
+)
 @click.pass_obj
 def list_runs(obj: Any, states: Sequence[str] = ()) -> None:
     from . import runs
@@ -523,7 +533,9 @@ def list_runs(obj: Any, states: Sequence[str] = ()) -> None:
         dep = _known_deployment(obj, instance)
         found = runs.list_runs(instance, dep.name, list(states or ()))
         if not found:
-            which = " or ".join(sorted({runs.STATUS_NAMES.get(s, s) for s in states or ()}))
+            which = " or ".join(
+                sorted({runs.STATUS_NAMES.get(s, s).replace("_", "-") for s in states or ()})
+            )
             obj.echo(f"No {which + ' ' if which else ''}runs of {dep.name}.")
             return
         click.echo(runs.RUN_LINE_HEADER)

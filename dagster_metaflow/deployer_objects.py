@@ -111,6 +111,12 @@ class DagsterTriggeredRun(TriggeredRun):
         return self.status in ("PENDING", "RUNNING")
 
     @property
+    def error(self) -> str | None:
+        """Why the run failed, in one line (its first failed task and the user's error, or
+        its workflow timeout); None while it runs or when it succeeded."""
+        return runs.error_of(self._run())
+
+    @property
     def dagster_ui(self) -> str | None:
         """URL of the run's page in the Dagster UI at $DAGSTER_METAFLOW_UI_URL (None when it
         is not set, as Argo's `argo_ui` without its UI URL)."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from . import naming
 from .deployments import Deployment
 from .errors import DagsterMetaflowException
+from .runtime.failures import TAG_ERROR, TAG_TIMED_OUT, failure_reason
 from .runtime.prepare import TAG_DEPLOYMENT
 from .runtime.worker import settle
 
@@ -188,6 +189,16 @@ def terminate(instance: DagsterInstance, run_id: str, wait: float = 15.0) -> boo
     return False
 
 
+def error_of(run: DagsterRun | None) -> str | None:
+    """Why a run failed, as its run worker recorded it (runtime/failures.py)."""
+    return run.tags.get(TAG_ERROR) if run is not None else None
+
+
+def timed_out(run: DagsterRun) -> bool:
+    """Whether the run was stopped by its --workflow-timeout."""
+    return run.tags.get(TAG_TIMED_OUT) == "true"
+
+
 def status_name(run: DagsterRun | None) -> str | None:
     if run is None:
         return None
@@ -237,13 +248,23 @@ def of_deployment(run: DagsterRun, job_name: str) -> bool:
 def list_runs(
     instance: DagsterInstance, job_name: str, statuses: Sequence[str] = (), limit: int = 100
 ) -> list[DagsterRun]:
-    """The job's runs, newest first, as they really are (see `runtime.worker.settle`)."""
+    """The job's runs, newest first, as they really are (see `runtime.worker.settle`);
+    `TIMED_OUT` among `statuses`: the runs their --workflow-timeout stopped."""
+    states = [s for s in statuses if s != TIMED_OUT]
+    want_timed_out = TIMED_OUT in statuses
     out = []
-    for run in deployment_runs(instance, job_name, statuses, limit):
+    for run in deployment_runs(instance, job_name, [] if want_timed_out else states, limit):
         fresh = settle(instance, run)
-        if fresh is not None and (not statuses or fresh.status.value in statuses):
+        if fresh is None:
+            continue
+        if (want_timed_out and timed_out(fresh)) or (states and fresh.status.value in states):
+            out.append(fresh)
+        elif not statuses:
             out.append(fresh)
     return out
+
+
+TIMED_OUT = "TIMED_OUT"  # list-runs --timed-out: not a Dagster status, a tag of the run
 
 
 RUN_LINE_HEADER = f"{'RUN':<40} {'STATUS':<10} {'STARTED (UTC)':<19}  {'DURATION':>9}  DAGSTER RUN"
@@ -434,22 +455,6 @@ class _Progress:
         return line
 
 
-def failure_reason(ev: Any) -> str:
-    """One line saying why an op failed: the task and the user's error line when it ran a
-    Metaflow task (runtime/attempt.py writes them first), else Dagster's message."""
-    data = ev.step_failure_data
-    user = getattr(data, "user_failure_data", None) if data is not None else None
-    text = (user.description if user is not None else None) or (
-        data.error.message if data is not None and data.error is not None else ""
-    )
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    if not lines:
-        return f"op {ev.step_key} failed"
-    if len(lines) > 1 and not lines[1].startswith("Last lines of stderr"):
-        return f"{lines[0]} {lines[1]}"
-    return lines[0]
-
-
 def follow(instance: DagsterInstance, run_id: str, pathspec: str, caller: Caller) -> None:
     """Print progress (steps done/total, tasks done, steps running) until the run ends, then
     one summary line on stdout; raise unless the run succeeded."""
@@ -483,7 +488,8 @@ def follow(instance: DagsterInstance, run_id: str, pathspec: str, caller: Caller
     status = run.status.value if run is not None else "UNKNOWN"
     click.echo(f"{pathspec} {status} | Dagster run {run_id} | {where_to_see(instance, run_id)}")
     if status != "SUCCESS":
-        why = f": {progress.reason}" if progress.reason else ""
+        reason = progress.reason or error_of(run)
+        why = f": {reason}" if reason else ""
         raise DagsterMetaflowException(
             f"run {pathspec} ended with status {status}{why}; "
             f"{resume_hint(caller.script, pathspec.split('/')[-1])}"

@@ -56,6 +56,7 @@ from .._dagster_private import (
     serializable_error_info_from_exc_info,
     trigger_hook,
 )
+from .failures import TAG_ERROR, TAG_TIMED_OUT, failure_reason
 from .ids import op_nodes, op_of_step_key
 from .supervise import StepControl, current_control
 from .worker import watched
@@ -359,6 +360,10 @@ class _ThreadedRun:
         if self.timed_out or self.stopping:
             yield from run_exit_hooks(self.job_context, successful=False)
             if self.timed_out:
+                why = f"run exceeded its workflow timeout of {self.workflow_timeout:g} seconds"
+                self.job_context.instance.add_run_tags(
+                    self.job_context.run_id, {TAG_ERROR: why, TAG_TIMED_OUT: "true"}
+                )
                 raise DagsterExecutionInterruptedError(
                     f"Run exceeded its workflow timeout of {self.workflow_timeout:g} seconds"
                 )
@@ -375,12 +380,14 @@ class RunOutcome:
     def __init__(self) -> None:
         self.succeeded: set[str] = set()
         self.failed = False
+        self.reason: str | None = None  # the first failure, one line
 
     def note(self, event: DagsterEvent) -> None:
         if event.is_step_success and event.step_key:
             self.succeeded.add(event.step_key)
         elif event.is_step_failure:
             self.failed = True
+            self.reason = self.reason or failure_reason(event)
 
 
 def _rebuild(job_context: PlanExecutionContext, active: Any, outcome: RunOutcome) -> list[Any]:
@@ -400,6 +407,8 @@ def finish_run(
     """The run's end once every step is over (not interrupted), whichever executor ran them:
     the exit hooks, then the safety net on `end`."""
     successful = not outcome.failed and _end_op_succeeded(job_context, outcome.succeeded)
+    if outcome.reason:  # kept on the run: status, trigger --wait, the Deployer, the UI
+        job_context.instance.add_run_tags(job_context.run_id, {TAG_ERROR: outcome.reason})
     yield from run_exit_hooks(job_context, successful)
     if not outcome.failed:  # a failed step already fails the run, with its own error
         _check_reached_end(job_context, plan, outcome.succeeded)

@@ -173,6 +173,11 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Works
     assert res.returncode != 0 and "FAILURE" in res.stderr
     assert "has changed since it was deployed" not in res.stderr  # the deployed file: no notice
     origin = (workspace.dir / "first").read_text()
+    # the reason is kept on the run (error capture): status and the run's tags show it
+    reason = f"Metaflow step 'body' (task {origin}/body/body-1) exited with code 1. builtins.RuntimeError: marker says item 2 fails"
+    assert _dagster_run_of(workspace, origin).tags["dagster-metaflow/error"] == reason
+    status = workspace.metaflow("dagster", "status", "--run-id", origin)
+    assert f"Error: {reason}" in status.stdout + status.stderr
     # the error names the failed task and the user's exception, and the progress line does
     # not count the failed step, nor the steps it kept from running, as done
     assert f"ended with status FAILURE: Metaflow step 'body' (task {origin}/body/body-1)" in res.stderr, res.stderr[-3000:]
@@ -287,7 +292,7 @@ def test_deployer_api(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> 
     run = triggered.wait_for_run(check_interval=1, timeout=120)
     assert run is not None
     triggered.wait_for_completion(check_interval=1, timeout=180)
-    assert triggered.status == "SUCCEEDED" and not triggered.is_running
+    assert triggered.status == "SUCCEEDED" and not triggered.is_running and triggered.error is None
     assert triggered.run.successful
     assert triggered.run["start"].task.data.seen == {"alpha": 2.5, "retry_count": 7, "payload": {"x": 1}, "flag": True}
 

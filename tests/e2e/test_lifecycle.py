@@ -51,6 +51,13 @@ def test_workflow_timeout_stops_the_run(workspace: Workspace) -> None:
         (e.user_message or "") for e in workspace.dagster_events(run.run_id)
     )
     assert "workflow timeout of 5s exceeded" in texts
+    # kept on the run: `status` says why, `list-runs --timed-out` finds it
+    assert run.tags["dagster-metaflow/timed-out"] == "true"
+    mf_run = metaflow_run_id(run.run_id)
+    status = workspace.metaflow("dagster", "status", "--run-id", mf_run)
+    assert "Error: run exceeded its workflow timeout of 5 seconds" in status.stderr + status.stdout
+    assert mf_run in workspace.metaflow("dagster", "list-runs", "--timed-out").stdout
+    assert mf_run not in workspace.metaflow("dagster", "list-runs", "--succeeded").stdout
 
 
 @pytest.mark.flow("linear_flow.py")
