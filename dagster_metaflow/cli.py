@@ -173,6 +173,19 @@ def _positive(ctx: Any, param: Any, value: int | None) -> int | None:
     help="Stop the whole run after this many seconds.",
 )
 @click.option(
+    "--workflow-priority",
+    default=None,
+    type=int,
+    help="Priority of the runs (Dagster's dagster/priority: with a QueuedRunCoordinator, "
+    "higher starts first).",
+)
+@click.option("--workflow-title", default=None, help="Title of the job, shown in the Dagster UI.")
+@click.option(
+    "--workflow-description",
+    default=None,
+    help="Description of the job in the Dagster UI; default: the flow's docstring.",
+)
+@click.option(
     "--max-workers",
     default=16,
     show_default=True,
@@ -253,6 +266,9 @@ def create(
     user_namespace: str | None = None,
     with_decorators: Sequence[str] = (),
     workflow_timeout: int | None = None,
+    workflow_priority: int | None = None,
+    workflow_title: str | None = None,
+    workflow_description: str | None = None,
     max_workers: int = 16,
     executor: str = "threads",
     executor_config: str | None = None,
@@ -283,6 +299,9 @@ def create(
             namespace=user_namespace,
             with_decorators=tuple(with_decorators or ()),
             workflow_timeout=workflow_timeout,
+            workflow_priority=workflow_priority,
+            workflow_title=workflow_title,
+            workflow_description=workflow_description,
             max_workers=max_workers,
             executor=executor,
             executor_config=executor_config,

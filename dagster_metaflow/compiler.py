@@ -63,6 +63,9 @@ class CompileOptions:
     namespace: str | None = None  # steps' namespace instead of production:<token>
     with_decorators: tuple[str, ...] = ()  # `--with` specs, e.g. "retry" or "resources:cpu=4"
     workflow_timeout: int | None = None
+    workflow_priority: int | None = None  # Dagster run priority (`dagster/priority`)
+    workflow_title: str | None = None  # shown first in the job's description
+    workflow_description: str | None = None  # the job's description; default: the docstring
     max_workers: int = 16
     executor: str = "threads"
     # the executor's own config fields: JSON text (`--executor-config`) or a mapping
@@ -247,6 +250,9 @@ def build_ir(source: FlowSource, options: CompileOptions) -> FlowIR:
         namespace=options.namespace,
         max_workers=options.max_workers,
         workflow_timeout=options.workflow_timeout,
+        workflow_priority=options.workflow_priority,
+        workflow_title=options.workflow_title,
+        workflow_description=options.workflow_description,
         top_level_args=top_level_args(source),
         environment=baked_environment(dict(os.environ)),
         regenerate_command=options.regenerate

@@ -123,6 +123,9 @@ class IROptions:
     namespace: str | None = None
     max_workers: int = 16
     workflow_timeout: int | None = None
+    workflow_priority: int | None = None  # `dagster/priority` of every run (queued runs)
+    workflow_title: str | None = None
+    workflow_description: str | None = None  # None: the flow's docstring
     top_level_args: tuple[str, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()  # baked, allow-listed METAFLOW_* config
     regenerate_command: str = ""

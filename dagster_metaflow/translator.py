@@ -433,13 +433,25 @@ class Translator(OpTranslator):
         return JobSpec(
             fn=self.job_fn,
             name=self.ir.job_name,
-            description=self.ir.doc or None,
+            description=self.get_job_description(),
             executor=self.get_executor(),
             tags=self.get_job_tags(),
         )
 
+    def get_job_description(self) -> str | None:
+        """The job's description in the UI: `--workflow-title` first, then
+        `--workflow-description` or the flow's docstring (as Argo's defaults)."""
+        body = (
+            self.ir.workflow_description
+            if self.ir.workflow_description is not None
+            else self.ir.doc
+        )
+        parts = [p for p in (self.ir.workflow_title, body) if p]
+        return "\n\n".join(parts) or None
+
     def get_job_tags(self) -> dict[str, str]:
-        """Run tags: the flow, its @project branch, and the workflow timeout (run monitoring)."""
+        """Run tags: the flow, its @project branch, the workflow timeout (run monitoring),
+        the priority (the QueuedRunCoordinator starts higher ones first) and title."""
         tags = {"metaflow/flow": self.ir.flow_name}
         auto = self.ir.automation
         if auto.project_name:
@@ -447,6 +459,10 @@ class Translator(OpTranslator):
             tags["metaflow/branch"] = auto.branch_name or ""
         if self.ir.workflow_timeout:
             tags["dagster/max_runtime"] = str(self.ir.workflow_timeout)
+        if self.ir.workflow_priority is not None:
+            tags["dagster/priority"] = str(self.ir.workflow_priority)
+        if self.ir.workflow_title:
+            tags["metaflow/title"] = self.ir.workflow_title
         return tags
 
     def get_executor(self) -> ExecutorSpec:

@@ -364,16 +364,22 @@ def test_production_token_guards_redeploy_and_root_user_runs(workspace: Workspac
 
 @pytest.mark.flow("linear_flow.py")
 def test_queued_instance_runs_through_a_real_daemon(workspace: Workspace) -> None:
+    """Queued runs, one at a time: the one of the deployment with `--workflow-priority 10`,
+    queued second, starts first (Dagster's dagster/priority)."""
     (workspace.dagster_home / "dagster.yaml").write_text(
         "telemetry:\n  enabled: false\nrun_coordinator:\n"
         "  module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator\n"
+        "  config:\n    max_concurrent_runs: 1\n    dequeue_interval_seconds: 1\n"
     )
     workspace.compile()
+    workspace.metaflow("dagster", "--name", "Urgent", "create", "urgent_dagster.py", "--workflow-priority", "10")
     res = workspace.metaflow("dagster", "trigger", "--run-id-file", "rid")
     assert "queued: dagster-daemon" in res.stderr
+    workspace.metaflow("dagster", "--name", "Urgent", "trigger", "--run-id-file", "urgent")
     mf_run_id = (workspace.dir / "rid").read_text()
     drun = _dagster_run_of(workspace, mf_run_id)
-    assert drun.status.value == "QUEUED"
+    urgent = _dagster_run_of(workspace, (workspace.dir / "urgent").read_text())
+    assert drun.status.value == "QUEUED" and urgent.tags["dagster/priority"] == "10"
     env = dict(os.environ, DAGSTER_HOME=str(workspace.dagster_home))
     daemon = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-w", str(workspace.dagster_home / "dagster_metaflow_workspace.yaml")],
@@ -381,12 +387,17 @@ def test_queued_instance_runs_through_a_real_daemon(workspace: Workspace) -> Non
     )
     try:
         assert _wait_finished(workspace, drun.run_id, timeout=240).status.value == "SUCCESS"
+        assert _wait_finished(workspace, urgent.run_id, timeout=60).status.value == "SUCCESS"
     finally:
         os.killpg(daemon.pid, 15)
         daemon.wait(timeout=60)
+    from dagster import DagsterInstance
     from metaflow import Run
 
     assert Run(f"LinearFlow/{mf_run_id}", _namespace_check=False).successful
+    with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
+        first, second = (instance.get_run_record_by_id(r.run_id) for r in (urgent, drun))
+        assert first.start_time < second.start_time, "the higher priority run started first"
 
 
 @pytest.mark.flow("identity_flow.py")

@@ -249,3 +249,17 @@ def test_reserved_names_are_derived_from_the_templates_and_the_specs() -> None:
         "upstream", "upstreams", "chunks",
     }  # fmt: skip
     assert Import("dagster", "op") in {i for o in _spec("linear_flow.py").ops for i in o.imports()}
+
+
+def test_workflow_priority_title_and_description_reach_the_job() -> None:
+    """As Argo's --workflow-priority/--workflow-title/--workflow-description: a run priority
+    tag the QueuedRunCoordinator honours, and the job's description (the docstring by default)."""
+    plain = _spec("hello_flow.py")
+    assert plain.job.description == _ir("hello_flow.py").doc and "dagster/priority" not in plain.job.tags
+    spec = _spec(
+        "hello_flow.py", workflow_priority=7, workflow_title="Nightly 'hello'", workflow_description=""
+    )
+    assert spec.job.tags["dagster/priority"] == "7" and spec.job.tags["metaflow/title"] == "Nightly 'hello'"
+    assert spec.job.description == "Nightly 'hello'"  # an empty description drops the docstring
+    both = _spec("hello_flow.py", workflow_title="T", workflow_description="What it does.")
+    assert both.job.description == "T\n\nWhat it does."
