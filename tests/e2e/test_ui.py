@@ -35,6 +35,8 @@ EDGES = {
     ("op_start", "op_square"), ("op_square", "op_join"), ("op_join", "op_fork"),
     ("op_fork", "op_left"), ("op_fork", "op_right"), ("op_left", "op_merge"),
     ("op_right", "op_merge"), ("op_merge", "op_end"),
+    # the foreach body's chunk op (a foreach wider than the chunking threshold)
+    ("op_start", "chunk_square"), ("chunk_square", "op_join"),
 }
 # every op of the rendered graph with the ops its inputs come from (the IO boxes' titles
 # read "upstream: String\n\nFrom:\nop_fork:result")
@@ -97,7 +99,8 @@ def test_graph_launchpad_and_run_in_chromium(workspace: Workspace, webserver: tu
             page.set_default_timeout(60_000)
 
             # the job graph: an asset job opens on its asset; as ops, the flow's graph asset
-            # expanded holds one node per step, edges as in the flow
+            # expanded holds one node per step (and the foreach body's chunk op), edges as in
+            # the flow
             page.goto(job, wait_until="networkidle")
             page.get_by_text("View as Asset Graph").click()
             page.locator('[data-tooltip="HelloFlow_steps"]').first.click()
@@ -108,7 +111,7 @@ def test_graph_launchpad_and_run_in_chromium(workspace: Workspace, webserver: tu
             edges = {
                 (line.split(":")[0], n["name"])
                 for n in nodes for title in n["inputs"]
-                for line in title.split("From:")[1].split() if line.startswith("op_")
+                for line in title.split("From:")[1].split() if line.startswith(("op_", "chunk_"))
             }
             assert edges == EDGES
             page.screenshot(path=str(shots / "ui-graph.png"))
