@@ -52,24 +52,16 @@ def deploy(
     from . import deployments
     from .definitions_file import check_output_path, write_atomically
     from .runtime import sensors
-    from .tokens import flow_token_prefix, keep_token, resolve_token, username
+    from .tokens import flow_token_prefix, keep_token, resolve_token
 
     job_name, out_file = request.job_name, request.out_file
     check_output_path(out_file, request.force, sys.argv[0])
     obj.echo(f"Compiling *{obj.flow.name}* to Dagster job *{job_name}*...", bold=True)
-    owner = username()
     with open_instance() as instance:
         prev = previous(obj, instance, job_name, request.force)
         prefix = flow_token_prefix(job_name)
         token, new_token = resolve_token(prev, prefix, request.tokens)
-        options = compiler.CompileOptions(
-            job_name=job_name,
-            out_file=out_file,
-            owner=owner,
-            production_token=token if request.tokens.identity == "production" else None,
-            **request.options,
-        )
-        compiled = compiler.compile_flow(compiler.flow_source(obj), options, obj.echo)
+        compiled = _compile(obj, request, token)
         write_atomically(out_file, compiled.text)
         watching = [t.name for t in compiled.ir.automation.triggers]
         dep = compiled.deployment(token, sensors.watch_extra(instance, prev, watching))
@@ -87,7 +79,6 @@ def preview(
     definitions compiled with the token a deployment would keep (a new one is made only by
     `create`), read from the instance when there is one."""
     from .deployments import dagster_home
-    from .tokens import username
 
     prev = None
     if os.path.isdir(dagster_home()[0]):
@@ -95,14 +86,7 @@ def preview(
             prev = previous(obj, instance, request.job_name, request.force)
     token = prev.production_token if prev is not None else None
     production = request.tokens.identity == "production"
-    options = compiler.CompileOptions(
-        job_name=request.job_name,
-        out_file=request.out_file,
-        owner=username(),
-        production_token=token if production else None,
-        **request.options,
-    )
-    compiled = compiler.compile_flow(compiler.flow_source(obj), options, obj.echo)
+    compiled = _compile(obj, request, token)
     return {
         "flow_name": obj.flow.name,
         "job_name": request.job_name,
@@ -111,6 +95,21 @@ def preview(
         "new_production_token": production and token is None,
         "definitions": compiled.text,
     }
+
+
+def _compile(obj: Any, request: DeployRequest, token: str | None) -> CompiledFlow:
+    """The flow compiled as `request` asks, deployed by this user with production token
+    `token` (baked in only under the production identity)."""
+    from .tokens import username
+
+    options = compiler.CompileOptions(
+        job_name=request.job_name,
+        out_file=request.out_file,
+        owner=username(),
+        production_token=token if request.tokens.identity == "production" else None,
+        **request.options,
+    )
+    return compiler.compile_flow(compiler.flow_source(obj), options, obj.echo)
 
 
 def previous(obj: Any, instance: Any, job_name: str, force: bool) -> Deployment | None:
