@@ -245,26 +245,27 @@ def of_deployment(run: DagsterRun, job_name: str) -> bool:
     return run.job_name == job_name or run.tags.get(TAG_DEPLOYMENT) == job_name
 
 
+TIMED_OUT = "TIMED_OUT"  # list-runs --timed-out: not a Dagster status, a tag of the run
+
+
 def list_runs(
     instance: DagsterInstance, job_name: str, statuses: Sequence[str] = (), limit: int = 100
 ) -> list[DagsterRun]:
     """The job's runs, newest first, as they really are (see `runtime.worker.settle`);
     `TIMED_OUT` among `statuses`: the runs their --workflow-timeout stopped."""
-    states = [s for s in statuses if s != TIMED_OUT]
     want_timed_out = TIMED_OUT in statuses
+    # timed-out runs are found by their tag, so every run is read when they are asked for
+    query = [] if want_timed_out else list(statuses)
     out = []
-    for run in deployment_runs(instance, job_name, [] if want_timed_out else states, limit):
+    for run in deployment_runs(instance, job_name, query, limit):
         fresh = settle(instance, run)
-        if fresh is None:
-            continue
-        if (want_timed_out and timed_out(fresh)) or (states and fresh.status.value in states):
-            out.append(fresh)
-        elif not statuses:
+        if fresh is not None and (
+            not statuses
+            or fresh.status.value in statuses
+            or (want_timed_out and timed_out(fresh))
+        ):
             out.append(fresh)
     return out
-
-
-TIMED_OUT = "TIMED_OUT"  # list-runs --timed-out: not a Dagster status, a tag of the run
 
 
 RUN_LINE_HEADER = f"{'RUN':<40} {'STATUS':<10} {'STARTED (UTC)':<19}  {'DURATION':>9}  DAGSTER RUN"
