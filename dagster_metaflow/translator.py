@@ -249,14 +249,17 @@ class OpTranslator:
 
     def get_task(self, step: StepIR, w: StepWiring) -> Task:
         """The task the op runs (a foreach child reads its split index from the key)."""
-        foreach_child = any(self.ir.step(p).kind == "foreach" for p in step.in_steps)
         return Task(
             step=step.name,
             upstream=self.get_upstream(w),
             task_id=self.get_task_id(step, w),
             options=self.get_step_options(step, w),
-            split_index=foreach_child and not w.ubf_control,
+            split_index=self.is_foreach_child(step) and not w.ubf_control,
         )
+
+    def is_foreach_child(self, step: StepIR) -> bool:
+        """A foreach's child: each task gets its split index."""
+        return any(self.ir.step(p).kind == "foreach" for p in step.in_steps)
 
     def get_loop_retries(self, step: StepIR) -> tuple[int | None, int | None]:
         """A loop's (attempts per iteration, delay): it retries each iteration itself."""
@@ -284,7 +287,7 @@ class OpTranslator:
         return tuple(calls)
 
     # -- helper ops (nested foreach, chunks) -------------------------------------------------
-    def get_chunk_op(self, step: StepIR) -> OpSpec:
+    def get_chunk_op(self, step: StepIR, name: str) -> OpSpec:
         """A chunk_* op: a chunk of a foreach body step's tasks, each with its own attempts
         (so no Dagster retry policy, and @timeout applies per task, not to the op)."""
         w = self.plan.steps[step.name]
@@ -297,28 +300,22 @@ class OpTranslator:
         )
         tags = {k: v for k, v in self.get_tags(step).items() if not k.startswith("dagster/")}
         retries, delay = self.get_loop_retries(step)
-        foreach_child = any(self.ir.step(p).kind == "foreach" for p in step.in_steps)
         return OpSpec(
-            name=self.get_chunk_op_name(step),
-            dagster_name=self.get_definition_name(self.get_chunk_op_name(step)),
+            name=name,
+            dagster_name=self.get_definition_name(name),
             inputs=(OpInput(UPSTREAM, "chunk"),),
             output=OpOutput("chunk"),
-            body=(RunId(), RunChunk(task, foreach_child, retries, delay)),
+            body=(RunId(), RunChunk(task, self.is_foreach_child(step), retries, delay)),
             tags={**tags, "metaflow/chunk": "true"},
             description=f"Tasks of step {step.name!r} in chunks, when its foreach is wider than "
             "the chunking threshold (one task after another, each with its own attempts).",
         )
 
-    def get_chunk_op_name(self, step: StepIR) -> str:
-        """The chunk op of a foreach body step, as the wiring named it."""
-        (name,) = (h.name for h in self.plan.helpers if h.kind == "chunk" and h.step == step.name)
-        return name
-
     def get_helper_op(self, h: HelperOp) -> OpSpec:
         """A fanout_*/regroup_*/chunk_* op: Dagster plumbing for nested levels (no Metaflow
         task), or a chunk of a body step's tasks."""
         if h.kind == "chunk":
-            return self.get_chunk_op(self.ir.step(h.step))
+            return self.get_chunk_op(self.ir.step(h.step), h.name)
         if h.kind == "fanout":
             return OpSpec(
                 name=h.name,

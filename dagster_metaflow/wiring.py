@@ -208,6 +208,7 @@ class _Builder:
         # chunked fan-out: body step -> its foreach; foreach -> its chunk stream; body step ->
         # its chunk op's output
         self.chunk_body = {b: f.name for f in ir.steps for b in chunkable_body(ir, f)}
+        self.chunk_foreaches = set(self.chunk_body.values())
         self.chunk_stream: dict[str, _Stream] = {}
         self.chunk_val: dict[str, _Val] = {}
 
@@ -372,7 +373,7 @@ class _Builder:
             call = Call(out_vars, step.op_name, i.args)  # one output: the handle, not a tuple
         else:
             call = Call((var,), step.op_name, i.args)
-        chunked = chunkable_body(self.ir, step) != () and i.stream is None
+        chunked = step.name in self.chunk_foreaches  # top level (chunkable_body checks)
         if chunked:
             call = Call((var, self.var(f"{step.name}_chunks")), step.op_name, i.args)
         statement = self.emit(i.stream, call, i.needs)
