@@ -5,7 +5,7 @@ switch chose, and a recursive switch run as a loop of tasks."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dagster import DynamicOutput, Failure, OpExecutionContext, Output
@@ -37,18 +37,18 @@ class Fanout:
         """One DynamicOutput per foreach split, read from the task's final attempt; with
         `chunks` (the op's output of chunks), chunks of them when the foreach is wider than
         the chunking threshold (chunks.py)."""
-        children = list(self._children(pathspec, with_metadata=True))
-        ubf = any(naming.is_ubf_key(c.mapping_key) for c in children)
-        size = chunk_size(len(children)) if chunks is not None and not ubf else None
+        split = self._split(pathspec, with_metadata=True)
+        width = 1 if split.ubf else split.num_splits
+        size = chunk_size(width) if chunks is not None and not split.ubf else None
         if chunks is None or size is None:
-            context.log.info(f"Foreach {pathspec} yields {len(children)} child task(s)")
-            yield from children
+            context.log.info(f"Foreach {pathspec} yields {width} child task(s)")
+            yield from self._children(pathspec, split)
             return
         context.log.info(
-            f"Foreach {pathspec} yields {len(children)} child task(s), "
-            f"in {-(-len(children) // size)} chunk(s) of up to {size} ({CHUNK_ABOVE_VAR})"
+            f"Foreach {pathspec} yields {width} child task(s), "
+            f"in {-(-width // size)} chunk(s) of up to {size} ({CHUNK_ABOVE_VAR})"
         )
-        yield from chunk_outputs(pathspec, len(children), size, chunks, children[0].metadata)
+        yield from chunk_outputs(pathspec, width, size, chunks, split.metadata)
 
     def fan_out_all(
         self, context: OpExecutionContext, pathspecs: Sequence[str]
@@ -62,24 +62,30 @@ class Fanout:
                     pathspec, mapping_key=naming.mapping_key((*indices_of(pathspec), 0))
                 )
                 continue
-            for child in self._children(pathspec):
+            for child in self._children(pathspec, self._split(pathspec)):
                 count += 1
                 yield child
         context.log.info(f"{len(pathspecs)} foreach task(s) yield {count} child task(s)")
 
-    def _children(self, pathspec: str, with_metadata: bool = False) -> Iterator[DynamicOutput[str]]:
-        """Children of one foreach task, keyed by its index path (from its task id) + i."""
+    def _split(self, pathspec: str, with_metadata: bool = False) -> _Split:
+        """How one foreach task splits, from one read of its datastore."""
         ds = self.store.task_datastore(pathspec)
-        num_splits = int(ds["_foreach_num_splits"] or 0)
-        metadata = self.meta.of_task(pathspec, ds) if with_metadata else None
-        parent = indices_of(pathspec)
-        if "_unbounded_foreach" in ds and ds["_unbounded_foreach"]:
+        return _Split(
+            num_splits=int(ds["_foreach_num_splits"] or 0),
+            ubf=bool("_unbounded_foreach" in ds and ds["_unbounded_foreach"]),
+            metadata=self.meta.of_task(pathspec, ds) if with_metadata else None,
+        )
+
+    def _children(self, pathspec: str, split: _Split) -> Iterator[DynamicOutput[str]]:
+        """Children of one foreach task, keyed by its index path (from its task id) + i."""
+        parent, metadata = indices_of(pathspec), split.metadata
+        if split.ubf:
             # one control task, which starts the foreach's tasks itself (Metaflow's UBF)
             yield DynamicOutput(
                 pathspec, mapping_key=naming.mapping_key(parent, ubf=True), metadata=metadata
             )
             return
-        for i in range(num_splits):
+        for i in range(split.num_splits):
             # the task's metadata once, on the first child: repeated on every output it was
             # ~1.2 KB of event log per child, the same text 10,000 times in a wide run
             yield DynamicOutput(
@@ -156,6 +162,16 @@ class Fanout:
                 yield from _exits(current.pathspec, chosen, outputs, always)
                 return
             iteration, previous = iteration + 1, (current.pathspec,)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A foreach task's split: its width, whether it is unbounded (one control task), and the
+    task's metadata for the fan-out's first output."""
+
+    num_splits: int
+    ubf: bool
+    metadata: dict[str, Any] | None
 
 
 def _exits(
