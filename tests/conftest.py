@@ -34,6 +34,12 @@ BIN = Path(sys.executable).parent
 os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def chunked_env(size: int, above: int = 0) -> dict[str, str]:
+    """The environment that makes a run's chunkable foreaches wider than `above` tasks run
+    in chunks of `size` (runtime/chunks.py), so small test flows take the chunked path."""
+    return {"DAGSTER_METAFLOW_CHUNK_ABOVE": str(above), "DAGSTER_METAFLOW_CHUNK_SIZE": str(size)}
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)

@@ -5,13 +5,13 @@ in chunk ops, and every task still matches `python flow.py run` with its own att
 from __future__ import annotations
 
 import pytest
-from conftest import Workspace, artifacts_by_task, latest_run_pathspec
+from conftest import Workspace, artifacts_by_task, chunked_env, latest_run_pathspec
 
 from dagster_metaflow.runtime import metaflow_run_id
 
 pytestmark = pytest.mark.e2e
 
-CHUNKED = {"DAGSTER_METAFLOW_CHUNK_ABOVE": "2", "DAGSTER_METAFLOW_CHUNK_SIZE": "3"}
+CHUNKED = chunked_env(3, above=2)
 
 
 def _artifacts(pathspec: str) -> dict:

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import BIN, Workspace, short_key, survivors
+from conftest import BIN, Workspace, chunked_env, short_key, survivors
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -234,7 +234,7 @@ def test_dagster_reexecution_from_failure_is_a_new_metaflow_run(workspace: Works
     """What the UI's "Re-execute from failure" does, through Dagster's Python API. Chunked
     (two tasks a chunk): the failed chunk op `chunk_body[tasks_2_to_2]` is re-executed, the
     tasks of the chunk that succeeded are cloned, as with one op per task."""
-    env = {"DAGSTER_METAFLOW_CHUNK_ABOVE": "0", "DAGSTER_METAFLOW_CHUNK_SIZE": "2"} if chunks else {}
+    env = chunked_env(2) if chunks else {}
     (workspace.dir / "fail-3").write_text("")
     out = workspace.compile()
     workspace.metaflow("dagster", "trigger", "--marker-dir", str(workspace.dir), "--run-id-file", "first", **env)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import _ROOT, Workspace, artifacts_by_task, latest_run_pathspec
+from conftest import _ROOT, Workspace, artifacts_by_task, chunked_env, latest_run_pathspec
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -72,7 +72,7 @@ REPLACED_SEEDS = _first_seeds(
     {"loop": _replaced("lp", 1), "item": _replaced("item", 2), "chunk": _replaced_in_chunks}
 )
 # every foreach whose body may run in chunks does, two tasks a chunk
-CHUNKED = {"DAGSTER_METAFLOW_CHUNK_ABOVE": "0", "DAGSTER_METAFLOW_CHUNK_SIZE": "2"}
+CHUNKED = chunked_env(2)
 
 
 def _workspace(name: str, src: str) -> Workspace:

@@ -10,7 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FLOWS, Workspace, artifacts_by_task, latest_run_pathspec, short_key
+from conftest import (
+    FLOWS,
+    Workspace,
+    artifacts_by_task,
+    chunked_env,
+    latest_run_pathspec,
+    short_key,
+)
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -29,7 +36,7 @@ def _flow_class_name(path: Path) -> str:
 ZYGOTE = {"DAGSTER_METAFLOW_FORK": "1"}
 SUBPROCESS = {"DAGSTER_METAFLOW_FORK": "0"}
 # every foreach whose body may run in chunks does, two tasks a chunk
-CHUNKED = {"DAGSTER_METAFLOW_CHUNK_ABOVE": "0", "DAGSTER_METAFLOW_CHUNK_SIZE": "2"}
+CHUNKED = chunked_env(2)
 
 
 def _differential(

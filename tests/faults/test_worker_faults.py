@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import Workspace, survivors, wait_for
+from conftest import Workspace, chunked_env, survivors, wait_for
 from services import dagster_daemon
 
 from dagster_metaflow.runtime import metaflow_run_id
@@ -197,7 +197,7 @@ def test_terminate_a_64_wide_foreach_leaves_no_process(workspace: Workspace, chu
     ops start none of their remaining tasks."""
     ws = workspace
     ws.compile()
-    env = {"DAGSTER_METAFLOW_CHUNK_ABOVE": "0", "DAGSTER_METAFLOW_CHUNK_SIZE": "4"} if chunks else {}
+    env = chunked_env(4) if chunks else {}
     ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir), "--width", "64", "--run-id-file", "rid", **env)
     pids = _markers(ws, 0, 16 if chunks else 12)  # chunked: every chunk holds
     identity = _worker(ws)
@@ -237,7 +237,7 @@ QUEUED_YAML = """run_coordinator:
 
 # the 4-wide foreach in chunks of two: chunk 0-1 runs body-0 then holds in body-1, chunk
 # 2-3 holds in body-2; body-3 has not started when the worker is killed
-CHUNKED = {"DAGSTER_METAFLOW_CHUNK_ABOVE": "0", "DAGSTER_METAFLOW_CHUNK_SIZE": "2"}
+CHUNKED = chunked_env(2)
 
 
 @pytest.mark.flow("fault_flow.py")
