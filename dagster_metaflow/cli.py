@@ -255,6 +255,43 @@ def _positive(ctx: Any, param: Any, value: int | None) -> int | None:
     "record nothing (as argo-workflows create --only-json, the code package is saved).",
 )
 @click.option(
+    "--notify-on-error/--no-notify-on-error",
+    default=False,
+    show_default=True,
+    help="Notify the services below when a run fails.",
+)
+@click.option(
+    "--notify-on-success/--no-notify-on-success",
+    default=False,
+    show_default=True,
+    help="Notify the services below when a run succeeds.",
+)
+@click.option(
+    "--notify-slack-webhook-url",
+    default=None,
+    help="Slack incoming webhook URL for run notifications (or env:NAME).",
+)
+@click.option(
+    "--notify-pager-duty-integration-key",
+    default=None,
+    help="PagerDuty Events API v2 integration key for run notifications (or env:NAME).",
+)
+@click.option(
+    "--notify-incident-io-api-key",
+    default=None,
+    help="incident.io API key for run notifications (or env:NAME).",
+)
+@click.option(
+    "--incident-io-alert-source-config-id",
+    default=None,
+    help="incident.io alert source config id, e.g. 01GW2G3V0S59R238FAHPDS1R66.",
+)
+@click.option(
+    "--incident-io-metadata",
+    multiple=True,
+    help="Custom metadata of incident.io alerts, Key=Value (repeatable).",
+)
+@click.option(
     "--deployer-attribute-file", default=None, hidden=True, help="Used by Metaflow's Deployer API."
 )
 @click.pass_obj
@@ -281,13 +318,18 @@ def create(
     asset_automation: bool = False,
     only_json: bool = False,
     deployer_attribute_file: str | None = None,
+    **notify: Any,  # the --notify-*/--incident-io-* options, named as Argo names them
 ) -> None:
     """Compile, write the file, record the deployment (`deploy.deploy`, shared with the dg
     component's `compile-component`); with --only-json, print what it would deploy."""
     from .deploy import DeployRequest, deploy, preview
+    from .notifications import notifications_from_options
     from .runs import write_attribute_file
     from .tokens import TokenOptions
 
+    notifications = notifications_from_options(
+        **{key.removeprefix("notify_"): value for key, value in notify.items()}
+    )
     job_name = _resolve_job_name(obj, name)
     request = DeployRequest(
         job_name=job_name,
@@ -307,17 +349,38 @@ def create(
             executor_config=executor_config,
             assets=tuple(assets or ()),
             asset_automation=asset_automation,
+            notifications=notifications,
         ),
     )
+    attributes = {"name": job_name, "flow_name": obj.flow.name}
     if only_json:
-        click.echo(json.dumps(preview(obj, request, lambda: _open_instance(obj)), indent=2))
+        shown = preview(obj, request, lambda: _open_instance(obj))
+        click.echo(json.dumps(shown, indent=2))
+        # the Deployer's DeployedFlow.definitions (as Argo's .workflow_template)
+        attributes.update(metadata=None, additional_info={"definitions": shown})
+        write_attribute_file(deployer_attribute_file, attributes)
         return
     deploy(obj, request, lambda: _open_instance(obj, may_create=True))
-    metadata = obj.metadata.metadata_str()
-    write_attribute_file(
-        deployer_attribute_file,
-        {"name": job_name, "flow_name": obj.flow.name, "metadata": metadata},
-    )
+    _secrets_note(obj, request.out_file, notifications)
+    attributes["metadata"] = obj.metadata.metadata_str()
+    write_attribute_file(deployer_attribute_file, attributes)
+
+
+def _secrets_note(obj: Any, out_file: str, notifications: Any) -> None:
+    """Say that a secret given as is went into the file (`env:NAME` keeps it out)."""
+    if notifications is None:
+        return
+    given = {
+        "Slack webhook URL": notifications.slack_webhook_url,
+        "PagerDuty integration key": notifications.pager_duty_integration_key,
+        "incident.io API key": notifications.incident_io_api_key,
+    }
+    written = [what for what, value in given.items() if value and not value.startswith("env:")]
+    if written:
+        obj.echo(
+            f"Note: the {', '.join(written)} {'is' if len(written) == 1 else 'are'} written "
+            f"into {out_file}; pass env:NAME to read it from the environment when sending."
+        )
 
 
 def _drift_notice(obj: Any, dep: Any) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, naming
 from .errors import CompileError
+from .notifications import Notifications
 
 if TYPE_CHECKING:
     from .deployments import Deployment, ParameterInfo
@@ -75,6 +76,7 @@ class CompileOptions:
     assets: tuple[str, ...] = ()  # end-step artifacts declared as assets (`--asset`)
     asset_automation: bool = False  # `--asset-automation`: AutomationCondition, not a sensor
     regenerate: str | None = None  # the file's "Regenerate:" line; None: the compiling command
+    notifications: Notifications | None = None  # run-end messages (--notify-*)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,6 +254,7 @@ def build_ir(source: FlowSource, options: CompileOptions) -> FlowIR:
         workflow_timeout=options.workflow_timeout,
         workflow_priority=options.workflow_priority,
         workflow_title=options.workflow_title,
+        notifications=options.notifications,
         workflow_description=options.workflow_description,
         top_level_args=top_level_args(source),
         environment=baked_environment(dict(os.environ)),

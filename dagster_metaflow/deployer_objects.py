@@ -18,7 +18,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from metaflow.exception import MetaflowException
@@ -157,6 +157,14 @@ class DagsterDeployedFlow(DeployedFlow):
         """`<name>@<DAGSTER_HOME>`: finds the deployment from any process on this machine."""
         home = getattr(self.deployer, "dagster_home", None) or deployments.dagster_home()[0]
         return f"{self.deployer.name}@{os.path.abspath(home)}"
+
+    @property
+    def definitions(self) -> dict[str, Any] | None:
+        """What `create(only_json=True)` would have deployed (job, file, the definitions'
+        text), as Argo's `workflow_template`; None after a real `create`."""
+        info = getattr(self.deployer, "additional_info", None) or {}
+        shown = info.get("definitions")
+        return dict(shown) if isinstance(shown, Mapping) else None
 
     @classmethod
     def list_deployed_flows(cls, flow_name: str | None = None) -> Iterator[DagsterDeployedFlow]:

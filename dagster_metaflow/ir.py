@@ -16,6 +16,7 @@ from typing import Any, Literal, cast
 
 from . import naming
 from .automation import AutomationError, AutomationIR, build_automation
+from .notifications import Notifications
 from .step_decorators import (
     INTERNAL_DECORATORS,
     LAUNCHER_DECORATORS,
@@ -146,6 +147,7 @@ class IROptions:
     assets: tuple[str, ...] = ()  # end-step artifacts declared as assets (besides the flow's)
     asset_automation: bool = False  # AutomationCondition instead of @trigger_on_finish's sensor
     production_token: str | None = None  # steps run in namespace production:<token>
+    notifications: Notifications | None = None  # run-end messages (--notify-*)
 
 
 @dataclass(frozen=True, kw_only=True)

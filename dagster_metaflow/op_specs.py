@@ -73,6 +73,13 @@ METAFLOW_FLOW = importable(RUNTIME, "MetaflowFlow")
 PATH = importable("pathlib", "Path")
 EXECUTOR_WITH_DEFAULTS = importable(RUNTIME, "executor_with_defaults")
 WITH_RUN_END = importable(RUNTIME, "with_metaflow_run_end")
+RUN_FAILURE_SENSOR = importable(DAGSTER, "run_failure_sensor")
+RUN_FAILURE_CONTEXT = importable(DAGSTER, "RunFailureSensorContext")
+RUN_STATUS_SENSOR = importable(DAGSTER, "run_status_sensor")
+RUN_STATUS_CONTEXT = importable(DAGSTER, "RunStatusSensorContext")
+RUN_STATUS = importable(DAGSTER, "DagsterRunStatus")
+NOTIFICATIONS = importable(RUNTIME, "Notifications")
+NOTIFY_FROM_SENSOR = importable(RUNTIME, "notify_from_sensor")
 
 # the inputs an op gets from one predecessor / from a fan-in list of them / from chunk ops
 OP_INPUT_NAMES = frozenset({UPSTREAM, UPSTREAMS, CHUNKS})
@@ -422,9 +429,11 @@ class FlowSpec:
     datastore: tuple[tuple[str, str | None], ...]  # (keyword, value)
     parameters: tuple[tuple[str, str, str], ...]  # (field, env var, type)
     transitions: tuple[tuple[str, tuple[str, ...]], ...]  # every step's allowed next steps
+    # `Notifications(...)` keyword arguments (the non-default ones); None: no notifications
+    notifications: tuple[tuple[str, Any], ...] | None = None
 
     def imports(self) -> tuple[Import, ...]:
-        return (PATH, METAFLOW_FLOW)
+        return (PATH, METAFLOW_FLOW, *([NOTIFICATIONS] if self.notifications is not None else []))
 
 
 @dataclass(frozen=True)
@@ -471,6 +480,25 @@ class SensorSpec:
         return (SENSOR, SENSOR_CONTEXT, DEFAULT_SENSOR_STATUS, TRIGGER, EVALUATE_TRIGGERS)
 
 
+@dataclass(frozen=True)
+class NotifySensorSpec:
+    """A run-status sensor announcing the runs nobody else announced (create --notify-*)."""
+
+    fn: str
+    name: str
+    job_fn: str
+    successful: bool  # SUCCESS runs (run_status_sensor), else FAILURE (run_failure_sensor)
+    description: str
+
+    def imports(self) -> tuple[Import, ...]:
+        names: tuple[Import, ...]
+        if self.successful:
+            names = (RUN_STATUS_SENSOR, RUN_STATUS_CONTEXT, RUN_STATUS)
+        else:
+            names = (RUN_FAILURE_SENSOR, RUN_FAILURE_CONTEXT)
+        return (*names, DEFAULT_SENSOR_STATUS, NOTIFY_FROM_SENSOR)
+
+
 class _Importing(Protocol):
     def imports(self) -> tuple[Import, ...]: ...
 
@@ -497,6 +525,14 @@ class DefinitionsSpec:
     body: tuple[Statement, ...]  # the graph function's statements (wiring plan)
     schedule: ScheduleSpec | None
     sensor: SensorSpec | None
+    notify_sensors: tuple[NotifySensorSpec, ...] = ()
+
+    @property
+    def sensor_vars(self) -> tuple[str, ...]:
+        """Every sensor the Definitions list."""
+        own = (self.sensor.fn,) if self.sensor is not None else ()
+        auto = (self.assets.automation_sensor,) if self.assets.automation_sensor else ()
+        return (*own, *auto, *(s.fn for s in self.notify_sensors))
 
     # which groups of `FLOW` method aliases the module defines (a group per feature)
     @property
@@ -530,6 +566,7 @@ class DefinitionsSpec:
             self.config,
             self.schedule,
             self.sensor,
+            *self.notify_sensors,
         ]
         return import_blocks(i for p in parts if p is not None for i in p.imports())
 

@@ -44,6 +44,7 @@ from .runtime.worker import (
     WorkerIdentity,
     identity_of,
     settle,
+    stop_orphans,
     worker_alive,
 )
 
@@ -255,6 +256,10 @@ class MetaflowRunLauncher(DefaultRunLauncher):
             )
         if alive:
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=identity.tag())
+        if identity.local:
+            # its watchdog died with it (else it would have done this): before the daemon
+            # fails or resumes the run, nothing the dead worker started may go on running
+            stop_orphans(identity)
         return CheckRunHealthResult(
             WorkerStatus.FAILED,
             f"run worker pid {identity.pid} on {identity.host} is gone"

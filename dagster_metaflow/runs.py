@@ -260,9 +260,7 @@ def list_runs(
     for run in deployment_runs(instance, job_name, query, limit):
         fresh = settle(instance, run)
         if fresh is not None and (
-            not statuses
-            or fresh.status.value in statuses
-            or (want_timed_out and timed_out(fresh))
+            not statuses or fresh.status.value in statuses or (want_timed_out and timed_out(fresh))
         ):
             out.append(fresh)
     return out

@@ -9,10 +9,13 @@ subclass could change one of them. Nothing here writes Python source: the templa
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any, Literal
 
 from . import naming
 from .ir import FlowIR, StepIR
+from .notifications import SERVICE_NAMES, Notifications
 from .op_specs import (
     DAGSTER,
     RUNTIME,
@@ -32,6 +35,7 @@ from .op_specs import (
     InitRun,
     JobSpec,
     Materialize,
+    NotifySensorSpec,
     OpInput,
     OpOutput,
     OpSpec,
@@ -368,6 +372,7 @@ class Translator(OpTranslator):
             body=self.get_graph_body(),
             schedule=self.get_schedule(automation_taken),
             sensor=self.get_sensor(automation_taken),
+            notify_sensors=self.get_notify_sensors(automation_taken),
         )
 
     # -- assets and job -----------------------------------------------------------------------
@@ -506,6 +511,42 @@ class Translator(OpTranslator):
             for p in self.ir.parameters
         )
 
+    def get_notifications(self) -> tuple[tuple[str, Any], ...] | None:
+        """`Notifications(...)`'s keyword arguments: those that differ from the defaults."""
+        n = self.ir.notifications
+        if n is None:
+            return None
+        default = Notifications()
+        return tuple(
+            (f.name, dict(value) if isinstance(value, Mapping) else value)
+            for f in fields(n)
+            if (value := getattr(n, f.name)) != getattr(default, f.name)
+        )
+
+    def get_notify_sensors(self, taken: set[str]) -> tuple[NotifySensorSpec, ...]:
+        """One run-status sensor per outcome announced: under the daemon they announce the
+        runs whose worker could not (it died, or never started)."""
+        n, ir = self.ir.notifications, self.ir
+        if n is None:
+            return ()
+        services = ", ".join(SERVICE_NAMES[s] for s in n.services)
+        out = []
+        for successful, wanted in ((False, n.on_error), (True, n.on_success)):
+            if not wanted:
+                continue
+            suffix = "_notify_on_success" if successful else "_notify_on_error"
+            outcome = "successful" if successful else "failed"
+            out.append(
+                NotifySensorSpec(
+                    fn=naming.python_identifier(f"{self.job_fn}{suffix}", taken),
+                    name=ir.job_name + suffix,
+                    job_fn=self.job_fn,
+                    successful=successful,
+                    description=f"Tells {services} of {outcome} runs of {ir.job_name} (once a run)",
+                )
+            )
+        return tuple(out)
+
     def get_flow(self) -> FlowSpec:
         """What every op's runtime needs to know about the flow and the deployment."""
         ir = self.ir
@@ -528,6 +569,7 @@ class Translator(OpTranslator):
             datastore=ir.datastore_kwargs,
             parameters=tuple((p.field_name, p.env_var, p.type) for p in ir.parameters),
             transitions=tuple((s.name, s.next_steps) for s in ir.steps),
+            notifications=self.get_notifications(),
         )
 
     def get_schedule(self, taken: set[str]) -> ScheduleSpec | None:

@@ -345,3 +345,54 @@ def dagster_daemon(ws: Workspace, **env: str) -> Iterator[subprocess.Popen[bytes
         yield proc
     finally:
         stop_group(proc, grace=60)
+
+
+class WebhookServer:
+    """A local HTTP server standing in for Slack, PagerDuty and incident.io: it answers every
+    POST with 202 (or `status`) and keeps (path, headers, JSON body) of each, in order."""
+
+    def __init__(self, status: int = 202) -> None:
+        import http.server
+        import threading
+
+        self.received: list[tuple[str, dict[str, str], Any]] = []
+        self.status = status
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                try:
+                    parsed = json.loads(body)
+                except ValueError:
+                    parsed = body.decode(errors="replace")
+                outer.received.append((self.path, dict(self.headers.items()), parsed))
+                self.send_response(outer.status)
+                self.end_headers()
+                self.wfile.write(b'{"status": "success"}')
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> WebhookServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def env(self) -> dict[str, str]:
+        """Where the run worker and the daemon send PagerDuty's and incident.io's messages."""
+        return {
+            "DAGSTER_METAFLOW_PAGERDUTY_URL": self.url + "/pagerduty",
+            "DAGSTER_METAFLOW_INCIDENT_IO_URL": self.url + "/incident",
+        }
+
+    def paths(self) -> list[str]:
+        return [path for path, _h, _b in self.received]

@@ -24,6 +24,8 @@ _EXPORTS = {
     "evaluate_triggers": ".sensors",
     "publish_event": ".sensors",
     "run_supervised": ".supervise",
+    "Notifications": ".notify",
+    "notify_from_sensor": ".notify",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -21,6 +21,7 @@ from dagster import DagsterEvent, Executor, ExecutorDefinition, Field, InitExecu
 
 from .._dagster_private import ExecutionPlan, PlanOrchestrationContext, RetryMode
 from .executor import RunOutcome, finish_run, run_exit_hooks
+from .notify import announce_run_end, watchdog_env
 from .worker import watched
 
 
@@ -75,7 +76,8 @@ class RunEndExecutor(Executor):
         outcome = RunOutcome()
         resumed = bool(getattr(plan_context, "resume_from_failure", False))
         try:
-            with watched(plan_context.instance, plan_context.run_id, resumed):
+            notice = watchdog_env(plan_context)
+            with watched(plan_context.instance, plan_context.run_id, resumed, notice):
                 for event in self._inner.execute(plan_context, execution_plan):
                     outcome.note(event)
                     yield event
@@ -83,6 +85,7 @@ class RunEndExecutor(Executor):
             raise
         except BaseException:  # terminated, or the executor itself failed
             yield from run_exit_hooks(plan_context, successful=False)
+            yield from announce_run_end(plan_context, False, None)
             raise
         yield from finish_run(plan_context, execution_plan, outcome)
 

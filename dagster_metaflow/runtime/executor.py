@@ -58,6 +58,7 @@ from .._dagster_private import (
 )
 from .failures import TAG_ERROR, TAG_TIMED_OUT, failure_reason
 from .ids import op_nodes, op_of_step_key
+from .notify import announce_run_end, watchdog_env
 from .supervise import StepControl, current_control
 from .worker import watched
 
@@ -182,7 +183,9 @@ def threaded_plan_iterator(
 
     threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
     with ExitStack() as stack:
-        stack.enter_context(watched(job_context.instance, job_context.run_id, resumed))
+        stack.enter_context(
+            watched(job_context.instance, job_context.run_id, resumed, watchdog_env(job_context))
+        )
         concurrency = stack.enter_context(
             InstanceConcurrencyContext(job_context.instance, job_context.dagster_run)
         )
@@ -364,6 +367,7 @@ class _ThreadedRun:
                 self.job_context.instance.add_run_tags(
                     self.job_context.run_id, {TAG_ERROR: why, TAG_TIMED_OUT: "true"}
                 )
+                yield from announce_run_end(self.job_context, False, why)
                 raise DagsterExecutionInterruptedError(
                     f"Run exceeded its workflow timeout of {self.workflow_timeout:g} seconds"
                 )
@@ -410,6 +414,10 @@ def finish_run(
     if outcome.reason:  # kept on the run: status, trigger --wait, the Deployer, the UI
         job_context.instance.add_run_tags(job_context.run_id, {TAG_ERROR: outcome.reason})
     yield from run_exit_hooks(job_context, successful)
+    reason = outcome.reason
+    if not outcome.failed and not successful:
+        reason = "the Metaflow run did not reach its end step"
+    yield from announce_run_end(job_context, successful, reason)
     if not outcome.failed:  # a failed step already fails the run, with its own error
         _check_reached_end(job_context, plan, outcome.succeeded)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..notifications import Notifications
+
 
 @dataclass(frozen=True)
 class FlowSettings:
@@ -42,3 +44,4 @@ class FlowSettings:
     # every finished task's `self.next()` is checked against them as Metaflow's runtime does
     transitions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     switch_steps: tuple[str, ...] = ()
+    notifications: Notifications | None = None  # run-end messages (create --notify-*)

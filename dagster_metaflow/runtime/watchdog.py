@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-from .worker import WORKER_VAR, WorkerIdentity, end_lost_run
+from .worker import LOST, WORKER_VAR, WorkerIdentity, end_lost_run, lost_message
 
 INSTANCE_REF_VAR = "DAGSTER_METAFLOW_INSTANCE_REF"
 
@@ -87,6 +87,10 @@ def after_death(identity_tag: str, run_id: str, instance_ref: str) -> None:
                 "dagster-daemon's run monitoring will resume the run with a new worker",
                 run,
             )
+        else:
+            from .notify import announce_lost_run
+
+            announce_lost_run(instance, run_id, f"{LOST}: {lost_message(run, identity)}")
 
 
 def main(argv: list[str]) -> int:

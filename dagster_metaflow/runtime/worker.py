@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,8 +32,13 @@ from .supervise import process_running
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
 
-TAG_WORKER = "dagster-metaflow/worker"
-TAG_HEARTBEAT = "dagster-metaflow/worker-heartbeat"  # unix time, renewed while the worker runs
+# Dagster's hidden-tag prefix: internal bookkeeping, kept out of the UI's runs list
+TAG_WORKER = ".dagster/metaflow-worker"
+TAG_HEARTBEAT = ".dagster/metaflow-worker-heartbeat"  # unix time, renewed while the worker runs
+_OLD_TAGS = {
+    TAG_WORKER: "dagster-metaflow/worker",
+    TAG_HEARTBEAT: "dagster-metaflow/worker-heartbeat",
+}
 HEARTBEAT_SECONDS = 20.0
 STALE_SECONDS = 120.0  # a worker on another host silent this long is taken for dead
 WORKER_VAR = "DAGSTER_METAFLOW_WORKER"
@@ -109,7 +114,13 @@ class WorkerIdentity:
 
 
 def identity_of(run: DagsterRun) -> WorkerIdentity | None:
-    return WorkerIdentity.parse(run.tags.get(TAG_WORKER))
+    return WorkerIdentity.parse(run_tag(run, TAG_WORKER))
+
+
+def run_tag(run: DagsterRun, key: str) -> str | None:
+    """A worker tag, also from runs recorded before the tag was hidden (no `.dagster/`)."""
+    value = run.tags.get(key)
+    return value if value is not None else run.tags.get(_OLD_TAGS.get(key, key))
 
 
 def worker_alive(run: DagsterRun, identity: WorkerIdentity) -> bool | None:
@@ -118,7 +129,7 @@ def worker_alive(run: DagsterRun, identity: WorkerIdentity) -> bool | None:
     if identity.local:
         return identity.alive()
     try:
-        beat = float(run.tags.get(TAG_HEARTBEAT, ""))
+        beat = float(run_tag(run, TAG_HEARTBEAT) or "")
     except ValueError:
         return None
     return time.time() - beat < STALE_SECONDS
@@ -292,7 +303,12 @@ __all__ = [
 
 
 @contextmanager
-def watched(instance: DagsterInstance, run_id: str, resumed: bool = False) -> Iterator[None]:
+def watched(
+    instance: DagsterInstance,
+    run_id: str,
+    resumed: bool = False,
+    watchdog_env: Mapping[str, str] | None = None,
+) -> Iterator[None]:
     """While the run's steps execute: this process is the run's recorded worker, and a
     watchdog stops its orphans and ends the run if it dies. In a worker that resumes a run,
     steps reuse the tasks that already finished (RECOVERING_VAR)."""
@@ -311,7 +327,8 @@ def watched(instance: DagsterInstance, run_id: str, resumed: bool = False) -> It
         from .watchdog import start
 
         try:
-            watchdog = start(me.tag(), run_id, serialize_value(instance.get_ref()))
+            env = {**os.environ, **(watchdog_env or {})}
+            watchdog = start(me.tag(), run_id, serialize_value(instance.get_ref()), env)
         except Exception:
             watchdog = None
     try:

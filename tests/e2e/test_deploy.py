@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import BIN, Workspace, chunked_env, short_key, survivors
+from services import WebhookServer
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -164,10 +166,26 @@ def test_terminate_stops_every_step_process(workspace: Workspace) -> None:
     assert "ABORTED" in out
 
 
+@pytest.fixture
+def hooks(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[WebhookServer, WebhookServer]]:
+    """A local stand-in for PagerDuty (answers 202) and a Slack webhook that answers 500,
+    both reached by every command and run worker the test starts."""
+    with WebhookServer() as good, WebhookServer(status=500) as broken:
+        for key, value in {**good.env(), "PD_KEY": "routing-key-1"}.items():
+            monkeypatch.setenv(key, value)
+        yield good, broken
+
+
 @pytest.mark.flow("deploy_flow.py")
-def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Workspace) -> None:
+def test_resume_clones_successful_tasks_and_leaves_origin_alone(
+    workspace: Workspace, hooks: tuple[WebhookServer, WebhookServer]
+) -> None:
+    """...and every run (a failed trigger, a failed resume, a successful resume) is announced
+    once by its worker; a service that answers 500 is a warning, the others still hear."""
+    good, broken = hooks
     (workspace.dir / "fail-2").write_text("")
-    workspace.compile()
+    notify = ("--notify-on-error", "--notify-on-success", "--notify-pager-duty-integration-key", "env:PD_KEY")
+    workspace.compile(*notify, "--notify-slack-webhook-url", broken.url + "/slack")
     marker = ("--marker-dir", str(workspace.dir))
     res = workspace.metaflow("dagster", "trigger", *marker, "--wait", "--run-id-file", "first", check=False)
     assert res.returncode != 0 and "FAILURE" in res.stderr
@@ -184,6 +202,16 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Works
     assert "RuntimeError: marker says item 2 fails; " in res.stderr.split("ended with status FAILURE")[1]
     last_progress = [ln for ln in res.stderr.splitlines() if "steps done" in ln][-1]
     assert "steps done 1/4," in last_progress and "failed: " in last_progress, last_progress
+    # announced by the worker: PagerDuty gets the reason, Slack's 500 is a warning in the run
+    assert good.paths() == ["/pagerduty/v2/enqueue"] and broken.paths() == ["/slack"]
+    _path, headers, alert = good.received[0]
+    assert alert["routing_key"] == "routing-key-1" and alert["dedup_key"] == f"DeployFlow/{origin}"
+    assert alert["payload"]["custom_details"]["Error"] == reason
+    failed_run = _dagster_run_of(workspace, origin)
+    assert failed_run.tags[".dagster/metaflow-notified"] == "pager_duty"
+    messages = [e.message or "" for e in workspace.dagster_events(failed_run.run_id)]
+    assert f"Warning: notification of DeployFlow/{origin} (failed) not sent: Slack: HTTP 500 Internal Server Error" in messages
+    assert f"notified pager_duty that DeployFlow/{origin} failed" in messages
     # mistakes in resume's options: one line each, saying what exists
     res = workspace.metaflow("dagster", "resume", "--origin-run-id", "dagster-000000000000", check=False)
     assert res.returncode != 0 and "--origin-run-id: no run DeployFlow/dagster-000000000000 in the datastore" in res.stderr
@@ -205,6 +233,12 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(workspace: Works
     (workspace.dir / "fail-2").unlink()
     workspace.metaflow("dagster", "resume", "--origin-run-id", origin, "--wait", "--run-id-file", "third")
     third_id = (workspace.dir / "third").read_text()
+    second_id = (workspace.dir / "second").read_text()
+    assert good.paths() == ["/pagerduty/v2/enqueue", "/pagerduty/v2/enqueue", "/pagerduty/v2/change/enqueue"]
+    assert [body["payload"]["source"] for _p, _h, body in good.received] == [
+        f"DeployFlow/{run}" for run in (origin, second_id, third_id)
+    ]
+    assert good.received[2][2]["payload"]["summary"] == f"Metaflow run DeployFlow/{third_id} succeeded"
     assert _materialized_run(workspace) == f"DeployFlow/{third_id}"  # a resume materializes
     third = _tasks(f"DeployFlow/{third_id}")
     assert third["join/join"].data.results == [2, 4, 6]

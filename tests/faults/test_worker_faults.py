@@ -5,23 +5,32 @@ states, artifacts and the process table."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 from conftest import Workspace, chunked_env, survivors, wait_for
-from services import dagster_daemon
+from services import WebhookServer, dagster_daemon
 
 from dagster_metaflow.runtime import metaflow_run_id
 from dagster_metaflow.runtime.worker import TAG_WORKER, WORKER_VAR, WorkerIdentity
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as s:
+        yield s
 
 
 def _instance(ws: Workspace) -> Any:
@@ -84,12 +93,16 @@ def _body_tasks(pathspec: str) -> dict[str, Any]:
 
 @pytest.mark.flow("fault_flow.py")
 @pytest.mark.parametrize("fork", ["1", "0"], ids=["zygote", "subprocess"])
-def test_killed_worker_stops_every_process_and_fails_the_run(workspace: Workspace, fork: str) -> None:
+def test_killed_worker_stops_every_process_and_fails_the_run(
+    workspace: Workspace, fork: str, stack: ExitStack
+) -> None:
     """kill -9 of the run worker mid-foreach: the watchdog stops every step process and the
     escaped SIGTERM-ignoring grandchildren within 30 s, the run is FAILURE with an engine
-    event, `trigger --wait` ends saying how to resume, and no held task ever succeeds."""
+    event, `trigger --wait` ends saying how to resume, and no held task ever succeeds; the
+    watchdog announces the failed run (--notify-on-error), once."""
     ws = workspace
-    ws.compile()
+    hooks = stack.enter_context(WebhookServer())
+    ws.compile("--notify-on-error", "--notify-slack-webhook-url", hooks.url + "/slack")
     env = dict(os.environ, DAGSTER_HOME=str(ws.dagster_home), DAGSTER_METAFLOW_FORK=fork)
     follower = subprocess.Popen(
         [sys.executable, ws.flow.name, "dagster", "trigger", "--marker-dir", str(ws.dir), "--run-id-file", "rid", "--wait"],
@@ -121,6 +134,9 @@ def test_killed_worker_stops_every_process_and_fails_the_run(workspace: Workspac
     assert "FAILED" in status.stdout and f"dagster resume --origin-run-id {mf_run}" in status.stderr
     assert mf_run not in ws.metaflow("dagster", "list-runs", "--running").stdout
     assert survivors([watchdog], within=10) == []
+    assert hooks.paths() == ["/slack"], hooks.received
+    text = hooks.received[0][2]["text"] + json.dumps(hooks.received[0][2]["blocks"])
+    assert f"FaultFlow/{mf_run}_ failed!" in text and "run worker lost" in text, text
     ws.dir.joinpath("release").write_text("")  # nothing may pick up the hold now
     time.sleep(1)
     from metaflow import Run
@@ -375,3 +391,52 @@ def test_twenty_concurrent_triggers_keep_their_parameters(workspace: Workspace) 
         assert Run(f"ParamsFlow/{rid}", _namespace_check=False)["start"].task["seen"].data["needed"] == i
     workers = [WorkerIdentity.parse(r.tags.get(TAG_WORKER)) for r in runs]
     assert survivors([w.pid for w in workers if w is not None], within=30) == []
+
+
+@pytest.mark.flow("fault_flow.py")
+def test_the_daemon_announces_a_run_nobody_else_could_and_no_run_twice(workspace: Workspace) -> None:
+    """The machine lost the run worker and its watchdog: dagster-daemon's run monitoring
+    stops the steps they left, fails the run (no resume attempts left), and the
+    deployment's run-failure sensor tells
+    incident.io (the key from the daemon's environment, env:NAME). A run that succeeds is
+    announced by its worker; the success sensor, ticking after it, does not announce it again."""
+    ws = workspace
+    no_resume = DAEMON_YAML.replace("max_resume_run_attempts: 2", "max_resume_run_attempts: 0")
+    (ws.dagster_home / "dagster.yaml").write_text(no_resume + QUEUED_YAML)
+    with WebhookServer() as hooks:
+        ws.compile(
+            "--notify-on-error", "--notify-on-success", "--notify-incident-io-api-key", "env:IIO_KEY",
+            "--incident-io-alert-source-config-id", "SRC1", "--incident-io-metadata", "team=ml",
+        )
+        with dagster_daemon(ws, **hooks.env(), IIO_KEY="secret-1"):
+            ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir))
+            pids = _markers(ws, 0, 3, timeout=150)
+            mf_run = wait_for("the holding run", lambda: (ws.dir / "holding-run").read_text().strip(), 10)
+            run_id = _dagster_run_id(ws, mf_run)
+            identity = _worker(ws, run_id)
+            watchdog = _watchdog(identity)
+            assert watchdog is not None
+            os.kill(watchdog, signal.SIGKILL)
+            os.kill(identity.pid, signal.SIGKILL)
+            run = wait_for("the daemon to fail the run", lambda: _finished(ws, run_id), 120)
+            assert run.status.value == "FAILURE"
+            # the daemon's health check stopped what the dead worker had started
+            assert survivors(pids, within=5) == [], "the lost worker's steps were left running"
+            wait_for("the failure's notification", lambda: hooks.received, 60)
+            time.sleep(12)  # another tick of the sensor: still one message
+            assert hooks.paths() == ["/incident/v2/alert_events/http/SRC1"], hooks.received
+            _path, headers, alert = hooks.received[0]
+            assert headers["Authorization"] == "Bearer secret-1"
+            assert alert["title"] == "Flow FaultFlow has failed." and alert["deduplication_key"] == f"FaultFlow/{mf_run}"
+            assert alert["metadata"]["team"] == "ml" and alert["metadata"]["run_status"] == "failed"
+            assert _run(ws, run_id).tags[".dagster/metaflow-notified"] == "incident_io"
+            # a successful run: its worker announces it, the sensor does not again
+            ws.dir.joinpath("release").write_text("")
+            ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir), "--run-id-file", "ok")
+            ok_run = wait_for("the run id", lambda: (ws.dir / "ok").read_text().strip(), 30)
+            ok = wait_for("the second run to end", lambda: _finished(ws, _dagster_run_id(ws, ok_run)), 150)
+            assert ok.status.value == "SUCCESS"
+            time.sleep(15)  # the success sensor ticks (every 10 s) after the run's end
+            assert len(hooks.received) == 2, hooks.received
+            assert hooks.received[1][2]["title"] == "Flow FaultFlow has succeeded."
+            assert hooks.received[1][2]["deduplication_key"] == f"FaultFlow/{ok_run}"

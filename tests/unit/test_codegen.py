@@ -34,6 +34,7 @@ from dagster_metaflow.ir import (
     build_flow_ir,
     reserved_config_fields,
 )
+from dagster_metaflow.notifications import Notifications
 from dagster_metaflow.runtime.ids import op_nodes
 
 FLOWS = Path(__file__).parent.parent / "flows"
@@ -101,6 +102,20 @@ SNAPSHOT_CASES = {
     "linear_celery": (
         "linear_flow.py",
         {"executor": "celery", "executor_config": {"broker": "redis://127.0.0.1:6379/0"}},
+    ),
+    "failing_notified": (
+        "failing_flow.py",
+        {
+            "notifications": Notifications(
+                on_error=True,
+                on_success=True,
+                slack_webhook_url="env:SLACK_HOOK",
+                pager_duty_integration_key='k"ey\n',
+                incident_io_api_key="env:IIO",
+                incident_io_alert_source_config_id="01GW2G3V0S59R238FAHPDS1R66",
+                incident_io_metadata={"team": "ml", "odd key'\"": "a=b\n"},
+            )
+        },
     ),
 }
 

@@ -26,7 +26,7 @@ COMPILER = {
     "component",
     "component_cache",
 }
-LEAVES = {"task_options", "step_decorators", "naming", "errors"}
+LEAVES = {"task_options", "step_decorators", "naming", "errors", "notifications"}
 MAX_FUNCTION = 80
 MAX_CLASS = 300
 

@@ -246,7 +246,9 @@ def test_reserved_names_are_derived_from_the_templates_and_the_specs() -> None:
         "evaluate_triggers", "metaflow_executor", "metaflow_io_manager",
         "metaflow_shared_io_manager", "executor_with_defaults", "with_metaflow_run_end",
         "celery_executor", "k8s_job_executor", "multiprocess_executor", "in_process_executor",
-        "upstream", "upstreams", "chunks",
+        "upstream", "upstreams", "chunks", "run_failure_sensor", "RunFailureSensorContext",
+        "run_status_sensor", "RunStatusSensorContext", "DagsterRunStatus", "Notifications",
+        "notify_from_sensor",
     }  # fmt: skip
     assert Import("dagster", "op") in {i for o in _spec("linear_flow.py").ops for i in o.imports()}
 
