@@ -255,6 +255,13 @@ def _positive(ctx: Any, param: Any, value: int | None) -> int | None:
     "record nothing (as argo-workflows create --only-json, the code package is saved).",
 )
 @click.option(
+    "--auto-emit-events/--no-auto-emit-events",
+    default=True,
+    show_default=True,
+    help="Publish the event metaflow.<Flow>.end when a run succeeds (as Argo's "
+    "--auto-emit-argo-events), so other deployments' @trigger can start on it.",
+)
+@click.option(
     "--notify-on-error/--no-notify-on-error",
     default=False,
     show_default=True,
@@ -317,6 +324,7 @@ def create(
     assets: Sequence[str] = (),
     asset_automation: bool = False,
     only_json: bool = False,
+    auto_emit_events: bool = True,
     deployer_attribute_file: str | None = None,
     **notify: Any,  # the --notify-*/--incident-io-* options, named as Argo names them
 ) -> None:
@@ -350,6 +358,7 @@ def create(
             assets=tuple(assets or ()),
             asset_automation=asset_automation,
             notifications=notifications,
+            auto_emit_events=auto_emit_events,
         ),
     )
     attributes = {"name": job_name, "flow_name": obj.flow.name}

@@ -77,6 +77,7 @@ class CompileOptions:
     asset_automation: bool = False  # `--asset-automation`: AutomationCondition, not a sensor
     regenerate: str | None = None  # the file's "Regenerate:" line; None: the compiling command
     notifications: Notifications | None = None  # run-end messages (--notify-*)
+    auto_emit_events: bool = True  # publish metaflow.<Flow>.end on success (--auto-emit-events)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,6 +256,7 @@ def build_ir(source: FlowSource, options: CompileOptions) -> FlowIR:
         workflow_priority=options.workflow_priority,
         workflow_title=options.workflow_title,
         notifications=options.notifications,
+        auto_emit_events=options.auto_emit_events,
         workflow_description=options.workflow_description,
         top_level_args=top_level_args(source),
         environment=baked_environment(dict(os.environ)),

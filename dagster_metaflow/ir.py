@@ -148,6 +148,7 @@ class IROptions:
     asset_automation: bool = False  # AutomationCondition instead of @trigger_on_finish's sensor
     production_token: str | None = None  # steps run in namespace production:<token>
     notifications: Notifications | None = None  # run-end messages (--notify-*)
+    auto_emit_events: bool = True  # publish metaflow.<Flow>.end on success (--auto-emit-events)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -431,6 +431,7 @@ class FlowSpec:
     transitions: tuple[tuple[str, tuple[str, ...]], ...]  # every step's allowed next steps
     # `Notifications(...)` keyword arguments (the non-default ones); None: no notifications
     notifications: tuple[tuple[str, Any], ...] | None = None
+    auto_emit_events: bool = True
 
     def imports(self) -> tuple[Import, ...]:
         return (PATH, METAFLOW_FLOW, *([NOTIFICATIONS] if self.notifications is not None else []))

@@ -570,6 +570,7 @@ class Translator(OpTranslator):
             parameters=tuple((p.field_name, p.env_var, p.type) for p in ir.parameters),
             transitions=tuple((s.name, s.next_steps) for s in ir.steps),
             notifications=self.get_notifications(),
+            auto_emit_events=ir.auto_emit_events,
         )
 
     def get_schedule(self, taken: set[str]) -> ScheduleSpec | None:

@@ -20,8 +20,8 @@ from typing import Any, cast
 from dagster import DagsterEvent, Executor, ExecutorDefinition, Field, InitExecutorContext
 
 from .._dagster_private import ExecutionPlan, PlanOrchestrationContext, RetryMode
-from .executor import RunOutcome, finish_run, run_exit_hooks
 from .notify import announce_run_end, watchdog_env
+from .run_end import RunOutcome, finish_run, run_exit_hooks
 from .worker import watched
 
 

@@ -56,9 +56,9 @@ from .._dagster_private import (
     serializable_error_info_from_exc_info,
     trigger_hook,
 )
-from .failures import TAG_ERROR, TAG_TIMED_OUT, failure_reason
-from .ids import op_nodes, op_of_step_key
+from .failures import TAG_ERROR, TAG_TIMED_OUT
 from .notify import announce_run_end, watchdog_env
+from .run_end import RunOutcome, finish_run, run_exit_hooks
 from .supervise import StepControl, current_control
 from .worker import watched
 
@@ -375,25 +375,6 @@ class _ThreadedRun:
         yield from finish_run(self.job_context, execution_plan, self.outcome)
 
 
-RunContext = PlanExecutionContext | PlanOrchestrationContext
-
-
-class RunOutcome:
-    """The steps that succeeded, and whether any failed, as the run's events go by."""
-
-    def __init__(self) -> None:
-        self.succeeded: set[str] = set()
-        self.failed = False
-        self.reason: str | None = None  # the first failure, one line
-
-    def note(self, event: DagsterEvent) -> None:
-        if event.is_step_success and event.step_key:
-            self.succeeded.add(event.step_key)
-        elif event.is_step_failure:
-            self.failed = True
-            self.reason = self.reason or failure_reason(event)
-
-
 def _rebuild(job_context: PlanExecutionContext, active: Any, outcome: RunOutcome) -> list[Any]:
     """Replay the run's event log into the active execution (and `outcome`), as Dagster's
     step-delegating executor does on resume; returns the steps in flight when the worker died."""
@@ -403,83 +384,6 @@ def _rebuild(job_context: PlanExecutionContext, active: Any, outcome: RunOutcome
         outcome.note(event)
     # skips are the active execution's own conclusions: it draws them again
     return list(active.rebuild_from_events([e for e in events if not e.is_step_skipped]))
-
-
-def finish_run(
-    job_context: RunContext, plan: ExecutionPlan, outcome: RunOutcome
-) -> Iterator[DagsterEvent]:
-    """The run's end once every step is over (not interrupted), whichever executor ran them:
-    the exit hooks, then the safety net on `end`."""
-    successful = not outcome.failed and _end_op_succeeded(job_context, outcome.succeeded)
-    if outcome.reason:  # kept on the run: status, trigger --wait, the Deployer, the UI
-        job_context.instance.add_run_tags(job_context.run_id, {TAG_ERROR: outcome.reason})
-    yield from run_exit_hooks(job_context, successful)
-    reason = outcome.reason
-    if not outcome.failed and not successful:
-        reason = "the Metaflow run did not reach its end step"
-    yield from announce_run_end(job_context, successful, reason)
-    if not outcome.failed:  # a failed step already fails the run, with its own error
-        _check_reached_end(job_context, plan, outcome.succeeded)
-
-
-def _end_ops(job_context: RunContext) -> set[str]:
-    try:
-        ops = op_nodes(job_context.job.get_definition().graph)
-        return {name for name, op in ops.items() if op.tags.get("metaflow/end") == "true"}
-    except Exception:
-        return set()
-
-
-def _end_op_succeeded(job_context: RunContext, succeeded: set[str]) -> bool:
-    ends = _end_ops(job_context)
-    return any(op_of_step_key(key) in ends for key in succeeded) or not ends
-
-
-def run_exit_hooks(job_context: RunContext, successful: bool) -> Iterator[DagsterEvent]:
-    """@exit_hook: the flow's on_success or on_error functions, once, when the run ends
-    (failed steps and termination included), each as Metaflow runs it; output in the run's log."""
-    from .flow import flow_of_job
-    from .ids import metaflow_run_id
-
-    try:
-        flow = flow_of_job(job_context.job.get_definition())
-    except Exception:
-        flow = None
-    if flow is None:
-        return
-    hooks = flow.exit_hooks_on_success if successful else flow.exit_hooks_on_error
-    pathspec = f"{flow.name}/{metaflow_run_id(job_context.run_id)}"
-    for name in hooks:
-        try:
-            ok, output = flow.run_exit_hook(name, pathspec)
-        except Exception as exc:  # a hook never changes the run's outcome, as natively
-            ok, output = False, f"{type(exc).__name__}: {exc}"
-        outcome = "ran" if ok else "failed"
-        yield DagsterEvent.engine_event(
-            job_context,
-            f"@exit_hook {name} ({'on_success' if successful else 'on_error'}) {outcome} for {pathspec}"
-            + (f":\n{output}" if output else ""),
-            EngineEventData(),
-        )
-
-
-class MetaflowRunIncomplete(Exception):
-    """Every op ended without error but the Metaflow run did not reach its end step."""
-
-
-def _check_reached_end(job_context: RunContext, plan: ExecutionPlan, succeeded: set[str]) -> None:
-    """Safety net: a Dagster run succeeds only if the op of the flow's `end` step did (an
-    op skipped for a missing input would otherwise leave the Metaflow run unfinished)."""
-    end_ops = _end_ops(job_context)
-    if not end_ops:
-        return
-    planned = {key for key in plan.step_keys_to_execute if op_of_step_key(key) in end_ops}
-    missing = sorted(planned - succeeded)
-    if missing:
-        raise MetaflowRunIncomplete(
-            f"the Metaflow run did not reach its end step: {', '.join(missing)} did not run "
-            "(an op it depends on was skipped); this is a dagster-metaflow bug, please report it"
-        )
 
 
 class _CancelWatch:

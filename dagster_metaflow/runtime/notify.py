@@ -263,7 +263,8 @@ def announce_run_end(job_context: Any, successful: bool, reason: str | None) -> 
     """The run worker's announcement at the run's end (engine events say what was sent);
     nothing for a run being terminated, or a flow without notifications."""
     from dagster import DagsterEvent, DagsterRunStatus
-    from dagster._core.events import EngineEventData
+
+    from .._dagster_private import EngineEventData
 
     n, flow = _settings_of(job_context)
     if n is None or not n.wanted(successful):

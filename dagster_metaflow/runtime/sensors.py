@@ -312,3 +312,42 @@ def watch_extra(
                 watching=watching, events_after=latest_event_id(instance), created_at=time.time()
             )
     return extra
+
+
+def run_finished_event_names(
+    flow: str, end_step: str, project: str | None, branch: str | None
+) -> list[str]:
+    """What Metaflow's Argo integration publishes when a run's end task succeeds (its
+    auto-emitted events): `metaflow.<[project.branch.]Flow>.<end step>`, and `.end` too when
+    the end step has another name, so `@trigger_on_finish`-style listeners find it."""
+    qualified = ".".join(v for v in (project, branch, flow) if v) if project else flow
+    names = [f"metaflow.{qualified}.{end_step}"]
+    if end_step != "end":
+        names.append(f"metaflow.{qualified}.end")
+    return names
+
+
+def run_finished_payload(
+    flow: str, run_id: str, end_step: str, task_id: str, project: str | None, branch: str | None
+) -> dict[str, Any]:
+    """The payload Argo's auto-emitted event carries (same keys), so a @trigger that maps
+    them (e.g. `{"upstream": "run_id"}`) works under either orchestrator."""
+    pathspec = f"{flow}/{run_id}/{end_step}/{task_id}"
+    payload: dict[str, Any] = {
+        "id": pathspec,
+        "pathspec": pathspec,
+        "flow_name": flow,
+        "run_id": run_id,
+        "step_name": end_step,
+        "task_id": task_id,
+    }
+    if project:
+        payload.update(
+            project_name=project,
+            branch_name=branch or "",
+            is_user_branch=str((branch or "").startswith("user.")),
+            is_production=str(branch == "prod" or (branch or "").startswith("prod.")),
+            project_flow_name=f"{project}.{branch}.{flow}",
+        )
+    payload["auto-generated-by-metaflow"] = "True"
+    return payload

@@ -45,3 +45,5 @@ class FlowSettings:
     transitions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     switch_steps: tuple[str, ...] = ()
     notifications: Notifications | None = None  # run-end messages (create --notify-*)
+    # publish `metaflow.<Flow>.end` when a run succeeds (create --auto-emit-events, default)
+    auto_emit_events: bool = True

@@ -45,9 +45,10 @@ def _mf_run(flow: str, dagster_run: Any) -> Any:
 
 @pytest.mark.flow("triggered_flow.py")
 def test_daemon_runs_schedules_events_and_upstream_finishes(workspace: Workspace) -> None:
-    for name in ("upstream_flow.py", "downstream_flow.py", "scheduled_flow.py"):
+    flows = ("upstream_flow.py", "downstream_flow.py", "scheduled_flow.py", "end_event_flow.py")
+    for name in flows:
         shutil.copy(FLOWS / name, workspace.dir / name)
-    for name in ("triggered_flow.py", "upstream_flow.py", "downstream_flow.py", "scheduled_flow.py"):
+    for name in ("triggered_flow.py", *flows):
         res = workspace.run(sys.executable, name, "dagster", "create", name.replace("_flow.py", "_dagster.py"))
         assert "dagster-daemon run -w" in res.stderr + res.stdout or name == "upstream_flow.py"
     env = dict(os.environ, DAGSTER_HOME=str(workspace.dagster_home))
@@ -71,6 +72,7 @@ def test_daemon_runs_schedules_events_and_upstream_finishes(workspace: Workspace
 
         triggered = _wait("two triggered runs", _finished(workspace, "TriggeredFlow", 2), 240)
         downstream = _wait("the downstream run", _finished(workspace, "DownstreamFlow", 1), 240)
+        on_event = _wait("the run started by UpstreamFlow's end event", _finished(workspace, "EndEventFlow", 1), 240)
         scheduled = _wait("a scheduled run", _finished(workspace, "ScheduledFlow", 1), 150)
     finally:
         os.killpg(daemon.pid, 15)
@@ -87,6 +89,11 @@ def test_daemon_runs_schedules_events_and_upstream_finishes(workspace: Workspace
     up_id = (workspace.dir / "up").read_text().strip()
     data = _mf_run("DownstreamFlow", downstream[0])["start"].task.data
     assert data.upstream == f"UpstreamFlow/{up_id}" and data.upstream_value == 42
+    # the successful upstream run published metaflow.UpstreamFlow.end (--auto-emit-events,
+    # on by default) with Argo's payload; the failed one published nothing
+    assert len(on_event) == 1 and on_event[0].status.value == "SUCCESS"
+    assert len(_runs(workspace, "EndEventFlow")) == 1
+    assert _mf_run("EndEventFlow", on_event[0])["start"].task.data.seen_run == up_id
 
     # one run per schedule tick (more than one tick may have passed while waiting)
     from dagster._core.storage.tags import SCHEDULED_EXECUTION_TIME_TAG

@@ -185,7 +185,7 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(
     good, broken = hooks
     (workspace.dir / "fail-2").write_text("")
     notify = ("--notify-on-error", "--notify-on-success", "--notify-pager-duty-integration-key", "env:PD_KEY")
-    workspace.compile(*notify, "--notify-slack-webhook-url", broken.url + "/slack")
+    workspace.compile(*notify, "--notify-slack-webhook-url", broken.url + "/slack", "--no-auto-emit-events")
     marker = ("--marker-dir", str(workspace.dir))
     res = workspace.metaflow("dagster", "trigger", *marker, "--wait", "--run-id-file", "first", check=False)
     assert res.returncode != 0 and "FAILURE" in res.stderr
@@ -239,6 +239,10 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(
         f"DeployFlow/{run}" for run in (origin, second_id, third_id)
     ]
     assert good.received[2][2]["payload"]["summary"] == f"Metaflow run DeployFlow/{third_id} succeeded"
+    with _instance(workspace) as instance:  # --no-auto-emit-events: the success published nothing
+        from dagster import AssetKey
+
+        assert instance.get_latest_materialization_event(AssetKey(["metaflow_events", "metaflow.DeployFlow.end"])) is None
     assert _materialized_run(workspace) == f"DeployFlow/{third_id}"  # a resume materializes
     third = _tasks(f"DeployFlow/{third_id}")
     assert third["join/join"].data.results == [2, 4, 6]

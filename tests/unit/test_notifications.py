@@ -132,3 +132,19 @@ def test_each_service_is_told_once_and_a_failed_one_is_tried_again(monkeypatch: 
         assert lines == [("notification of MyFlow/dagster-0123456789ab (failed) not sent: Slack: environment variable SLACK_HOOK is not set", False)]
         # not asked for this outcome: nothing sent
         assert notify(instance, other, n, SUCCEEDED) == []
+
+
+def test_run_finished_events_are_named_and_filled_as_argo_emits_them() -> None:
+    from dagster_metaflow.runtime.sensors import run_finished_event_names, run_finished_payload
+
+    assert run_finished_event_names("Up", "end", None, None) == ["metaflow.Up.end"]
+    assert run_finished_event_names("Up", "finish", "proj", "user.me") == [
+        "metaflow.proj.user.me.Up.finish",
+        "metaflow.proj.user.me.Up.end",
+    ]
+    payload = run_finished_payload("Up", "dagster-1", "end", "end", "proj", "prod")
+    assert payload["pathspec"] == payload["id"] == "Up/dagster-1/end/end"
+    assert payload["run_id"] == "dagster-1" and payload["flow_name"] == "Up"
+    assert payload["project_flow_name"] == "proj.prod.Up" and payload["is_production"] == "True"
+    assert payload["is_user_branch"] == "False" and payload["auto-generated-by-metaflow"] == "True"
+    assert "project_name" not in run_finished_payload("Up", "r", "end", "end", None, None)
