@@ -209,6 +209,12 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(
     assert alert["payload"]["custom_details"]["Error"] == reason
     failed_run = _dagster_run_of(workspace, origin)
     assert failed_run.tags[".dagster/metaflow-notified"] == "pager_duty"
+    # bookkeeping tags are hidden from the UI (Dagster's `.dagster/` prefix); what it shows:
+    from dagster._core.storage.tags import TagType, get_tag_type
+
+    shown = {k for k in failed_run.tags if get_tag_type(k) != TagType.HIDDEN}
+    assert shown <= {"metaflow/flow", "metaflow/pathspec", "dagster-metaflow/deployment", "dagster-metaflow/error", "dagster/failure_reason", "dagster/code_location"}, shown
+    assert {".dagster/metaflow-worker", ".dagster/metaflow-worker-heartbeat"} <= set(failed_run.tags)
     messages = [e.message or "" for e in workspace.dagster_events(failed_run.run_id)]
     assert f"Warning: notification of DeployFlow/{origin} (failed) not sent: Slack: HTTP 500 Internal Server Error" in messages
     assert f"notified pager_duty that DeployFlow/{origin} failed" in messages
@@ -318,7 +324,16 @@ def test_deployer_api(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> 
 
     env = {"DAGSTER_HOME": str(workspace.dagster_home)}
     deployer = Deployer(str(workspace.flow), env=env, cwd=str(workspace.dir), show_output=False)
+    # only_json: what would be deployed, with create's options (as Argo's .workflow_template)
+    shown = deployer.dagster().create(
+        only_json=True, workflow_title="Nightly run", notify_on_error=True, notify_slack_webhook_url="env:HOOK"
+    ).definitions
+    assert shown is not None and shown["job_name"] == "DeployFlow" and shown["file"] == "deployflow_dagster.py"
+    assert "Nightly run" in shown["definitions"] and "def DeployFlow_notify_on_error(" in shown["definitions"]
+    assert not (workspace.dir / "deployflow_dagster.py").exists()
+    assert workspace.metaflow("dagster", "describe", check=False).returncode != 0  # nothing recorded
     flow = deployer.dagster().create(tags=["api"])
+    assert flow.definitions is None
     assert flow.name == "DeployFlow" and flow.id == f"DeployFlow@{workspace.dagster_home}"
     t0 = time.monotonic()
     triggered = flow.trigger(alpha=2.5, retry_count=7, payload={"x": 1}, flag=True)
