@@ -37,7 +37,7 @@ e2e: $(STAMP)
 # out fixed batches, so one worker sat on the slow daemon tests at the end: 934 s of pytest
 # against 873 s with worksteal, same tree, one run each)
 test: lint
-	$(BIN)/python -m pytest tests -q -n 2 --dist worksteal --durations=10
+	$(BIN)/python -m pytest tests -q -n 2 --dist worksteal --durations=10 -rs
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/trigger.py --repeat 3

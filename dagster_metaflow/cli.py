@@ -772,10 +772,13 @@ def compile_component(obj: Any, request_json: str) -> None:
     the component's attributes as one JSON request, compiled by `create`'s own code path
     (`deploy.deploy`); prints the job name and file as one JSON line."""
     from .deploy import DeployRequest, deploy
+    from .notifications import notifications_from_options
     from .tokens import TokenOptions
 
     spec = json.loads(request_json)
+    notify: dict[str, Any] | None = spec["options"].pop("notifications", None)
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["options"].items()}
+    options["notifications"] = notifications_from_options(**notify) if notify else None
     options["regenerate"] = "automatic: loading its dg component recompiles a changed flow"
     job_name = _resolve_job_name(obj, spec.get("name"))
     request = DeployRequest(

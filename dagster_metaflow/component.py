@@ -136,6 +136,44 @@ def _bool(ctx: dg.ResolutionContext, value: Any) -> bool:
     raise _fail(ctx, f"expected true or false, got {value!r}")
 
 
+def _int(ctx: dg.ResolutionContext, value: Any) -> int | None:
+    """Any integer (a run priority may be negative)."""
+    value = ctx.resolve_value(value)
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return int(str(value).strip())
+    except ValueError:
+        raise _fail(ctx, f"expected an integer, got {value!r}") from None
+
+
+def _notify(ctx: dg.ResolutionContext, value: Any) -> dict[str, Any] | None:
+    """`create --notify-*` as a mapping (on_error, on_success, slack_webhook_url,
+    pager_duty_integration_key, incident_io_api_key, incident_io_alert_source_config_id,
+    incident_io_metadata), checked as `create` checks the options."""
+    from .errors import CompileError
+    from .notifications import notifications_from_options
+
+    value = ctx.resolve_value(value)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _fail(ctx, f"expected a mapping of notification options, got {value!r}")
+    metadata = value.get("incident_io_metadata") or {}
+    if not isinstance(metadata, dict):
+        raise _fail(ctx, f"incident_io_metadata: expected a mapping, got {metadata!r}")
+    options = {**value, "incident_io_metadata": [f"{k}={v}" for k, v in metadata.items()]}
+    try:
+        notifications_from_options(**options)
+    except TypeError as exc:
+        raise _fail(ctx, f"unknown notification option: {exc}") from None
+    except CompileError as exc:
+        raise _fail(ctx, str(exc)) from None
+    return options
+
+
 def _executor_config(ctx: dg.ResolutionContext, value: Any) -> dict[str, Any] | None:
     """`create --executor-config`: a mapping, or its JSON text."""
     value = ctx.resolve_value(value)
@@ -294,6 +332,22 @@ class MetaflowFlowComponent(dg.Component, dg.Resolvable, dg.Model):
     automation_condition: Annotated[
         bool, _resolver(_bool, bool, "Materialize the assets when their upstreams update.")
     ] = False
+    workflow_priority: Annotated[
+        int | None, _resolver(_int, int, "The runs' dagster/priority (--workflow-priority).")
+    ] = None
+    workflow_title: Annotated[
+        str | None, _resolver(_optional_str, str, "Shown first in the job's description.")
+    ] = None
+    workflow_description: Annotated[
+        str | None, _resolver(_optional_str, str, "The job's description; default: docstring.")
+    ] = None
+    auto_emit_events: Annotated[
+        bool, _resolver(_bool, bool, "Publish metaflow.<Flow>.end when a run succeeds.")
+    ] = True
+    notify: Annotated[
+        dict[str, Any] | None,
+        _resolver(_notify, dict[str, Any], "Run-end notifications (create --notify-* options)."),
+    ] = None
 
     def top_level_options(self) -> list[str]:
         """Metaflow's top-level options for these attributes (configs, @project)."""
@@ -318,6 +372,11 @@ class MetaflowFlowComponent(dg.Component, dg.Resolvable, dg.Model):
             "executor_config": self.executor_config,
             "assets": self.assets,
             "asset_automation": self.automation_condition,
+            "workflow_priority": self.workflow_priority,
+            "workflow_title": self.workflow_title,
+            "workflow_description": self.workflow_description,
+            "auto_emit_events": self.auto_emit_events,
+            "notifications": self.notify,  # create's options; compile-component checks them
         }
         return {"name": self.name, "identity": self.identity, "options": options}
 

@@ -111,7 +111,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     with open(linear / "defs.yaml", "a") as f:
         f.write(
             '  name: linear_job\n  tags: [dg]\n  max_workers: "{{ env.DM_TEST_WORKERS }}"\n'
-            "  assets: [final]\n"
+            "  assets: [final]\n  workflow_priority: 3\n  workflow_title: Nightly linear\n"
+            "  notify:\n    on_error: true\n    slack_webhook_url: env:DM_SLACK_HOOK\n"
         )
     assert (hello / "defs.yaml").is_file()
     return proj
@@ -141,7 +142,11 @@ def test_check_defs_compiles_once(project: Project) -> None:
     assert (cache / "flows" / "hello" / "hello_flow_dagster.py").is_file()
     assert (cache / ".gitignore").read_text().strip().endswith("*")
     # max_workers came from "{{ env.DM_TEST_WORKERS }}": the executor's default concurrency
-    assert '{"max_concurrent": 4}' in generated.read_text()
+    text = generated.read_text()
+    assert '{"max_concurrent": 4}' in text
+    # create's operability options: priority and title on the job, the notification sensor
+    assert '"dagster/priority": "3"' in text and "Nightly linear" in text
+    assert 'slack_webhook_url="env:DM_SLACK_HOOK"' in text and 'name="linear_job_notify_on_error"' in text
     before = generated.stat().st_mtime_ns
     project.dg("check", "defs")  # a hit: nothing is compiled again
     assert generated.stat().st_mtime_ns == before

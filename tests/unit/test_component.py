@@ -46,6 +46,13 @@ def test_the_package_lists_the_component_for_dg() -> None:
         (component._executor_config, "executor_config", '{"broker": "redis://x"}', None),
         (component._configs, "config", {"settings": {"team": "a"}, "raw": '{"x": 1}'}, None),
         (component._artifact_names, "assets", ["model", "score"], ["model", "score"]),
+        (component._int, "workflow_priority", "-3", -3),
+        (
+            component._notify,
+            "notify",
+            {"on_error": True, "incident_io_api_key": "env:K", "incident_io_alert_source_config_id": "S", "incident_io_metadata": {"team": "ml"}},
+            {"on_error": True, "incident_io_api_key": "env:K", "incident_io_alert_source_config_id": "S", "incident_io_metadata": ["team=ml"]},
+        ),
     ],
 )
 def test_resolvers_accept(resolver: Any, field: str, value: Any, expected: Any) -> None:
@@ -74,6 +81,10 @@ def test_resolvers_accept(resolver: Any, field: str, value: Any, expected: Any) 
         (component._executor_config, "executor_config", "{no", "not valid JSON"),
         (component._configs, "config", ["x"], "expected a mapping"),
         (component._artifact_names, "assets", ["_private"], "is not an artifact name"),
+        (component._int, "workflow_priority", "high", "expected an integer"),
+        (component._notify, "notify", {"on_error": True}, "need a service"),
+        (component._notify, "notify", {"on_eror": True}, "unknown notification option"),
+        (component._notify, "notify", ["x"], "expected a mapping"),
     ],
 )
 def test_resolvers_refuse_in_one_line_naming_the_attribute(
@@ -110,6 +121,7 @@ def test_attributes_become_create_options(tmp_path: Path) -> None:
     assert request["options"]["with_decorators"] == ["retry"]
     assert request["options"]["assets"] == ["model"]
     assert request["options"]["asset_automation"] is True
+    assert request["options"]["auto_emit_events"] is True and request["options"]["notifications"] is None
     from dagster_metaflow.compiler import CompileOptions
 
     CompileOptions(job_name="j", out_file="o.py", **request["options"])  # every key is a field
