@@ -664,6 +664,16 @@ def describe(obj: Any) -> None:
             lines.append(
                 f"  exit hooks:  on success {hooks['on_success']}, on error {hooks['on_error']}"
             )
+        notify = auto.get("notifications")
+        if notify:
+            from .notifications import SERVICE_NAMES
+
+            whom = ", ".join(SERVICE_NAMES.get(s, s) for s in notify["services"])
+            sensors = ", ".join(f"{s}: {states.get(s)}" for s in notify["sensors"])
+            lines.append(f"  notify:      on {' and '.join(notify['on'])}: {whom} ({sensors})")
+        if auto.get("events_out"):
+            names = " and ".join(auto["events_out"])
+            lines.append(f"  events out:  {names} when a run succeeds (publish_event)")
         if not (sched or auto.get("sensor")):
             lines.append(
                 "  not scheduled or triggered: runs start with `trigger`, the Deployer or the UI"

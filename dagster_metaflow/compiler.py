@@ -440,6 +440,20 @@ def automation_record(ir: FlowIR) -> dict[str, Any]:
             "on_success": list(auto.exit_hooks.on_success),
             "on_error": list(auto.exit_hooks.on_error),
         }
+    n = ir.notifications
+    if n is not None:  # what and whom, never the secrets
+        outcomes = [o for o, on in (("error", n.on_error), ("success", n.on_success)) if on]
+        out["notifications"] = {
+            "on": outcomes,
+            "services": list(n.services),
+            "sensors": [f"{ir.job_name}_notify_on_{o}" for o in outcomes],
+        }
+    if ir.auto_emit_events:
+        from .runtime.sensors import run_finished_event_names
+
+        out["events_out"] = run_finished_event_names(
+            ir.flow_name, ir.end_step, auto.project_name, auto.branch_name
+        )
     return out
 
 

@@ -360,7 +360,8 @@ def _refresh(instance: DagsterInstance, add: str | None = None, drop: str | None
 
 def instigator_names(dep: Deployment) -> list[str]:
     auto = dep.automation or {}
-    return [n for n in ((auto.get("schedule") or {}).get("name"), auto.get("sensor")) if n]
+    notify = (auto.get("notifications") or {}).get("sensors") or []
+    return [n for n in ((auto.get("schedule") or {}).get("name"), auto.get("sensor"), *notify) if n]
 
 
 def instigator_status(instance: DagsterInstance, dep: Deployment) -> dict[str, str]:
