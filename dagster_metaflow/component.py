@@ -165,6 +165,17 @@ def _notify(ctx: dg.ResolutionContext, value: Any) -> dict[str, Any] | None:
     if not isinstance(metadata, dict):
         raise _fail(ctx, f"incident_io_metadata: expected a mapping, got {metadata!r}")
     options = {**value, "incident_io_metadata": [f"{k}={v}" for k, v in metadata.items()]}
+    for flag in ("on_error", "on_success"):
+        if flag in options:
+            options[flag] = _bool(ctx, options[flag])
+    for secret in ("slack_webhook_url", "pager_duty_integration_key", "incident_io_api_key"):
+        given = options.get(secret)
+        if given and not str(given).startswith("env:"):
+            raise _fail(
+                ctx,
+                f"{secret}: give env:NAME (read where the message is sent); a value here would "
+                "be written into the cached definitions file and the compile command line",
+            )
     try:
         notifications_from_options(**options)
     except TypeError as exc:

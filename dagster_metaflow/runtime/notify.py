@@ -191,6 +191,8 @@ def _post(url: str, body: Mapping[str, Any], headers: Mapping[str, str], what: s
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise NotificationError(f"{what}: {reason}") from None
+    except Exception as exc:  # a malformed URL, a broken answer: named, never the URL
+        raise NotificationError(f"{what}: {type(exc).__name__}") from None
 
 
 def send(service: str, end: RunEnd, n: Notifications) -> None:
@@ -229,6 +231,20 @@ def run_end_of(run: DagsterRun, flow: str, successful: bool, reason: str | None 
     )
 
 
+def notified(run: DagsterRun, outcome: str) -> list[str]:
+    """The services already told of this outcome of this run. The tag names the run and the
+    outcome, because a re-executed run inherits its parent's tags."""
+    run_id, _, rest = (run.tags.get(TAG_NOTIFIED) or "").partition(":")
+    said, _, services = rest.partition(":")
+    if run_id != run.run_id or said != outcome:
+        return []
+    return [s for s in services.split(",") if s]
+
+
+def _record(run_id: str, outcome: str, services: list[str]) -> str:
+    return f"{run_id}:{outcome}:{','.join(services)}"
+
+
 def notify(
     instance: DagsterInstance,
     run: DagsterRun,
@@ -241,7 +257,7 @@ def notify(
     if not n.wanted(end.successful):
         return []
     fresh = instance.get_run_by_id(run.run_id) or run
-    done = [s for s in (fresh.tags.get(TAG_NOTIFIED) or "").split(",") if s]
+    done = notified(fresh, end.outcome)
     reached = []
     for service in n.services:
         if service in done:
@@ -253,7 +269,12 @@ def notify(
             continue
         done.append(service)
         reached.append(service)
-        instance.add_run_tags(run.run_id, {TAG_NOTIFIED: ",".join(done)})
+        try:
+            instance.add_run_tags(
+                run.run_id, {TAG_NOTIFIED: _record(run.run_id, end.outcome, done)}
+            )
+        except Exception as exc:  # delivered all the same; a later sender may repeat it
+            log(f"delivery to {service} not recorded: {type(exc).__name__}: {exc}", False)
     if reached:
         log(f"notified {', '.join(reached)} that {end.pathspec} {end.outcome}", True)
     return reached
@@ -269,17 +290,17 @@ def announce_run_end(job_context: Any, successful: bool, reason: str | None) -> 
     n, flow = _settings_of(job_context)
     if n is None or not n.wanted(successful):
         return
-    run = job_context.instance.get_run_by_id(job_context.run_id)
-    if run is None or run.status in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED):
-        return
     lines: list[tuple[str, bool]] = []
-    notify(
-        job_context.instance,
-        run,
-        n,
-        run_end_of(run, flow, successful, reason),
-        lambda t, ok: lines.append((t, ok)),
-    )
+    try:
+        run = job_context.instance.get_run_by_id(job_context.run_id)
+        # terminated on purpose: not announced; already ended by someone else (the daemon's
+        # max_runtime): its run-status sensor announces it
+        if run is None or run.is_finished or run.status == DagsterRunStatus.CANCELING:
+            return
+        end = run_end_of(run, flow, successful, reason)
+        notify(job_context.instance, run, n, end, lambda t, ok: lines.append((t, ok)))
+    except Exception as exc:  # never changes the run's outcome
+        lines.append((f"notifications not sent: {type(exc).__name__}: {exc}", False))
     for text, ok in lines:
         yield DagsterEvent.engine_event(
             job_context, text if ok else f"Warning: {text}", EngineEventData()
@@ -306,26 +327,25 @@ def watchdog_env(job_context: Any) -> dict[str, str]:
     return {NOTIFY_VAR: json.dumps({"flow": flow, "notifications": asdict(n)})}
 
 
-def announce_lost_run(instance: DagsterInstance, run_id: str, reason: str) -> None:
-    """The watchdog's announcement of a run it failed after its worker died."""
+def announce_lost_run(instance: DagsterInstance, run: DagsterRun, reason: str) -> None:
+    """The watchdog's announcement of a run whose worker died: called just before it fails
+    the run (so the run-status sensor, which waits for FAILURE, finds it told), or after
+    another reader failed it first."""
     from dagster import DagsterRunStatus
 
     text = os.environ.get(NOTIFY_VAR)
-    run = instance.get_run_by_id(run_id)
-    if not text or run is None or run.status != DagsterRunStatus.FAILURE:
+    if not text or run.status in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED):
         return
-    spec = json.loads(text)
-    n = Notifications(**spec["notifications"])
     lines: list[str] = []
-    notify(
-        instance,
-        run,
-        n,
-        run_end_of(run, spec["flow"], False, reason),
-        lambda t, ok: lines.append(t),
-    )
-    for line in lines:
-        instance.report_engine_event(line, run)
+    try:
+        spec = json.loads(text)
+        n = Notifications(**spec["notifications"])
+        end = run_end_of(run, spec["flow"], False, run.tags.get(TAG_ERROR) or reason)
+        notify(instance, run, n, end, lambda t, ok: lines.append(t))
+        for line in lines:
+            instance.report_engine_event(line, run)
+    except Exception:  # the watchdog's own duties (ending the run) come first
+        pass
 
 
 def notify_from_sensor(context: Any, flow: str, n: Notifications | None, successful: bool) -> None:
@@ -342,7 +362,7 @@ def notify_from_sensor(context: Any, flow: str, n: Notifications | None, success
     def log(text: str, ok: bool) -> None:
         (context.log.info if ok else context.log.warning)(text)
 
-    notify(context.instance, run, n, end, log)
+    notify(context.instance, run, n, end, log)  # an error fails the tick: tried again
 
 
 __all__ = [

@@ -81,16 +81,23 @@ def after_death(identity_tag: str, run_id: str, instance_ref: str) -> None:
         run = instance.get_run_by_id(run_id)
         if run is None:
             return
-        if end_lost_run(instance, run, identity):
+        from .notify import announce_lost_run
+
+        def announce(failing: Any, why: str) -> None:
+            announce_lost_run(instance, failing, why)
+
+        if end_lost_run(instance, run, identity, announce):
             instance.report_engine_event(
                 f"run worker lost (pid {identity.pid}); its step processes were stopped; "
                 "dagster-daemon's run monitoring will resume the run with a new worker",
                 run,
             )
-        else:
-            from .notify import announce_lost_run
-
-            announce_lost_run(instance, run_id, f"{LOST}: {lost_message(run, identity)}")
+            return
+        # failed by another reader first (`trigger --wait`, `status`): announced here,
+        # unless it was told already
+        ended = instance.get_run_by_id(run_id)
+        if ended is not None and ended.status.value == "FAILURE":
+            announce_lost_run(instance, ended, f"{LOST}: {lost_message(ended, identity)}")
 
 
 def main(argv: list[str]) -> int:

@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -245,12 +245,18 @@ def lost_message(run: DagsterRun, identity: WorkerIdentity) -> str:
     )
 
 
-def end_lost_run(instance: DagsterInstance, run: DagsterRun, identity: WorkerIdentity) -> bool:
+def end_lost_run(
+    instance: DagsterInstance,
+    run: DagsterRun,
+    identity: WorkerIdentity,
+    before_failing: Callable[[DagsterRun, str], None] | None = None,
+) -> bool:
     """After the worker `identity` died: stop what it left on this host, then end its run
     (CANCELED if termination was asked, else FAILURE, with an engine event saying why)
     unless it has ended or the daemon will resume it. True when a resume is expected.
     The processes go first, so no task succeeds in a run declared dead, and none runs
-    beside the attempts of a resumed worker."""
+    beside the attempts of a resumed worker. `before_failing(run, why)` runs just before
+    the run is failed (the watchdog's notifications)."""
     from dagster import DagsterRunStatus
 
     if identity.local:  # elsewhere, that host's watchdog stops them
@@ -265,6 +271,8 @@ def end_lost_run(instance: DagsterInstance, run: DagsterRun, identity: WorkerIde
         instance.report_run_canceled(fresh, message=message)
     else:
         instance.report_engine_event(message, fresh)
+        if before_failing is not None:
+            before_failing(fresh, message)
         instance.report_run_failed(fresh, message=message)
     return False
 

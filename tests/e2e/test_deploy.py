@@ -208,7 +208,7 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(
     assert alert["routing_key"] == "routing-key-1" and alert["dedup_key"] == f"DeployFlow/{origin}"
     assert alert["payload"]["custom_details"]["Error"] == reason
     failed_run = _dagster_run_of(workspace, origin)
-    assert failed_run.tags[".dagster/metaflow-notified"] == "pager_duty"
+    assert failed_run.tags[".dagster/metaflow-notified"] == f"{failed_run.run_id}:failed:pager_duty"
     # bookkeeping tags are hidden from the UI (Dagster's `.dagster/` prefix); what it shows:
     from dagster._core.storage.tags import TagType, get_tag_type
 

@@ -429,7 +429,7 @@ def test_the_daemon_announces_a_run_nobody_else_could_and_no_run_twice(workspace
             assert headers["Authorization"] == "Bearer secret-1"
             assert alert["title"] == "Flow FaultFlow has failed." and alert["deduplication_key"] == f"FaultFlow/{mf_run}"
             assert alert["metadata"]["team"] == "ml" and alert["metadata"]["run_status"] == "failed"
-            assert _run(ws, run_id).tags[".dagster/metaflow-notified"] == "incident_io"
+            assert _run(ws, run_id).tags[".dagster/metaflow-notified"] == f"{run_id}:failed:incident_io"
             out = ws.metaflow("dagster", "describe").stdout
             assert "notify:      on error and success: incident.io (FaultFlow_notify_on_error: RUNNING" in out, out
             assert "events out:  metaflow.FaultFlow.end when a run succeeds" in out, out

@@ -85,6 +85,8 @@ def test_resolvers_accept(resolver: Any, field: str, value: Any, expected: Any) 
         (component._notify, "notify", {"on_error": True}, "need a service"),
         (component._notify, "notify", {"on_eror": True}, "unknown notification option"),
         (component._notify, "notify", ["x"], "expected a mapping"),
+        (component._notify, "notify", {"on_error": True, "slack_webhook_url": "https://hooks/x"}, "slack_webhook_url: give env:NAME"),
+        (component._notify, "notify", {"on_error": "maybe", "slack_webhook_url": "env:X"}, "expected true or false"),
     ],
 )
 def test_resolvers_refuse_in_one_line_naming_the_attribute(

@@ -117,13 +117,25 @@ def test_each_service_is_told_once_and_a_failed_one_is_tried_again(monkeypatch: 
         lines: list[tuple[str, bool]] = []
         assert notify(instance, run, n, FAILED, lambda t, ok: lines.append((t, ok))) == ["pager_duty"]
         assert ("notification of MyFlow/dagster-0123456789ab (failed) not sent: Slack: HTTP 500 Internal Server Error", False) in lines
-        assert instance.get_run_by_id(run.run_id).tags[TAG_NOTIFIED] == "pager_duty"
+        assert instance.get_run_by_id(run.run_id).tags[TAG_NOTIFIED] == f"{run.run_id}:failed:pager_duty"
         # the next sender (the daemon's sensor) tries Slack again, not PagerDuty
         monkeypatch.setenv("SLACK_HOOK", good.url + "/slack")
         assert notify(instance, run, n, FAILED) == ["slack"]
         assert notify(instance, run, n, FAILED) == []
-        assert good.paths() == ["/pd/v2/enqueue", "/slack"] and bad.paths() == ["/slack"]
-        assert instance.get_run_by_id(run.run_id).tags[TAG_NOTIFIED] == "pager_duty,slack"
+        assert good.paths()[:2] == ["/pd/v2/enqueue", "/slack"] and bad.paths() == ["/slack"]
+        assert instance.get_run_by_id(run.run_id).tags[TAG_NOTIFIED] == f"{run.run_id}:failed:pager_duty,slack"
+        # another outcome of the same run is news; a child run inheriting the tag is too
+        n_both = Notifications(on_error=True, on_success=True, pager_duty_integration_key="rk")
+        assert notify(instance, run, n_both, SUCCEEDED) == ["pager_duty"]
+        child = instance.add_run(
+            DagsterRun(job_name="j", run_id="21234567-89ab-cdef-0123-456789abcdef", tags={TAG_NOTIFIED: f"{run.run_id}:failed:pager_duty"})
+        )
+        assert notify(instance, child, n, FAILED) == ["slack", "pager_duty"]
+        # a malformed URL is a warning naming the service, never the URL (a secret)
+        lines.clear()
+        odd = instance.add_run(DagsterRun(job_name="j", run_id="31234567-89ab-cdef-0123-456789abcdef"))
+        notify(instance, odd, Notifications(on_error=True, slack_webhook_url="htp:/secret-hook"), FAILED, lambda t, ok: lines.append((t, ok)))
+        assert lines and "Slack: " in lines[0][0] and "secret-hook" not in lines[0][0], lines
         # a secret named by env: that is not set is said, not sent
         monkeypatch.delenv("SLACK_HOOK")
         other = instance.add_run(DagsterRun(job_name="j", run_id="11234567-89ab-cdef-0123-456789abcdef"))
