@@ -191,7 +191,7 @@ def terminate(instance: DagsterInstance, run_id: str, wait: float = 15.0) -> boo
 
 def error_of(run: DagsterRun | None) -> str | None:
     """Why a run failed, as its run worker recorded it (runtime/failures.py)."""
-    return run.tags.get(TAG_ERROR) if run is not None else None
+    return (run.tags.get(TAG_ERROR) or None) if run is not None else None
 
 
 def timed_out(run: DagsterRun) -> bool:

@@ -158,9 +158,25 @@ def record_self(instance: DagsterInstance, run_id: str) -> WorkerIdentity | None
     me = WorkerIdentity.of(os.getpid())
     if me is None:
         return None
-    instance.add_run_tags(run_id, {TAG_WORKER: me.tag()})
+    instance.add_run_tags(run_id, {TAG_WORKER: me.tag(), **_inherited_outcome(instance, run_id)})
     os.environ[WORKER_VAR] = me.tag()
     return me
+
+
+def _inherited_outcome(instance: DagsterInstance, run_id: str) -> dict[str, str]:
+    """A re-executed run starts with its parent's tags, the parent's error among them:
+    blanked, so `status`, `list-runs --timed-out` and the UI speak of this run."""
+    from .failures import TAG_ERROR, TAG_TIMED_OUT
+
+    run = instance.get_run_by_id(run_id)
+    parent = instance.get_run_by_id(run.parent_run_id) if run and run.parent_run_id else None
+    if run is None or parent is None:
+        return {}
+    return {
+        key: ""
+        for key in (TAG_ERROR, TAG_TIMED_OUT)
+        if run.tags.get(key) and run.tags.get(key) == parent.tags.get(key)
+    }
 
 
 def orphans(identity: WorkerIdentity, exclude: Iterable[int] = ()) -> list[psutil.Process]:

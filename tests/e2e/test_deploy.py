@@ -274,13 +274,17 @@ def test_resume_clones_successful_tasks_and_leaves_origin_alone(
 
 @pytest.mark.flow("deploy_flow.py")
 @pytest.mark.parametrize("chunks", [False, True], ids=["per-task", "chunked"])
-def test_dagster_reexecution_from_failure_is_a_new_metaflow_run(workspace: Workspace, chunks: bool) -> None:
+def test_dagster_reexecution_from_failure_is_a_new_metaflow_run(
+    workspace: Workspace, chunks: bool, hooks: tuple[WebhookServer, WebhookServer]
+) -> None:
     """What the UI's "Re-execute from failure" does, through Dagster's Python API. Chunked
     (two tasks a chunk): the failed chunk op `chunk_body[tasks_2_to_2]` is re-executed, the
-    tasks of the chunk that succeeded are cloned, as with one op per task."""
+    tasks of the chunk that succeeded are cloned, as with one op per task. The child run
+    inherits its parent's tags, not its error nor its announcement."""
+    good, _broken = hooks
     env = chunked_env(2) if chunks else {}
     (workspace.dir / "fail-3").write_text("")
-    out = workspace.compile()
+    out = workspace.compile("--notify-on-error", "--notify-on-success", "--notify-pager-duty-integration-key", "env:PD_KEY")
     workspace.metaflow("dagster", "trigger", "--marker-dir", str(workspace.dir), "--run-id-file", "first", **env)
     origin = (workspace.dir / "first").read_text()
     parent = _wait_finished(workspace, _dagster_run_of(workspace, origin).run_id)
@@ -294,7 +298,9 @@ from dagster import DagsterInstance, ReexecutionOptions, execute_job
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 job = ReconstructableRepository.for_file({str(out)!r}, "defs").get_reconstructable_job("DeployFlow")
 with DagsterInstance.from_config({str(workspace.dagster_home)!r}) as instance:
-    res = execute_job(job, instance, reexecution_options=ReexecutionOptions.from_failure({parent.run_id!r}, instance))
+    # the UI's re-execution copies the parent's tags (use_parent_run_tags): ours among them
+    tags = {{k: v for k, v in instance.get_run_by_id({parent.run_id!r}).tags.items() if "metaflow" in k}}
+    res = execute_job(job, instance, tags=tags, reexecution_options=ReexecutionOptions.from_failure({parent.run_id!r}, instance))
     print("RUN", res.run_id, res.success)
 """
     res = workspace.run(sys.executable, "-c", code, **env)
@@ -315,6 +321,14 @@ with DagsterInstance.from_config({str(workspace.dagster_home)!r}) as instance:
     assert _materialized_run(workspace) == child  # so does a re-execution
     if chunks:
         assert "chunk_body[tasks_2_to_2]" in workspace.step_keys(child_id, "STEP_SUCCESS")
+    with _instance(workspace) as instance:
+        child_run = instance.get_run_by_id(child_id)
+    assert parent.tags["dagster-metaflow/error"] and child_run.tags["dagster-metaflow/error"] == ""
+    status = workspace.metaflow("dagster", "status", "--run-id", metaflow_run_id(child_id))
+    assert "SUCCEEDED" in status.stdout and "Error:" not in status.stdout + status.stderr
+    # the parent's failure and the child's success, each announced once
+    assert [b["payload"]["source"] for _p, _h, b in good.received] == [f"DeployFlow/{origin}", child]
+    assert good.paths() == ["/pagerduty/v2/enqueue", "/pagerduty/v2/change/enqueue"]
 
 
 @pytest.mark.flow("deploy_flow.py")

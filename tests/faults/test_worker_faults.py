@@ -423,7 +423,7 @@ def test_the_daemon_announces_a_run_nobody_else_could_and_no_run_twice(workspace
             # the daemon's health check stopped what the dead worker had started
             assert survivors(pids, within=5) == [], "the lost worker's steps were left running"
             wait_for("the failure's notification", lambda: hooks.received, 60)
-            time.sleep(12)  # another tick of the sensor: still one message
+            _sensor_ticked(ws, "FaultFlow_notify_on_error", after=time.time())  # still one message
             assert hooks.paths() == ["/incident/v2/alert_events/http/SRC1"], hooks.received
             _path, headers, alert = hooks.received[0]
             assert headers["Authorization"] == "Bearer secret-1"
@@ -439,7 +439,23 @@ def test_the_daemon_announces_a_run_nobody_else_could_and_no_run_twice(workspace
             ok_run = wait_for("the run id", lambda: (ws.dir / "ok").read_text().strip(), 30)
             ok = wait_for("the second run to end", lambda: _finished(ws, _dagster_run_id(ws, ok_run)), 150)
             assert ok.status.value == "SUCCESS"
-            time.sleep(15)  # the success sensor ticks (every 10 s) after the run's end
+            _sensor_ticked(ws, "FaultFlow_notify_on_success", after=time.time())
             assert len(hooks.received) == 2, hooks.received
             assert hooks.received[1][2]["title"] == "Flow FaultFlow has succeeded."
             assert hooks.received[1][2]["deduplication_key"] == f"FaultFlow/{ok_run}"
+
+
+def _sensor_ticked(ws: Workspace, name: str, after: float, timeout: float = 60) -> None:
+    """Until the daemon has finished a tick of the sensor `name` that started after `after`."""
+    from dagster._core.scheduler.instigation import TickStatus
+
+    def ticked() -> bool:
+        with _instance(ws) as instance:
+            for state in instance.all_instigator_state():
+                if state.name == name:
+                    done = [TickStatus.SUCCESS, TickStatus.SKIPPED, TickStatus.FAILURE]
+                    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, after=after, statuses=done)
+                    return bool(ticks)
+        return False
+
+    wait_for(f"a tick of {name}", ticked, timeout)
