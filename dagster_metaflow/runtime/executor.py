@@ -364,9 +364,12 @@ class _ThreadedRun:
             yield from run_exit_hooks(self.job_context, successful=False)
             if self.timed_out:
                 why = f"run exceeded its workflow timeout of {self.workflow_timeout:g} seconds"
-                self.job_context.instance.add_run_tags(
-                    self.job_context.run_id, {TAG_ERROR: why, TAG_TIMED_OUT: "true"}
-                )
+                try:
+                    self.job_context.instance.add_run_tags(
+                        self.job_context.run_id, {TAG_ERROR: why, TAG_TIMED_OUT: "true"}
+                    )
+                except Exception:  # the interruption below says it all the same
+                    pass
                 yield from announce_run_end(self.job_context, False, why)
                 raise DagsterExecutionInterruptedError(
                     f"Run exceeded its workflow timeout of {self.workflow_timeout:g} seconds"

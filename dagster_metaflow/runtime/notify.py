@@ -180,10 +180,10 @@ def incident_io_alert(end: RunEnd, metadata: Mapping[str, str]) -> dict[str, Any
 
 def _post(url: str, body: Mapping[str, Any], headers: Mapping[str, str], what: str) -> None:
     data = json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method="POST", headers={"Content-Type": "application/json", **headers}
-    )
     try:
+        request = urllib.request.Request(
+            url, data=data, method="POST", headers={"Content-Type": "application/json", **headers}
+        )
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
             response.read()
     except urllib.error.HTTPError as exc:
@@ -266,6 +266,10 @@ def notify(
             send(service, end, n)
         except NotificationError as exc:
             log(f"notification of {end.pathspec} ({end.outcome}) not sent: {exc}", False)
+            continue
+        except Exception as exc:  # never the message: it might quote a secret
+            what = f"{service}: {type(exc).__name__}"
+            log(f"notification of {end.pathspec} ({end.outcome}) not sent: {what}", False)
             continue
         done.append(service)
         reached.append(service)

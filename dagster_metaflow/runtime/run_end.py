@@ -44,7 +44,10 @@ def finish_run(
     the exit hooks, then the safety net on `end`."""
     successful = not outcome.failed and _end_op_succeeded(job_context, outcome.succeeded)
     if outcome.reason:  # kept on the run: status, trigger --wait, the Deployer, the UI
-        job_context.instance.add_run_tags(job_context.run_id, {TAG_ERROR: outcome.reason})
+        try:
+            job_context.instance.add_run_tags(job_context.run_id, {TAG_ERROR: outcome.reason})
+        except Exception:  # the run's own failure says it all the same
+            pass
     yield from run_exit_hooks(job_context, successful)
     if successful:
         yield from emit_run_finished(job_context)

@@ -83,7 +83,10 @@ def after_death(identity_tag: str, run_id: str, instance_ref: str) -> None:
             return
         from .notify import announce_lost_run
 
+        announced = []
+
         def announce(failing: Any, why: str) -> None:
+            announced.append(True)
             announce_lost_run(instance, failing, why)
 
         if end_lost_run(instance, run, identity, announce):
@@ -95,7 +98,7 @@ def after_death(identity_tag: str, run_id: str, instance_ref: str) -> None:
             return
         # failed by another reader first (`trigger --wait`, `status`): announced here,
         # unless it was told already
-        ended = instance.get_run_by_id(run_id)
+        ended = None if announced else instance.get_run_by_id(run_id)
         if ended is not None and ended.status.value == "FAILURE":
             announce_lost_run(instance, ended, f"{LOST}: {lost_message(ended, identity)}")
 

@@ -158,25 +158,25 @@ def record_self(instance: DagsterInstance, run_id: str) -> WorkerIdentity | None
     me = WorkerIdentity.of(os.getpid())
     if me is None:
         return None
-    instance.add_run_tags(run_id, {TAG_WORKER: me.tag(), **_inherited_outcome(instance, run_id)})
+    fresh = {} if os.environ.get(RECOVERING_VAR) else _inherited_outcome(instance, run_id)
+    instance.add_run_tags(run_id, {TAG_WORKER: me.tag(), **fresh})
     os.environ[WORKER_VAR] = me.tag()
     return me
 
 
 def _inherited_outcome(instance: DagsterInstance, run_id: str) -> dict[str, str]:
     """A re-executed run starts with its parent's tags, the parent's error among them:
-    blanked, so `status`, `list-runs --timed-out` and the UI speak of this run."""
+    blanked when its first worker starts (only a worker writes them, at the run's end), so
+    `status`, `list-runs --timed-out` and the UI speak of this run."""
     from .failures import TAG_ERROR, TAG_TIMED_OUT
 
-    run = instance.get_run_by_id(run_id)
-    parent = instance.get_run_by_id(run.parent_run_id) if run and run.parent_run_id else None
-    if run is None or parent is None:
+    try:
+        run = instance.get_run_by_id(run_id)
+    except Exception:  # a worker starts all the same
         return {}
-    return {
-        key: ""
-        for key in (TAG_ERROR, TAG_TIMED_OUT)
-        if run.tags.get(key) and run.tags.get(key) == parent.tags.get(key)
-    }
+    if run is None or not run.parent_run_id:
+        return {}
+    return {key: "" for key in (TAG_ERROR, TAG_TIMED_OUT) if run.tags.get(key)}
 
 
 def orphans(identity: WorkerIdentity, exclude: Iterable[int] = ()) -> list[psutil.Process]:

@@ -133,9 +133,12 @@ def test_each_service_is_told_once_and_a_failed_one_is_tried_again(monkeypatch: 
         assert notify(instance, child, n, FAILED) == ["slack", "pager_duty"]
         # a malformed URL is a warning naming the service, never the URL (a secret)
         lines.clear()
-        odd = instance.add_run(DagsterRun(job_name="j", run_id="31234567-89ab-cdef-0123-456789abcdef"))
-        notify(instance, odd, Notifications(on_error=True, slack_webhook_url="htp:/secret-hook"), FAILED, lambda t, ok: lines.append((t, ok)))
-        assert lines and "Slack: " in lines[0][0] and "secret-hook" not in lines[0][0], lines
+        for i, url in enumerate(("htp:/secret-hook", "hooks.slack.com/secret-hook", "http://[secret-hook")):
+            odd = instance.add_run(DagsterRun(job_name="j", run_id=f"3123456{i}-89ab-cdef-0123-456789abcdef"))
+            lines.clear()
+            n_odd = Notifications(on_error=True, slack_webhook_url=url, pager_duty_integration_key="rk")
+            assert notify(instance, odd, n_odd, FAILED, lambda t, ok: lines.append((t, ok))) == ["pager_duty"]
+            assert "Slack: " in lines[0][0] and "secret-hook" not in str(lines), lines
         # a secret named by env: that is not set is said, not sent
         monkeypatch.delenv("SLACK_HOOK")
         other = instance.add_run(DagsterRun(job_name="j", run_id="11234567-89ab-cdef-0123-456789abcdef"))
