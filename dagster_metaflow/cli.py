@@ -398,6 +398,15 @@ def _drift_notice(obj: Any, dep: Any) -> None:
     from .runtime.package import file_fingerprint
 
     script = obj.flow.script_name
+    deployed_from = os.path.realpath(dep.flow_file) if dep.flow_file else None
+    if deployed_from and deployed_from != os.path.realpath(sys.argv[0]):
+        # another file (same flow name and job name) replaced this file's deployment
+        obj.echo(
+            f"Deployment {dep.name} was created from {dep.flow_file}, not {script}: this run "
+            f"runs that file's code (to deploy {script}: python {script} dagster create).",
+            err=True,
+        )
+        return
     try:
         changed = (
             bool(dep.flow_fingerprint) and file_fingerprint(sys.argv[0]) != dep.flow_fingerprint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from conftest import Workspace, short_key
@@ -85,6 +86,11 @@ def test_deployment_runs_the_code_it_was_compiled_from(workspace: Workspace) -> 
     assert run.code is not None
     flowspec = run.code.flowspec
     assert (flowspec.decode() if isinstance(flowspec, bytes) else flowspec) == original
+    # a copy of the flow under another file name (same flow, so the same deployment): its
+    # trigger says which file the deployment runs
+    (workspace.dir / "copy_flow.py").write_text(original)
+    res = workspace.run(sys.executable, "copy_flow.py", "dagster", "trigger")
+    assert f"Deployment LinearFlow was created from {workspace.flow}, not copy_flow.py" in res.stderr, res.stderr[-2000:]
     # the flow file is gone: the deployment still runs (trigger needs no flow file either
     # through the Deployer; here the run is started with `dagster job execute`)
     workspace.flow.unlink()
