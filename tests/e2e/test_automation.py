@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import BIN, FLOWS, Workspace, short_key, wait_for
+from services import WebhookServer
 
 from dagster_metaflow.runtime import metaflow_run_id
 
@@ -137,8 +138,16 @@ def test_daemon_runs_schedules_events_and_upstream_finishes(workspace: Workspace
 @pytest.mark.flow("exit_hook_flow.py")
 @pytest.mark.parametrize("executor", ["threads", "multiprocess"])
 def test_exit_hooks_run_once_after_success_failure_and_termination(workspace: Workspace, executor: str) -> None:
-    # ours runs hooks itself; Dagster's executors through with_metaflow_run_end
-    workspace.compile("--executor", executor)
+    """...and the notifications, once each for the success and the failure, none for the
+    termination (ours announces itself; Dagster's executors through with_metaflow_run_end)."""
+    hooks_server = WebhookServer()
+    with hooks_server:
+        _exit_hooks_and_notifications(workspace, executor, hooks_server)
+
+
+def _exit_hooks_and_notifications(workspace: Workspace, executor: str, server: WebhookServer) -> None:
+    slack = ("--notify-on-error", "--notify-on-success", "--notify-slack-webhook-url", server.url + "/slack")
+    workspace.compile("--executor", executor, *slack)
     ok = workspace.metaflow("dagster", "trigger", "--wait", "--run-id-file", "ok")
     failed = workspace.metaflow("dagster", "trigger", "--fail", "true", "--wait", "--run-id-file", "failed", check=False)
     assert ok.returncode == 0 and failed.returncode != 0
@@ -159,6 +168,11 @@ def test_exit_hooks_run_once_after_success_failure_and_termination(workspace: Wo
         run = next(r for r in instance.get_runs() if metaflow_run_id(r.run_id) == ok_id)
         messages = [e.message for e in instance.all_logs(run.run_id) if e.message]
     assert any("@exit_hook on_ok (on_success) ran" in m and "hook success saw" in m for m in messages)
+    texts = sorted(body["text"] for _p, _h, body in server.received)
+    flow = run.tags["metaflow/flow"]
+    assert texts == sorted(
+        [f":white_check_mark: Metaflow run _{flow}/{ok_id}_ succeeded!", f":rotating_light: Metaflow run _{flow}/{failed_id}_ failed!"]
+    ), texts
 
 
 @pytest.mark.flow("card_flow.py")
