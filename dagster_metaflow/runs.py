@@ -24,6 +24,7 @@ from . import naming
 from .deployments import Deployment
 from .errors import DagsterMetaflowException
 from .runtime.failures import TAG_ERROR, TAG_TIMED_OUT, failure_reason
+from .runtime.ids import UI_URL_VAR, run_page_url
 from .runtime.prepare import TAG_DEPLOYMENT
 from .runtime.worker import settle
 
@@ -289,14 +290,7 @@ def run_line(instance: DagsterInstance, flow_name: str, run: DagsterRun) -> str:
     return f"{pathspec:<40} {status_name(run) or '-':<10} {started:<19}  {took:>9}  {run.run_id}"
 
 
-UI_URL_VAR = "DAGSTER_METAFLOW_UI_URL"  # where the instance's Dagster UI is served
-
-
-def ui_url(run_id: str) -> str | None:
-    """The run's page in the Dagster UI at $DAGSTER_METAFLOW_UI_URL; None when it is not set
-    (as Argo's `argo_ui` without its UI URL): a guessed host and port may point nowhere."""
-    base = os.environ.get(UI_URL_VAR, "").strip().rstrip("/")
-    return f"{base}/runs/{run_id}" if base else None
+ui_url = run_page_url  # the run's page, when $DAGSTER_METAFLOW_UI_URL says where the UI is
 
 
 def where_to_see(instance: DagsterInstance, run_id: str) -> str:

@@ -1,11 +1,13 @@
 """The ids every part of the runtime agrees on: Metaflow run and task ids, where a task id
 places its task (foreach index path, unbounded-foreach control), and not-taken markers.
 
-No Dagster, no Metaflow: pure functions of strings, shared by the ops, resume and the CLI.
+No Dagster, no Metaflow: functions of strings (and of $DAGSTER_METAFLOW_UI_URL, for a run's
+page), shared by the ops, resume, notifications and the CLI.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .. import naming
@@ -23,6 +25,16 @@ task_id_for = naming.task_id_for
 def metaflow_run_id(dagster_run_id: str) -> str:
     """Deterministic Metaflow run id for a Dagster run: every op and retry agrees on it."""
     return "dagster-" + dagster_run_id.replace("-", "")[:12]
+
+
+UI_URL_VAR = "DAGSTER_METAFLOW_UI_URL"  # where the instance's Dagster UI is served
+
+
+def run_page_url(dagster_run_id: str) -> str | None:
+    """The run's page in the Dagster UI at $DAGSTER_METAFLOW_UI_URL; None when it is not set
+    (as Argo's `argo_ui` without its UI URL): a guessed host and port may point nowhere."""
+    base = os.environ.get(UI_URL_VAR, "").strip().rstrip("/")
+    return f"{base}/runs/{dagster_run_id}" if base else None
 
 
 def params_pathspec(run_id: str) -> str:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..notifications import Notifications
 from .failures import TAG_ERROR
+from .ids import run_page_url
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 TAG_NOTIFIED = ".dagster/metaflow-notified"  # services told of this run's end, comma-separated
 PAGER_DUTY_URL_VAR = "DAGSTER_METAFLOW_PAGERDUTY_URL"  # default https://events.pagerduty.com
 INCIDENT_IO_URL_VAR = "DAGSTER_METAFLOW_INCIDENT_IO_URL"  # default https://api.incident.io
-UI_URL_VAR = "DAGSTER_METAFLOW_UI_URL"  # where the instance's Dagster UI is served
 NOTIFY_VAR = "DAGSTER_METAFLOW_NOTIFY"  # the notifications, JSON, for the worker's watchdog
 TIMEOUT = 10.0  # seconds per request
 
@@ -65,9 +65,9 @@ class RunEnd:
     def links(self) -> list[tuple[str, str]]:
         """(text, url) of the run's pages that are configured: never a guessed URL."""
         out = []
-        dagster_ui = os.environ.get(UI_URL_VAR, "").strip().rstrip("/")
+        dagster_ui = run_page_url(self.dagster_run_id)
         if dagster_ui:
-            out.append(("Dagster UI", f"{dagster_ui}/runs/{self.dagster_run_id}"))
+            out.append(("Dagster UI", dagster_ui))
         metaflow_ui = _metaflow_ui_url()
         if metaflow_ui:
             out.append(("Metaflow UI", f"{metaflow_ui}/{self.flow}/{self.run_id}"))

@@ -13,6 +13,7 @@ from typing import Any
 
 from dagster import OpExecutionContext
 
+from .ids import run_page_url
 from .supervise import ProcessResult, StepControl, current_control, run_supervised
 from .zygote import spawn_step_process
 
@@ -92,7 +93,7 @@ def dagster_env(context: OpExecutionContext) -> dict[str, str]:
     triggers = context.run.tags.get("dagster-metaflow/triggers")
     if triggers:  # the events that started this run: `current.trigger` (dagster_internal)
         env["DAGSTER_METAFLOW_TRIGGERS"] = triggers
-    base = os.environ.get("DAGSTER_METAFLOW_UI_URL")
-    if base:
-        env["DAGSTER_METAFLOW_RUN_URL"] = f"{base.rstrip('/')}/runs/{context.run_id}"
+    page = run_page_url(context.run_id)
+    if page:
+        env["DAGSTER_METAFLOW_RUN_URL"] = page
     return env
