@@ -67,11 +67,14 @@ def test_chunked_foreach_matches_native_task_by_task(workspace: Workspace) -> No
 
 @pytest.mark.flow("chunked_flow.py")
 def test_chunked_task_failure_names_the_task_and_stops_its_chunk(workspace: Workspace) -> None:
+    """Through plain `flow.py step` processes (DAGSTER_METAFLOW_FORK=0): the chunk op's
+    other path (the catalogue and the test above run chunks forked from the zygote)."""
     from metaflow import Run
 
     ws = workspace
     ws.compile()
-    res = ws.metaflow("dagster", "trigger", "--wait", "--fail_at", "4", check=False, **CHUNKED)
+    plain = {**CHUNKED, "DAGSTER_METAFLOW_FORK": "0"}
+    res = ws.metaflow("dagster", "trigger", "--wait", "--fail_at", "4", check=False, **plain)
     assert res.returncode != 0
     run = ws.last_dagster_run()
     mf_run = metaflow_run_id(run.run_id)
