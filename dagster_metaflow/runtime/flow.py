@@ -33,7 +33,7 @@ from .taskstore import TaskStore
 from .transitions import Transitions
 from .zygote import POOL, fork_enabled
 
-__all__ = ["MetaflowFlow", "flow_of_job", "warm_up_flows"]
+__all__ = ["MetaflowFlow", "flow_of_context", "flow_of_job", "warm_up_flows"]
 
 _LIVE_FLOWS: list[MetaflowFlow] = []
 
@@ -55,6 +55,15 @@ def flow_of_job(job_def: Any) -> MetaflowFlow | None:
     name = job_def.tags.get("metaflow/flow")
     matches = [f for f in _LIVE_FLOWS if f.name == name and f.job_name is None]
     return matches[-1] if matches else None
+
+
+def flow_of_context(context: Any) -> MetaflowFlow | None:
+    """The compiled flow of the job a run's execution context runs; None when there is none
+    or the job cannot be read (the run's end duties then have nothing to do)."""
+    try:
+        return flow_of_job(context.job.get_definition())
+    except Exception:
+        return None
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,7 @@ def send(service: str, end: RunEnd, n: Notifications) -> None:
 def run_end_of(run: DagsterRun, flow: str, successful: bool, reason: str | None = None) -> RunEnd:
     """The message's facts from the Dagster run (its tags keep the project and the error)."""
     from .ids import metaflow_run_id
+    from .sensors import TAG_BRANCH, TAG_PROJECT
 
     return RunEnd(
         flow=flow,
@@ -226,8 +227,8 @@ def run_end_of(run: DagsterRun, flow: str, successful: bool, reason: str | None 
         dagster_run_id=run.run_id,
         successful=successful,
         reason=reason or (None if successful else run.tags.get(TAG_ERROR)),
-        project=run.tags.get("metaflow/project"),
-        branch=run.tags.get("metaflow/branch"),
+        project=run.tags.get(TAG_PROJECT),
+        branch=run.tags.get(TAG_BRANCH),
     )
 
 
@@ -312,12 +313,9 @@ def announce_run_end(job_context: Any, successful: bool, reason: str | None) -> 
 
 
 def _settings_of(job_context: Any) -> tuple[Notifications | None, str]:
-    from .flow import flow_of_job
+    from .flow import flow_of_context
 
-    try:
-        flow = flow_of_job(job_context.job.get_definition())
-    except Exception:
-        flow = None
+    flow = flow_of_context(job_context)
     if flow is None or flow.notifications is None:
         return None, ""
     return flow.notifications, flow.name

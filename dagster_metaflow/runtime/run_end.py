@@ -75,13 +75,10 @@ def _end_op_succeeded(job_context: RunContext, succeeded: set[str]) -> bool:
 def run_exit_hooks(job_context: RunContext, successful: bool) -> Iterator[DagsterEvent]:
     """@exit_hook: the flow's on_success or on_error functions, once, when the run ends
     (failed steps and termination included), each as Metaflow runs it; output in the run's log."""
-    from .flow import flow_of_job
+    from .flow import flow_of_context
     from .ids import metaflow_run_id
 
-    try:
-        flow = flow_of_job(job_context.job.get_definition())
-    except Exception:
-        flow = None
+    flow = flow_of_context(job_context)
     if flow is None:
         return
     hooks = flow.exit_hooks_on_success if successful else flow.exit_hooks_on_error
@@ -103,31 +100,32 @@ def run_exit_hooks(job_context: RunContext, successful: bool) -> Iterator[Dagste
 def emit_run_finished(job_context: RunContext) -> Iterator[DagsterEvent]:
     """--auto-emit-events: the run-finished events (as Argo's), before the run's SUCCESS,
     so other deployments' @trigger start on them; a failure to publish is a warning."""
-    from .flow import flow_of_job
+    from .flow import flow_of_context
     from .ids import metaflow_run_id, task_id_for
-    from .sensors import publish_event, run_finished_event_names, run_finished_payload
+    from .sensors import (
+        TAG_BRANCH,
+        TAG_PROJECT,
+        publish_event,
+        run_finished_event_names,
+        run_finished_payload,
+    )
 
-    try:
-        flow = flow_of_job(job_context.job.get_definition())
-    except Exception:
-        flow = None
-    if flow is None or not flow.auto_emit_events:
+    flow = flow_of_context(job_context)
+    # the end step: the one step without transitions
+    end = next((step for step, nxt in flow.transitions.items() if not nxt), None) if flow else None
+    if flow is None or end is None or not flow.auto_emit_events:
         return
-    ends = [step for step, nxt in flow.transitions.items() if not nxt]
     tags = job_context.dagster_run.tags
-    project, branch = tags.get("metaflow/project"), tags.get("metaflow/branch")
-    for end in ends[:1]:
-        run_id = metaflow_run_id(job_context.run_id)
-        payload = run_finished_payload(
-            flow.name, run_id, end, task_id_for(end, None), project, branch
-        )
-        for name in run_finished_event_names(flow.name, end, project, branch):
-            try:
-                publish_event(name, payload, instance=job_context.instance)
-                text = f"Published event {name}"
-            except Exception as exc:  # the run's outcome stands
-                text = f"Warning: event {name} not published: {type(exc).__name__}: {exc}"
-            yield DagsterEvent.engine_event(job_context, text, EngineEventData())
+    project, branch = tags.get(TAG_PROJECT), tags.get(TAG_BRANCH)
+    run_id = metaflow_run_id(job_context.run_id)
+    payload = run_finished_payload(flow.name, run_id, end, task_id_for(end, None), project, branch)
+    for name in run_finished_event_names(flow.name, end, project, branch):
+        try:
+            publish_event(name, payload, instance=job_context.instance)
+            text = f"Published event {name}"
+        except Exception as exc:  # the run's outcome stands
+            text = f"Warning: event {name} not published: {type(exc).__name__}: {exc}"
+        yield DagsterEvent.engine_event(job_context, text, EngineEventData())
 
 
 class MetaflowRunIncomplete(Exception):
