@@ -381,14 +381,9 @@ def create(
 
 def _secrets_note(obj: Any, out_file: str, notifications: Any) -> None:
     """Say that a secret given as is went into the file (`env:NAME` keeps it out)."""
-    if notifications is None:
-        return
-    given = {
-        "Slack webhook URL": notifications.slack_webhook_url,
-        "PagerDuty integration key": notifications.pager_duty_integration_key,
-        "incident.io API key": notifications.incident_io_api_key,
-    }
-    written = [what for what, value in given.items() if value and not value.startswith("env:")]
+    from .notifications import SECRET_NAMES
+
+    written = [SECRET_NAMES[s] for s in (notifications.literal_secrets if notifications else ())]
     if written:
         obj.echo(
             f"Note: the {', '.join(written)} {'is' if len(written) == 1 else 'are'} written "

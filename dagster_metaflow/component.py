@@ -154,7 +154,7 @@ def _notify(ctx: dg.ResolutionContext, value: Any) -> dict[str, Any] | None:
     pager_duty_integration_key, incident_io_api_key, incident_io_alert_source_config_id,
     incident_io_metadata), checked as `create` checks the options."""
     from .errors import CompileError
-    from .notifications import notifications_from_options
+    from .notifications import SECRET_FIELDS, notifications_from_options
 
     value = ctx.resolve_value(value)
     if value is None:
@@ -168,20 +168,18 @@ def _notify(ctx: dg.ResolutionContext, value: Any) -> dict[str, Any] | None:
     for flag in ("on_error", "on_success"):
         if flag in options:
             options[flag] = _bool(ctx, options[flag])
-    for secret in ("slack_webhook_url", "pager_duty_integration_key", "incident_io_api_key"):
-        given = options.get(secret)
-        if given and not str(given).startswith("env:"):
-            raise _fail(
-                ctx,
-                f"{secret}: give env:NAME (read where the message is sent); a value here would "
-                "be written into the cached definitions file and the compile command line",
-            )
     try:
-        notifications_from_options(**options)
+        notifications = notifications_from_options(**options)
     except TypeError as exc:
         raise _fail(ctx, f"unknown notification option: {exc}") from None
     except CompileError as exc:
         raise _fail(ctx, str(exc)) from None
+    for service in notifications.literal_secrets if notifications else ():
+        raise _fail(
+            ctx,
+            f"{SECRET_FIELDS[service]}: give env:NAME (read where the message is sent); a value "
+            "here would be written into the cached definitions file and the compile command line",
+        )
     return options
 
 

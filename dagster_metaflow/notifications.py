@@ -8,6 +8,17 @@ from dataclasses import dataclass, field
 
 SERVICES = ("slack", "pager_duty", "incident_io")
 SERVICE_NAMES = {"slack": "Slack", "pager_duty": "PagerDuty", "incident_io": "incident.io"}
+# each service's secret: the field (and option, without `notify_`) and what `create` calls it
+SECRET_FIELDS = {
+    "slack": "slack_webhook_url",
+    "pager_duty": "pager_duty_integration_key",
+    "incident_io": "incident_io_api_key",
+}
+SECRET_NAMES = {
+    "slack": "Slack webhook URL",
+    "pager_duty": "PagerDuty integration key",
+    "incident_io": "incident.io API key",
+}
 
 
 @dataclass(frozen=True)
@@ -23,10 +34,20 @@ class Notifications:
     incident_io_alert_source_config_id: str | None = None
     incident_io_metadata: Mapping[str, str] = field(default_factory=dict)
 
+    def secret_of(self, service: str) -> str | None:
+        """The service's webhook URL or key, as given (a value, or `env:NAME`)."""
+        value: str | None = getattr(self, SECRET_FIELDS[service])
+        return value
+
     @property
     def services(self) -> tuple[str, ...]:
-        given = (self.slack_webhook_url, self.pager_duty_integration_key, self.incident_io_api_key)
-        return tuple(s for s, value in zip(SERVICES, given, strict=True) if value)
+        """The services given, in SERVICES order."""
+        return tuple(s for s in SERVICES if self.secret_of(s))
+
+    @property
+    def literal_secrets(self) -> tuple[str, ...]:
+        """The services whose secret is given as a value, not `env:NAME`."""
+        return tuple(s for s in self.services if not (self.secret_of(s) or "").startswith("env:"))
 
     def wanted(self, successful: bool) -> bool:
         return bool(self.services) and (self.on_success if successful else self.on_error)
@@ -93,4 +114,11 @@ def _metadata(pairs: Iterable[str]) -> dict[str, str]:
     return out
 
 
-__all__ = ["SERVICES", "SERVICE_NAMES", "Notifications", "notifications_from_options"]
+__all__ = [
+    "SECRET_FIELDS",
+    "SECRET_NAMES",
+    "SERVICES",
+    "SERVICE_NAMES",
+    "Notifications",
+    "notifications_from_options",
+]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..notifications import Notifications
+from ..notifications import SERVICE_NAMES, Notifications
 from .failures import TAG_ERROR
 from .ids import run_page_url
 
@@ -197,23 +197,20 @@ def _post(url: str, body: Mapping[str, Any], headers: Mapping[str, str], what: s
 
 def send(service: str, end: RunEnd, n: Notifications) -> None:
     """Deliver the message of `end` to one service (NotificationError if it failed)."""
+    what = SERVICE_NAMES[service]
+    key = secret(n.secret_of(service) or "", what)  # the Slack webhook's URL, else a key
     if service == "slack":
-        url = secret(n.slack_webhook_url or "", "Slack")
-        _post(url, slack_message(end), {}, "Slack")
+        _post(key, slack_message(end), {}, what)
     elif service == "pager_duty":
-        key = secret(n.pager_duty_integration_key or "", "PagerDuty")
         path, body = pager_duty_event(end, key)
         base = os.environ.get(PAGER_DUTY_URL_VAR) or "https://events.pagerduty.com"
-        _post(base.rstrip("/") + path, body, {}, "PagerDuty")
-    elif service == "incident_io":
-        key = secret(n.incident_io_api_key or "", "incident.io")
+        _post(base.rstrip("/") + path, body, {}, what)
+    else:  # incident_io
         source = n.incident_io_alert_source_config_id or ""
         base = os.environ.get(INCIDENT_IO_URL_VAR) or "https://api.incident.io"
         url = f"{base.rstrip('/')}/v2/alert_events/http/{source}"
         body = incident_io_alert(end, n.incident_io_metadata)
-        _post(url, body, {"Authorization": f"Bearer {key}"}, "incident.io")
-    else:
-        raise ValueError(f"unknown notification service {service!r}")
+        _post(url, body, {"Authorization": f"Bearer {key}"}, what)
 
 
 def run_end_of(run: DagsterRun, flow: str, successful: bool, reason: str | None = None) -> RunEnd:
