@@ -77,7 +77,7 @@ class RunEndExecutor(Executor):
         resumed = bool(getattr(plan_context, "resume_from_failure", False))
         try:
             notice = watchdog_env(plan_context)
-            with watched(plan_context.instance, plan_context.run_id, resumed, notice):
+            with watched(plan_context.instance, plan_context.dagster_run, resumed, notice):
                 for event in self._inner.execute(plan_context, execution_plan):
                     outcome.note(event)
                     yield event

@@ -184,7 +184,9 @@ def threaded_plan_iterator(
     threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
     with ExitStack() as stack:
         stack.enter_context(
-            watched(job_context.instance, job_context.run_id, resumed, watchdog_env(job_context))
+            watched(
+                job_context.instance, job_context.dagster_run, resumed, watchdog_env(job_context)
+            )
         )
         concurrency = stack.enter_context(
             InstanceConcurrencyContext(job_context.instance, job_context.dagster_run)

@@ -153,28 +153,26 @@ class _Heartbeat(threading.Thread):
                 return
 
 
-def record_self(instance: DagsterInstance, run_id: str) -> WorkerIdentity | None:
+def record_self(
+    instance: DagsterInstance, run: DagsterRun, resumed: bool = False
+) -> WorkerIdentity | None:
     """Record this process as the run's worker and export its identity to its children."""
     me = WorkerIdentity.of(os.getpid())
     if me is None:
         return None
-    fresh = {} if os.environ.get(RECOVERING_VAR) else _inherited_outcome(instance, run_id)
-    instance.add_run_tags(run_id, {TAG_WORKER: me.tag(), **fresh})
+    fresh = {} if resumed else _inherited_outcome(run)
+    instance.add_run_tags(run.run_id, {TAG_WORKER: me.tag(), **fresh})
     os.environ[WORKER_VAR] = me.tag()
     return me
 
 
-def _inherited_outcome(instance: DagsterInstance, run_id: str) -> dict[str, str]:
+def _inherited_outcome(run: DagsterRun) -> dict[str, str]:
     """A re-executed run starts with its parent's tags, the parent's error among them:
     blanked when its first worker starts (only a worker writes them, at the run's end), so
     `status`, `list-runs --timed-out` and the UI speak of this run."""
     from .failures import TAG_ERROR, TAG_TIMED_OUT
 
-    try:
-        run = instance.get_run_by_id(run_id)
-    except Exception:  # a worker starts all the same
-        return {}
-    if run is None or not run.parent_run_id:
+    if not run.parent_run_id:
         return {}
     return {key: "" for key in (TAG_ERROR, TAG_TIMED_OUT) if run.tags.get(key)}
 
@@ -329,7 +327,7 @@ __all__ = [
 @contextmanager
 def watched(
     instance: DagsterInstance,
-    run_id: str,
+    run: DagsterRun,
     resumed: bool = False,
     watchdog_env: Mapping[str, str] | None = None,
 ) -> Iterator[None]:
@@ -341,7 +339,8 @@ def watched(
     if instance.is_ephemeral:  # in-process execution (tests): nobody else can see the run
         yield
         return
-    me = record_self(instance, run_id)
+    run_id = run.run_id
+    me = record_self(instance, run, resumed)
     heartbeat = _Heartbeat(instance, run_id)
     heartbeat.start()
     watchdog = None
