@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, naming
 from .errors import CompileError
-from .notifications import Notifications
+from .notifications import Notifications, notify_sensor_name
 
 if TYPE_CHECKING:
     from .deployments import Deployment, ParameterInfo
@@ -442,11 +442,10 @@ def automation_record(ir: FlowIR) -> dict[str, Any]:
         }
     n = ir.notifications
     if n is not None:  # what and whom, never the secrets
-        outcomes = [o for o, on in (("error", n.on_error), ("success", n.on_success)) if on]
         out["notifications"] = {
-            "on": outcomes,
+            "on": list(n.outcomes),
             "services": list(n.services),
-            "sensors": [f"{ir.job_name}_notify_on_{o}" for o in outcomes],
+            "sensors": [notify_sensor_name(ir.job_name, o) for o in n.outcomes],
         }
     if ir.auto_emit_events:
         from .runtime.sensors import run_finished_event_names

@@ -52,6 +52,16 @@ class Notifications:
     def wanted(self, successful: bool) -> bool:
         return bool(self.services) and (self.on_success if successful else self.on_error)
 
+    @property
+    def outcomes(self) -> tuple[str, ...]:
+        """The outcomes announced: "error" (a failed run), "success"."""
+        return tuple(o for o, on in (("error", self.on_error), ("success", self.on_success)) if on)
+
+
+def notify_sensor_name(job_name: str, outcome: str) -> str:
+    """The run-status sensor announcing `outcome` ("error", "success") of the job's runs."""
+    return f"{job_name}_notify_on_{outcome}"
+
 
 def notifications_from_options(
     on_error: bool = False,
@@ -121,4 +131,5 @@ __all__ = [
     "SERVICE_NAMES",
     "Notifications",
     "notifications_from_options",
+    "notify_sensor_name",
 ]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from . import naming
 from .ir import FlowIR, StepIR
-from .notifications import SERVICE_NAMES, Notifications
+from .notifications import SERVICE_NAMES, Notifications, notify_sensor_name
 from .op_specs import (
     DAGSTER,
     RUNTIME,
@@ -530,22 +530,17 @@ class Translator(OpTranslator):
         if n is None:
             return ()
         services = ", ".join(SERVICE_NAMES[s] for s in n.services)
-        out = []
-        for successful, wanted in ((False, n.on_error), (True, n.on_success)):
-            if not wanted:
-                continue
-            suffix = "_notify_on_success" if successful else "_notify_on_error"
-            outcome = "successful" if successful else "failed"
-            out.append(
-                NotifySensorSpec(
-                    fn=naming.python_identifier(f"{self.job_fn}{suffix}", taken),
-                    name=ir.job_name + suffix,
-                    job_fn=self.job_fn,
-                    successful=successful,
-                    description=f"Tells {services} of {outcome} runs of {ir.job_name} (once a run)",
-                )
+        return tuple(
+            NotifySensorSpec(
+                fn=naming.python_identifier(f"{self.job_fn}_notify_on_{outcome}", taken),
+                name=notify_sensor_name(ir.job_name, outcome),
+                job_fn=self.job_fn,
+                successful=outcome == "success",
+                description=f"Tells {services} of {'successful' if outcome == 'success' else 'failed'}"
+                f" runs of {ir.job_name} (once a run)",
             )
-        return tuple(out)
+            for outcome in n.outcomes
+        )
 
     def get_flow(self) -> FlowSpec:
         """What every op's runtime needs to know about the flow and the deployment."""
