@@ -26,6 +26,7 @@ from metaflow.runner.deployer import DeployedFlow, TriggeredRun, generate_fake_f
 from metaflow.runner.utils import get_lower_level_group, handle_timeout, temporary_fifo
 
 from . import deployments, runs, tokens
+from .runtime.ids import run_page_url
 from .runtime.worker import settle
 
 _FAKE_TYPES = {"json": "JSON", "int": "int", "float": "float", "bool": "bool", "str": "str"}
@@ -121,7 +122,7 @@ class DagsterTriggeredRun(TriggeredRun):
         """URL of the run's page in the Dagster UI at $DAGSTER_METAFLOW_UI_URL (None when it
         is not set, as Argo's `argo_ui` without its UI URL)."""
         run = self._run()
-        return runs.ui_url(run.run_id) if run is not None else None
+        return run_page_url(run.run_id) if run is not None else None
 
     def wait_for_completion(self, check_interval: int = 5, timeout: int | None = None) -> None:
         """Wait until the run ends; TimeoutError after `timeout` seconds."""

@@ -290,14 +290,11 @@ def run_line(instance: DagsterInstance, flow_name: str, run: DagsterRun) -> str:
     return f"{pathspec:<40} {status_name(run) or '-':<10} {started:<19}  {took:>9}  {run.run_id}"
 
 
-ui_url = run_page_url  # the run's page, when $DAGSTER_METAFLOW_UI_URL says where the UI is
-
-
 def where_to_see(instance: DagsterInstance, run_id: str) -> str:
     """The run's page, or how to serve it: the UI of this instance's deployments."""
     from .deployments import workspace_path
 
-    return ui_url(run_id) or (
+    return run_page_url(run_id) or (
         f"see it with `dagster dev -w {workspace_path(instance)}` at /runs/{run_id} "
         f"(set {UI_URL_VAR} to print its URL)"
     )
@@ -534,6 +531,5 @@ __all__ = [
     "start_run",
     "status_name",
     "terminate",
-    "ui_url",
     "where_to_see",
 ]
