@@ -174,10 +174,11 @@ def _notify(ctx: dg.ResolutionContext, value: Any) -> dict[str, Any] | None:
         raise _fail(ctx, f"unknown notification option: {exc}") from None
     except CompileError as exc:
         raise _fail(ctx, str(exc)) from None
-    for service in notifications.literal_secrets if notifications else ():
+    literal = notifications.literal_secrets if notifications else ()
+    if literal:
         raise _fail(
             ctx,
-            f"{SECRET_FIELDS[service]}: give env:NAME (read where the message is sent); a value "
+            f"{SECRET_FIELDS[literal[0]]}: give env:NAME (read where the message is sent); a value "
             "here would be written into the cached definitions file and the compile command line",
         )
     return options
