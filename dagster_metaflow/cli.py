@@ -16,6 +16,7 @@ from . import compiler
 from .deploy import deployment_error as _deployment_error
 from .errors import DagsterMetaflowException
 from .errors import IncorrectProductionToken as IncorrectProductionToken  # re-exported
+from .runtime.quick_exit import exit_without_collecting
 from .runtime.task_cli import task_options_cli
 
 if TYPE_CHECKING:
@@ -56,12 +57,14 @@ def dagster(ctx: Any, name: str | None = None) -> None:
     if ctx.invoked_subcommand not in UNVALIDATED_COMMANDS:
         obj.check(obj.graph, obj.flow, obj.environment, pylint=obj.pylint)
     obj.dagster_name = name
+    exit_without_collecting()
     # every subcommand needs Dagster: refuse an untested one here, in one line, rather than
     # as a "Dagster refused the job" at create or a traceback later
     try:
-        from . import _dagster_private  # noqa: F401
+        from . import _dagster_private
     except ImportError as exc:
         raise DagsterMetaflowException(str(exc)) from None
+    _dagster_private.remember_alembic_heads()
 
 
 def _resolve_job_name(obj: Any, name: str | None) -> str:

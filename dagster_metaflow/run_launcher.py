@@ -185,7 +185,11 @@ def _become_worker(
         if cwd:
             os.chdir(cwd)
         os.environ["DAGSTER_HOME"] = home
+        import gc
+
         from .runtime.flow import warm_up_flows
+
+        gc.freeze()  # the caller's heap (Dagster, the definitions): never garbage here
 
         # the definitions are loaded already: start their zygote while Dagster sets up
         threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()

@@ -180,8 +180,10 @@ def threaded_plan_iterator(
     event log, and the steps that were in flight run again."""
     started = time.monotonic()
     from .flow import warm_up_flows
+    from .quick_exit import exit_without_collecting
 
     threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
+    exit_without_collecting()  # `dagster job execute`, `dagster api execute_run`
     with ExitStack() as stack:
         stack.enter_context(
             watched(

@@ -22,6 +22,7 @@ detached (their own sessions) and outlive the zygote and its parent.
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import select
@@ -39,6 +40,9 @@ from .supervise import default_step_signals
 
 HEADER = struct.Struct("!I")
 START_TIMEOUT = 30.0
+# how long a step waits for a zygote another thread is starting (~0.3 s on an idle
+# machine) before it runs as a plain subprocess
+WAIT_FOR_START = 5.0
 PRELOAD = ("metaflow", "metaflow.cli", "metaflow.task", "metaflow.datastore", "metaflow.runtime")
 # what a run worker imports before its first event: Dagster, its run storage, the run body
 WORKER_PRELOAD = (
@@ -255,21 +259,26 @@ class ZygoteUnavailable(Exception):
 class ZygotePool:
     """One zygote per (interpreter, environment key), started on first use, thread-safe.
 
-    A zygote is started outside the lock: steps that need it meanwhile run as plain
-    subprocesses instead of waiting."""
+    A zygote is started outside the lock. Steps that need it meanwhile wait for it, up to
+    WAIT_FOR_START: a plain subprocess would pay the same interpreter start and Metaflow
+    import the zygote is paying, on the same cores (the first step of a run was ~0.3 s
+    slower that way). Past that they run as plain subprocesses."""
 
     def __init__(self, mode: str = STEP) -> None:
         self.mode = mode
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._zygotes: dict[Any, Zygote | None] = {}
         self._starting: set[Any] = set()
 
     def get(self, python: str, env: Mapping[str, str]) -> Zygote | None:
         key = (python, env_key(env))
         with self._lock:
+            # being started by another thread: its outcome is ours, if it comes soon
+            if not self._lock.wait_for(lambda: key not in self._starting, WAIT_FOR_START):
+                return None
             z = self._zygotes.get(key, False)
-            if z is None or key in self._starting:
-                return None  # failed before, or being started by another thread
+            if z is None:
+                return None  # failed before: subprocesses from now on
             if isinstance(z, Zygote) and z.alive():
                 return z
             self._starting.add(key)
@@ -282,9 +291,11 @@ class ZygotePool:
                 f"dagster-metaflow: fork server unavailable ({exc}); using subprocesses",
                 file=sys.stderr,
             )
-        with self._lock:
-            self._starting.discard(key)
-            self._zygotes[key] = started
+        finally:  # waiters must learn the outcome, whatever it is
+            with self._lock:
+                self._starting.discard(key)
+                self._zygotes[key] = started
+                self._lock.notify_all()
         return started
 
     def close(self) -> None:
@@ -506,9 +517,16 @@ def serve(path: str, mode: str = STEP) -> None:
 
         for name in WORKER_PRELOAD:
             importlib.import_module(name)
+        from .._dagster_private import remember_alembic_heads
+
+        remember_alembic_heads()  # for every run worker forked from here
         main_extras: dict[str, Any] = {}
     else:
         main_extras = _preload()
+    # what the preload built lives as long as the zygote and every child: out of the
+    # collector's reach, children's collections neither walk nor copy-on-write its pages,
+    # and exits skip a full collection of it (Python's advice for fork without exec)
+    gc.freeze()
     server = _ForkServer(path, main_extras, stop_children=mode != WORKER)
     sys.stdout.write("ready\n")
     sys.stdout.flush()

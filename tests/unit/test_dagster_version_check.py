@@ -1,10 +1,13 @@
-"""The private-API module refuses an untested Dagster with one clear line."""
+"""The private-API module refuses an untested Dagster with one clear line, and what it
+changes in Dagster keeps Dagster's answers."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import Workspace
@@ -79,3 +82,42 @@ def test_every_private_api_exists_in_the_installed_dagster() -> None:
     assert callable(private.create_run) and private.ExecutionPlan is not None
     with pytest.raises(AttributeError):
         private.no_such_api  # noqa: B018
+
+
+def test_the_migration_head_is_read_once_per_process_and_the_database_revision_each_time(
+    tmp_path: Path,
+) -> None:
+    """`remember_alembic_heads` keeps Dagster's answer: a fresh SQLite instance is created
+    and stamped, an existing one opens with the same revisions, an old one is still told
+    to migrate (its own revision is read at every open)."""
+    import sqlalchemy
+    from dagster import DagsterInstance
+    from dagster._core.storage import sql
+    from dagster._core.storage.runs.sqlite import sqlite_run_storage
+
+    original = sql.check_alembic_revision
+    checks: list[tuple[object, object]] = []
+    try:
+        private.remember_alembic_heads()
+        private.remember_alembic_heads()  # twice: still one memo
+        memo = sqlite_run_storage.check_alembic_revision
+        assert memo is sql.check_alembic_revision and memo is not original
+        assert getattr(memo, "remembers_heads", False)
+        for _ in range(2):
+            with DagsterInstance.local_temp(str(tmp_path)) as instance:
+                list(instance.get_runs(limit=1))
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/history/runs.db")
+        config = sql.get_alembic_config(sqlite_run_storage.__file__)
+        with engine.connect() as conn:
+            checks.append(memo(config, conn))
+            checks.append(original(config, conn))
+            conn.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = 'old'"))
+            conn.commit()
+            checks.append(memo(config, conn))
+        assert checks[0] == checks[1] and checks[0][0] == checks[0][1]
+        assert checks[2] == ("old", checks[0][1])
+    finally:
+        for name in private._ALEMBIC_CHECKERS:
+            module = importlib.import_module(name)
+            if getattr(module, "check_alembic_revision", None) is not None:
+                module.check_alembic_revision = original

@@ -82,18 +82,39 @@ def test_a_zygote_slow_to_start_is_given_up_and_blocks_no_other_step(tmp_path: P
     slow.write_text("#!/bin/sh\nsleep 30\n")
     slow.chmod(0o755)
     monkeypatch.setattr(zygote, "START_TIMEOUT", 2.0)
+    monkeypatch.setattr(zygote, "WAIT_FOR_START", 0.5)
     pool = ZygotePool()
     result: list[object] = []
     starter = threading.Thread(target=lambda: result.append(pool.get(str(slow), {"A": "1"})))
     t0 = time.monotonic()
     starter.start()
     time.sleep(0.3)
-    # another step needing the same zygote meanwhile: runs as a subprocess at once
+    # another step needing the same zygote meanwhile: waits a little, then runs as a
+    # subprocess
     assert pool.get(str(slow), {"A": "1"}) is None
-    assert time.monotonic() - t0 < 1.5
+    assert 0.7 < time.monotonic() - t0 < 1.5
     starter.join(timeout=20)
     assert result == [None] and time.monotonic() - t0 < 10
     assert pool.get(str(slow), {"A": "1"}) is None  # given up: not retried for every step
+
+
+def test_a_step_waits_for_the_zygote_another_step_is_starting(tmp_path: Path) -> None:
+    """Not a plain subprocess meanwhile: it would pay the very start the zygote pays."""
+    slow = tmp_path / "slow-python"
+    slow.write_text("#!/bin/sh\nsleep 0.5\necho ready\nexec sleep 30\n")
+    slow.chmod(0o755)
+    pool = ZygotePool()
+    result: list[object] = []
+    starter = threading.Thread(target=lambda: result.append(pool.get(str(slow), {"A": "1"})))
+    starter.start()
+    time.sleep(0.1)
+    try:
+        waiter = pool.get(str(slow), {"A": "1"})
+        starter.join(timeout=10)
+        assert isinstance(waiter, zygote.Zygote) and result == [waiter]
+    finally:
+        pool.close()
+    assert not waiter.alive()
 
 
 _SHOW_SIGNALS = """
