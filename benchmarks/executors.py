@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--executors", default="threads,forkserver,multiprocess")
     args = ap.parse_args()
+    flows.compile_package()
     executors = [e for e in args.executors.split(",") if e]
     bindir = Path(sys.executable).parent
     dagster_cli = str(bindir / "dagster")

@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-fork", action="store_true", help="DAGSTER_METAFLOW_FORK=0 for the daemon")
     args = ap.parse_args()
+    flows.compile_package()
     name, source = flows.linear(10)
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="dm-bench-launch-") as tmp:

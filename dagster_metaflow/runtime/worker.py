@@ -144,13 +144,16 @@ class _Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while True:
+        # the first beat is written with the worker's identity (`record_self`)
+        while not self.stopped.wait(HEARTBEAT_SECONDS):
             try:
-                self.instance.add_run_tags(self.run_id, {TAG_HEARTBEAT: f"{time.time():.0f}"})
+                self.instance.add_run_tags(self.run_id, {TAG_HEARTBEAT: heartbeat_now()})
             except Exception:  # a busy storage: the next beat will do
                 pass
-            if self.stopped.wait(HEARTBEAT_SECONDS):
-                return
+
+
+def heartbeat_now() -> str:
+    return f"{time.time():.0f}"
 
 
 def record_self(
@@ -161,7 +164,9 @@ def record_self(
     if me is None:
         return None
     fresh = {} if resumed else _inherited_outcome(run)
-    instance.add_run_tags(run.run_id, {TAG_WORKER: me.tag(), **fresh})
+    instance.add_run_tags(
+        run.run_id, {TAG_WORKER: me.tag(), TAG_HEARTBEAT: heartbeat_now(), **fresh}
+    )
     os.environ[WORKER_VAR] = me.tag()
     return me
 
