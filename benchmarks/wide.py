@@ -51,13 +51,15 @@ class _PeakRss(threading.Thread):
         import psutil
         from dagster import DagsterInstance
 
+        from dagster_metaflow.runtime.worker import TAG_WORKER
+
         os.environ["DAGSTER_HOME"] = str(self.home)
         pid = None
         with DagsterInstance.get() as instance:
             while not self.stop.is_set():
                 if pid is None:
                     runs = instance.get_runs(limit=1)
-                    tag = runs[0].tags.get("dagster-metaflow/worker") if runs else None
+                    tag = runs[0].tags.get(TAG_WORKER) if runs else None
                     pid = int(tag.split("/")[-2]) if tag else None
                 if pid is not None:
                     try:

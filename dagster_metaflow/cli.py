@@ -61,10 +61,9 @@ def dagster(ctx: Any, name: str | None = None) -> None:
     # every subcommand needs Dagster: refuse an untested one here, in one line, rather than
     # as a "Dagster refused the job" at create or a traceback later
     try:
-        from . import _dagster_private
+        from . import _dagster_private  # noqa: F401
     except ImportError as exc:
         raise DagsterMetaflowException(str(exc)) from None
-    _dagster_private.remember_alembic_heads()
 
 
 def _resolve_job_name(obj: Any, name: str | None) -> str:
@@ -82,6 +81,7 @@ def _open_instance(obj: Any, may_create: bool = False) -> Any:
     """The deployments' Dagster instance. Only a deploying command (`may_create`) may make a
     new one: any other command refuses a DAGSTER_HOME that does not exist, which would be an
     empty instance (a typo), in one line. A relative DAGSTER_HOME is refused as Dagster does."""
+    from ._dagster_private import remember_alembic_heads
     from .deployments import dagster_home, open_instance
 
     given = os.environ.get("DAGSTER_HOME")
@@ -102,6 +102,7 @@ def _open_instance(obj: Any, may_create: bool = False) -> Any:
             err=True,
         )
         obj._home_announced = True
+    remember_alembic_heads()
     return open_instance(home)
 
 

@@ -40,8 +40,8 @@ from .supervise import default_step_signals
 
 HEADER = struct.Struct("!I")
 START_TIMEOUT = 30.0
-# how long a step waits for a zygote another thread is starting (~0.3 s on an idle
-# machine) before it runs as a plain subprocess
+# how long after a zygote's start began (~0.25 s on an idle machine) the steps waiting for
+# it give up and run as plain subprocesses
 WAIT_FOR_START = 5.0
 PRELOAD = ("metaflow", "metaflow.cli", "metaflow.task", "metaflow.datastore", "metaflow.runtime")
 # what a run worker imports before its first event: Dagster, its run storage, the run body
@@ -259,29 +259,30 @@ class ZygoteUnavailable(Exception):
 class ZygotePool:
     """One zygote per (interpreter, environment key), started on first use, thread-safe.
 
-    A zygote is started outside the lock. Steps that need it meanwhile wait for it, up to
-    WAIT_FOR_START: a plain subprocess would pay the same interpreter start and Metaflow
-    import the zygote is paying, on the same cores (the first step of a run was ~0.3 s
-    slower that way). Past that they run as plain subprocesses."""
+    A zygote is started outside the lock. Steps that need it meanwhile wait for it, until
+    WAIT_FOR_START after its start began: a plain subprocess would pay the same interpreter
+    start and Metaflow import the zygote is paying, on the same cores (the run's first step
+    was ~0.15 s slower that way). Past that they run as plain subprocesses at once."""
 
     def __init__(self, mode: str = STEP) -> None:
         self.mode = mode
         self._lock = threading.Condition()
         self._zygotes: dict[Any, Zygote | None] = {}
-        self._starting: set[Any] = set()
+        self._starting: dict[Any, float] = {}  # key -> when its waiters stop waiting
+        self._closings = 0  # a zygote started across a close() is closed, not kept
 
     def get(self, python: str, env: Mapping[str, str]) -> Zygote | None:
         key = (python, env_key(env))
         with self._lock:
-            # being started by another thread: its outcome is ours, if it comes soon
-            if not self._lock.wait_for(lambda: key not in self._starting, WAIT_FOR_START):
+            if key in self._starting and not self._wait_for_start(key):
                 return None
             z = self._zygotes.get(key, False)
             if z is None:
                 return None  # failed before: subprocesses from now on
             if isinstance(z, Zygote) and z.alive():
                 return z
-            self._starting.add(key)
+            self._starting[key] = _now() + WAIT_FOR_START
+            closings = self._closings
         started: Zygote | None = None
         try:
             base = {k: v for k, v in env.items() if not k.startswith(VOLATILE_ENV)}
@@ -293,13 +294,25 @@ class ZygotePool:
             )
         finally:  # waiters must learn the outcome, whatever it is
             with self._lock:
-                self._starting.discard(key)
-                self._zygotes[key] = started
+                self._starting.pop(key, None)
+                if started is not None and closings != self._closings:
+                    started.close()
+                    started = None
+                else:
+                    self._zygotes[key] = started
                 self._lock.notify_all()
         return started
 
+    def _wait_for_start(self, key: Any) -> bool:
+        """Under the lock: wait for another thread's start of `key`; False past its deadline."""
+        deadline = self._starting[key]
+        return self._lock.wait_for(
+            lambda: key not in self._starting, max(0.0, deadline - _now())
+        )
+
     def close(self) -> None:
         with self._lock:
+            self._closings += 1
             for z in self._zygotes.values():
                 if isinstance(z, Zygote):
                     z.close()

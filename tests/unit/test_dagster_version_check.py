@@ -85,39 +85,54 @@ def test_every_private_api_exists_in_the_installed_dagster() -> None:
 
 
 def test_the_migration_head_is_read_once_per_process_and_the_database_revision_each_time(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`remember_alembic_heads` keeps Dagster's answer: a fresh SQLite instance is created
     and stamped, an existing one opens with the same revisions, an old one is still told
-    to migrate (its own revision is read at every open)."""
+    to migrate (its own revision is read at every open); the scripts are read once."""
     import sqlalchemy
+    from alembic.script import ScriptDirectory
     from dagster import DagsterInstance
     from dagster._core.storage import sql
     from dagster._core.storage.runs.sqlite import sqlite_run_storage
 
-    original = sql.check_alembic_revision
-    checks: list[tuple[object, object]] = []
+    bindings = {
+        name: importlib.import_module(name).check_alembic_revision
+        for name in private._ALEMBIC_CHECKERS
+        if hasattr(importlib.import_module(name), "check_alembic_revision")
+    }
+    for name, bound in bindings.items():  # restored after the test
+        monkeypatch.setattr(importlib.import_module(name), "check_alembic_revision", bound)
+    original = bindings[private._ALEMBIC_CHECKERS[0]]
+    reads: list[object] = []
+    from_config = ScriptDirectory.from_config.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        ScriptDirectory,
+        "from_config",
+        classmethod(lambda cls, config: reads.append(config) or from_config(cls, config)),
+    )
+
+    private.remember_alembic_heads()
+    private.remember_alembic_heads()  # twice: still one memo
+    memo = sqlite_run_storage.check_alembic_revision
+    assert memo is sql.check_alembic_revision and getattr(memo, "remembers_heads", False)
+    opened = []
+    for _ in range(3):
+        with DagsterInstance.local_temp(str(tmp_path)) as instance:
+            list(instance.get_runs(limit=1))
+        opened.append(len(reads))
+    # the first open creates and stamps the storages (alembic's own reads) and reads the
+    # head once; opening the instance again reads no script
+    assert opened[0] >= 1 and opened[1] == opened[2] == opened[0]
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/history/runs.db")
+    config = sql.get_alembic_config(sqlite_run_storage.__file__)
     try:
-        private.remember_alembic_heads()
-        private.remember_alembic_heads()  # twice: still one memo
-        memo = sqlite_run_storage.check_alembic_revision
-        assert memo is sql.check_alembic_revision and memo is not original
-        assert getattr(memo, "remembers_heads", False)
-        for _ in range(2):
-            with DagsterInstance.local_temp(str(tmp_path)) as instance:
-                list(instance.get_runs(limit=1))
-        engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/history/runs.db")
-        config = sql.get_alembic_config(sqlite_run_storage.__file__)
         with engine.connect() as conn:
-            checks.append(memo(config, conn))
-            checks.append(original(config, conn))
+            fresh, unmemoised = memo(config, conn), original(config, conn)
             conn.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = 'old'"))
             conn.commit()
-            checks.append(memo(config, conn))
-        assert checks[0] == checks[1] and checks[0][0] == checks[0][1]
-        assert checks[2] == ("old", checks[0][1])
+            old = memo(config, conn)
     finally:
-        for name in private._ALEMBIC_CHECKERS:
-            module = importlib.import_module(name)
-            if getattr(module, "check_alembic_revision", None) is not None:
-                module.check_alembic_revision = original
+        engine.dispose()
+    assert fresh == unmemoised and fresh[0] == fresh[1]
+    assert old == ("old", fresh[1])

@@ -77,22 +77,34 @@ def test_a_zygote_that_cannot_take_the_command_falls_back(tmp_path: Path, monkey
     assert zygote.spawn_step_process([sys.executable, "flow.py", "step", "x"], dict(os.environ), None) is None
 
 
+def _start_in_thread(pool: ZygotePool, python: str) -> tuple[threading.Thread, list[object]]:
+    """A step's thread starting the zygote; returns once the start has begun."""
+    result: list[object] = []
+    starter = threading.Thread(target=lambda: result.append(pool.get(python, {"A": "1"})))
+    starter.start()
+    deadline = time.monotonic() + 10
+    while not pool._starting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool._starting, "the zygote's start did not begin"
+    return starter, result
+
+
 def test_a_zygote_slow_to_start_is_given_up_and_blocks_no_other_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     slow = tmp_path / "slow-python"
-    slow.write_text("#!/bin/sh\nsleep 30\n")
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")
     slow.chmod(0o755)
     monkeypatch.setattr(zygote, "START_TIMEOUT", 2.0)
     monkeypatch.setattr(zygote, "WAIT_FOR_START", 0.5)
     pool = ZygotePool()
-    result: list[object] = []
-    starter = threading.Thread(target=lambda: result.append(pool.get(str(slow), {"A": "1"})))
     t0 = time.monotonic()
-    starter.start()
-    time.sleep(0.3)
-    # another step needing the same zygote meanwhile: waits a little, then runs as a
-    # subprocess
+    starter, result = _start_in_thread(pool, str(slow))
+    # other steps needing the same zygote meanwhile: they wait until 0.5 s after the start
+    # began, then run as subprocesses, and later ones at once
     assert pool.get(str(slow), {"A": "1"}) is None
-    assert 0.7 < time.monotonic() - t0 < 1.5
+    assert 0.4 < time.monotonic() - t0 < 1.5
+    t1 = time.monotonic()
+    assert pool.get(str(slow), {"A": "1"}) is None
+    assert time.monotonic() - t1 < 0.2
     starter.join(timeout=20)
     assert result == [None] and time.monotonic() - t0 < 10
     assert pool.get(str(slow), {"A": "1"}) is None  # given up: not retried for every step
@@ -104,10 +116,7 @@ def test_a_step_waits_for_the_zygote_another_step_is_starting(tmp_path: Path) ->
     slow.write_text("#!/bin/sh\nsleep 0.5\necho ready\nexec sleep 30\n")
     slow.chmod(0o755)
     pool = ZygotePool()
-    result: list[object] = []
-    starter = threading.Thread(target=lambda: result.append(pool.get(str(slow), {"A": "1"})))
-    starter.start()
-    time.sleep(0.1)
+    starter, result = _start_in_thread(pool, str(slow))
     try:
         waiter = pool.get(str(slow), {"A": "1"})
         starter.join(timeout=10)
@@ -115,6 +124,18 @@ def test_a_step_waits_for_the_zygote_another_step_is_starting(tmp_path: Path) ->
     finally:
         pool.close()
     assert not waiter.alive()
+
+
+def test_a_zygote_started_across_a_close_is_closed_not_kept(tmp_path: Path) -> None:
+    """The run ended (close) while a step's thread was still starting a zygote."""
+    slow = tmp_path / "slow-python"
+    slow.write_text("#!/bin/sh\nsleep 0.5\necho ready\nexec sleep 30\n")
+    slow.chmod(0o755)
+    pool = ZygotePool()
+    starter, result = _start_in_thread(pool, str(slow))
+    pool.close()
+    starter.join(timeout=10)
+    assert result == [None] and not pool._zygotes
 
 
 _SHOW_SIGNALS = """
