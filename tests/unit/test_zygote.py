@@ -77,6 +77,18 @@ def test_a_zygote_that_cannot_take_the_command_falls_back(tmp_path: Path, monkey
     assert zygote.spawn_step_process([sys.executable, "flow.py", "step", "x"], dict(os.environ), None) is None
 
 
+READY_LATE = "sleep 0.5\necho ready\nexec sleep 30\n"  # a zygote ready after 0.5 s
+NEVER_READY = "exec sleep 30\n"
+
+
+def _fake_python(tmp_path: Path, body: str) -> str:
+    """An "interpreter" that behaves like a zygote starting as `body` says."""
+    path = tmp_path / "slow-python"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
 def _start_in_thread(pool: ZygotePool, python: str) -> tuple[threading.Thread, list[object]]:
     """A step's thread starting the zygote; returns once the start has begun."""
     result: list[object] = []
@@ -90,35 +102,31 @@ def _start_in_thread(pool: ZygotePool, python: str) -> tuple[threading.Thread, l
 
 
 def test_a_zygote_slow_to_start_is_given_up_and_blocks_no_other_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    slow = tmp_path / "slow-python"
-    slow.write_text("#!/bin/sh\nexec sleep 30\n")
-    slow.chmod(0o755)
+    slow = _fake_python(tmp_path, NEVER_READY)
     monkeypatch.setattr(zygote, "START_TIMEOUT", 2.0)
     monkeypatch.setattr(zygote, "WAIT_FOR_START", 0.5)
     pool = ZygotePool()
     t0 = time.monotonic()
-    starter, result = _start_in_thread(pool, str(slow))
+    starter, result = _start_in_thread(pool, slow)
     # other steps needing the same zygote meanwhile: they wait until 0.5 s after the start
     # began, then run as subprocesses, and later ones at once
-    assert pool.get(str(slow), {"A": "1"}) is None
+    assert pool.get(slow, {"A": "1"}) is None
     assert 0.4 < time.monotonic() - t0 < 1.5
     t1 = time.monotonic()
-    assert pool.get(str(slow), {"A": "1"}) is None
+    assert pool.get(slow, {"A": "1"}) is None
     assert time.monotonic() - t1 < 0.2
     starter.join(timeout=20)
     assert result == [None] and time.monotonic() - t0 < 10
-    assert pool.get(str(slow), {"A": "1"}) is None  # given up: not retried for every step
+    assert pool.get(slow, {"A": "1"}) is None  # given up: not retried for every step
 
 
 def test_a_step_waits_for_the_zygote_another_step_is_starting(tmp_path: Path) -> None:
     """Not a plain subprocess meanwhile: it would pay the very start the zygote pays."""
-    slow = tmp_path / "slow-python"
-    slow.write_text("#!/bin/sh\nsleep 0.5\necho ready\nexec sleep 30\n")
-    slow.chmod(0o755)
+    slow = _fake_python(tmp_path, READY_LATE)
     pool = ZygotePool()
-    starter, result = _start_in_thread(pool, str(slow))
+    starter, result = _start_in_thread(pool, slow)
     try:
-        waiter = pool.get(str(slow), {"A": "1"})
+        waiter = pool.get(slow, {"A": "1"})
         starter.join(timeout=10)
         assert isinstance(waiter, zygote.Zygote) and result == [waiter]
     finally:
@@ -128,11 +136,9 @@ def test_a_step_waits_for_the_zygote_another_step_is_starting(tmp_path: Path) ->
 
 def test_a_zygote_started_across_a_close_is_closed_not_kept(tmp_path: Path) -> None:
     """The run ended (close) while a step's thread was still starting a zygote."""
-    slow = tmp_path / "slow-python"
-    slow.write_text("#!/bin/sh\nsleep 0.5\necho ready\nexec sleep 30\n")
-    slow.chmod(0o755)
+    slow = _fake_python(tmp_path, READY_LATE)
     pool = ZygotePool()
-    starter, result = _start_in_thread(pool, str(slow))
+    starter, result = _start_in_thread(pool, slow)
     pool.close()
     starter.join(timeout=10)
     assert result == [None] and not pool._zygotes
