@@ -58,7 +58,7 @@ from .._dagster_private import (
 )
 from .failures import TAG_ERROR, TAG_TIMED_OUT
 from .notify import announce_run_end, watchdog_env
-from .run_end import RunOutcome, finish_run, run_exit_hooks
+from .run_end import RunOutcome, finish_run, run_exit_hooks, tag_outcome
 from .supervise import StepControl, current_control
 from .worker import watched
 
@@ -368,12 +368,7 @@ class _ThreadedRun:
             yield from run_exit_hooks(self.job_context, successful=False)
             if self.timed_out:
                 why = f"run exceeded its workflow timeout of {self.workflow_timeout:g} seconds"
-                try:
-                    self.job_context.instance.add_run_tags(
-                        self.job_context.run_id, {TAG_ERROR: why, TAG_TIMED_OUT: "true"}
-                    )
-                except Exception:  # the interruption below says it all the same
-                    pass
+                tag_outcome(self.job_context, {TAG_ERROR: why, TAG_TIMED_OUT: "true"})
                 yield from announce_run_end(self.job_context, False, why)
                 raise DagsterExecutionInterruptedError(
                     f"Run exceeded its workflow timeout of {self.workflow_timeout:g} seconds"

@@ -37,17 +37,24 @@ class RunOutcome:
             self.reason = self.reason or failure_reason(event)
 
 
+def tag_outcome(job_context: RunContext, tags: dict[str, str]) -> None:
+    """Keep why the run failed on the run (`status`, `trigger --wait`, the Deployer, the UI);
+    a storage that refuses the write never replaces the run's own outcome, which says it
+    all the same."""
+    try:
+        job_context.instance.add_run_tags(job_context.run_id, tags)
+    except Exception:
+        pass
+
+
 def finish_run(
     job_context: RunContext, plan: ExecutionPlan, outcome: RunOutcome
 ) -> Iterator[DagsterEvent]:
     """The run's end once every step is over (not interrupted), whichever executor ran them:
     the exit hooks, then the safety net on `end`."""
     successful = not outcome.failed and _end_op_succeeded(job_context, outcome.succeeded)
-    if outcome.reason:  # kept on the run: status, trigger --wait, the Deployer, the UI
-        try:
-            job_context.instance.add_run_tags(job_context.run_id, {TAG_ERROR: outcome.reason})
-        except Exception:  # the run's own failure says it all the same
-            pass
+    if outcome.reason:
+        tag_outcome(job_context, {TAG_ERROR: outcome.reason})
     yield from run_exit_hooks(job_context, successful)
     if successful:
         yield from emit_run_finished(job_context)

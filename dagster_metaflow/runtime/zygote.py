@@ -295,12 +295,13 @@ class ZygotePool:
         finally:  # waiters must learn the outcome, whatever it is
             with self._lock:
                 self._starting.pop(key, None)
-                if started is not None and closings != self._closings:
-                    started.close()
-                    started = None
-                else:
+                stale = started is not None and closings != self._closings
+                if not stale:
                     self._zygotes[key] = started
                 self._lock.notify_all()
+        if stale and started is not None:  # closed outside the lock: it may wait for the exit
+            started.close()
+            started = None
         return started
 
     def _wait_for_start(self, key: Any) -> bool:
