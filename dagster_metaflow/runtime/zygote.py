@@ -163,7 +163,7 @@ class Zygote:
         self.path = os.path.join(self._dir, "sock")
         code = "import sys; from dagster_metaflow.runtime.zygote import serve; serve(*sys.argv[1:])"
         self.proc = subprocess.Popen(
-            [python, "-u", "-c", code, self.path, mode],
+            [python, "-u", "-c", code, self.path, mode, str(os.getpid())],
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -520,9 +520,12 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def serve(path: str, mode: str = STEP) -> None:
+def serve(path: str, mode: str = STEP, parent: str = "") -> None:
     """Zygote main loop: preload Metaflow (or Dagster, for run workers), then fork one
-    child per request."""
+    child per request, for as long as `parent` (the pid of the process that started us)
+    lives. The pid is given, not read after the preload: a parent that died during the
+    preload would leave us re-parented, watching init forever."""
+    parent_pid = int(parent) if parent else os.getppid()
     # (no PR_SET_PDEATHSIG: it fires when the *thread* that started us exits, and zygotes
     # are started from short-lived executor threads; the parent poll in `_ForkServer.run`
     # is used instead)
@@ -541,7 +544,7 @@ def serve(path: str, mode: str = STEP) -> None:
     # collector's reach, children's collections neither walk nor copy-on-write its pages,
     # and exits skip a full collection of it (Python's advice for fork without exec)
     gc.freeze()
-    server = _ForkServer(path, main_extras, stop_children=mode != WORKER)
+    server = _ForkServer(path, main_extras, parent_pid, stop_children=mode != WORKER)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     try:
@@ -578,10 +581,12 @@ class _ForkServer:
     """The zygote's listening socket, its signal wake-up pipe, and the children it forked
     (pid -> the connection that waits for the child's exit status)."""
 
-    def __init__(self, path: str, main_extras: dict[str, Any], stop_children: bool = True) -> None:
+    def __init__(
+        self, path: str, main_extras: dict[str, Any], parent: int, stop_children: bool = True
+    ) -> None:
         self.main_extras = main_extras
         self.stop_children = stop_children
-        self.parent = os.getppid()
+        self.parent = parent
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -214,3 +215,44 @@ def test_worker_zygote_forks_detached_module_commands_that_outlive_it(tmp_path: 
     while "done" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert log.read_text().splitlines() == ["argv ['1.5'] True", "done"]
+
+
+_DIES_WHILE_ITS_ZYGOTE_STARTS = """
+import os, sys, threading, time
+from dagster_metaflow.runtime.zygote import ZygotePool
+threading.Thread(target=ZygotePool().get, args=(sys.executable, dict(os.environ)), daemon=True).start()
+time.sleep(float(sys.argv[1]))
+if os.fork() == 0:  # a process of ours still holds the zygote's pipe for a while
+    time.sleep(4)
+    os._exit(0)
+os._exit(0)  # as a command or run worker that ends before its zygote is ready
+"""
+
+
+@pytest.mark.parametrize("lives", [0.05, 3.0])
+def test_a_zygote_whose_starter_died_exits_even_if_it_died_during_the_preload(
+    lives: float, tmp_path: Path
+) -> None:
+    """The zygote watches the pid that started it, given on its command line: read after the
+    preload, a starter that died meanwhile left it watching init forever (once a process
+    still held its pipe, its "ready" did not fail either)."""
+    import psutil
+
+    # the zygote's socket lives in the starter's TMPDIR: its command line names it
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    subprocess.run([sys.executable, "-c", _DIES_WHILE_ITS_ZYGOTE_STARTS, str(lives)], env=env, timeout=60)
+
+    def zygotes() -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            if any(str(tmp_path) in arg for arg in p.info["cmdline"] or ()):
+                found.append(p)
+        return found
+
+    deadline = time.monotonic() + 20
+    while zygotes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = zygotes()
+    for p in left:
+        p.kill()
+    assert not left, "a zygote outlived the process that started it"
