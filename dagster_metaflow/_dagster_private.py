@@ -35,9 +35,9 @@ Why each is needed:
   (`SqlRunStorage`, `KeyValueStoreTable`, `db_select`: the storage API reads keys only by name);
 - `automation.py` refuses at compile time a cron string Dagster would refuse at load
   (`is_valid_cron_string`);
-- `remember_alembic_heads` (our commands, run workers) rebinds the SQLite storages'
-  `check_alembic_revision` to one that reads the head of Dagster's migrations once per
-  process (the database's revision still at every open).
+- `_dagster_sqlite` rebinds two internals of Dagster's SQLite storages in our own
+  processes: the head of the schema migrations read once per process, and one kept
+  connection per database in a run worker.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import threading
 from typing import TYPE_CHECKING, Any
 
 # tested range (README "Compatibility"); dagster-webserver follows dagster's version.
@@ -206,57 +205,6 @@ def known_state_for_step(active: Any, step: Any) -> Any:
         step_output_versions=known.step_output_versions,
         parent_state=known.parent_state,
     )
-
-
-# the storages that check their schema at every open, each with its own binding of
-# `dagster._core.storage.sql.check_alembic_revision`
-_ALEMBIC_CHECKERS = (
-    "dagster._core.storage.sql",
-    "dagster._core.storage.runs.sqlite.sqlite_run_storage",
-    "dagster._core.storage.event_log.sqlite.sqlite_event_log",
-    "dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log",
-    "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
-)
-
-
-def remember_alembic_heads() -> None:
-    """Read the head of Dagster's schema migrations once per process.
-
-    Every time a SQLite storage opens (four times per CLI command, five in a run worker,
-    one of them per run for its own event database) Dagster compares the database's
-    revision with the head of its ~110 migration scripts, and alembic parses all of them
-    again to find that head: ~30 ms each, ~0.15 s of a 2.3 s `trigger --wait`. The head is a
-    constant of the installed Dagster; the database's revision is still read at every
-    open. A no-op for a Dagster whose storages are laid out otherwise."""
-    try:
-        from alembic.runtime.migration import MigrationContext
-
-        sql = importlib.import_module(_ALEMBIC_CHECKERS[0])
-        original = sql.check_alembic_revision
-    except (ImportError, AttributeError):
-        return
-    if getattr(original, "remembers_heads", False):
-        return
-    heads: dict[Any, Any] = {}
-    lock = getattr(sql, "_alembic_lock", None) or threading.Lock()
-
-    def check_alembic_revision(alembic_config: Any, conn: Any) -> tuple[Any, Any]:
-        location = alembic_config.get_main_option("script_location")
-        if location not in heads:
-            db_revision, heads[location] = original(alembic_config, conn)
-            return db_revision, heads[location]
-        with lock:
-            db_revision = MigrationContext.configure(conn).get_current_revision()
-        return db_revision, heads[location]
-
-    check_alembic_revision.remembers_heads = True  # type: ignore[attr-defined]
-    for name in _ALEMBIC_CHECKERS:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if getattr(module, "check_alembic_revision", None) is original:
-            module.check_alembic_revision = check_alembic_revision  # type: ignore[attr-defined]
 
 
 def check_imports() -> None:

@@ -187,13 +187,16 @@ def _become_worker(
         os.environ["DAGSTER_HOME"] = home
         import gc
 
+        from ._dagster_sqlite import keep_sqlite_connections, release_sqlite_connections
         from .runtime.flow import warm_up_flows
 
         gc.freeze()  # the caller's heap (Dagster, the definitions): never garbage here
 
         # the definitions are loaded already: start their zygote while Dagster sets up
         threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
+        keep_sqlite_connections()
         code = run_worker_body(ref, run_id)
+        release_sqlite_connections()  # os._exit below runs no atexit handler
     except BaseException:
         traceback.print_exc()
     finally:

@@ -179,11 +179,13 @@ def threaded_plan_iterator(
     `resumed`: a new worker of a run whose worker died; the plan continues from the run's
     event log, and the steps that were in flight run again."""
     started = time.monotonic()
+    from .._dagster_sqlite import keep_sqlite_connections
     from .flow import warm_up_flows
     from .quick_exit import exit_without_collecting
 
     threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
     exit_without_collecting()  # `dagster job execute`, `dagster api execute_run`
+    keep_sqlite_connections()  # this process runs the run: it writes most of its events
     with ExitStack() as stack:
         stack.enter_context(
             watched(

@@ -13,6 +13,7 @@ import pytest
 from conftest import Workspace
 
 from dagster_metaflow import _dagster_private as private
+from dagster_metaflow import _dagster_sqlite
 
 
 @pytest.mark.parametrize("found", ["1.11.10", "1.12.0", "1.13.28", "1!0+dev"])
@@ -98,12 +99,12 @@ def test_the_migration_head_is_read_once_per_process_and_the_database_revision_e
 
     bindings = {
         name: importlib.import_module(name).check_alembic_revision
-        for name in private._ALEMBIC_CHECKERS
+        for name in _dagster_sqlite._ALEMBIC_CHECKERS
         if hasattr(importlib.import_module(name), "check_alembic_revision")
     }
     for name, bound in bindings.items():  # restored after the test
         monkeypatch.setattr(importlib.import_module(name), "check_alembic_revision", bound)
-    original = bindings[private._ALEMBIC_CHECKERS[0]]
+    original = bindings[_dagster_sqlite._ALEMBIC_CHECKERS[0]]
     reads: list[object] = []
     from_config = ScriptDirectory.from_config.__func__  # type: ignore[attr-defined]
     monkeypatch.setattr(
@@ -112,8 +113,8 @@ def test_the_migration_head_is_read_once_per_process_and_the_database_revision_e
         classmethod(lambda cls, config: reads.append(config) or from_config(cls, config)),
     )
 
-    private.remember_alembic_heads()
-    private.remember_alembic_heads()  # twice: still one memo
+    _dagster_sqlite.remember_alembic_heads()
+    _dagster_sqlite.remember_alembic_heads()  # twice: still one memo
     memo = sqlite_run_storage.check_alembic_revision
     assert memo is sql.check_alembic_revision and getattr(memo, "remembers_heads", False)
     opened = []

@@ -1,0 +1,174 @@
+"""Kept SQLite connections in a run worker (`_dagster_sqlite.keep_sqlite_connections`) keep
+Dagster's answers: every event stored and readable by another process at once, the
+webserver's file watch still told of each one, threads and forks safe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance
+from dagster._core.events import DagsterEvent, EngineEventData
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+
+from dagster_metaflow import _dagster_sqlite
+
+
+@pytest.fixture
+def kept(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Install the kept connections for one test; Dagster's own methods are restored after."""
+    monkeypatch.setattr(SqliteEventLogStorage, "_connect", SqliteEventLogStorage._connect)
+    monkeypatch.setattr(SqliteRunStorage, "connect", SqliteRunStorage.connect)
+    _dagster_sqlite.keep_sqlite_connections()
+    _dagster_sqlite.keep_sqlite_connections()  # twice: wrapped once
+    yield
+    _dagster_sqlite.release_sqlite_connections()
+
+
+def _event(run_id: str, n: int) -> EventLogEntry:
+    return EventLogEntry(
+        error_info=None,
+        level="INFO",
+        user_message=f"event {n}",
+        run_id=run_id,
+        timestamp=time.time(),
+        dagster_event=DagsterEvent(
+            DagsterEventType.ENGINE_EVENT.value,
+            "test_job",
+            message=f"event {n}",
+            event_specific_data=EngineEventData(),
+        ),
+    )
+
+
+def _instance(home: Path) -> DagsterInstance:
+    return DagsterInstance.local_temp(str(home))
+
+
+def _count_elsewhere(home: Path, run_id: str) -> int:
+    """The run's events as a fresh process (Dagster's own code) reads them."""
+    code = (
+        "import sys\nfrom dagster import DagsterInstance\n"
+        "with DagsterInstance.local_temp(sys.argv[1]) as i:\n"
+        "    print(len(i.all_logs(sys.argv[2])))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(home), run_id], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip())
+
+
+def test_events_are_stored_once_each_and_read_at_once_by_another_process(
+    kept: None, tmp_path: Path
+) -> None:
+    with _instance(tmp_path) as instance:
+        storage: Any = instance.event_log_storage
+        assert storage._connect.keeps_connections
+        for n in range(20):
+            storage.store_event(_event("run-a", n))
+        assert _count_elsewhere(tmp_path, "run-a") == 20
+        # one engine for the shard, its one connection kept
+        engines = _dagster_sqlite._ENGINES._by_url
+        shard = [e for url, e in engines.items() if url.endswith("run-a.db")]
+        assert len(shard) == 1 and shard[0].pool.checkedin() == 1
+        assert [r.user_message for r in instance.all_logs("run-a")] == [
+            f"event {n}" for n in range(20)
+        ]
+
+
+def test_the_webserver_s_watch_of_the_run_s_file_sees_every_event(
+    kept: None, tmp_path: Path
+) -> None:
+    """The webserver follows a run by watching `<run id>.db` change: events must reach that
+    file (not only the write-ahead log) as they are stored."""
+    with _instance(tmp_path) as writer, _instance(tmp_path) as reader:
+        writer.event_log_storage.store_event(_event("run-w", 0))  # the shard exists
+        seen: list[str] = []
+        done = threading.Event()
+
+        def callback(entry: EventLogEntry, _cursor: str) -> None:
+            seen.append(entry.user_message)
+            if len(seen) >= 6:
+                done.set()
+
+        reader.event_log_storage.watch("run-w", None, callback)
+        try:
+            time.sleep(0.3)  # the watch is set up
+            for n in range(1, 6):
+                writer.event_log_storage.store_event(_event("run-w", n))
+                time.sleep(0.05)
+            assert done.wait(10), f"the watch saw only {seen}"
+        finally:
+            reader.event_log_storage.end_watch("run-w", callback)
+    assert seen[-5:] == [f"event {n}" for n in range(1, 6)]
+
+
+def test_threads_storing_at_once_lose_nothing(kept: None, tmp_path: Path) -> None:
+    with _instance(tmp_path) as instance:
+        storage = instance.event_log_storage
+
+        def store(t: int) -> None:
+            for n in range(25):
+                storage.store_event(_event("run-t", t * 100 + n))
+
+        threads = [threading.Thread(target=store, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert len(instance.all_logs("run-t")) == 200
+        # the run storage's kept connection from several threads
+        runs = [threading.Thread(target=lambda: instance.get_runs(limit=5)) for _ in range(4)]
+        for th in runs:
+            th.start()
+        for th in runs:
+            th.join()
+
+
+def test_a_forked_child_opens_its_own_connections_and_the_parent_keeps_working(
+    kept: None, tmp_path: Path
+) -> None:
+    """SQLite forbids using, or even holding, a parent's connection across fork: the parent
+    closes its kept connections before forking, the child opens its own."""
+    with _instance(tmp_path) as instance:
+        storage = instance.event_log_storage
+        storage.store_event(_event("run-f", 0))
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                assert not _dagster_sqlite._ENGINES._by_url  # closed before the fork
+                storage.store_event(_event("run-f", 1))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        storage.store_event(_event("run-f", 2))
+        assert [r.user_message for r in instance.all_logs("run-f")] == [
+            "event 0",
+            "event 1",
+            "event 2",
+        ]
+
+
+def test_released_connections_close_the_databases(kept: None, tmp_path: Path) -> None:
+    """Closing the last connection checkpoints and removes the write-ahead log, as Dagster's
+    own per-event connections did."""
+    with _instance(tmp_path) as instance:
+        instance.event_log_storage.store_event(_event("run-r", 0))
+        db = tmp_path / "history" / "runs" / "run-r.db"
+        assert Path(f"{db}-wal").exists()  # the kept connection holds it
+        _dagster_sqlite.release_sqlite_connections()
+        assert not Path(f"{db}-wal").exists()
+        instance.event_log_storage.store_event(_event("run-r", 1))  # reopens
+        assert len(instance.all_logs("run-r")) == 2
