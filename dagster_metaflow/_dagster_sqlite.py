@@ -5,9 +5,9 @@ Dagster's own code when its storages are laid out otherwise:
 
 - `remember_alembic_heads` (our commands, run workers): the head of Dagster's schema
   migrations is read once per process; the database's revision still at every open.
-- `keep_sqlite_connections` (run workers only): one SQLite connection per event-log shard
-  and for the run storage, kept for the process's life instead of a new SQLAlchemy engine,
-  connection and statement compilation for every event.
+- `keep_sqlite_connections` (our commands, run workers): one SQLite connection per
+  event-log shard and for the run storage, kept for the process's life instead of a new
+  SQLAlchemy engine, connection and statement compilation for every event.
 """
 
 from __future__ import annotations
@@ -132,15 +132,17 @@ atexit.register(_ENGINES.close_all)
 
 def keep_sqlite_connections() -> None:
     """Keep one SQLite connection per event-log shard, and one for the run storage, in this
-    process (a run worker), instead of Dagster's new engine and connection per use.
+    process (our commands, run workers), instead of Dagster's new engine and connection
+    per use.
 
     Dagster's SQLite storages create an engine with a NullPool for every event: a new
     connection, SQLAlchemy compiling the insert again, and closing (a WAL checkpoint). That
     is 2.7 ms per event on this machine, ~5 events per step; kept, 1.3 ms. Each write still
     commits at once, and the event log is still checkpointed into `<run id>.db` after every
-    use: the webserver learns of new events by watching that file change. Not for processes
-    that fork children that use SQLite, which is why `dagster trigger` (it forks the run
-    worker) does not call this. A no-op for a Dagster whose storages are laid out otherwise."""
+    use: the webserver learns of new events by watching that file change. Kept connections
+    are closed before the process forks (`trigger` forks the run worker after creating the
+    run) and a forked child opens its own. A no-op for a Dagster whose storages are laid
+    out otherwise."""
     _keep_event_log_connections()
     _keep_run_storage_connection()
 

@@ -81,7 +81,7 @@ def _open_instance(obj: Any, may_create: bool = False) -> Any:
     """The deployments' Dagster instance. Only a deploying command (`may_create`) may make a
     new one: any other command refuses a DAGSTER_HOME that does not exist, which would be an
     empty instance (a typo), in one line. A relative DAGSTER_HOME is refused as Dagster does."""
-    from ._dagster_sqlite import remember_alembic_heads
+    from ._dagster_sqlite import keep_sqlite_connections, remember_alembic_heads
     from .deployments import dagster_home, open_instance
 
     given = os.environ.get("DAGSTER_HOME")
@@ -103,6 +103,7 @@ def _open_instance(obj: Any, may_create: bool = False) -> Any:
         )
         obj._home_announced = True
     remember_alembic_heads()
+    keep_sqlite_connections()
     return open_instance(home)
 
 

@@ -25,6 +25,7 @@ In dagster.yaml (README, "Production"):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -33,6 +34,7 @@ import sys
 import threading
 import traceback
 from collections import deque
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dagster import DefaultRunLauncher
@@ -50,6 +52,8 @@ from .runtime.worker import (
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
+
+    from .runtime.zygote import Zygote
 
 WORKER_LOG_DIR = "dagster_metaflow_workers"
 
@@ -130,13 +134,39 @@ def _fork_from_worker_zygote(
         return None
 
 
-def fork_worker(instance: DagsterInstance, run: DagsterRun) -> WorkerIdentity | None:
+@contextlib.contextmanager
+def step_zygote_for(job_name: str, tags: Mapping[str, str]) -> Iterator[Zygote | None]:
+    """The step zygote of the run worker `trigger` is about to fork, started now: it imports
+    Metaflow on the other core while this process creates the run, and the worker's first
+    step no longer waits for it (~0.1 s). Closed on leaving unless a forked worker took it
+    (`fork_worker`); None when forking is off or the job is not a compiled flow here."""
+    from .runtime.flow import flow_of_job_named
+    from .runtime.zygote import STEP, Zygote, fork_enabled, zygote_env
+
+    zygote = None
+    flow = flow_of_job_named(job_name, tags) if fork_enabled() else None
+    if flow is not None:
+        try:
+            zygote = Zygote(sys.executable, zygote_env(flow.command.step_env()), STEP, wait=False)
+        except Exception:  # the worker starts its own
+            zygote = None
+    try:
+        yield zygote
+    finally:
+        if zygote is not None and not zygote.handed_over:
+            zygote.close()
+
+
+def fork_worker(
+    instance: DagsterInstance, run: DagsterRun, step_zygote: Zygote | None = None
+) -> WorkerIdentity | None:
     """Start `run`'s worker by forking this process, which has already imported Dagster and
     loaded the run's definitions: the same run body `dagster api execute_run` runs, minus a
     fresh interpreter's ~1 s start. The worker is a grandchild in its own session (it
     outlives the caller and is nobody's zombie), its output goes to the worker log, and its
-    identity is recorded as `spawn_worker` records it. None when forking is off
-    (`DAGSTER_METAFLOW_FORK=0`) or unsafe here (other threads): then spawn instead."""
+    identity is recorded as `spawn_worker` records it; it adopts `step_zygote`. None when
+    forking is off (`DAGSTER_METAFLOW_FORK=0`) or unsafe here (other threads): then spawn
+    instead."""
     from .runtime.zygote import fork_enabled
 
     origin = run.job_code_origin
@@ -151,7 +181,9 @@ def fork_worker(instance: DagsterInstance, run: DagsterRun) -> WorkerIdentity | 
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the forked processes
         os.close(read_end)
-        _become_worker(ref, instance.root_directory, run.run_id, log_path, cwd, write_end)
+        _become_worker(
+            ref, instance.root_directory, run.run_id, log_path, cwd, write_end, step_zygote
+        )
     os.close(write_end)
     with os.fdopen(read_end, "rb") as r:
         pid_text = r.read().decode() or "0"
@@ -159,15 +191,23 @@ def fork_worker(instance: DagsterInstance, run: DagsterRun) -> WorkerIdentity | 
     pid = int(pid_text)
     if pid <= 0:
         return None
+    if step_zygote is not None:
+        step_zygote.release()  # the worker's now
     return _record_worker(instance, run.run_id, pid)
 
 
 def _become_worker(
-    ref: Any, home: str, run_id: str, log_path: str, cwd: str | None, pid_fd: int
+    ref: Any,
+    home: str,
+    run_id: str,
+    log_path: str,
+    cwd: str | None,
+    pid_fd: int,
+    step_zygote: Zygote | None,
 ) -> None:
     """In the forked child: detach (new session, second fork), report the worker's pid, and
     run the run's body as `dagster api execute_run` would; never returns."""
-    from .runtime.zygote import fresh_interpreter_signals
+    from .runtime.zygote import POOL, fresh_interpreter_signals
 
     code = 1
     try:
@@ -192,7 +232,10 @@ def _become_worker(
 
         gc.freeze()  # the caller's heap (Dagster, the definitions): never garbage here
 
-        # the definitions are loaded already: start their zygote while Dagster sets up
+        if step_zygote is not None:
+            POOL.adopt(step_zygote)
+        # the definitions are loaded already: start (or take over) their zygote while
+        # Dagster sets up
         threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
         keep_sqlite_connections()
         code = run_worker_body(ref, run_id)

@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,8 @@ from .runtime.worker import settle
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
+
+    from .runtime.zygote import Zygote
 
 Echo = Callable[..., None]
 
@@ -93,34 +96,44 @@ def start_run(
         python_file=(dep.definitions_file,),
         working_directory=os.path.dirname(dep.definitions_file),
     )
+    from .run_launcher import step_zygote_for
+
     queued = uses_explicit_queue(instance)
-    with get_workspace_from_cli_opts(
-        instance, version=DAGSTER_VERSION, workspace_opts=opts, allow_in_process=True
-    ) as workspace:
-        location = get_code_location_from_workspace(workspace, None)
-        repo = get_remote_repository_from_code_location(location, None)
-        remote_job = get_remote_job_from_remote_repo(repo, dep.name)
-        try:
-            run = create_run(
-                instance=instance,
-                code_location=location,
-                remote_repo=repo,
-                remote_job=remote_job,
-                run_config=dict(run_config),
-                tags=dict(tags),
-                op_selection=None,
-                run_id=run_id,
+    with ExitStack() as stack:
+        with get_workspace_from_cli_opts(
+            instance, version=DAGSTER_VERSION, workspace_opts=opts, allow_in_process=True
+        ) as workspace:
+            location = get_code_location_from_workspace(workspace, None)
+            repo = get_remote_repository_from_code_location(location, None)
+            remote_job = get_remote_job_from_remote_repo(repo, dep.name)
+            # a queued run's worker is the daemon's; one forked from here gets a zygote now
+            step_zygote = (
+                None if queued else stack.enter_context(step_zygote_for(dep.name, remote_job.tags))
             )
-        except Exception as exc:
-            raise LaunchError(_one_line(exc)) from None
-        if queued:
-            return instance.submit_run(run.run_id, workspace), True
-    return launch_detached(instance, run), False
+            try:
+                run = create_run(
+                    instance=instance,
+                    code_location=location,
+                    remote_repo=repo,
+                    remote_job=remote_job,
+                    run_config=dict(run_config),
+                    tags=dict(tags),
+                    op_selection=None,
+                    run_id=run_id,
+                )
+            except Exception as exc:
+                raise LaunchError(_one_line(exc)) from None
+            if queued:
+                return instance.submit_run(run.run_id, workspace), True
+        return launch_detached(instance, run, step_zygote), False
 
 
-def launch_detached(instance: DagsterInstance, run: DagsterRun) -> DagsterRun:
+def launch_detached(
+    instance: DagsterInstance, run: DagsterRun, step_zygote: Zygote | None = None
+) -> DagsterRun:
     """Start the run worker (`dagster api execute_run`) in its own session, as Dagster's
-    DefaultRunLauncher does from a code server, so it outlives this process."""
+    DefaultRunLauncher does from a code server, so it outlives this process; a forked
+    worker adopts `step_zygote`."""
     from dagster import DagsterEvent, DagsterEventType
 
     from .run_launcher import fork_worker, spawn_worker
@@ -132,7 +145,7 @@ def launch_detached(instance: DagsterInstance, run: DagsterRun) -> DagsterRun:
         run_id=run.run_id,
     )
     try:
-        if fork_worker(instance, run) is None:
+        if fork_worker(instance, run, step_zygote) is None:
             spawn_worker(instance, run)
     except (OSError, RuntimeError) as exc:
         # never leave the run STARTING forever

@@ -33,7 +33,7 @@ from .taskstore import TaskStore
 from .transitions import Transitions
 from .zygote import POOL, fork_enabled
 
-__all__ = ["MetaflowFlow", "flow_of_context", "flow_of_job", "warm_up_flows"]
+__all__ = ["MetaflowFlow", "flow_of_context", "flow_of_job", "flow_of_job_named", "warm_up_flows"]
 
 _LIVE_FLOWS: list[MetaflowFlow] = []
 
@@ -49,10 +49,15 @@ def warm_up_flows() -> None:
 
 def flow_of_job(job_def: Any) -> MetaflowFlow | None:
     """The compiled flow a job runs (the generated module's FLOW), by the job's flow tag."""
-    by_job = [f for f in _LIVE_FLOWS if f.job_name == job_def.name]
+    return flow_of_job_named(job_def.name, job_def.tags)
+
+
+def flow_of_job_named(job_name: str, tags: Mapping[str, str]) -> MetaflowFlow | None:
+    """`flow_of_job` from the job's name and tags (a job's snapshot has both)."""
+    by_job = [f for f in _LIVE_FLOWS if f.job_name == job_name]
     if by_job:
         return by_job[-1]
-    name = job_def.tags.get("metaflow/flow")
+    name = tags.get("metaflow/flow")
     matches = [f for f in _LIVE_FLOWS if f.name == name and f.job_name is None]
     return matches[-1] if matches else None
 

@@ -155,10 +155,34 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-class Zygote:
-    """Client handle of one zygote process."""
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a process that is not our child may wait to be reaped)."""
+    import psutil
 
-    def __init__(self, python: str, env: Mapping[str, str], mode: str = STEP) -> None:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def zygote_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a zygote is started with: a step's, without its per-command part."""
+    return {k: v for k, v in env.items() if not k.startswith(VOLATILE_ENV)}
+
+
+class Zygote:
+    """Client handle of one zygote process.
+
+    Started by the process that uses it, or by `trigger` for the run worker it is about to
+    fork (`wait=False`): the worker then adopts it (`ZygotePool.adopt`) and, once it is
+    ready, becomes the process it watches (`watch`)."""
+
+    def __init__(
+        self, python: str, env: Mapping[str, str], mode: str = STEP, wait: bool = True
+    ) -> None:
+        self.key = (python, env_key(env))
+        self.adopted = False  # started by the process that forked us, not by us
+        self.handed_over = False  # (in that process) a forked run worker has it now
         self._dir = tempfile.mkdtemp(prefix="dm-zygote-")
         self.path = os.path.join(self._dir, "sock")
         code = "import sys; from dagster_metaflow.runtime.zygote import serve; serve(*sys.argv[1:])"
@@ -172,8 +196,13 @@ class Zygote:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait for its "ready" line (Metaflow imported); a zygote that is not ready within
+        START_TIMEOUT, or died, is closed and RuntimeError raised."""
         assert self.proc.stdout is not None
-        # "ready\n" once Metaflow is imported; a zygote that is not ready in time is given up
         ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
         line = self.proc.stdout.readline() if ready else b""
         if line.strip() != b"ready":
@@ -182,11 +211,26 @@ class Zygote:
                 "zygote did not start" if ready else f"zygote not ready after {START_TIMEOUT:g}s"
             )
 
+    def watch(self, pid: int) -> None:
+        """Make the ready zygote watch `pid` instead of the process that started it: when
+        `pid` dies, it stops the steps it started and exits (see `serve`)."""
+        conn, _pid, _rest = self._request([], {"watch": pid}, None, ())
+        conn.close()
+
+    def release(self) -> None:
+        """In the process that started it, once a forked run worker adopted it: forget it,
+        leaving it running (its files are the worker's to remove)."""
+        self.handed_over = True
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
     def alive(self) -> bool:
+        if self.adopted:  # not our child: ask the kernel whether it is still running
+            return _running(self.proc.pid)
         return self.proc.poll() is None
 
     def _request(
-        self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, fds: Sequence[int]
+        self, argv: Sequence[str], env: Mapping[str, Any], cwd: str | None, fds: Sequence[int]
     ) -> tuple[socket.socket, int, bytes]:
         """Send one command with the child's stdout/stderr fds; return the open connection,
         the child's pid and what arrived after the pid. Raises ZygoteUnavailable when the
@@ -197,7 +241,8 @@ class Zygote:
         try:
             try:
                 conn.connect(self.path)
-                body = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
+                request = {"argv": list(argv), "env": dict(env), "cwd": cwd} if argv else env
+                body = json.dumps(request).encode()
                 socket.send_fds(conn, [HEADER.pack(len(body))], list(fds))
             except OSError as exc:
                 raise ZygoteUnavailable(str(exc)) from exc
@@ -239,7 +284,12 @@ class Zygote:
         return ForkedProcess(conn, pid, os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"), rest)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
+        if self.adopted:  # not our child: signal it; its parent (or init) reaps it
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except OSError:
+                pass
+        elif self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=5)
@@ -270,6 +320,14 @@ class ZygotePool:
         self._zygotes: dict[Any, Zygote | None] = {}
         self._starting: dict[Any, float] = {}  # key -> when its waiters stop waiting
         self._closings = 0  # a zygote started across a close() is closed, not kept
+        self._handed: dict[Any, Zygote] = {}  # adopted, not taken over yet
+
+    def adopt(self, zygote: Zygote) -> None:
+        """In a run worker forked from `trigger`: the step zygote `trigger` started for it
+        while it created the run. Taken over by the first `get` of its environment."""
+        zygote.adopted = True
+        with self._lock:
+            self._handed[zygote.key] = zygote
 
     def get(self, python: str, env: Mapping[str, str]) -> Zygote | None:
         key = (python, env_key(env))
@@ -283,10 +341,12 @@ class ZygotePool:
                 return z
             self._starting[key] = _now() + WAIT_FOR_START
             closings = self._closings
+            handed = self._handed.pop(key, None)
         started: Zygote | None = None
         try:
-            base = {k: v for k, v in env.items() if not k.startswith(VOLATILE_ENV)}
-            started = Zygote(python, base, self.mode)
+            started = _take_over(handed) if handed is not None else None
+            if started is None:
+                started = Zygote(python, zygote_env(env), self.mode)
         except Exception as exc:
             print(
                 f"dagster-metaflow: fork server unavailable ({exc}); using subprocesses",
@@ -314,10 +374,23 @@ class ZygotePool:
     def close(self) -> None:
         with self._lock:
             self._closings += 1
-            for z in self._zygotes.values():
+            for z in [*self._zygotes.values(), *self._handed.values()]:
                 if isinstance(z, Zygote):
                     z.close()
             self._zygotes.clear()
+            self._handed.clear()
+
+
+def _take_over(zygote: Zygote) -> Zygote | None:
+    """An adopted zygote, once ready and watching this process; None (closed) if it died
+    meanwhile (its starter gone) or cannot be told: the caller starts its own."""
+    try:
+        zygote.wait_ready()
+        zygote.watch(os.getpid())
+        return zygote
+    except Exception:
+        zygote.close()
+        return None
 
 
 POOL = ZygotePool()
@@ -592,6 +665,10 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
             os.unlink(path)
         except OSError:
             pass
+        if server.stop_children and server.conns:
+            # closed (SIGTERM) while steps still run: a run worker ending by an error, whose
+            # exit closes its pool; its steps must not outlive it either
+            _stop_children(list(server.conns))
 
 
 def _preload() -> dict[str, Any]:
@@ -625,6 +702,7 @@ class _ForkServer:
         self.main_extras = main_extras
         self.stop_children = stop_children
         self.parent = parent
+        self.adopted_by: int | None = None  # a run worker watched instead (`Zygote.watch`)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(64)
@@ -645,20 +723,38 @@ class _ForkServer:
                 ready, _, _ = select.select(watched, [], [], 1.0)
             except InterruptedError:
                 ready = []
-            if os.getppid() != self.parent:
+            if wake_r in ready:
+                os.read(wake_r, 4096)
+            if listener in ready:  # before the check below: a watch may be pending
+                received = _receive_request(listener)
+                if received is not None:
+                    conn, request, fds = received
+                    if "watch" in request:
+                        self._watch(conn, int(request["watch"]))
+                    else:
+                        self._fork(conn, request, fds)
+            if self._watched_gone():
                 # the run worker is gone (killed, crashed): its steps must not live on;
                 # run workers, though, outlive the daemon or webserver that launched them
                 if self.stop_children:
                     _stop_children(list(self.conns))
+                    self.conns.clear()
                 return
-            if wake_r in ready:
-                os.read(wake_r, 4096)
-            if listener in ready:
-                received = _receive_request(listener)
-                if received is None:
-                    continue
-                self._fork(*received)
             self._reap()
+
+    def _watched_gone(self) -> bool:
+        if self.adopted_by is not None:
+            return not _pid_alive(self.adopted_by)
+        return os.getppid() != self.parent
+
+    def _watch(self, conn: socket.socket, pid: int) -> None:
+        """From now on live as long as `pid` (the run worker that adopted us), not our parent."""
+        self.adopted_by = pid
+        try:
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        except OSError:
+            pass
+        conn.close()
 
     def _fork(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
         """Fork the child that runs `request`, and tell the client its pid."""
@@ -705,14 +801,19 @@ def _receive_request(
     """Accept one request: its connection, the command, and the child's stdout/stderr fds;
     None (connection closed) for a malformed one."""
     conn, _ = listener.accept()
+    fds: list[int] = []
     try:
         msg, fds, _flags, _addr = socket.recv_fds(conn, HEADER.size, 2)
-        if len(fds) != 2:
-            raise ConnectionError("expected two file descriptors")
         header = _recv_exact(conn, HEADER.size, msg)
         (length,) = HEADER.unpack(header)
         request = json.loads(_recv_exact(conn, length))
+        if not isinstance(request, dict) or not isinstance(request.get("watch", 0), int):
+            raise ValueError("not a request")
+        if len(fds) != (0 if "watch" in request else 2):
+            raise ConnectionError("a command comes with two file descriptors, a watch with none")
     except (OSError, ValueError):
         conn.close()
+        for fd in fds:
+            os.close(fd)
         return None
     return conn, request, fds

@@ -256,3 +256,137 @@ def test_a_zygote_whose_starter_died_exits_even_if_it_died_during_the_preload(
     for p in left:
         p.kill()
     assert not left, "a zygote outlived the process that started it"
+
+
+_HANDS_OVER = """
+import json, os, sys, time
+from dagster_metaflow.runtime.zygote import POOL, STEP, Zygote, zygote_env
+
+script, marker, starter_lives, env_differs = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "1"
+env = dict(os.environ)
+handed = Zygote(sys.executable, zygote_env(env), STEP, wait=False)  # as `trigger` does
+r, w = os.pipe()
+if os.fork() == 0:  # the run worker
+    os.close(r)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # as a run worker: not holding the starter's output open
+        os.dup2(devnull, fd)
+    POOL.adopt(handed)
+    time.sleep(max(0.0, -starter_lives))  # < 0: the starter is gone before the take-over
+    steps_env = dict(env, METAFLOW_DEFAULT_METADATA="local") if env_differs else env
+    got = POOL.get(sys.executable, steps_env)
+    proc = got.spawn([sys.executable, script, marker], steps_env, None)
+    try:  # a starter that is gone already does not read it
+        os.write(w, json.dumps({"taken": got is handed, "handed": handed.proc.pid,
+                                "zygote": got.proc.pid, "step": proc.pid}).encode())
+    except BrokenPipeError:
+        pass
+    os.close(w)
+    time.sleep(120)  # killed by the test
+    os._exit(0)
+os.close(w)
+handed.release()
+if starter_lives > 0:
+    time.sleep(starter_lives)
+    with os.fdopen(r) as f:
+        print(f.read(), flush=True)
+else:
+    print("{}", flush=True)
+"""
+
+_STEP_SLEEPS = "import sys, time\nopen(sys.argv[1], 'w').write('started')\ntime.sleep(60)\n"
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["taken over, starter exits", "starter gone before the take-over", "another environment"],
+)
+def test_a_zygote_started_for_a_forked_run_worker(case: str, tmp_path: Path) -> None:
+    """`trigger` starts the step zygote while it creates the run and forks the worker: the
+    worker takes it over and the zygote then lives as long as the worker, not `trigger`
+    (which may exit at once). A zygote the worker cannot take (its starter died first, or
+    another environment) is not used, and no process is left behind either way."""
+    import json
+
+    import psutil
+
+    script, marker = tmp_path / "step.py", tmp_path / "started"
+    script.write_text(_STEP_SLEEPS)
+    lives = {"taken over, starter exits": 6.0, "another environment": 6.0}.get(case, -3.0)
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # the zygotes' sockets: found by cmdline
+    out = subprocess.run(
+        [sys.executable, "-c", _HANDS_OVER, str(script), str(marker), str(lives),
+         "1" if case == "another environment" else "0"],
+        env=env, capture_output=True, text=True, timeout=90,
+    )
+    assert out.returncode == 0, out.stderr
+
+    def ours() -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if any(str(tmp_path) in arg for arg in p.info["cmdline"] or ()):
+                    found.append(p)
+            except psutil.Error:
+                pass
+        return found
+
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the worker's step never started"
+        worker = next(p for p in ours() if "POOL.adopt" in " ".join(p.cmdline()))
+        if lives > 0:
+            seen = json.loads(out.stdout.strip().splitlines()[-1])
+            assert seen["taken"] == (case == "taken over, starter exits")
+            time.sleep(1.5)  # the starter has exited: a zygote watching it would be gone
+            assert psutil.pid_exists(seen["zygote"]) and psutil.pid_exists(seen["step"])
+            if not seen["taken"]:
+                assert seen["handed"] != seen["zygote"]
+        worker.kill()  # the run worker dies: its zygote stops the step and exits
+        deadline = time.monotonic() + 25
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = ours()
+    finally:
+        for p in ours():
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+    assert not left, f"left behind: {[p.cmdline() for p in left]}"
+
+
+_EXITS_WITH_A_STEP_RUNNING = """
+import os, sys
+from dagster_metaflow.runtime.zygote import POOL
+env = dict(os.environ)
+proc = POOL.get(sys.executable, env).spawn([sys.executable, sys.argv[1], sys.argv[2]], env, None)
+while not os.path.exists(sys.argv[2]):
+    pass
+print(proc.pid, flush=True)
+raise SystemExit(1)  # a run worker ending by an error: its exit closes the pool
+"""
+
+
+def test_steps_do_not_outlive_a_worker_that_exits_while_they_run(tmp_path: Path) -> None:
+    """Closing a zygote (the worker's exit closes its pool) stops the steps it started, as
+    its watch does when the worker is killed."""
+    import psutil
+
+    script, marker = tmp_path / "step.py", tmp_path / "started"
+    script.write_text(_STEP_SLEEPS)
+    out = subprocess.run(
+        [sys.executable, "-c", _EXITS_WITH_A_STEP_RUNNING, str(script), str(marker)],
+        capture_output=True, text=True, timeout=60,
+    )
+    step = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 15
+    while psutil.pid_exists(step) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = psutil.pid_exists(step)
+    if alive:
+        os.kill(step, 9)
+    assert not alive, "a step outlived its run worker"
