@@ -86,9 +86,12 @@ def spawn_worker(
         "resume_run" if resume else "execute_run",
         serialize_value(args),
     ]
+    from .runtime.flow import RUN_WORKER_ENV
+
     cwd = _working_directory(origin)
     env = dict(os.environ)
     env["DAGSTER_HOME"] = instance.root_directory
+    env[RUN_WORKER_ENV] = "1"  # its flows start their step zygote once defined
     log_path = worker_log_path(instance, run.run_id)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as log:

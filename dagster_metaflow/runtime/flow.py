@@ -9,7 +9,9 @@ generated files call; the options of a task travel as one TaskOptions record.
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,6 +38,19 @@ from .zygote import POOL, fork_enabled
 __all__ = ["MetaflowFlow", "flow_of_context", "flow_of_job", "flow_of_job_named", "warm_up_flows"]
 
 _LIVE_FLOWS: list[MetaflowFlow] = []
+
+# set by our run launcher for the run workers it starts (`dagster api execute_run`): their
+# flows start their step zygote as soon as the definitions define them, not when the
+# executor starts (~0.1 s later), so the run's first step waits less for it
+RUN_WORKER_ENV = "DAGSTER_METAFLOW_RUN_WORKER"
+_in_run_worker: list[bool] = []  # read (and removed from the environment) once
+
+
+def _warm_up_early(flow: MetaflowFlow) -> None:
+    if not _in_run_worker:  # steps and what else the worker starts do not inherit it
+        _in_run_worker.append(os.environ.pop(RUN_WORKER_ENV, "") == "1")
+    if _in_run_worker[0] and fork_enabled():
+        threading.Thread(target=flow.warm_up, name="dagster-metaflow:warm-up", daemon=True).start()
 
 
 def warm_up_flows() -> None:
@@ -77,6 +92,7 @@ class MetaflowFlow(FlowSettings):
 
     def __post_init__(self) -> None:
         _LIVE_FLOWS.append(self)
+        _warm_up_early(self)
 
     # -- the parts (built on first use) ------------------------------------------------
     @cached_property

@@ -390,3 +390,34 @@ def test_steps_do_not_outlive_a_worker_that_exits_while_they_run(tmp_path: Path)
     if alive:
         os.kill(step, 9)
     assert not alive, "a step outlived its run worker"
+
+
+@pytest.mark.parametrize("in_run_worker", [True, False])
+def test_a_run_worker_s_flows_start_their_zygote_when_defined(
+    in_run_worker: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a run worker our launcher started, a flow starts its step zygote as soon as the
+    definitions define it; the variable saying so is not passed on to what the worker
+    starts (its steps). Elsewhere (webserver, daemon, code server) defining a flow starts
+    nothing."""
+    from dagster_metaflow.runtime import flow as flow_module
+
+    asked: list[str] = []
+    started = threading.Event()
+
+    def get(python: str, env: dict[str, str]) -> None:
+        asked.append(env.get("METAFLOW_RUNTIME_NAME", ""))
+        started.set()
+
+    monkeypatch.setattr(zygote.POOL, "get", get)
+    monkeypatch.setattr(flow_module, "fork_enabled", lambda: True)
+    monkeypatch.setattr(flow_module, "_in_run_worker", [])
+    monkeypatch.setattr(flow_module, "_LIVE_FLOWS", [])
+    if in_run_worker:
+        monkeypatch.setenv(flow_module.RUN_WORKER_ENV, "1")
+    else:
+        monkeypatch.delenv(flow_module.RUN_WORKER_ENV, raising=False)
+    flow_module.MetaflowFlow(name="EarlyFlow", file="early_flow.py")
+    assert started.wait(10 if in_run_worker else 0.5) is in_run_worker
+    assert asked == (["dagster"] if in_run_worker else [])
+    assert flow_module.RUN_WORKER_ENV not in os.environ
