@@ -152,15 +152,23 @@ def release_sqlite_connections() -> None:
     _ENGINES.close_all()
 
 
-def _keep_event_log_connections() -> None:
+def _not_rebound(module_name: str, class_name: str, method: str) -> tuple[Any, Any] | None:
+    """(module, class) of a storage method to rebind; None when Dagster lays it out
+    otherwise, or it is rebound already."""
     try:
-        module = importlib.import_module(_EVENT_LOG)
-        storage = module.SqliteEventLogStorage
-        original = storage._connect
+        module = importlib.import_module(module_name)
+        storage = getattr(module, class_name)
+        original = getattr(storage, method)
     except (ImportError, AttributeError):
+        return None
+    return None if getattr(original, "keeps_connections", False) else (module, storage)
+
+
+def _keep_event_log_connections() -> None:
+    found = _not_rebound(_EVENT_LOG, "SqliteEventLogStorage", "_connect")
+    if found is None:
         return
-    if getattr(original, "keeps_connections", False):
-        return
+    module, storage = found
     timeout = getattr(module, "SQLITE_BUSY_TIMEOUT_SECONDS", None)
     connect_args = {} if timeout is None else {"timeout": timeout}
 
@@ -185,14 +193,10 @@ def _keep_event_log_connections() -> None:
 
 
 def _keep_run_storage_connection() -> None:
-    try:
-        module = importlib.import_module(_RUN_STORAGE)
-        storage = module.SqliteRunStorage
-        original = storage.connect
-    except (ImportError, AttributeError):
+    found = _not_rebound(_RUN_STORAGE, "SqliteRunStorage", "connect")
+    if found is None:
         return
-    if getattr(original, "keeps_connections", False):
-        return
+    module, storage = found
 
     @contextlib.contextmanager
     def connect(self: Any) -> Iterator[Any]:
