@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,32 +79,55 @@ class _Engines:
 
     SQLite forbids carrying an open connection across fork(), even one the child never
     uses (its in-memory lock table is inherited): they are closed before any fork, and a
-    child forgets its parent's."""
+    child forgets its parent's. At most KEEP are kept (a process that runs many runs, such
+    as a test session, closes the oldest), and one whose file was replaced or removed
+    since (an instance wiped or created again at the same path) is opened again."""
+
+    KEEP = 16
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_url: dict[str, Any] = {}
+        # url -> (engine, (st_dev, st_ino) of its file once it exists); oldest use first
+        self._by_url: OrderedDict[str, tuple[Any, tuple[int, int] | None]] = OrderedDict()
         self._pid = os.getpid()
 
     def get(self, url: str, create: Any, connect_args: dict[str, Any]) -> Any:
+        stale: list[Any] = []
         with self._lock:
             if self._pid != os.getpid():
                 self._forget()
-            engine = self._by_url.get(url)
+            engine, identity = self._by_url.pop(url, (None, None))
+            now = _file_identity(engine.url.database) if engine is not None else None
+            if engine is not None and identity is not None and now != identity:
+                stale.append(engine)  # not the file it opened
+                engine = None
             if engine is None:
-                from sqlalchemy.pool import QueuePool
+                engine = self._create(url, create, connect_args)
+                identity = now = _file_identity(engine.url.database)
+            self._by_url[url] = (engine, identity or now)
+            while len(self._by_url) > self.KEEP:
+                stale.append(self._by_url.popitem(last=False)[1][0])
+        for old in stale:
+            with contextlib.suppress(Exception):
+                old.dispose()
+        return engine
 
-                # one kept connection; a concurrent user (another thread) gets its own,
-                # closed when returned, as before
-                engine = create(
-                    url,
-                    poolclass=QueuePool,
-                    pool_size=1,
-                    max_overflow=-1,
-                    connect_args={**connect_args, "check_same_thread": False},
-                )
-                self._by_url[url] = engine
-            return engine
+    @staticmethod
+    def _create(url: str, create: Any, connect_args: dict[str, Any]) -> Any:
+        from sqlalchemy.pool import QueuePool
+
+        # one kept connection; a concurrent user (another thread) gets its own, closed when
+        # returned, as before
+        engine = create(
+            url,
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=-1,
+            connect_args={**connect_args, "check_same_thread": False},
+        )
+        with engine.connect():  # opened now (SQLite creates the file): its identity is known
+            pass
+        return engine
 
     def close_all(self) -> None:
         """Close every kept connection (before a fork; at the end of a run worker)."""
@@ -111,18 +135,27 @@ class _Engines:
             if self._pid != os.getpid():
                 self._forget()
                 return
-            engines, self._by_url = list(self._by_url.values()), {}
+            engines = [engine for engine, _ in self._by_url.values()]
+            self._by_url = OrderedDict()
         for engine in engines:
             with contextlib.suppress(Exception):
                 engine.dispose()
 
     def _forget(self) -> None:
         """In a forked child: drop the parent's engines without touching their connections."""
-        for engine in self._by_url.values():
+        for engine, _ in self._by_url.values():
             with contextlib.suppress(Exception):
                 engine.dispose(close=False)
-        self._by_url = {}
+        self._by_url = OrderedDict()
         self._pid = os.getpid()
+
+
+def _file_identity(path: str | None) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if st is not None else None
 
 
 _ENGINES = _Engines()
@@ -152,20 +185,28 @@ def release_sqlite_connections() -> None:
     _ENGINES.close_all()
 
 
-def _not_rebound(module_name: str, class_name: str, method: str) -> tuple[Any, Any] | None:
+def _not_rebound(
+    module_name: str, class_name: str, method: str, uses: tuple[str, ...] = ()
+) -> tuple[Any, Any] | None:
     """(module, class) of a storage method to rebind; None when Dagster lays it out
-    otherwise, or it is rebound already."""
+    otherwise (the method, `create_engine` or the class attributes the rebind `uses` are
+    missing), or it is rebound already."""
     try:
         module = importlib.import_module(module_name)
         storage = getattr(module, class_name)
         original = getattr(storage, method)
+        for name in uses:
+            getattr(storage, name)
+        module.create_engine  # noqa: B018
     except (ImportError, AttributeError):
         return None
     return None if getattr(original, "keeps_connections", False) else (module, storage)
 
 
 def _keep_event_log_connections() -> None:
-    found = _not_rebound(_EVENT_LOG, "SqliteEventLogStorage", "_connect")
+    found = _not_rebound(
+        _EVENT_LOG, "SqliteEventLogStorage", "_connect", ("_initdb", "conn_string_for_shard")
+    )
     if found is None:
         return
     module, storage = found
@@ -185,8 +226,9 @@ def _keep_event_log_connections() -> None:
                 with conn.begin():
                     yield conn
                 # what closing the connection did: move the new events into `<run id>.db`,
-                # the file the webserver watches
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                # the file the webserver watches; only a notice, never the write's outcome
+                with contextlib.suppress(Exception):
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").close()
 
     _connect.keeps_connections = True  # type: ignore[attr-defined]
     storage._connect = _connect

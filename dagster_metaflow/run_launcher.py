@@ -91,7 +91,8 @@ def spawn_worker(
     cwd = _working_directory(origin)
     env = dict(os.environ)
     env["DAGSTER_HOME"] = instance.root_directory
-    env[RUN_WORKER_ENV] = "1"  # its flows start their step zygote once defined
+    # the run's flow starts its step zygote once its definitions define it
+    env[RUN_WORKER_ENV] = run.tags.get("metaflow/flow", "")
     log_path = worker_log_path(instance, run.run_id)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as log:
@@ -230,7 +231,7 @@ def _become_worker(
         os.environ["DAGSTER_HOME"] = home
         import gc
 
-        from ._dagster_sqlite import keep_sqlite_connections, release_sqlite_connections
+        from ._dagster_sqlite import keep_sqlite_connections
         from .runtime.flow import warm_up_flows
 
         gc.freeze()  # the caller's heap (Dagster, the definitions): never garbage here
@@ -242,10 +243,16 @@ def _become_worker(
         threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
         keep_sqlite_connections()
         code = run_worker_body(ref, run_id)
-        release_sqlite_connections()  # os._exit below runs no atexit handler
     except BaseException:
         traceback.print_exc()
     finally:
+        # os._exit runs no atexit handler: what they would close, closed here
+        with contextlib.suppress(BaseException):
+            from ._dagster_sqlite import release_sqlite_connections
+            from .runtime.zygote import POOL as step_zygotes
+
+            release_sqlite_connections()
+            step_zygotes.close()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -39,18 +39,24 @@ __all__ = ["MetaflowFlow", "flow_of_context", "flow_of_job", "flow_of_job_named"
 
 _LIVE_FLOWS: list[MetaflowFlow] = []
 
-# set by our run launcher for the run workers it starts (`dagster api execute_run`): their
-# flows start their step zygote as soon as the definitions define them, not when the
-# executor starts (~0.1 s later), so the run's first step waits less for it
+# set by our run launcher for the run workers it starts (`dagster api execute_run`) to the
+# name of the run's flow: that flow starts its step zygote as soon as the definitions
+# define it, not when the executor starts (~0.1 s later), so the run's first step waits
+# less for it
 RUN_WORKER_ENV = "DAGSTER_METAFLOW_RUN_WORKER"
-_in_run_worker: list[bool] = []  # read (and removed from the environment) once
+_run_worker_flow: list[str] = []  # read (and removed from the environment) once
 
 
 def _warm_up_early(flow: MetaflowFlow) -> None:
-    if not _in_run_worker:  # steps and what else the worker starts do not inherit it
-        _in_run_worker.append(os.environ.pop(RUN_WORKER_ENV, "") == "1")
-    if _in_run_worker[0] and fork_enabled():
-        threading.Thread(target=flow.warm_up, name="dagster-metaflow:warm-up", daemon=True).start()
+    if not _run_worker_flow:  # steps and what else the worker starts do not inherit it
+        _run_worker_flow.append(os.environ.pop(RUN_WORKER_ENV, ""))
+    if _run_worker_flow[0] == flow.name and fork_enabled():
+        try:
+            threading.Thread(
+                target=flow.warm_up, name="dagster-metaflow:warm-up", daemon=True
+            ).start()
+        except RuntimeError:  # no thread now: the executor warms it up
+            pass
 
 
 def warm_up_flows() -> None:

@@ -165,6 +165,15 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _start_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
 def zygote_env(env: Mapping[str, str]) -> dict[str, str]:
     """The environment a zygote is started with: a step's, without its per-command part."""
     return {k: v for k, v in env.items() if not k.startswith(VOLATILE_ENV)}
@@ -183,6 +192,7 @@ class Zygote:
         self.key = (python, env_key(env))
         self.adopted = False  # started by the process that forked us, not by us
         self.handed_over = False  # (in that process) a forked run worker has it now
+        self._closed = False
         self._dir = tempfile.mkdtemp(prefix="dm-zygote-")
         self.path = os.path.join(self._dir, "sock")
         code = "import sys; from dagster_metaflow.runtime.zygote import serve; serve(*sys.argv[1:])"
@@ -196,6 +206,7 @@ class Zygote:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+        self.started_at = _start_time(self.proc.pid)  # its identity, beyond a reusable pid
         if wait:
             self.wait_ready()
 
@@ -225,9 +236,12 @@ class Zygote:
             self.proc.stdout.close()
 
     def alive(self) -> bool:
-        if self.adopted:  # not our child: ask the kernel whether it is still running
-            return _running(self.proc.pid)
+        if self.adopted:  # not our child: ask the kernel whether it is still that process
+            return self._still_ours()
         return self.proc.poll() is None
+
+    def _still_ours(self) -> bool:
+        return _running(self.proc.pid) and _start_time(self.proc.pid) == self.started_at
 
     def _request(
         self, argv: Sequence[str], env: Mapping[str, Any], cwd: str | None, fds: Sequence[int]
@@ -284,11 +298,15 @@ class Zygote:
         return ForkedProcess(conn, pid, os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"), rest)
 
     def close(self) -> None:
-        if self.adopted:  # not our child: signal it; its parent (or init) reaps it
-            try:
-                os.kill(self.proc.pid, signal.SIGTERM)
-            except OSError:
-                pass
+        if self._closed:
+            return
+        self._closed = True
+        if self.adopted:  # not our child: signal it if it still is; its parent reaps it
+            if self._still_ours():
+                try:
+                    os.kill(self.proc.pid, signal.SIGTERM)
+                except OSError:
+                    pass
         elif self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -608,6 +626,7 @@ def _stop_children(pids: Sequence[int], grace: float = 10.0) -> None:
 
     for pid in pids:
         _killpg(pid, signal.SIGTERM)
+        _kill(pid, signal.SIGTERM)  # a child that has not made its own group yet
     deadline = time.monotonic() + grace
     alive = list(pids)
     while alive and time.monotonic() < deadline:
@@ -621,6 +640,15 @@ def _stop_children(pids: Sequence[int], grace: float = 10.0) -> None:
         time.sleep(0.1)
     for pid in pids:
         _killpg(pid, signal.SIGKILL)
+    for pid in alive:  # not reaped: still ours (a reaped pid may be someone else's now)
+        _kill(pid, signal.SIGKILL)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -657,18 +685,21 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
     server = _ForkServer(path, main_extras, parent_pid, stop_children=mode != WORKER)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
+    me = os.getpid()
     try:
         server.run()
     finally:
-        server.listener.close()
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        if server.stop_children and server.conns:
-            # closed (SIGTERM) while steps still run: a run worker ending by an error, whose
-            # exit closes its pool; its steps must not outlive it either
-            _stop_children(list(server.conns))
+        if os.getpid() == me:  # not in a child between its fork and its own exit handling
+            server.listener.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            if server.stop_children and server.conns:
+                # closed (SIGTERM) while steps still run: a run worker ending by an error,
+                # whose exit closes its pool; its steps must not outlive it either (within
+                # the 5 s `Zygote.close` waits before it kills the zygote)
+                _stop_children(list(server.conns), grace=3.0)
 
 
 def _preload() -> dict[str, Any]:
@@ -714,7 +745,8 @@ class _ForkServer:
         self.conns: dict[int, socket.socket] = {}
 
     def run(self) -> None:
-        """Serve requests and report exits until the run worker (our parent) is gone."""
+        """Serve requests and report exits until the run worker (our parent, or the worker
+        that adopted us) is gone."""
         listener, wake_r = self.listener, self.wake_r
         while True:
             ready: list[Any]
@@ -743,8 +775,8 @@ class _ForkServer:
             self._reap()
 
     def _watched_gone(self) -> bool:
-        if self.adopted_by is not None:
-            return not _pid_alive(self.adopted_by)
+        if self.adopted_by is not None:  # not our parent: a zombie counts as gone
+            return not _running(self.adopted_by)
         return os.getppid() != self.parent
 
     def _watch(self, conn: socket.socket, pid: int) -> None:

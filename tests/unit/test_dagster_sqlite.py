@@ -78,7 +78,7 @@ def test_events_are_stored_once_each_and_read_at_once_by_another_process(
         assert _count_elsewhere(tmp_path, "run-a") == 20
         # one engine for the shard, its one connection kept
         engines = _dagster_sqlite._ENGINES._by_url
-        shard = [e for url, e in engines.items() if url.endswith("run-a.db")]
+        shard = [e for url, (e, _) in engines.items() if url.endswith("run-a.db")]
         assert len(shard) == 1 and shard[0].pool.checkedin() == 1
         assert [r.user_message for r in instance.all_logs("run-a")] == [
             f"event {n}" for n in range(20)
@@ -127,11 +127,16 @@ def test_threads_storing_at_once_lose_nothing(kept: None, tmp_path: Path) -> Non
             th.join()
         assert len(instance.all_logs("run-t")) == 200
         # the run storage's kept connection from several threads
-        runs = [threading.Thread(target=lambda: instance.get_runs(limit=5)) for _ in range(4)]
+        read: list[object] = []
+        runs = [
+            threading.Thread(target=lambda: read.append(instance.get_runs(limit=5)))
+            for _ in range(4)
+        ]
         for th in runs:
             th.start()
         for th in runs:
             th.join()
+        assert read == [[], [], [], []]
 
 
 def test_a_forked_child_opens_its_own_connections_and_the_parent_keeps_working(
@@ -172,3 +177,32 @@ def test_released_connections_close_the_databases(kept: None, tmp_path: Path) ->
         assert not Path(f"{db}-wal").exists()
         instance.event_log_storage.store_event(_event("run-r", 1))  # reopens
         assert len(instance.all_logs("run-r")) == 2
+
+
+def test_an_instance_made_again_at_the_same_path_is_opened_again(
+    kept: None, tmp_path: Path
+) -> None:
+    """A kept connection is to a file: an instance wiped and created again at the same path
+    (tests, a user starting over) must not be written through a connection to the old one."""
+    import shutil
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with _instance(home) as instance:
+        instance.event_log_storage.store_event(_event("run-same", 0))
+    shutil.rmtree(home)
+    home.mkdir()
+    with _instance(home) as instance:
+        instance.event_log_storage.store_event(_event("run-same", 1))
+        assert [r.user_message for r in instance.all_logs("run-same")] == ["event 1"]
+    assert _count_elsewhere(home, "run-same") == 1
+
+
+def test_at_most_a_few_databases_are_kept_open(kept: None, tmp_path: Path) -> None:
+    """A process that runs many runs (a test session, a notebook) does not keep every run's
+    database open."""
+    with _instance(tmp_path) as instance:
+        for n in range(_dagster_sqlite._Engines.KEEP + 10):
+            instance.event_log_storage.store_event(_event(f"run-{n}", n))
+        assert len(_dagster_sqlite._ENGINES._by_url) <= _dagster_sqlite._Engines.KEEP
+        assert len(instance.all_logs("run-0")) == 1  # an evicted one opens again

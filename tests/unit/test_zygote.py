@@ -262,46 +262,43 @@ _HANDS_OVER = """
 import json, os, sys, time
 from dagster_metaflow.runtime.zygote import POOL, STEP, Zygote, zygote_env
 
-script, marker, starter_lives, env_differs = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "1"
+script, marker, result, starter_lives, env_differs = sys.argv[1:6]
+starter_lives = float(starter_lives)
 env = dict(os.environ)
 handed = Zygote(sys.executable, zygote_env(env), STEP, wait=False)  # as `trigger` does
-r, w = os.pipe()
 if os.fork() == 0:  # the run worker
-    os.close(r)
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):  # as a run worker: not holding the starter's output open
         os.dup2(devnull, fd)
     POOL.adopt(handed)
     time.sleep(max(0.0, -starter_lives))  # < 0: the starter is gone before the take-over
-    steps_env = dict(env, METAFLOW_DEFAULT_METADATA="local") if env_differs else env
+    steps_env = dict(env, METAFLOW_DEFAULT_METADATA="local") if env_differs == "1" else env
     got = POOL.get(sys.executable, steps_env)
     proc = got.spawn([sys.executable, script, marker], steps_env, None)
-    try:  # a starter that is gone already does not read it
-        os.write(w, json.dumps({"taken": got is handed, "handed": handed.proc.pid,
-                                "zygote": got.proc.pid, "step": proc.pid}).encode())
-    except BrokenPipeError:
-        pass
-    os.close(w)
+    with open(result + ".tmp", "w") as f:
+        json.dump({"taken": got is handed, "handed": handed.proc.pid,
+                   "zygote": got.proc.pid, "step": proc.pid}, f)
+    os.rename(result + ".tmp", result)
     time.sleep(120)  # killed by the test
     os._exit(0)
-os.close(w)
 handed.release()
-if starter_lives > 0:
-    time.sleep(starter_lives)
-    with os.fdopen(r) as f:
-        print(f.read(), flush=True)
-else:
-    print("{}", flush=True)
+time.sleep(max(0.0, starter_lives))  # 0: exits at once, as `trigger` without --wait
 """
 
 _STEP_SLEEPS = "import sys, time\nopen(sys.argv[1], 'w').write('started')\ntime.sleep(60)\n"
 
+# case -> (how long the starter lives after the fork, < 0: gone before the take-over;
+#          the worker's steps in another environment; taken over?)
+_HAND_OVER_CASES = {
+    "taken over, starter exits at once": (0.0, False, True),
+    "taken over, starter lives on": (4.0, False, True),
+    "starter gone before the take-over": (-3.0, False, None),
+    "another environment": (0.0, True, False),
+}
 
-@pytest.mark.parametrize(
-    "case",
-    ["taken over, starter exits", "starter gone before the take-over", "another environment"],
-)
+
+@pytest.mark.parametrize("case", list(_HAND_OVER_CASES))
 def test_a_zygote_started_for_a_forked_run_worker(case: str, tmp_path: Path) -> None:
     """`trigger` starts the step zygote while it creates the run and forks the worker: the
     worker takes it over and the zygote then lives as long as the worker, not `trigger`
@@ -311,22 +308,24 @@ def test_a_zygote_started_for_a_forked_run_worker(case: str, tmp_path: Path) -> 
 
     import psutil
 
-    script, marker = tmp_path / "step.py", tmp_path / "started"
+    lives, env_differs, taken = _HAND_OVER_CASES[case]
+    script, marker, result = tmp_path / "step.py", tmp_path / "started", tmp_path / "result"
     script.write_text(_STEP_SLEEPS)
-    lives = {"taken over, starter exits": 6.0, "another environment": 6.0}.get(case, -3.0)
     env = dict(os.environ, TMPDIR=str(tmp_path))  # the zygotes' sockets: found by cmdline
     out = subprocess.run(
-        [sys.executable, "-c", _HANDS_OVER, str(script), str(marker), str(lives),
-         "1" if case == "another environment" else "0"],
+        [sys.executable, "-c", _HANDS_OVER, str(script), str(marker), str(result), str(lives),
+         "1" if env_differs else "0"],
         env=env, capture_output=True, text=True, timeout=90,
     )
     assert out.returncode == 0, out.stderr
 
     def ours() -> list[psutil.Process]:
         found = []
-        for p in psutil.process_iter(["cmdline"]):
+        for p in psutil.process_iter(["cmdline", "status"]):
             try:
-                if any(str(tmp_path) in arg for arg in p.info["cmdline"] or ()):
+                if p.info["status"] != psutil.STATUS_ZOMBIE and any(
+                    str(tmp_path) in arg for arg in p.info["cmdline"] or ()
+                ):
                     found.append(p)
             except psutil.Error:
                 pass
@@ -334,17 +333,18 @@ def test_a_zygote_started_for_a_forked_run_worker(case: str, tmp_path: Path) -> 
 
     try:
         deadline = time.monotonic() + 30
-        while not marker.exists() and time.monotonic() < deadline:
+        while not result.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
+        seen = json.loads(result.read_text())
         assert marker.exists(), "the worker's step never started"
+        if taken is not None:
+            assert seen["taken"] is taken
+        if not seen["taken"]:
+            assert seen["handed"] != seen["zygote"]
+        time.sleep(1.5)  # the starter has exited: a zygote still watching it is gone now
+        running = {p.pid for p in ours()}
+        assert {seen["zygote"], seen["step"]} <= running
         worker = next(p for p in ours() if "POOL.adopt" in " ".join(p.cmdline()))
-        if lives > 0:
-            seen = json.loads(out.stdout.strip().splitlines()[-1])
-            assert seen["taken"] == (case == "taken over, starter exits")
-            time.sleep(1.5)  # the starter has exited: a zygote watching it would be gone
-            assert psutil.pid_exists(seen["zygote"]) and psutil.pid_exists(seen["step"])
-            if not seen["taken"]:
-                assert seen["handed"] != seen["zygote"]
         worker.kill()  # the run worker dies: its zygote stops the step and exits
         deadline = time.monotonic() + 25
         while ours() and time.monotonic() < deadline:
@@ -396,10 +396,10 @@ def test_steps_do_not_outlive_a_worker_that_exits_while_they_run(tmp_path: Path)
 def test_a_run_worker_s_flows_start_their_zygote_when_defined(
     in_run_worker: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In a run worker our launcher started, a flow starts its step zygote as soon as the
-    definitions define it; the variable saying so is not passed on to what the worker
-    starts (its steps). Elsewhere (webserver, daemon, code server) defining a flow starts
-    nothing."""
+    """In a run worker our launcher started, the run's flow starts its step zygote as soon
+    as the definitions define it (other flows of the file do not); the variable naming it
+    is not passed on to what the worker starts (its steps). Elsewhere (webserver, daemon,
+    code server) defining a flow starts nothing."""
     from dagster_metaflow.runtime import flow as flow_module
 
     asked: list[str] = []
@@ -411,13 +411,15 @@ def test_a_run_worker_s_flows_start_their_zygote_when_defined(
 
     monkeypatch.setattr(zygote.POOL, "get", get)
     monkeypatch.setattr(flow_module, "fork_enabled", lambda: True)
-    monkeypatch.setattr(flow_module, "_in_run_worker", [])
+    monkeypatch.setattr(flow_module, "_run_worker_flow", [])
     monkeypatch.setattr(flow_module, "_LIVE_FLOWS", [])
     if in_run_worker:
-        monkeypatch.setenv(flow_module.RUN_WORKER_ENV, "1")
+        monkeypatch.setenv(flow_module.RUN_WORKER_ENV, "EarlyFlow")
     else:
         monkeypatch.delenv(flow_module.RUN_WORKER_ENV, raising=False)
+    flow_module.MetaflowFlow(name="OtherFlow", file="other_flow.py")  # not the run's
     flow_module.MetaflowFlow(name="EarlyFlow", file="early_flow.py")
     assert started.wait(10 if in_run_worker else 0.5) is in_run_worker
-    assert asked == (["dagster"] if in_run_worker else [])
+    time.sleep(0.2)
+    assert asked == (["dagster"] if in_run_worker else [])  # the run's flow only
     assert flow_module.RUN_WORKER_ENV not in os.environ
