@@ -333,8 +333,8 @@ def test_a_zygote_started_for_a_forked_run_worker(case: str, tmp_path: Path) -> 
 
     try:
         deadline = time.monotonic() + 30
-        while not result.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        while not (result.exists() and marker.exists()) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the step writes its marker once it runs, after the result
         seen = json.loads(result.read_text())
         assert marker.exists(), "the worker's step never started"
         if taken is not None:
