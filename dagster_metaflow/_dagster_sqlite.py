@@ -97,14 +97,13 @@ class _Engines:
             if self._pid != os.getpid():
                 self._forget()
             engine, identity = self._by_url.pop(url, (None, None))
-            now = _file_identity(engine.url.database) if engine is not None else None
-            if engine is not None and identity is not None and now != identity:
+            if engine is not None and _file_identity(engine.url.database) != identity:
                 stale.append(engine)  # not the file it opened
                 engine = None
             if engine is None:
                 engine = self._create(url, create, connect_args)
-                identity = now = _file_identity(engine.url.database)
-            self._by_url[url] = (engine, identity or now)
+                identity = _file_identity(engine.url.database)
+            self._by_url[url] = (engine, identity)
             while len(self._by_url) > self.KEEP:
                 stale.append(self._by_url.popitem(last=False)[1][0])
         for old in stale:

@@ -70,6 +70,7 @@ def spawn_worker(
     from dagster import serialize_value
 
     from ._dagster_private import ExecuteRunArgs, ResumeRunArgs
+    from .runtime.flow import RUN_WORKER_ENV, run_worker_env
 
     cls: Any
     origin = run.job_code_origin
@@ -86,13 +87,11 @@ def spawn_worker(
         "resume_run" if resume else "execute_run",
         serialize_value(args),
     ]
-    from .runtime.flow import RUN_WORKER_ENV
-
     cwd = _working_directory(origin)
     env = dict(os.environ)
     env["DAGSTER_HOME"] = instance.root_directory
     # the run's flow starts its step zygote once its definitions define it
-    env[RUN_WORKER_ENV] = run.tags.get("metaflow/flow", "")
+    env[RUN_WORKER_ENV] = run_worker_env(run.job_name, run.tags)
     log_path = worker_log_path(instance, run.run_id)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as log:
@@ -211,6 +210,10 @@ def _become_worker(
 ) -> None:
     """In the forked child: detach (new session, second fork), report the worker's pid, and
     run the run's body as `dagster api execute_run` would; never returns."""
+    import gc
+
+    from ._dagster_sqlite import keep_sqlite_connections, release_sqlite_connections
+    from .runtime.flow import warm_up_flows
     from .runtime.zygote import POOL, fresh_interpreter_signals
 
     code = 1
@@ -229,11 +232,6 @@ def _become_worker(
         if cwd:
             os.chdir(cwd)
         os.environ["DAGSTER_HOME"] = home
-        import gc
-
-        from ._dagster_sqlite import keep_sqlite_connections
-        from .runtime.flow import warm_up_flows
-
         gc.freeze()  # the caller's heap (Dagster, the definitions): never garbage here
 
         if step_zygote is not None:
@@ -248,11 +246,8 @@ def _become_worker(
     finally:
         # os._exit runs no atexit handler: what they would close, closed here
         with contextlib.suppress(BaseException):
-            from ._dagster_sqlite import release_sqlite_connections
-            from .runtime.zygote import POOL as step_zygotes
-
             release_sqlite_connections()
-            step_zygotes.close()
+            POOL.close()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -9,6 +9,7 @@ generated files call; the options of a task travel as one TaskOptions record.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -35,22 +36,45 @@ from .taskstore import TaskStore
 from .transitions import Transitions
 from .zygote import POOL, fork_enabled
 
-__all__ = ["MetaflowFlow", "flow_of_context", "flow_of_job", "flow_of_job_named", "warm_up_flows"]
+__all__ = [
+    "MetaflowFlow",
+    "flow_of_context",
+    "flow_of_job",
+    "flow_of_job_named",
+    "run_worker_env",
+    "warm_up_flows",
+]
 
 _LIVE_FLOWS: list[MetaflowFlow] = []
 
 # set by our run launcher for the run workers it starts (`dagster api execute_run`) to the
-# name of the run's flow: that flow starts its step zygote as soon as the definitions
-# define it, not when the executor starts (~0.1 s later), so the run's first step waits
-# less for it
+# run's job (`run_worker_env`): the flow that job runs starts its step zygote as soon as the
+# definitions define it, not when the executor starts (~0.1 s later), so the run's first
+# step waits less for it
 RUN_WORKER_ENV = "DAGSTER_METAFLOW_RUN_WORKER"
-_run_worker_flow: list[str] = []  # read (and removed from the environment) once
+_run_worker_job: list[tuple[str, str | None] | None] = []  # read (and removed) once
+
+
+def run_worker_env(job_name: str, tags: Mapping[str, str]) -> str:
+    """The value of RUN_WORKER_ENV for a run of job `job_name` tagged `tags`."""
+    return json.dumps([job_name, tags.get("metaflow/flow")])
+
+
+def _job_of_this_worker() -> tuple[str, str | None] | None:
+    """(job name, flow tag) of the run this process is the worker of, if our launcher
+    started it; the variable is removed, so steps and what else it starts do not inherit it."""
+    if not _run_worker_job:
+        try:
+            job, flow_tag = json.loads(os.environ.pop(RUN_WORKER_ENV, "null") or "null")
+            _run_worker_job.append((str(job), flow_tag))
+        except (TypeError, ValueError):
+            _run_worker_job.append(None)
+    return _run_worker_job[0]
 
 
 def _warm_up_early(flow: MetaflowFlow) -> None:
-    if not _run_worker_flow:  # steps and what else the worker starts do not inherit it
-        _run_worker_flow.append(os.environ.pop(RUN_WORKER_ENV, ""))
-    if _run_worker_flow[0] == flow.name and fork_enabled():
+    job = _job_of_this_worker()
+    if job is not None and _runs_job(flow, *job) and fork_enabled():
         try:
             threading.Thread(
                 target=flow.warm_up, name="dagster-metaflow:warm-up", daemon=True
@@ -74,13 +98,15 @@ def flow_of_job(job_def: Any) -> MetaflowFlow | None:
 
 
 def flow_of_job_named(job_name: str, tags: Mapping[str, str]) -> MetaflowFlow | None:
-    """`flow_of_job` from the job's name and tags (a job's snapshot has both)."""
-    by_job = [f for f in _LIVE_FLOWS if f.job_name == job_name]
-    if by_job:
-        return by_job[-1]
-    name = tags.get("metaflow/flow")
-    matches = [f for f in _LIVE_FLOWS if f.name == name and f.job_name is None]
-    return matches[-1] if matches else None
+    """`flow_of_job` from the job's name and tags (a job's snapshot has both): the flow
+    compiled as that job, else one compiled without a job name, by its flow tag."""
+    flows = [f for f in _LIVE_FLOWS if _runs_job(f, job_name, tags.get("metaflow/flow"))]
+    by_job = [f for f in flows if f.job_name is not None]
+    return (by_job or flows)[-1] if flows else None
+
+
+def _runs_job(flow: MetaflowFlow, job_name: str, flow_tag: str | None) -> bool:
+    return flow.job_name == job_name if flow.job_name is not None else flow.name == flow_tag
 
 
 def flow_of_context(context: Any) -> MetaflowFlow | None:

@@ -155,21 +155,15 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a process that is not our child may wait to be reaped)."""
+def _live_start_time(pid: int) -> float | None:
+    """When process `pid` started, if it is alive and not a zombie (a process that is not
+    our child may wait to be reaped); None otherwise. With the pid, the start time tells a
+    process from a later one that reused its pid."""
     import psutil
 
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _start_time(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
     except psutil.Error:
         return None
 
@@ -206,7 +200,7 @@ class Zygote:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        self.started_at = _start_time(self.proc.pid)  # its identity, beyond a reusable pid
+        self.started_at = _live_start_time(self.proc.pid)  # its identity, beyond a reusable pid
         if wait:
             self.wait_ready()
 
@@ -225,7 +219,7 @@ class Zygote:
     def watch(self, pid: int) -> None:
         """Make the ready zygote watch `pid` instead of the process that started it: when
         `pid` dies, it stops the steps it started and exits (see `serve`)."""
-        conn, _pid, _rest = self._request([], {"watch": pid}, None, ())
+        conn, _pid, _rest = self._request({"watch": pid}, ())
         conn.close()
 
     def release(self) -> None:
@@ -241,13 +235,15 @@ class Zygote:
         return self.proc.poll() is None
 
     def _still_ours(self) -> bool:
-        return _running(self.proc.pid) and _start_time(self.proc.pid) == self.started_at
+        started = _live_start_time(self.proc.pid)
+        return started is not None and started == self.started_at
 
     def _request(
-        self, argv: Sequence[str], env: Mapping[str, Any], cwd: str | None, fds: Sequence[int]
+        self, request: Mapping[str, Any], fds: Sequence[int]
     ) -> tuple[socket.socket, int, bytes]:
-        """Send one command with the child's stdout/stderr fds; return the open connection,
-        the child's pid and what arrived after the pid. Raises ZygoteUnavailable when the
+        """Send one request (a command, `_command`, with the child's stdout/stderr fds, or a
+        watch with none); return the open connection, the pid in the reply and what arrived
+        after it. Raises ZygoteUnavailable when the
         request never reached the zygote (the caller may run the command itself); any
         later failure is a plain error: the command may have started, so it must not be
         started a second time."""
@@ -255,7 +251,6 @@ class Zygote:
         try:
             try:
                 conn.connect(self.path)
-                request = {"argv": list(argv), "env": dict(env), "cwd": cwd} if argv else env
                 body = json.dumps(request).encode()
                 socket.send_fds(conn, [HEADER.pack(len(body))], list(fds))
             except OSError as exc:
@@ -278,7 +273,7 @@ class Zygote:
     ) -> int:
         """Fork `argv` with stdout and stderr on `output_fd`; return its pid and forget it
         (a run worker is followed through the instance, not through the zygote)."""
-        conn, pid, _rest = self._request(argv, env, cwd, (output_fd, output_fd))
+        conn, pid, _rest = self._request(_command(argv, env, cwd), (output_fd, output_fd))
         conn.close()
         return pid
 
@@ -287,7 +282,7 @@ class Zygote:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            conn, pid, rest = self._request(argv, env, cwd, (out_w, err_w))
+            conn, pid, rest = self._request(_command(argv, env, cwd), (out_w, err_w))
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -318,6 +313,11 @@ class Zygote:
             os.rmdir(self._dir)
         except OSError:
             pass
+
+
+def _command(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> dict[str, Any]:
+    """The request that forks `argv` in `cwd` with environment `env`."""
+    return {"argv": list(argv), "env": dict(env), "cwd": cwd}
 
 
 class ZygoteUnavailable(Exception):
@@ -776,7 +776,7 @@ class _ForkServer:
 
     def _watched_gone(self) -> bool:
         if self.adopted_by is not None:  # not our parent: a zombie counts as gone
-            return not _running(self.adopted_by)
+            return _live_start_time(self.adopted_by) is None
         return os.getppid() != self.parent
 
     def _watch(self, conn: socket.socket, pid: int) -> None:

@@ -148,6 +148,47 @@ def test_killed_worker_stops_every_process_and_fails_the_run(
 
 
 @pytest.mark.flow("fault_flow.py")
+@pytest.mark.parametrize("fork", ["1", "0"], ids=["zygote", "subprocess"])
+def test_worker_that_exits_on_an_error_mid_foreach_leaves_no_process(
+    workspace: Workspace, fork: str
+) -> None:
+    """The run worker ends on a Python error (not a signal) while steps run: here its run's
+    event database vanishes, so the next event it writes raises. Its exit handlers run, and
+    nothing it started may outlive it: the held steps of both paths and their escaped
+    grandchildren are stopped within 30 s (by its step zygote as it closes, and by its
+    watchdog; tests/unit/test_zygote.py checks the zygote alone), and the run ends FAILED
+    once its database is back."""
+    ws = workspace
+    ws.compile()
+    ws.metaflow(
+        "dagster", "trigger", "--marker-dir", str(ws.dir), "--run-id-file", "rid",
+        DAGSTER_METAFLOW_FORK=fork,
+    )
+    pids = _markers(ws, 0, 3)
+    identity = _worker(ws)
+    run_id = _run(ws).run_id
+    events_db = ws.dagster_home / "history" / "runs" / f"{run_id}.db"
+    assert events_db.is_file(), sorted(events_db.parent.iterdir())
+    aside = events_db.with_suffix(".away")
+    events_db.rename(aside)
+    events_db.mkdir()  # opened again by the next write (a new file identity): it fails
+    try:
+        (ws.dir / "release-1").write_text("")  # body 1 ends: its events are written
+        assert survivors([identity.pid], within=60) == [], "the worker did not end on the error"
+        assert survivors(pids, within=30) == [], "steps outlived a worker that ended on an error"
+        assert _carriers(identity) == []
+    finally:
+        events_db.rmdir()
+        aside.rename(events_db)
+        (ws.dir / "release").write_text("")  # a failed check leaves nothing held
+    log = (ws.dagster_home / "storage" / "dagster_metaflow_workers" / f"{run_id}.log").read_text()
+    assert "Traceback" in log and "unable to open database file" in log, log[-3000:]
+    mf_run = (ws.dir / "rid").read_text().strip()
+    status = ws.metaflow("dagster", "status", "--run-id", mf_run)
+    assert "FAILED" in status.stdout, status.stdout + status.stderr
+
+
+@pytest.mark.flow("fault_flow.py")
 def test_dead_worker_and_watchdog_are_noticed_by_status_and_the_deployer(workspace: Workspace) -> None:
     """Worker and watchdog both killed (the machine lost them): the next `status`, and the
     Deployer's TriggeredRun, notice at once, stop the orphans and end the run."""

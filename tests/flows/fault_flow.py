@@ -34,7 +34,9 @@ class FaultFlow(FlowSpec):
     def body(self):
         self.value = self.input * 2
         if self.holds and self.input > 0:
+            # `release` lets every held body go on, `release-<item>` that item's
             release = os.path.join(self.marker_dir, "release")
+            mine = f"{release}-{self.input}"
             if not os.path.exists(release):
                 child = subprocess.Popen(
                     [sys.executable, "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
@@ -45,7 +47,7 @@ class FaultFlow(FlowSpec):
                     f.write(f"{os.getpid()} {child.pid}\n")
                 os.replace(marker + ".tmp", marker)
                 deadline = time.time() + self.hold
-                while not os.path.exists(release) and time.time() < deadline:
+                while not any(map(os.path.exists, (release, mine))) and time.time() < deadline:
                     time.sleep(0.2)
                 child.kill()
         self.next(self.join)

@@ -411,14 +411,17 @@ def test_a_run_worker_s_flows_start_their_zygote_when_defined(
 
     monkeypatch.setattr(zygote.POOL, "get", get)
     monkeypatch.setattr(flow_module, "fork_enabled", lambda: True)
-    monkeypatch.setattr(flow_module, "_run_worker_flow", [])
+    monkeypatch.setattr(flow_module, "_run_worker_job", [])
     monkeypatch.setattr(flow_module, "_LIVE_FLOWS", [])
     if in_run_worker:
-        monkeypatch.setenv(flow_module.RUN_WORKER_ENV, "EarlyFlow")
+        env = flow_module.run_worker_env("EarlyJob", {"metaflow/flow": "EarlyFlow"})
+        monkeypatch.setenv(flow_module.RUN_WORKER_ENV, env)
     else:
         monkeypatch.delenv(flow_module.RUN_WORKER_ENV, raising=False)
-    flow_module.MetaflowFlow(name="OtherFlow", file="other_flow.py")  # not the run's
-    flow_module.MetaflowFlow(name="EarlyFlow", file="early_flow.py")
+    # not the run's: another flow, and the run's flow compiled as another job
+    flow_module.MetaflowFlow(name="OtherFlow", file="other_flow.py")
+    flow_module.MetaflowFlow(name="EarlyFlow", file="early_flow.py", job_name="OtherJob")
+    flow_module.MetaflowFlow(name="EarlyFlow", file="early_flow.py", job_name="EarlyJob")
     assert started.wait(10 if in_run_worker else 0.5) is in_run_worker
     time.sleep(0.2)
     assert asked == (["dagster"] if in_run_worker else [])  # the run's flow only
