@@ -34,47 +34,93 @@ from .steprun import StepRunner
 from .taskmeta import TaskMetadata
 from .taskstore import TaskStore
 from .transitions import Transitions
-from .zygote import POOL, fork_enabled
+from .zygote import (
+    POOL,
+    RUN_WORKER_ENV,
+    fork_enabled,
+    request_spare,
+    worker_job_key,
+    zygote_env,
+)
 
 __all__ = [
     "MetaflowFlow",
     "flow_of_context",
     "flow_of_job",
     "flow_of_job_named",
+    "RUN_WORKER_ENV",
+    "request_spare_zygote",
     "run_worker_env",
     "warm_up_flows",
 ]
 
 _LIVE_FLOWS: list[MetaflowFlow] = []
 
-# set by our run launcher for the run workers it starts (`dagster api execute_run`) to the
-# run's job (`run_worker_env`): the flow that job runs starts its step zygote as soon as the
-# definitions define it, not when the executor starts (~0.1 s later), so the run's first
-# step waits less for it
-RUN_WORKER_ENV = "DAGSTER_METAFLOW_RUN_WORKER"
-_run_worker_job: list[tuple[str, str | None] | None] = []  # read (and removed) once
+_job_run_here: list[tuple[str | None, str | None] | None] = []  # found once (`_job_to_run`)
 
 
 def run_worker_env(job_name: str, tags: Mapping[str, str]) -> str:
-    """The value of RUN_WORKER_ENV for a run of job `job_name` tagged `tags`."""
-    return json.dumps([job_name, tags.get("metaflow/flow")])
+    """The value of RUN_WORKER_ENV, set by our run launcher for the run workers it starts
+    (`dagster api execute_run`), for a run of job `job_name` tagged `tags`."""
+    return worker_job_key(job_name, tags.get("metaflow/flow"))
 
 
-def _job_of_this_worker() -> tuple[str, str | None] | None:
-    """(job name, flow tag) of the run this process is the worker of, if our launcher
-    started it; the variable is removed, so steps and what else it starts do not inherit it."""
-    if not _run_worker_job:
+def request_spare_zygote() -> None:
+    """At the end of a run in a run worker our launcher's worker zygote forked: have that
+    zygote start the step zygote of the job's next run now (`zygote.request_spare`)."""
+    job = _job_to_run()
+    if job is None or job[0] is None or not fork_enabled():
+        return
+    flows = [f for f in _LIVE_FLOWS if _runs_job(f, *job)]
+    if flows:
+        env = zygote_env(flows[-1].command.step_env())
+        request_spare(worker_job_key(job[0], job[1]), sys.executable, env)
+
+
+def _job_to_run() -> tuple[str | None, str | None] | None:
+    """(job name, flow tag) of the run this process is about to execute, when that is known
+    before the run starts: in a run worker our launcher started (RUN_WORKER_ENV, removed so
+    that steps do not inherit it), or in `dagster job execute` (its --job; None for the
+    file's only job). None elsewhere: a webserver, daemon or code server only loads
+    definitions."""
+    if not _job_run_here:
+        job: tuple[str | None, str | None] | None = None
         try:
-            job, flow_tag = json.loads(os.environ.pop(RUN_WORKER_ENV, "null") or "null")
-            _run_worker_job.append((str(job), flow_tag))
+            name, flow_tag = json.loads(os.environ.pop(RUN_WORKER_ENV, "null") or "null")
+            job = (str(name), flow_tag)
         except (TypeError, ValueError):
-            _run_worker_job.append(None)
-    return _run_worker_job[0]
+            job = _job_of_dagster_job_execute(sys.argv)
+        _job_run_here.append(job)
+    return _job_run_here[0]
 
 
-def _warm_up_early(flow: MetaflowFlow) -> None:
-    job = _job_of_this_worker()
-    if job is not None and _runs_job(flow, *job) and fork_enabled():
+def _job_of_dagster_job_execute(argv: Sequence[str]) -> tuple[str | None, None] | None:
+    """(--job's value or None, None) when `argv` is Dagster's `dagster job execute`."""
+    if os.path.basename(argv[0] if argv else "") != "dagster" or list(argv[1:3]) != ["job", "execute"]:
+        return None
+    rest = list(argv[3:])
+    for i, arg in enumerate(rest):
+        if arg in ("-j", "--job") and i + 1 < len(rest):
+            return rest[i + 1], None
+        if arg.startswith("--job="):
+            return arg.removeprefix("--job="), None
+        if arg.startswith("-j") and len(arg) > 2 and not arg.startswith("--"):
+            return arg[2:], None
+    return None, None
+
+
+def _on_defined(flow: MetaflowFlow) -> None:
+    """In a process about to run this flow's job: start its step zygote now, not when the
+    executor starts (~0.1 s later in a run worker, ~0.3 s in `dagster job execute`), so the
+    run's first step waits less for it; and read the head of Dagster's schema migrations
+    once, not at every storage open (`remember_alembic_heads`)."""
+    job = _job_to_run()
+    if job is None or not (job[0] is None or _runs_job(flow, *job)):
+        return
+    from .._dagster_sqlite import remember_alembic_heads
+
+    remember_alembic_heads()
+    if fork_enabled():
         try:
             threading.Thread(
                 target=flow.warm_up, name="dagster-metaflow:warm-up", daemon=True
@@ -105,7 +151,7 @@ def flow_of_job_named(job_name: str, tags: Mapping[str, str]) -> MetaflowFlow | 
     return (by_job or flows)[-1] if flows else None
 
 
-def _runs_job(flow: MetaflowFlow, job_name: str, flow_tag: str | None) -> bool:
+def _runs_job(flow: MetaflowFlow, job_name: str | None, flow_tag: str | None) -> bool:
     return flow.job_name == job_name if flow.job_name is not None else flow.name == flow_tag
 
 
@@ -124,7 +170,7 @@ class MetaflowFlow(FlowSettings):
 
     def __post_init__(self) -> None:
         _LIVE_FLOWS.append(self)
-        _warm_up_early(self)
+        _on_defined(self)
 
     # -- the parts (built on first use) ------------------------------------------------
     @cached_property
@@ -163,7 +209,10 @@ class MetaflowFlow(FlowSettings):
         return TaskMetadata(self, self.store, self.command)
 
     def warm_up(self) -> None:
-        """Start the zygote this flow's steps will fork from (off the critical path)."""
+        """Start the zygote this flow's steps will fork from, and open the flow's datastore
+        in this process (the first op reads it: Metaflow's import, ~0.1 s of a run worker
+        that has not imported it), both off the critical path."""
+        threading.Thread(target=self.store.open, name="dagster-metaflow:open", daemon=True).start()
         if fork_enabled():
             POOL.get(sys.executable, self.command.step_env())
 

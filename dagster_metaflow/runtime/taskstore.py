@@ -43,6 +43,13 @@ class TaskStore:
         root = s.datastore_root or impl.get_datastore_root_from_config(lambda *a, **k: None)
         return FlowDataStore(s.name, None, None, None, None, storage_impl=impl, ds_root=root)
 
+    def open(self) -> None:
+        """Open the datastore ahead of its first use (`flow_datastore`); errors show there."""
+        try:
+            _ = self.flow_datastore
+        except Exception:
+            pass
+
     def task_datastore(self, pathspec: str, attempt: int | None = None, mode: str = "r") -> Any:
         run_id, step, task_id = pathspec.split("/")
         return self.flow_datastore.get_task_datastore(

@@ -411,7 +411,7 @@ def test_a_run_worker_s_flows_start_their_zygote_when_defined(
 
     monkeypatch.setattr(zygote.POOL, "get", get)
     monkeypatch.setattr(flow_module, "fork_enabled", lambda: True)
-    monkeypatch.setattr(flow_module, "_run_worker_job", [])
+    monkeypatch.setattr(flow_module, "_job_run_here", [])
     monkeypatch.setattr(flow_module, "_LIVE_FLOWS", [])
     if in_run_worker:
         env = flow_module.run_worker_env("EarlyJob", {"metaflow/flow": "EarlyFlow"})
@@ -426,3 +426,107 @@ def test_a_run_worker_s_flows_start_their_zygote_when_defined(
     time.sleep(0.2)
     assert asked == (["dagster"] if in_run_worker else [])  # the run's flow only
     assert flow_module.RUN_WORKER_ENV not in os.environ
+
+
+# a run worker forked by a worker zygote (`python -m dm_takes_spare result steps_env`)
+_TAKES_THE_SPARE = """
+import json, os, sys
+from dagster_metaflow.runtime import zygote
+
+result, steps_env = sys.argv[1], json.loads(sys.argv[2])
+handed = [z.proc.pid for z in zygote.POOL._handed.values()]
+got = zygote.POOL.get(sys.executable, steps_env)
+proc = got.spawn([sys.executable, os.path.join(os.getcwd(), "dm_step.py")], steps_env, None)
+out = proc.stdout.read().decode().strip()
+proc.wait(30)
+with open(result + ".tmp", "w") as f:
+    json.dump({"handed": handed, "zygote": got.proc.pid, "step_said": out}, f)
+os.rename(result + ".tmp", result)
+"""
+
+
+def test_a_worker_zygote_hands_the_spare_step_zygote_of_a_job_to_its_next_run_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the end of a run, its worker asks the worker zygote for a spare step zygote of its
+    job; the next worker of that job starts with it, ready (its steps fork from it), and
+    closes it when it exits. A worker of another job gets none; a spare nobody took ends
+    with the worker zygote. Nothing is left running."""
+    import json
+
+    import psutil
+
+    (tmp_path / "dm_takes_spare.py").write_text(_TAKES_THE_SPARE)
+    (tmp_path / "dm_step.py").write_text("print('step ran')\n")
+    env = dict(os.environ)
+    steps_env = zygote.zygote_env(dict(env, METAFLOW_RUNTIME_NAME="dagster"))
+    job = zygote.worker_job_key("TheJob", "TheFlow")
+    pool = ZygotePool(zygote.WORKER)
+    worker_zygote = pool.get(sys.executable, env)
+    assert worker_zygote is not None
+    monkeypatch.setattr(zygote, "_worker_zygote", [worker_zygote.path])  # as in a worker
+    spares: list[int] = []
+
+    def ask(for_job: str) -> int:
+        spare = zygote.request_spare(for_job, sys.executable, steps_env)
+        assert spare in [p.pid for p in psutil.Process(worker_zygote.proc.pid).children()]
+        spares.append(spare)
+        return spare
+
+    def worker(run_job: str, name: str) -> dict[str, object]:
+        result = tmp_path / name
+        with open(tmp_path / "worker.log", "ab") as log:
+            worker_zygote.spawn_detached(
+                [sys.executable, "-m", "dm_takes_spare", str(result), json.dumps(steps_env)],
+                dict(env, **{zygote.RUN_WORKER_ENV: run_job}), str(tmp_path), log.fileno(),
+            )
+        deadline = time.monotonic() + 60
+        while not result.exists():
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+            time.sleep(0.05)
+        return json.loads(result.read_text())
+
+    try:
+        spare = ask(job)
+        first = worker(job, "first.json")
+        assert first == {"handed": [spare], "zygote": spare, "step_said": "step ran"}
+        other = worker(zygote.worker_job_key("OtherJob", "TheFlow"), "other.json")
+        assert other["handed"] == [] and other["zygote"] != spare
+        second = worker(job, "second.json")  # the spare was taken: none until asked again
+        assert second["handed"] == []
+        unused = ask(zygote.worker_job_key("OtherJob", "TheFlow"))
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(spare) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first worker closed it when it exited
+        assert not psutil.pid_exists(spare)
+        assert psutil.pid_exists(unused)
+    finally:
+        pool.close()
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) for p in spares) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in spares if psutil.pid_exists(p)], "a spare outlived its worker zygote"
+
+
+@pytest.mark.parametrize(
+    ("argv", "job"),
+    [
+        (["/venv/bin/dagster", "job", "execute", "-f", "f.py", "-j", "J"], ("J", None)),
+        (["/venv/bin/dagster", "job", "execute", "-f", "f.py", "--job", "J"], ("J", None)),
+        (["/venv/bin/dagster", "job", "execute", "--job=J", "-f", "f.py"], ("J", None)),
+        (["/venv/bin/dagster", "job", "execute", "-jJ", "-f", "f.py"], ("J", None)),
+        (["/venv/bin/dagster", "job", "execute", "-f", "f.py"], (None, None)),  # its only job
+        (["/venv/bin/dagster", "job", "launch", "-f", "f.py", "-j", "J"], None),
+        (["/venv/bin/dagster", "dev", "-f", "f.py"], None),
+        (["/venv/bin/dagster-webserver", "-f", "f.py"], None),
+        ([], None),
+    ],
+)
+def test_dagster_job_execute_runs_its_job_in_this_process(
+    argv: list[str], job: tuple[str | None, None] | None
+) -> None:
+    """`dagster job execute` runs the job in the process that loads the definitions: its
+    flow starts its step zygote when defined; other commands only load definitions."""
+    from dagster_metaflow.runtime.flow import _job_of_dagster_job_execute
+
+    assert _job_of_dagster_job_execute(argv) == job
