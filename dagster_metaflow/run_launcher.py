@@ -210,14 +210,14 @@ def _become_worker(
 ) -> None:
     """In the forked child: detach (new session, second fork), report the worker's pid, and
     run the run's body as `dagster api execute_run` would; never returns."""
-    import gc
-
-    from ._dagster_sqlite import keep_sqlite_connections, release_sqlite_connections
-    from .runtime.flow import warm_up_flows
-    from .runtime.zygote import POOL, fresh_interpreter_signals
-
     code = 1
-    try:
+    try:  # nothing may raise out of here: this child would go on as the caller
+        import gc
+
+        from ._dagster_sqlite import keep_sqlite_connections, release_sqlite_connections
+        from .runtime.flow import warm_up_flows
+        from .runtime.zygote import POOL, fresh_interpreter_signals
+
         os.setsid()
         if os.fork() > 0:
             os._exit(0)
@@ -247,6 +247,7 @@ def _become_worker(
         # os._exit runs no atexit handler: what they would close, closed here
         with contextlib.suppress(BaseException):
             release_sqlite_connections()
+        with contextlib.suppress(BaseException):
             POOL.close()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -210,9 +210,11 @@ def threaded_plan_iterator(
     from .flow import request_spare_zygote
     from .zygote import POOL
 
-    request_spare_zygote()  # for the job's next run, if a worker zygote forked this worker
     POOL.close()  # the run is over: don't keep forked interpreters around
-    yield from run.conclude(execution_plan)
+    try:
+        yield from run.conclude(execution_plan)
+    finally:
+        request_spare_zygote()  # for the job's next run, if a worker zygote forked this worker
 
 
 class _ThreadedRun:

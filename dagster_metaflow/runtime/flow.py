@@ -34,6 +34,7 @@ from .steprun import StepRunner
 from .taskmeta import TaskMetadata
 from .taskstore import TaskStore
 from .transitions import Transitions
+from .worker import RECOVERING_VAR, WORKER_VAR
 from .zygote import (
     POOL,
     RUN_WORKER_ENV,
@@ -56,6 +57,8 @@ __all__ = [
 
 _LIVE_FLOWS: list[MetaflowFlow] = []
 
+# a run worker's identity: never passed on to a spare zygote
+_WORKER_IDENTITY = (WORKER_VAR, RECOVERING_VAR)
 _job_run_here: list[tuple[str | None, str | None] | None] = []  # found once (`_job_to_run`)
 
 
@@ -67,14 +70,21 @@ def run_worker_env(job_name: str, tags: Mapping[str, str]) -> str:
 
 def request_spare_zygote() -> None:
     """At the end of a run in a run worker our launcher's worker zygote forked: have that
-    zygote start the step zygote of the job's next run now (`zygote.request_spare`)."""
+    zygote start the step zygote of the job's next run now (`zygote.request_spare`). Never
+    fails the run: the next one starts its own zygote then."""
     job = _job_to_run()
     if job is None or job[0] is None or not fork_enabled():
         return
-    flows = [f for f in _LIVE_FLOWS if _runs_job(f, *job)]
-    if flows:
-        env = zygote_env(flows[-1].command.step_env())
+    try:
+        flow = flow_of_job_named(job[0], {"metaflow/flow": job[1]} if job[1] else {})
+        if flow is None:
+            return
+        env = zygote_env(flow.command.step_env())
+        for var in _WORKER_IDENTITY:  # this worker's, not the next one's
+            env.pop(var, None)
         request_spare(worker_job_key(job[0], job[1]), sys.executable, env)
+    except Exception:
+        pass
 
 
 def _job_to_run() -> tuple[str | None, str | None] | None:
@@ -95,8 +105,13 @@ def _job_to_run() -> tuple[str | None, str | None] | None:
 
 
 def _job_of_dagster_job_execute(argv: Sequence[str]) -> tuple[str | None, None] | None:
-    """(--job's value or None, None) when `argv` is Dagster's `dagster job execute`."""
-    if os.path.basename(argv[0] if argv else "") != "dagster" or list(argv[1:3]) != ["job", "execute"]:
+    """(--job's value or None, None) when `argv` is Dagster's `dagster job execute` (also
+    as `python -m dagster job execute`)."""
+    program = os.path.normpath(argv[0]) if argv else ""
+    is_dagster = os.path.basename(program) == "dagster" or program.endswith(
+        os.path.join("dagster", "__main__.py")
+    )
+    if not is_dagster or list(argv[1:3]) != ["job", "execute"]:
         return None
     rest = list(argv[3:])
     for i, arg in enumerate(rest):
@@ -120,13 +135,16 @@ def _on_defined(flow: MetaflowFlow) -> None:
     from .._dagster_sqlite import remember_alembic_heads
 
     remember_alembic_heads()
-    if fork_enabled():
-        try:
+    try:
+        # the run's first op reads the flow's datastore: Metaflow's import (~0.1 s of a
+        # process that has not imported it) is paid here, while Dagster creates the run
+        threading.Thread(target=flow.store.open, name="dagster-metaflow:open", daemon=True).start()
+        if fork_enabled():
             threading.Thread(
                 target=flow.warm_up, name="dagster-metaflow:warm-up", daemon=True
             ).start()
-        except RuntimeError:  # no thread now: the executor warms it up
-            pass
+    except RuntimeError:  # no thread now: the executor warms it up
+        pass
 
 
 def warm_up_flows() -> None:
@@ -209,10 +227,7 @@ class MetaflowFlow(FlowSettings):
         return TaskMetadata(self, self.store, self.command)
 
     def warm_up(self) -> None:
-        """Start the zygote this flow's steps will fork from, and open the flow's datastore
-        in this process (the first op reads it: Metaflow's import, ~0.1 s of a run worker
-        that has not imported it), both off the critical path."""
-        threading.Thread(target=self.store.open, name="dagster-metaflow:open", daemon=True).start()
+        """Start the zygote this flow's steps will fork from (off the critical path)."""
         if fork_enabled():
             POOL.get(sys.executable, self.command.step_env())
 

@@ -13,7 +13,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import Any
 
 from dagster import Failure
@@ -30,9 +29,20 @@ class TaskStore:
 
     def __init__(self, settings: FlowSettings) -> None:
         self.settings = settings
+        self._lock = threading.Lock()
+        self._flow_datastore: Any = None
 
-    @cached_property
+    @property
     def flow_datastore(self) -> Any:
+        """Metaflow's datastore of the flow, opened once (the warm-up thread may open it
+        while an op's thread asks for it)."""
+        if self._flow_datastore is None:
+            with self._lock:
+                if self._flow_datastore is None:
+                    self._flow_datastore = self._open_flow_datastore()
+        return self._flow_datastore
+
+    def _open_flow_datastore(self) -> Any:
         from metaflow.datastore import FlowDataStore
         from metaflow.plugins import DATASTORES
 

@@ -186,9 +186,10 @@ def zygote_env(env: Mapping[str, str]) -> dict[str, str]:
 class Zygote:
     """Client handle of one zygote process.
 
-    Started by the process that uses it, or by `trigger` for the run worker it is about to
-    fork (`wait=False`): the worker then adopts it (`ZygotePool.adopt`) and, once it is
-    ready, becomes the process it watches (`watch`)."""
+    Started by the process that uses it, or for a run worker about to be forked
+    (`wait=False`): by `trigger`, or as a spare by a worker zygote (`_Spares`). The worker
+    then adopts it (`ZygotePool.adopt`) and, once it is ready, becomes the process it
+    watches (`watch`)."""
 
     def __init__(
         self, python: str, env: Mapping[str, str], mode: str = STEP, wait: bool = True
@@ -288,15 +289,22 @@ class Zygote:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        self.remove_files()
+
+    def remove_files(self) -> None:
+        """Its socket and the directory holding it."""
         try:
             os.unlink(self.path)
+        except OSError:
+            pass
+        try:
             os.rmdir(self._dir)
         except OSError:
             pass
 
 
 def _send(
-    path: str, request: Mapping[str, Any], fds: Sequence[int]
+    path: str, request: Mapping[str, Any], fds: Sequence[int], timeout: float | None = None
 ) -> tuple[socket.socket, int, bytes]:
     """Send one request to the zygote listening at `path` (a command, `_command`, with the
     child's stdout/stderr fds; a watch or a spare with none); return the open connection,
@@ -305,6 +313,7 @@ def _send(
     failure is a plain error: the command may have started, so it must not be started a
     second time."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(timeout)
     try:
         try:
             conn.connect(path)
@@ -352,8 +361,9 @@ class ZygotePool:
         self._handed: dict[Any, Zygote] = {}  # adopted, not taken over yet
 
     def adopt(self, zygote: Zygote) -> None:
-        """In a run worker forked from `trigger`: the step zygote `trigger` started for it
-        while it created the run. Taken over by the first `get` of its environment."""
+        """In a run worker just forked: the step zygote its forker started for it (`trigger`
+        while it created the run, or a worker zygote's spare). Taken over by the first `get`
+        of its environment; closed with the pool if none comes."""
         zygote.adopted = True
         with self._lock:
             self._handed[zygote.key] = zygote
@@ -712,7 +722,7 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
                 # the 5 s `Zygote.close` waits before it kills the zygote)
                 _stop_children(list(server.conns), grace=3.0)
             if server.spares is not None:
-                server.spares.close()
+                server.spares.close()  # the kept ones; a handed one is its worker's
 
 
 def _preload() -> dict[str, Any]:
@@ -826,18 +836,21 @@ class _ForkServer:
         spare = self.spares.take(request.get("env") or {}) if self.spares is not None else None
         pid = os.fork()
         if pid == 0:
-            self.listener.close()
-            conn.close()
-            for c in self.conns.values():
-                c.close()
-            os.close(self.wake_r)
-            os.close(self.wake_w)
-            if self.spares is not None:
-                self.spares.forget()
-                _forked_by_worker_zygote(self.path, spare)
+            try:
+                self.listener.close()
+                conn.close()
+                for c in self.conns.values():
+                    c.close()
+                os.close(self.wake_r)
+                os.close(self.wake_w)
+                if self.spares is not None:
+                    self.spares.forget(keep=spare)
+                    _forked_by_worker_zygote(self.path, spare)
+            except BaseException:
+                os._exit(1)  # never back into the server's loop
             _child(request, fds[0], fds[1], self.main_extras)
-        if spare is not None:
-            spare.release()
+        if spare is not None and self.spares is not None:
+            self.spares.handed(pid, spare)
         for fd in fds:
             os.close(fd)
         self.conns[pid] = conn
@@ -849,13 +862,15 @@ class _ForkServer:
     def _reap(self) -> None:
         """Collect the children that exited and send each one's status to its client."""
         conns = self.conns
-        while conns:
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
+            if self.spares is not None:
+                self.spares.reaped(pid, status)
             done = conns.pop(pid, None)
             if done is not None:
                 try:
@@ -867,47 +882,85 @@ class _ForkServer:
 
 
 class _Spares:
-    """The spare step zygotes of a worker zygote: one per job, for the MAX_SPARES jobs that
-    asked last. A run worker asks for its job's at the end of its run (`request_spare`);
-    the next worker of that job adopts it (`_fork`), and takes it over if its step
-    environment is the same, else closes it. A spare watches the worker zygote until then,
-    so it ends with the daemon or webserver, as the worker zygote does."""
+    """The spare step zygotes of a worker zygote: one kept per job, for the MAX_SPARES jobs
+    that asked last. A run worker asks for its job's at the end of its run (`request_spare`);
+    the worker zygote forks the next worker of that job holding it (`_ForkServer._fork`),
+    which takes it over if its step environment is the same, else closes it with its pool.
+
+    Every spare is a child of the worker zygote until it is reaped, so it is signalled by
+    pid only while not reaped (the pid is ours then). A kept spare watches the worker zygote
+    and ends with it; a handed one is stopped when its run worker's exit is reaped (taken
+    over, it is ending anyway; not taken over, nobody else would stop it). Nothing here
+    waits for a process, except `close` at the worker zygote's exit (3 s at most)."""
 
     def __init__(self) -> None:
-        self._by_job: dict[str, Zygote] = {}
+        self._kept: dict[str, Zygote] = {}  # job -> its spare
+        self._holders: dict[int, Zygote] = {}  # run worker pid -> the spare it was forked with
+        self._unreaped: dict[int, Zygote] = {}  # every spare that is still our child, by pid
 
     def put(self, job: str, python: str, env: Mapping[str, str]) -> int:
-        """Start the spare of `job` (replacing its previous one); its pid."""
+        """Start the spare of `job`, replacing its previous one; its pid."""
         spare = Zygote(python, env, STEP, wait=False)
-        old = self._by_job.pop(job, None)
-        self._by_job[job] = spare
-        stale = [old] if old is not None else []
-        while len(self._by_job) > MAX_SPARES:
-            stale.append(self._by_job.pop(next(iter(self._by_job))))
-        for zygote in stale:
-            zygote.close()
+        self._unreaped[spare.proc.pid] = spare
+        stale = [self._kept.pop(job)] if job in self._kept else []
+        self._kept[job] = spare
+        while len(self._kept) > MAX_SPARES:
+            stale.append(self._kept.pop(next(iter(self._kept))))
+        for old in stale:
+            self._stop(old)
         return spare.proc.pid
 
     def take(self, env: Mapping[str, str]) -> Zygote | None:
-        """The live spare of the job a run worker with environment `env` runs, removed."""
-        spare = self._by_job.pop(env.get(RUN_WORKER_ENV) or "", None)
-        if spare is not None and spare.proc.poll() is not None:
-            spare.close()
-            return None
-        return spare
+        """The spare kept for the job of a run worker with environment `env`, if it lives."""
+        spare = self._kept.pop(env.get(RUN_WORKER_ENV) or "", None)
+        return spare if spare is not None and spare.proc.pid in self._unreaped else None
 
-    def forget(self) -> None:
-        """In a forked run worker: the spares are the worker zygote's, not this process's
-        (their pipes are closed here; the processes are left alone)."""
-        for spare in self._by_job.values():
-            if spare.proc.stdout is not None:
+    def handed(self, worker: int, spare: Zygote) -> None:
+        """In the worker zygote, after forking run worker `worker` holding `spare`."""
+        spare.release()
+        self._holders[worker] = spare
+
+    def reaped(self, pid: int, status: int) -> None:
+        """Child `pid` exited: if a spare, forget it (its `Popen` must never wait for a pid
+        that may be reused now); if a run worker, stop the spare it was forked holding."""
+        spare = self._unreaped.pop(pid, None)
+        if spare is not None:
+            spare.proc.returncode = os.waitstatus_to_exitcode(status)
+            spare.remove_files()
+        held = self._holders.pop(pid, None)
+        if held is not None:
+            self._stop(held)
+
+    def _stop(self, spare: Zygote) -> None:
+        if spare.proc.pid in self._unreaped:
+            _kill(spare.proc.pid, signal.SIGTERM)
+
+    def forget(self, keep: Zygote | None) -> None:
+        """In a run worker just forked: the spares are the worker zygote's, not this
+        process's; their pipes are closed here (but `keep`'s, the one it adopts)."""
+        for spare in self._unreaped.values():
+            if spare is not keep and spare.proc.stdout is not None:
                 spare.proc.stdout.close()
-        self._by_job.clear()
+        self._kept.clear()
+        self._holders.clear()
+        self._unreaped.clear()
 
     def close(self) -> None:
-        for spare in self._by_job.values():
-            spare.close()
-        self._by_job.clear()
+        """At the worker zygote's exit: stop the spares no run worker holds (SIGTERM,
+        SIGKILL after 3 s); a held one is its worker's."""
+        held = {id(z) for z in self._holders.values()}
+        idle = [z for z in self._unreaped.values() if id(z) not in held]
+        self._kept.clear()
+        for spare in idle:
+            spare.proc.terminate()
+        deadline = _now() + 3.0
+        for spare in idle:
+            try:
+                spare.proc.wait(timeout=max(0.0, deadline - _now()))
+            except subprocess.TimeoutExpired:
+                spare.proc.kill()
+                spare.proc.wait()
+            spare.remove_files()
 
 
 # in a run worker that a worker zygote forked: that zygote's socket (`request_spare`)
@@ -936,7 +989,10 @@ def request_spare(job: str, python: str, env: Mapping[str, str]) -> int:
         return 0
     try:
         conn, pid, _rest = _send(
-            _worker_zygote[0], {"spare": {"job": job, "python": python, "env": dict(env)}}, ()
+            _worker_zygote[0],
+            {"spare": {"job": job, "python": python, "env": dict(env)}},
+            (),
+            timeout=2.0,
         )
         conn.close()
     except Exception:

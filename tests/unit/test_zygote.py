@@ -412,6 +412,8 @@ def test_a_run_worker_s_flows_start_their_zygote_when_defined(
     monkeypatch.setattr(zygote.POOL, "get", get)
     monkeypatch.setattr(flow_module, "fork_enabled", lambda: True)
     monkeypatch.setattr(flow_module, "_job_run_here", [])
+    monkeypatch.setattr("dagster_metaflow._dagster_sqlite.remember_alembic_heads", lambda: None)
+    monkeypatch.setattr(flow_module.TaskStore, "open", lambda self: None)
     monkeypatch.setattr(flow_module, "_LIVE_FLOWS", [])
     if in_run_worker:
         env = flow_module.run_worker_env("EarlyJob", {"metaflow/flow": "EarlyFlow"})
@@ -428,13 +430,18 @@ def test_a_run_worker_s_flows_start_their_zygote_when_defined(
     assert flow_module.RUN_WORKER_ENV not in os.environ
 
 
-# a run worker forked by a worker zygote (`python -m dm_takes_spare result steps_env`)
+# a run worker forked by a worker zygote (`python -m dm_takes_spare result steps_env`);
+# with a third argument it ends at once, without taking anything over (as if killed)
 _TAKES_THE_SPARE = """
 import json, os, sys
 from dagster_metaflow.runtime import zygote
 
 result, steps_env = sys.argv[1], json.loads(sys.argv[2])
 handed = [z.proc.pid for z in zygote.POOL._handed.values()]
+if len(sys.argv) > 3:
+    with open(result, "w") as f:
+        json.dump({"handed": handed}, f)
+    os._exit(0)
 got = zygote.POOL.get(sys.executable, steps_env)
 proc = got.spawn([sys.executable, os.path.join(os.getcwd(), "dm_step.py")], steps_env, None)
 out = proc.stdout.read().decode().strip()
@@ -450,8 +457,9 @@ def test_a_worker_zygote_hands_the_spare_step_zygote_of_a_job_to_its_next_run_wo
 ) -> None:
     """At the end of a run, its worker asks the worker zygote for a spare step zygote of its
     job; the next worker of that job starts with it, ready (its steps fork from it), and
-    closes it when it exits. A worker of another job gets none; a spare nobody took ends
-    with the worker zygote. Nothing is left running."""
+    closes it when it exits. A worker of another job gets none; a worker that ends before
+    taking its spare over has it stopped by the worker zygote; a newer spare of a job
+    replaces the older; a spare nobody took ends with the worker zygote. Nothing is left."""
     import json
 
     import psutil
@@ -468,16 +476,23 @@ def test_a_worker_zygote_hands_the_spare_step_zygote_of_a_job_to_its_next_run_wo
     spares: list[int] = []
 
     def ask(for_job: str) -> int:
+        """A spare for `for_job`, once ready (as a spare usually is when the next run comes)."""
         spare = zygote.request_spare(for_job, sys.executable, steps_env)
         assert spare in [p.pid for p in psutil.Process(worker_zygote.proc.pid).children()]
         spares.append(spare)
+        sock = next(a for a in psutil.Process(spare).cmdline() if a.endswith("/sock"))
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock):  # bound once preloaded, just before "ready"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.2)
         return spare
 
-    def worker(run_job: str, name: str) -> dict[str, object]:
+    def worker(run_job: str, name: str, *extra: str) -> dict[str, object]:
         result = tmp_path / name
         with open(tmp_path / "worker.log", "ab") as log:
             worker_zygote.spawn_detached(
-                [sys.executable, "-m", "dm_takes_spare", str(result), json.dumps(steps_env)],
+                [sys.executable, "-m", "dm_takes_spare", str(result), json.dumps(steps_env), *extra],
                 dict(env, **{zygote.RUN_WORKER_ENV: run_job}), str(tmp_path), log.fileno(),
             )
         deadline = time.monotonic() + 60
@@ -486,26 +501,43 @@ def test_a_worker_zygote_hands_the_spare_step_zygote_of_a_job_to_its_next_run_wo
             time.sleep(0.05)
         return json.loads(result.read_text())
 
+    def running(pids: list[int], within: float = 10) -> list[int]:
+        def alive() -> list[int]:
+            out = []
+            for pid in pids:
+                try:
+                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                        out.append(pid)
+                except psutil.Error:
+                    pass
+            return out
+
+        deadline = time.monotonic() + within
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return alive()
+
     try:
         spare = ask(job)
         first = worker(job, "first.json")
         assert first == {"handed": [spare], "zygote": spare, "step_said": "step ran"}
+        assert running([spare]) == []  # the first worker closed it when it exited
         other = worker(zygote.worker_job_key("OtherJob", "TheFlow"), "other.json")
         assert other["handed"] == [] and other["zygote"] != spare
         second = worker(job, "second.json")  # the spare was taken: none until asked again
         assert second["handed"] == []
+        dropped = ask(job)
+        gone = worker(job, "gone.json", "exit")  # ends before taking it over
+        assert gone["handed"] == [dropped]
+        assert running([dropped]) == [], "the spare of a worker that never took it over"
+        older = ask(job)
+        newer = ask(job)
+        assert running([older]) == [] and running([newer], within=0) == [newer]
         unused = ask(zygote.worker_job_key("OtherJob", "TheFlow"))
-        deadline = time.monotonic() + 10
-        while psutil.pid_exists(spare) and time.monotonic() < deadline:
-            time.sleep(0.1)  # the first worker closed it when it exited
-        assert not psutil.pid_exists(spare)
-        assert psutil.pid_exists(unused)
+        assert running([unused], within=0) == [unused]
     finally:
         pool.close()
-    deadline = time.monotonic() + 10
-    while any(psutil.pid_exists(p) for p in spares) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [p for p in spares if psutil.pid_exists(p)], "a spare outlived its worker zygote"
+    assert running(spares) == [], "a spare outlived its worker zygote"
 
 
 @pytest.mark.parametrize(
@@ -530,3 +562,32 @@ def test_dagster_job_execute_runs_its_job_in_this_process(
     from dagster_metaflow.runtime.flow import _job_of_dagster_job_execute
 
     assert _job_of_dagster_job_execute(argv) == job
+
+
+def test_a_run_worker_asks_for_its_job_s_spare_without_its_own_identity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The spare's environment is the job's step environment without the asking worker's
+    identity: a spare carrying it would be taken for that worker's orphan (and stopped
+    with it) while it serves the next run."""
+    from dagster_metaflow.runtime import flow as flow_module
+    from dagster_metaflow.runtime.worker import RECOVERING_VAR, WORKER_VAR
+
+    asked: list[tuple[str, dict[str, str]]] = []
+    monkeypatch.setattr(flow_module, "fork_enabled", lambda: True)
+    monkeypatch.setattr(flow_module, "_LIVE_FLOWS", [])
+    monkeypatch.setattr(flow_module, "_job_run_here", [("TheJob", "TheFlow")])
+    monkeypatch.setattr(flow_module, "request_spare", lambda job, py, env: asked.append((job, env)))
+    # defining the job's flow here warms it up as in a run worker: not in this test
+    monkeypatch.setattr("dagster_metaflow._dagster_sqlite.remember_alembic_heads", lambda: None)
+    monkeypatch.setattr(flow_module.TaskStore, "open", lambda self: None)
+    monkeypatch.setattr(flow_module.MetaflowFlow, "warm_up", lambda self: None)
+    monkeypatch.setenv(WORKER_VAR, "host/123/456.00")
+    monkeypatch.setenv(RECOVERING_VAR, "1")
+    flow_module.MetaflowFlow(name="TheFlow", file="the_flow.py", job_name="OtherJob")
+    flow_module.MetaflowFlow(name="TheFlow", file="the_flow.py", job_name="TheJob")
+    flow_module.request_spare_zygote()
+    [(job, env)] = asked
+    assert job == zygote.worker_job_key("TheJob", "TheFlow")
+    assert env["METAFLOW_RUNTIME_NAME"] == "dagster"
+    assert WORKER_VAR not in env and RECOVERING_VAR not in env
