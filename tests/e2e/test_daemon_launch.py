@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
+import psutil
 import pytest
-from conftest import Workspace, wait_for
+from conftest import Workspace, survivors, wait_for
 from services import dagster_daemon
 
 from dagster_metaflow.runtime.worker import TAG_WORKER, WorkerIdentity
@@ -39,6 +40,19 @@ def _ours(ws: Workspace) -> list[int]:
     return [p for p in found if p != os.getpid()]
 
 
+def _spares(daemon: int) -> list[int]:
+    """The step zygotes among the daemon's descendants (no run is going on)."""
+    found = []
+    for p in psutil.Process(daemon).children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if "dagster_metaflow.runtime.zygote" in cmd and " step " in cmd:
+            found.append(p.pid)
+    return found
+
+
 @pytest.mark.flow("zygote_flow.py")
 @pytest.mark.parametrize("fork", ["1", "0"], ids=["zygote", "subprocess"])
 def test_the_daemon_s_runs_of_a_job_find_its_step_zygote_ready(
@@ -55,10 +69,16 @@ def test_the_daemon_s_runs_of_a_job_find_its_step_zygote_ready(
     ws = workspace
     (ws.dagster_home / "dagster.yaml").write_text(LAUNCHER_AND_QUEUE)
     ws.compile()
-    with dagster_daemon(ws, DAGSTER_METAFLOW_FORK=fork):
+    with dagster_daemon(ws, DAGSTER_METAFLOW_FORK=fork) as daemon:
         for name in ("first", "second"):
             out = ws.metaflow("dagster", "trigger", "--wait", "--run-id-file", name, timeout=180)
             assert "queued: dagster-daemon" in out.stdout + out.stderr
+        if fork == "1":  # the spare the second run's worker asked for as it ended
+            wait_for("the spare for a third run", lambda: _spares(daemon.pid), 20)
+        # with the worker zygote, the code server
+        started_pids = [p.pid for p in psutil.Process(daemon.pid).children(recursive=True)]
+        assert len(_spares(daemon.pid)) == (1 if fork == "1" else 0)
+    assert survivors(started_pids, within=20) == [], "a process the daemon started outlived it"
     namespace(None)
     with DagsterInstance.from_config(str(ws.dagster_home)) as instance:
         runs = {r.tags["metaflow/pathspec"]: r for r in instance.get_runs()}
