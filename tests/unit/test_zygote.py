@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import survivors
 
 from dagster_metaflow.runtime import zygote
 from dagster_metaflow.runtime.supervise import default_step_signals
@@ -501,27 +502,11 @@ def test_a_worker_zygote_hands_the_spare_step_zygote_of_a_job_to_its_next_run_wo
             time.sleep(0.05)
         return json.loads(result.read_text())
 
-    def running(pids: list[int], within: float = 10) -> list[int]:
-        def alive() -> list[int]:
-            out = []
-            for pid in pids:
-                try:
-                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                        out.append(pid)
-                except psutil.Error:
-                    pass
-            return out
-
-        deadline = time.monotonic() + within
-        while alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return alive()
-
     try:
         spare = ask(job)
         first = worker(job, "first.json")
         assert first == {"handed": [spare], "zygote": spare, "step_said": "step ran"}
-        assert running([spare]) == []  # the first worker closed it when it exited
+        assert survivors([spare], within=10) == []  # the first worker closed it when it exited
         other = worker(zygote.worker_job_key("OtherJob", "TheFlow"), "other.json")
         assert other["handed"] == [] and other["zygote"] != spare
         second = worker(job, "second.json")  # the spare was taken: none until asked again
@@ -529,15 +514,15 @@ def test_a_worker_zygote_hands_the_spare_step_zygote_of_a_job_to_its_next_run_wo
         dropped = ask(job)
         gone = worker(job, "gone.json", "exit")  # ends before taking it over
         assert gone["handed"] == [dropped]
-        assert running([dropped]) == [], "the spare of a worker that never took it over"
+        assert survivors([dropped], within=10) == [], "the spare of a worker that never took it over"
         older = ask(job)
         newer = ask(job)
-        assert running([older]) == [] and running([newer], within=0) == [newer]
+        assert survivors([older], within=10) == [] and survivors([newer], within=0) == [newer]
         unused = ask(zygote.worker_job_key("OtherJob", "TheFlow"))
-        assert running([unused], within=0) == [unused]
+        assert survivors([unused], within=0) == [unused]
     finally:
         pool.close()
-    assert running(spares) == [], "a spare outlived its worker zygote"
+    assert survivors(spares, within=10) == [], "a spare outlived its worker zygote"
 
 
 @pytest.mark.parametrize(
