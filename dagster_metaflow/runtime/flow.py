@@ -119,7 +119,7 @@ def _job_of_dagster_job_execute(argv: Sequence[str]) -> tuple[str | None, None] 
             return rest[i + 1], None
         if arg.startswith("--job="):
             return arg.removeprefix("--job="), None
-        if arg.startswith("-j") and len(arg) > 2 and not arg.startswith("--"):
+        if arg.startswith("-j") and len(arg) > 2:
             return arg[2:], None
     return None, None
 

@@ -809,10 +809,7 @@ class _ForkServer:
     def _watch(self, conn: socket.socket, pid: int) -> None:
         """From now on live as long as `pid` (the run worker that adopted us), not our parent."""
         self.adopted_by = pid
-        try:
-            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-        except OSError:
-            pass
+        _send_pid(conn, pid)
         conn.close()
 
     def _keep_spare(self, conn: socket.socket, spec: Any) -> None:
@@ -824,10 +821,7 @@ class _ForkServer:
                 pid = self.spares.put(str(spec["job"]), str(spec["python"]), dict(spec["env"]))
             except Exception:
                 pid = 0
-        try:
-            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-        except OSError:
-            pass
+        _send_pid(conn, pid)
         conn.close()
 
     def _fork(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
@@ -854,10 +848,7 @@ class _ForkServer:
         for fd in fds:
             os.close(fd)
         self.conns[pid] = conn
-        try:
-            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-        except OSError:
-            pass
+        _send_pid(conn, pid)
 
     def _reap(self) -> None:
         """Collect the children that exited and send each one's status to its client."""
@@ -879,6 +870,14 @@ class _ForkServer:
                 except OSError:
                     pass
                 done.close()
+
+
+def _send_pid(conn: socket.socket, pid: int) -> None:
+    """A request's reply: the pid it concerns (a client that went away is no error here)."""
+    try:
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    except OSError:
+        pass
 
 
 class _Spares:
