@@ -58,7 +58,9 @@ class Workspace:
         proc = subprocess.run(
             list(args),
             cwd=self.dir,
-            env=_env(**{"DAGSTER_HOME": str(self.dagster_home), **env}),  # env may override it
+            # own token store: Metaflow rewrites one token file per flow, and two workspaces
+            # deploying the same flow at once (parametrized tests on two workers) would race
+            env=_env(**{"DAGSTER_HOME": str(self.dagster_home), "METAFLOW_TOKEN_HOME": str(self.dir / "tokens"), **env}),
             capture_output=True,
             text=True,
             timeout=timeout,

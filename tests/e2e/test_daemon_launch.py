@@ -68,9 +68,7 @@ def test_the_daemon_s_runs_of_a_job_find_its_step_zygote_ready(
 
     ws = workspace
     (ws.dagster_home / "dagster.yaml").write_text(LAUNCHER_AND_QUEUE)
-    # its own token file: the other variant, on the other xdist worker, deploys the same
-    # flow, and Metaflow's token store is one JSON file per flow, read and rewritten
-    ws.metaflow("dagster", "create", "out_dagster.py", METAFLOW_TOKEN_HOME=str(ws.dir / "tokens"))
+    ws.metaflow("dagster", "create", "out_dagster.py")
     with dagster_daemon(ws, DAGSTER_METAFLOW_FORK=fork) as daemon:
         for name in ("first", "second"):
             out = ws.metaflow("dagster", "trigger", "--wait", "--run-id-file", name, timeout=180)
