@@ -58,9 +58,7 @@ class Workspace:
         proc = subprocess.run(
             list(args),
             cwd=self.dir,
-            # own token store: Metaflow rewrites one token file per flow, and two workspaces
-            # deploying the same flow at once (parametrized tests on two workers) would race
-            env=_env(**{"DAGSTER_HOME": str(self.dagster_home), "METAFLOW_TOKEN_HOME": str(self.dir / "tokens"), **env}),
+            env=_env(**{"DAGSTER_HOME": str(self.dagster_home), **self._token_home(env), **env}),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -70,6 +68,14 @@ class Workspace:
                 f"{' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
             )
         return proc
+
+    def _token_home(self, env: dict[str, str]) -> dict[str, str]:
+        """The workspace's own token store, unless the call picks a Metaflow home (a user):
+        Metaflow rewrites one token file per flow, and two workspaces deploying the same
+        flow at once (a parametrized test's variants on the two workers) would race on it."""
+        if "METAFLOW_HOME" in env or "METAFLOW_TOKEN_HOME" in env:
+            return {}
+        return {"METAFLOW_TOKEN_HOME": str(self.dir / "tokens")}
 
     def metaflow(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.run(sys.executable, self.flow.name, *args, **kw)
