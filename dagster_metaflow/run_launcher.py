@@ -70,7 +70,8 @@ def spawn_worker(
     from dagster import serialize_value
 
     from ._dagster_private import ExecuteRunArgs, ResumeRunArgs
-    from .runtime.flow import RUN_WORKER_ENV, run_worker_env
+    from .runtime.flow import run_worker_env
+    from .runtime.zygote import RUN_WORKER_ENV
 
     cls: Any
     origin = run.job_code_origin

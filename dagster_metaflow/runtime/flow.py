@@ -49,7 +49,6 @@ __all__ = [
     "flow_of_context",
     "flow_of_job",
     "flow_of_job_named",
-    "RUN_WORKER_ENV",
     "request_spare_zygote",
     "run_worker_env",
     "warm_up_flows",

@@ -418,9 +418,9 @@ def test_a_run_worker_s_flows_start_their_zygote_when_defined(
     monkeypatch.setattr(flow_module, "_LIVE_FLOWS", [])
     if in_run_worker:
         env = flow_module.run_worker_env("EarlyJob", {"metaflow/flow": "EarlyFlow"})
-        monkeypatch.setenv(flow_module.RUN_WORKER_ENV, env)
+        monkeypatch.setenv(zygote.RUN_WORKER_ENV, env)
     else:
-        monkeypatch.delenv(flow_module.RUN_WORKER_ENV, raising=False)
+        monkeypatch.delenv(zygote.RUN_WORKER_ENV, raising=False)
     # not the run's: another flow, and the run's flow compiled as another job
     flow_module.MetaflowFlow(name="OtherFlow", file="other_flow.py")
     flow_module.MetaflowFlow(name="EarlyFlow", file="early_flow.py", job_name="OtherJob")
@@ -428,7 +428,7 @@ def test_a_run_worker_s_flows_start_their_zygote_when_defined(
     assert started.wait(10 if in_run_worker else 0.5) is in_run_worker
     time.sleep(0.2)
     assert asked == (["dagster"] if in_run_worker else [])  # the run's flow only
-    assert flow_module.RUN_WORKER_ENV not in os.environ
+    assert zygote.RUN_WORKER_ENV not in os.environ
 
 
 # a run worker forked by a worker zygote (`python -m dm_takes_spare result steps_env`);
