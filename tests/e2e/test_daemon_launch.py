@@ -68,7 +68,7 @@ def test_the_daemon_s_runs_of_a_job_find_its_step_zygote_ready(
 
     ws = workspace
     (ws.dagster_home / "dagster.yaml").write_text(LAUNCHER_AND_QUEUE)
-    ws.metaflow("dagster", "create", "out_dagster.py")
+    ws.compile()
     with dagster_daemon(ws, DAGSTER_METAFLOW_FORK=fork) as daemon:
         for name in ("first", "second"):
             out = ws.metaflow("dagster", "trigger", "--wait", "--run-id-file", name, timeout=180)
