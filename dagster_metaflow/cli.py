@@ -16,7 +16,7 @@ from . import compiler
 from .deploy import deployment_error as _deployment_error
 from .errors import DagsterMetaflowException
 from .errors import IncorrectProductionToken as IncorrectProductionToken  # re-exported
-from .runtime.quick_exit import exit_without_collecting
+from .runtime.heap import defer_collection, exit_without_collecting, resume_collection
 from .runtime.task_cli import task_options_cli
 
 if TYPE_CHECKING:
@@ -53,6 +53,9 @@ def cli() -> None:
 )
 @click.pass_context
 def dagster(ctx: Any, name: str | None = None) -> None:
+    # importing Dagster and opening its instance: no collector runs (runtime/heap.py)
+    defer_collection()
+    ctx.call_on_close(resume_collection)  # a caller that invoked the CLI in-process
     obj = ctx.obj
     if ctx.invoked_subcommand not in UNVALIDATED_COMMANDS:
         obj.check(obj.graph, obj.flow, obj.environment, pylint=obj.pylint)
@@ -772,6 +775,7 @@ def launch_step(ctx: Any, dry_run: bool = False, **options: Any) -> None:
     if dry_run:
         click.echo(json.dumps({"argv": argv, "env": env}))
         return
+    resume_collection()  # the task may run for hours
     code = native.run_task(spec.step, argv, native.task_environment(env), decos)
     if launcher in REMOTE_COMPUTE_DECORATORS:
         native.record_dagster_metadata(obj, spec)

@@ -213,10 +213,9 @@ def _become_worker(
     run the run's body as `dagster api execute_run` would; never returns."""
     code = 1
     try:  # nothing may raise out of here: this child would go on as the caller
-        import gc
-
         from ._dagster_sqlite import keep_sqlite_connections, release_sqlite_connections
         from .runtime.flow import warm_up_flows
+        from .runtime.heap import resume_collection
         from .runtime.zygote import POOL, fresh_interpreter_signals
 
         os.setsid()
@@ -233,7 +232,9 @@ def _become_worker(
         if cwd:
             os.chdir(cwd)
         os.environ["DAGSTER_HOME"] = home
-        gc.freeze()  # the caller's heap (Dagster, the definitions): never garbage here
+        # the caller's heap (Dagster, the definitions) is never garbage here; the caller
+        # collected nothing while it started (`heap.defer_collection`): this process will
+        resume_collection()
 
         if step_zygote is not None:
             POOL.adopt(step_zygote)

@@ -464,6 +464,9 @@ def follow(instance: DagsterInstance, run_id: str, pathspec: str, caller: Caller
     from dagster import DagsterEventType
     from metaflow._vendor import click
 
+    from .runtime.heap import resume_collection
+
+    resume_collection()  # this command may now wait for hours
     kinds = {
         DagsterEventType.STEP_START,
         DagsterEventType.STEP_SUCCESS,

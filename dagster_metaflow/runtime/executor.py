@@ -181,7 +181,7 @@ def threaded_plan_iterator(
     started = time.monotonic()
     from .._dagster_sqlite import keep_sqlite_connections
     from .flow import warm_up_flows
-    from .quick_exit import exit_without_collecting
+    from .heap import exit_without_collecting
 
     threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
     exit_without_collecting()  # `dagster job execute`, `dagster api execute_run`

@@ -126,13 +126,16 @@ def _job_of_dagster_job_execute(argv: Sequence[str]) -> tuple[str | None, None] 
 def _on_defined(flow: MetaflowFlow) -> None:
     """In a process about to run this flow's job: start its step zygote now, not when the
     executor starts (~0.1 s later in a run worker, ~0.3 s in `dagster job execute`), so the
-    run's first step waits less for it; and read the head of Dagster's schema migrations
-    once, not at every storage open (`remember_alembic_heads`)."""
+    run's first step waits less for it; read the head of Dagster's schema migrations once,
+    not at every storage open (`remember_alembic_heads`); and keep later collections off
+    the heap loaded so far (`heap.freeze_loaded`)."""
     job = _job_to_run()
     if job is None or not (job[0] is None or _runs_job(flow, *job)):
         return
     from .._dagster_sqlite import remember_alembic_heads
+    from .heap import freeze_loaded
 
+    freeze_loaded()  # Dagster and the definitions: later collections skip them
     remember_alembic_heads()
     try:
         # the run's first op reads the flow's datastore: Metaflow's import (~0.1 s of a

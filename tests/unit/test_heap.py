@@ -1,0 +1,101 @@
+"""When our processes collect garbage: not while a command starts, not at exit (runtime/heap.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+_PROGRAM = """
+import atexit, gc
+from dagster_metaflow.runtime.heap import exit_without_collecting
+
+freeze = gc.freeze
+def counted_freeze():
+    print("freeze", flush=True)
+    freeze()
+gc.freeze = counted_freeze
+
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0, flush=True))
+exit_without_collecting()
+exit_without_collecting()  # a process running two commands registers it once
+atexit.register(lambda: print("handler registered later ran", flush=True))
+print("frozen before exit:", gc.get_freeze_count() > 0, flush=True)
+raise SystemExit(3)
+"""
+
+
+def test_exit_freezes_the_heap_once_runs_every_handler_and_keeps_the_status() -> None:
+    proc = subprocess.run([sys.executable, "-c", _PROGRAM], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "frozen before exit: False",
+        "handler registered later ran",
+        "freeze",
+        "frozen at exit: True",
+    ]
+
+
+_STARTING = """
+import gc
+from dagster_metaflow.runtime.heap import defer_collection, freeze_loaded, resume_collection
+
+defer_collection()
+print("deferred:", gc.isenabled(), gc.get_freeze_count() > 0)
+resume_collection()
+print("resumed:", gc.isenabled(), gc.get_freeze_count() > 0)
+gc.unfreeze()
+freeze_loaded()
+print("loaded:", gc.isenabled(), gc.get_freeze_count() > 0)
+"""
+
+
+def test_collection_is_deferred_while_starting_then_resumed_past_the_frozen_heap() -> None:
+    proc = subprocess.run([sys.executable, "-c", _STARTING], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "deferred: False False",
+        "resumed: True True",
+        "loaded: True True",
+    ]
+
+
+_IN_PROCESS_CLI = """
+import gc
+from metaflow import FlowSpec, step
+from metaflow.cli import main
+
+
+class HeapFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    assert gc.isenabled()
+    try:
+        main(HeapFlow(use_cli=False), args=["dagster", "list-runs"])
+    except SystemExit:
+        pass
+    print("collecting after the command:", gc.isenabled(), flush=True)
+"""
+
+
+def test_a_process_that_runs_a_command_in_process_goes_on_collecting(tmp_path: Path) -> None:
+    """The `dagster` group defers collection while the command starts; a caller that ran it
+    in-process (not as its own process) gets the collector back, even when it failed (here:
+    no Dagster instance)."""
+    flow = tmp_path / "heap_flow.py"
+    flow.write_text(_IN_PROCESS_CLI)
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "no-home"), USER="tester")
+    env.pop("METAFLOW_PROFILE", None)
+    proc = subprocess.run(
+        [sys.executable, str(flow)], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
+    )
+    assert "collecting after the command: True" in proc.stdout, proc.stdout + proc.stderr
