@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
@@ -512,13 +513,9 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[
         except KeyboardInterrupt:
             code = 130
         except BaseException:
-            import traceback
-
             traceback.print_exc()
             code = 1
         # what interpreter shutdown would do: join threads, run atexit handlers
-        import atexit
-
         try:
             threading._shutdown()  # type: ignore[attr-defined]
         except Exception:
@@ -706,9 +703,16 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
     server = _ForkServer(path, main_extras, parent_pid, mode)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
-    me = os.getpid()
+    me, code = os.getpid(), 1
     try:
         server.run()
+        code = 0
+    except SystemExit as exc:  # SIGTERM: closed by its pool
+        code = exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        traceback.print_exc()
     finally:
         if os.getpid() == me:  # not in a child between its fork and its own exit handling
             server.listener.close()
@@ -723,6 +727,20 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
                 _stop_children(list(server.conns), grace=3.0)
             if server.spares is not None:
                 server.spares.close()  # the kept ones; a handed one is its worker's
+            _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """End the zygote without the interpreter's teardown of its preloaded modules (~15 ms,
+    which a run's end waits for in `Zygote.close`): its atexit handlers still run (logging,
+    multiprocessing, certifi: what Metaflow's import registered), nothing else of it needs a
+    finalizer."""
+    try:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 def _preload() -> dict[str, Any]:

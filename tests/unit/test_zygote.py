@@ -576,3 +576,22 @@ def test_a_run_worker_asks_for_its_job_s_spare_without_its_own_identity(
     assert job == zygote.worker_job_key("TheJob", "TheFlow")
     assert env["METAFLOW_RUNTIME_NAME"] == "dagster"
     assert WORKER_VAR not in env and RECOVERING_VAR not in env
+
+
+def test_a_closed_zygote_runs_its_exit_handlers_and_exits_zero(tmp_path: Path) -> None:
+    """A zygote skips the interpreter's teardown of its preloaded modules when its pool
+    closes it (`_exit_now`), not its atexit handlers (here one a sitecustomize registers)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    marker = tmp_path / "atexit-ran"
+    (site / "sitecustomize.py").write_text(
+        "import atexit, pathlib\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    z = Zygote(sys.executable, zygote.zygote_env(env), zygote.STEP)
+    assert z.alive()
+    z.close()
+    assert z.proc.returncode == 0
+    assert marker.read_text() == "yes"
+    assert not os.path.exists(z.path)
