@@ -52,6 +52,27 @@ def doctext(value: Any) -> str:
     return str(value).encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
+class _TemplateCache(jinja2.FileSystemBytecodeCache):
+    """The templates compiled once per machine, not at every `create` (lexing, parsing and
+    compiling `definitions.py.j2` and `macros.j2`: ~55 ms of each). Jinja's own cache: a
+    per-user directory under the temporary directory (mode 0700, its owner checked), a
+    file per template keyed by its path, checked against the template's source and the
+    Python and Jinja versions. A cache that cannot be written is no cache."""
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().dump_bytecode(bucket)
+        except OSError:
+            pass
+
+
+def _template_cache() -> jinja2.BytecodeCache | None:
+    try:
+        return _TemplateCache(pattern="__dagster_metaflow_%s.cache")
+    except (OSError, RuntimeError):  # no safe directory: compile every time
+        return None
+
+
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("dagster_metaflow", "templates"),
     undefined=jinja2.StrictUndefined,
@@ -59,6 +80,7 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
     autoescape=False,
+    bytecode_cache=_template_cache(),
 )
 _ENV.filters["py"] = py
 _ENV.filters["doc"] = doctext
@@ -90,11 +112,24 @@ def template_bindings() -> frozenset[str]:
     return frozenset(names)
 
 
+# `template_bindings()`, kept here so that `create` does not lex and parse the templates a
+# second time (~20 ms); the unit tests check it against the templates, so a template edit
+# that binds a new name (and so changes the variable names of generated files) shows here
+TEMPLATE_BINDINGS = frozenset(
+    {
+        "FLOW", "TAGS", "TRIGGERS", "defs", "context", "config", "run_id", "task",
+        "_run_step", "_init_run", "_fan_out", "_run_id", "_task_id", "_split_index",
+        "_fan_out_all", "_regroup", "_mapper_tasks", "_switch", "_run_loop", "_materialize",
+        "_run_chunk", "_chunk_tasks",
+    }
+)  # fmt: skip
+
+
 @functools.cache
 def reserved_names() -> frozenset[str]:
     """Names the generated module binds itself, which generated variables must not shadow:
     what the templates write, every name a spec may import, and the ops' fixed inputs."""
-    return template_bindings() | importable_names() | OP_INPUT_NAMES
+    return TEMPLATE_BINDINGS | importable_names() | OP_INPUT_NAMES
 
 
 def render(ir: FlowIR) -> str:

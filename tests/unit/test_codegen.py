@@ -472,3 +472,33 @@ def test_dagster_executors_get_the_run_end_and_keep_their_config(tmp_path: Path,
         assert next(iter(resolved.values()))["max_concurrent"] == 3
         resolved = validate_run_config(job, {"execution": {"config": {"max_concurrent": 1}}})["execution"]
         assert next(iter(resolved.values()))["max_concurrent"] == 1
+
+
+def _render_with_cache(ir: FlowIR, cache: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`render` as a new process would: no template compiled in memory yet."""
+    from dagster_metaflow import codegen
+
+    monkeypatch.setattr(codegen._ENV, "bytecode_cache", cache)
+    codegen._ENV.cache.clear()  # type: ignore[union-attr]
+    return render(ir)
+
+
+def test_templates_compiled_once_render_the_same_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jinja's compiled templates are kept between `create`s; a file rendered from the kept
+    ones is the file rendered from the templates."""
+    from dagster_metaflow.codegen import _TemplateCache
+
+    ir = ir_for("chunked_flow.py")
+    cache = _TemplateCache(str(tmp_path), "__dagster_metaflow_%s.cache")
+    cold = _render_with_cache(ir, cache, monkeypatch)
+    assert len(list(tmp_path.glob("__dagster_metaflow_*.cache"))) == 2  # both templates
+    warm = _render_with_cache(ir, cache, monkeypatch)
+    assert warm == cold == _render_with_cache(ir, None, monkeypatch)
+
+
+def test_a_template_cache_that_cannot_be_written_is_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagster_metaflow.codegen import _TemplateCache
+
+    ir = ir_for("chunked_flow.py")
+    gone = _TemplateCache(str(tmp_path / "missing"), "__dagster_metaflow_%s.cache")
+    assert _render_with_cache(ir, gone, monkeypatch) == _render_with_cache(ir, None, monkeypatch)

@@ -10,7 +10,7 @@ import pytest
 from conftest import load_flow_class
 
 from dagster_metaflow.automation import ScheduleIR, TriggerIR
-from dagster_metaflow.codegen import reserved_names, template_bindings
+from dagster_metaflow.codegen import TEMPLATE_BINDINGS, reserved_names, template_bindings
 from dagster_metaflow.ir import FlowIR, IROptions, build_flow_ir
 from dagster_metaflow.op_specs import (
     DefinitionsSpec,
@@ -228,15 +228,11 @@ def test_schedule_and_sensor_specs() -> None:
 
 
 def test_reserved_names_are_derived_from_the_templates_and_the_specs() -> None:
-    """The names a variable may not take: what the templates bind, every name a spec may
-    import, the ops' fixed inputs. Pinned here so a template edit that changes them (and so
-    the variable names of every generated file) is a visible decision."""
-    assert template_bindings() == {
-        "FLOW", "TAGS", "TRIGGERS", "defs", "context", "config", "run_id", "task",
-        "_run_step", "_init_run", "_fan_out", "_run_id", "_task_id", "_split_index",
-        "_fan_out_all", "_regroup", "_mapper_tasks", "_switch", "_run_loop", "_materialize",
-        "_run_chunk", "_chunk_tasks",
-    }  # fmt: skip
+    """The names a variable may not take: what the templates bind (pinned in
+    `codegen.TEMPLATE_BINDINGS`, read from the templates here), every name a spec may import,
+    the ops' fixed inputs. Pinned so that a template edit that changes them (and so the
+    variable names of every generated file) is a visible decision."""
+    assert template_bindings() == TEMPLATE_BINDINGS  # else: codegen.TEMPLATE_BINDINGS is stale
     assert reserved_names() - template_bindings() == {
         "Path", "Config", "Field", "Definitions", "DynamicOut", "OpExecutionContext",
         "RetryPolicy", "job", "op", "Out", "graph_multi_asset", "AssetOut", "AssetIn", "In",
