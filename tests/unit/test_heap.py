@@ -26,10 +26,15 @@ raise SystemExit(3)
 """
 
 
+def _run(program: str, status: int = 0) -> list[str]:
+    """The lines `program` prints in a fresh interpreter, which exits with `status`."""
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == status, proc.stderr
+    return proc.stdout.splitlines()
+
+
 def test_exit_freezes_the_heap_once_runs_every_handler_and_keeps_the_status() -> None:
-    proc = subprocess.run([sys.executable, "-c", _PROGRAM], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 3, proc.stderr
-    assert proc.stdout.splitlines() == [
+    assert _run(_PROGRAM, status=3) == [
         "frozen before exit: False",
         "handler registered later ran",
         "freeze",
@@ -52,9 +57,7 @@ print("loaded:", gc.isenabled(), gc.get_freeze_count() > 0)
 
 
 def test_collection_is_deferred_while_starting_then_resumed_past_the_frozen_heap() -> None:
-    proc = subprocess.run([sys.executable, "-c", _STARTING], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [
+    assert _run(_STARTING) == [
         "deferred: False False",
         "resumed: True True",
         "loaded: True True",
@@ -62,28 +65,18 @@ def test_collection_is_deferred_while_starting_then_resumed_past_the_frozen_heap
 
 
 _IN_PROCESS_CLI = """
-import gc
-from metaflow import FlowSpec, step
+import gc, sys
 from metaflow.cli import main
 
+sys.path.insert(0, sys.argv[1])
+from hello_flow import HelloFlow
 
-class HeapFlow(FlowSpec):
-    @step
-    def start(self):
-        self.next(self.end)
-
-    @step
-    def end(self):
-        pass
-
-
-if __name__ == "__main__":
-    assert gc.isenabled()
-    try:
-        main(HeapFlow(use_cli=False), args=["dagster", "list-runs"])
-    except SystemExit:
-        pass
-    print("collecting after the command:", gc.isenabled(), flush=True)
+assert gc.isenabled()
+try:
+    main(HelloFlow(use_cli=False), args=["dagster", "list-runs"])
+except SystemExit:
+    pass
+print("collecting after the command:", gc.isenabled(), flush=True)
 """
 
 
@@ -91,11 +84,14 @@ def test_a_process_that_runs_a_command_in_process_goes_on_collecting(tmp_path: P
     """The `dagster` group defers collection while the command starts; a caller that ran it
     in-process (not as its own process) gets the collector back, even when it failed (here:
     no Dagster instance)."""
-    flow = tmp_path / "heap_flow.py"
-    flow.write_text(_IN_PROCESS_CLI)
+    flows = Path(__file__).parent.parent / "flows"
     env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "no-home"), USER="tester")
-    env.pop("METAFLOW_PROFILE", None)
     proc = subprocess.run(
-        [sys.executable, str(flow)], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
+        [sys.executable, "-c", _IN_PROCESS_CLI, str(flows)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
     )
     assert "collecting after the command: True" in proc.stdout, proc.stdout + proc.stderr
