@@ -53,12 +53,12 @@ def cli() -> None:
 )
 @click.pass_context
 def dagster(ctx: Any, name: str | None = None) -> None:
-    # importing Dagster and opening its instance: no collector runs (runtime/heap.py)
-    defer_collection()
-    ctx.call_on_close(resume_collection)  # a caller that invoked the CLI in-process
     obj = ctx.obj
     if ctx.invoked_subcommand not in UNVALIDATED_COMMANDS:
         obj.check(obj.graph, obj.flow, obj.environment, pylint=obj.pylint)
+    # importing Dagster and opening its instance: no collector runs (runtime/heap.py)
+    defer_collection()
+    ctx.call_on_close(resume_collection)  # a caller that invoked the CLI in-process
     obj.dagster_name = name
     exit_without_collecting()
     # every subcommand needs Dagster: refuse an untested one here, in one line, rather than
@@ -752,6 +752,7 @@ def launch_step(ctx: Any, dry_run: bool = False, **options: Any) -> None:
     from .step_decorators import REMOTE_COMPUTE_DECORATORS
     from .task_options import TaskOptions
 
+    resume_collection()  # environments to solve and build, then a task that may run for hours
     obj = ctx.obj
     spec = TaskOptions.from_cli(**options)
     launcher = spec.launcher or "runtime"  # for messages
@@ -775,7 +776,6 @@ def launch_step(ctx: Any, dry_run: bool = False, **options: Any) -> None:
     if dry_run:
         click.echo(json.dumps({"argv": argv, "env": env}))
         return
-    resume_collection()  # the task may run for hours
     code = native.run_task(spec.step, argv, native.task_environment(env), decos)
     if launcher in REMOTE_COMPUTE_DECORATORS:
         native.record_dagster_metadata(obj, spec)

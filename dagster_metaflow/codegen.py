@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import re
+import sys
 from typing import Any
 
 import jinja2
@@ -52,12 +54,29 @@ def doctext(value: Any) -> str:
     return str(value).encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
+_OPTIONS: dict[str, Any] = {
+    "undefined": jinja2.StrictUndefined,
+    "keep_trailing_newline": True,
+    "trim_blocks": True,
+    "lstrip_blocks": True,
+    "autoescape": False,
+}
+
+
 class _TemplateCache(jinja2.FileSystemBytecodeCache):
     """The templates compiled once per machine, not at every `create` (lexing, parsing and
     compiling `definitions.py.j2` and `macros.j2`: ~55 ms of each). Jinja's own cache: a
     per-user directory under the temporary directory (mode 0700, its owner checked), a
-    file per template keyed by its path, checked against the template's source and the
-    Python and Jinja versions. A cache that cannot be written is no cache."""
+    file per template keyed by its path and checked against its source by Jinja; our file
+    names also carry a digest of what else the compiled code depends on (the Jinja release,
+    the Python build, the environment's options), so another of those never reads it. A
+    cache that cannot be written or read is no cache."""
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except OSError:
+            bucket.reset()
 
     def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
         try:
@@ -67,20 +86,18 @@ class _TemplateCache(jinja2.FileSystemBytecodeCache):
 
 
 def _template_cache() -> jinja2.BytecodeCache | None:
+    compiled_by = repr((jinja2.__version__, sys.version, sorted(_OPTIONS.items())))
+    digest = hashlib.sha256(compiled_by.encode()).hexdigest()[:16]
     try:
-        return _TemplateCache(pattern="__dagster_metaflow_%s.cache")
+        return _TemplateCache(pattern=f"__dagster_metaflow_{digest}_%s.cache")
     except (OSError, RuntimeError):  # no safe directory: compile every time
         return None
 
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("dagster_metaflow", "templates"),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    autoescape=False,
     bytecode_cache=_template_cache(),
+    **_OPTIONS,
 )
 _ENV.filters["py"] = py
 _ENV.filters["doc"] = doctext

@@ -7,12 +7,14 @@ of younger collections, in a `trigger --wait` of 1.8 s (gc callbacks, 2026-12-06
 native `flow.py run` spends 0.01 s. And at exit the interpreter collects everything once
 more (~0.4 s). So:
 
-- `defer_collection` (our CLI commands, from the `dagster` group): no collection while
-  the command starts; `resume_collection` where it would run for long (`trigger --wait`
-  following a run, a forked run worker, `launch-step` running a task) moves what start-up
-  built out of the collector's sight (`gc.freeze`) and collects again from there. A short
-  command (`create`, `list-runs`, `status`...) runs with it off and resumes it as its
-  click context closes (a process that invoked the CLI in-process goes on collecting).
+- `defer_collection` (our CLI commands, from the `dagster` group, after Metaflow's checks
+  and pylint): no collection while the command starts; `resume_collection` where it would
+  run for long (`trigger --wait` following a run, a forked run worker, `launch-step`
+  preparing and running a task) moves what start-up built out of the collector's sight
+  (`gc.freeze`) and collects again from there. A short command (`create`, `list-runs`,
+  `status`...) runs with it off and resumes it as its click context closes: a process that
+  invoked the CLI in-process goes on collecting as it did before, past a frozen heap
+  (unfrozen, its first collection would walk every object the command created, ~0.05 s).
 - `freeze_loaded` (a process about to run a job, once its definitions are loaded): later
   collections skip the loaded heap.
 - `exit_without_collecting`: atexit handlers still run, modules are still torn down; only
@@ -30,16 +32,25 @@ from __future__ import annotations
 import atexit
 import gc
 
+_enabled_before: bool | None = None  # the collector's state when `defer_collection` began
+
 
 def defer_collection() -> None:
     """No garbage collection until `resume_collection` (or exit): this command is starting."""
+    global _enabled_before
+    if _enabled_before is None:
+        _enabled_before = gc.isenabled()
     gc.disable()
 
 
 def resume_collection() -> None:
-    """Collect garbage again, from here on: what the process built so far stays (frozen)."""
+    """Collect garbage again, from here on: what the process built so far stays (frozen).
+    A caller that had the collector off before `defer_collection` keeps it off."""
+    global _enabled_before
     gc.freeze()
-    gc.enable()
+    if _enabled_before is not False:
+        gc.enable()
+    _enabled_before = None
 
 
 def freeze_loaded() -> None:

@@ -708,10 +708,16 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
         server.run()
         code = 0
     except SystemExit as exc:  # SIGTERM: closed by its pool
+        if os.getpid() != me:  # a child between its fork and its own exit handling
+            raise
         code = exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
+        if os.getpid() != me:
+            raise
         code = 130
     except BaseException:
+        if os.getpid() != me:
+            raise
         traceback.print_exc()
     finally:
         if os.getpid() == me:  # not in a child between its fork and its own exit handling

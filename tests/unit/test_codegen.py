@@ -502,3 +502,15 @@ def test_a_template_cache_that_cannot_be_written_is_no_cache(tmp_path: Path, mon
     ir = ir_for("chunked_flow.py")
     gone = _TemplateCache(str(tmp_path / "missing"), "__dagster_metaflow_%s.cache")
     assert _render_with_cache(ir, gone, monkeypatch) == _render_with_cache(ir, None, monkeypatch)
+
+
+def test_template_cache_files_are_named_for_what_compiles_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jinja checks a cached template against its source only: compiled under other options
+    (or another Jinja or Python), it is another file."""
+    from dagster_metaflow import codegen
+
+    before = codegen._template_cache()
+    monkeypatch.setitem(codegen._OPTIONS, "lstrip_blocks", False)
+    after = codegen._template_cache()
+    assert isinstance(before, codegen._TemplateCache) and isinstance(after, codegen._TemplateCache)
+    assert before.pattern != after.pattern

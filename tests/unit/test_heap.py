@@ -53,6 +53,10 @@ print("resumed:", gc.isenabled(), gc.get_freeze_count() > 0)
 gc.unfreeze()
 freeze_loaded()
 print("loaded:", gc.isenabled(), gc.get_freeze_count() > 0)
+gc.disable()  # a caller that runs without the collector keeps it off
+defer_collection()
+resume_collection()
+print("kept off:", gc.isenabled())
 """
 
 
@@ -61,6 +65,7 @@ def test_collection_is_deferred_while_starting_then_resumed_past_the_frozen_heap
         "deferred: False False",
         "resumed: True True",
         "loaded: True True",
+        "kept off: False",
     ]
 
 
