@@ -24,9 +24,9 @@ Why each is needed:
   the workspace helpers of `dagster._cli.workspace.cli_target`), starts its worker as the
   DefaultRunLauncher does (`ExecuteRunArgs`), and recognises runs started by a code server
   (`GRPC_INFO_TAG`);
-- `run_launcher.py` forks a run worker from `trigger`, which already loaded Dagster and the
-  definitions, and runs in it what `dagster api execute_run` runs (`execute_run_body`,
-  `capture_interrupts`);
+- `run_worker.py` runs what `dagster api execute_run` / `resume_run` run
+  (`execute_run_body`, `resume_run_body`, `get_instance_for_cli`, `capture_interrupts`),
+  in a worker `trigger` forked or one our run launcher started;
 - `run_launcher.py` is a run launcher (`LaunchRunContext`, `ResumeRunContext`,
   `CheckRunHealthResult`, `WorkerStatus`) that starts workers with `ExecuteRunArgs` /
   `ResumeRunArgs`, as Dagster's own launchers do;
@@ -142,6 +142,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     ),
     "db_select": ("dagster._core.storage.sqlalchemy_compat", "db_select"),
     "execute_run_body": ("dagster._cli.api", "_execute_run_command_body"),
+    "resume_run_body": ("dagster._cli.api", "_resume_run_command_body"),
+    "get_instance_for_cli": ("dagster._cli.utils", "get_instance_for_cli"),
     "get_code_location_from_workspace": (
         "dagster._cli.workspace.cli_target",
         "get_code_location_from_workspace",
@@ -215,7 +217,9 @@ def check_imports() -> None:
 
 if TYPE_CHECKING:
     from dagster._cli.api import _execute_run_command_body as execute_run_body
+    from dagster._cli.api import _resume_run_command_body as resume_run_body
     from dagster._cli.job import _create_run as create_run
+    from dagster._cli.utils import get_instance_for_cli
     from dagster._cli.workspace.cli_target import (
         WorkspaceOpts,
         get_code_location_from_workspace,
@@ -267,6 +271,8 @@ __all__ = [
     "GRPC_INFO_TAG",
     "LOG_RECORD_EVENT_ATTR",
     "execute_run_body",
+    "resume_run_body",
+    "get_instance_for_cli",
     "CapturedLogContext",
     "CheckRunHealthResult",
     "ComputeIOType",

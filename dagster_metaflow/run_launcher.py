@@ -4,11 +4,11 @@ Dagster's `DefaultRunLauncher` starts run workers through a code server and cann
 whether a worker still lives (`supports_check_run_worker_health` is False), so
 `dagster-daemon`'s run monitoring never notices a worker killed by the OOM killer or a
 `kill -9`, and it cannot resume a run. This launcher starts each worker itself, as a
-detached `dagster api execute_run` process of the job's own interpreter (what a code server
-runs), and so it can
+detached run worker of the job's own interpreter (`python -m dagster_metaflow.run_worker
+execute_run`: what a code server's `dagster api execute_run` runs), and so it can
 - check a worker's health: the worker's identity (host, pid, start time) is a run tag, so
   a reused pid is never taken for the worker;
-- resume a run: `dagster api resume_run` in a new worker for the SAME run; the executor
+- resume a run: `run_worker resume_run` in a new worker for the SAME run; the executor
   replays the run's event log, tasks that finished are not run again, and tasks killed
   with the worker run again as new attempts;
 - terminate a run: SIGINT to the verified worker, which stops every step.
@@ -65,8 +65,10 @@ def worker_log_path(instance: DagsterInstance, run_id: str) -> str:
 def spawn_worker(
     instance: DagsterInstance, run: DagsterRun, resume: bool = False
 ) -> WorkerIdentity:
-    """Start `dagster api execute_run` (or `resume_run`) for `run` in its own session, with
-    the job's own interpreter, and record the worker's identity on the run."""
+    """Start the run's worker (`python -m dagster_metaflow.run_worker execute_run`, or
+    `resume_run`: Dagster's `dagster api execute_run`, minus its copy of every event) in its
+    own session, with the job's own interpreter, and record the worker's identity on the
+    run."""
     from dagster import serialize_value
 
     from ._dagster_private import ExecuteRunArgs, ResumeRunArgs
@@ -83,8 +85,7 @@ def spawn_worker(
     command = [
         python,
         "-m",
-        "dagster",
-        "api",
+        "dagster_metaflow.run_worker",
         "resume_run" if resume else "execute_run",
         serialize_value(args),
     ]
@@ -242,6 +243,8 @@ def _become_worker(
         # Dagster sets up
         threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
         keep_sqlite_connections()
+        from .run_worker import run_worker_body
+
         code = run_worker_body(ref, run_id)
     except BaseException:
         traceback.print_exc()
@@ -254,19 +257,6 @@ def _become_worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-
-
-def run_worker_body(ref: Any, run_id: str) -> int:
-    """What `dagster api execute_run` does with its arguments."""
-    from dagster import DagsterInstance
-
-    from ._dagster_private import capture_interrupts, execute_run_body
-
-    with capture_interrupts():
-        with DagsterInstance.from_ref(ref) as instance:
-            return execute_run_body(
-                run_id, instance, lambda _event: None, set_exit_code_on_failure=False
-            )
 
 
 def _working_directory(origin: Any) -> str | None:

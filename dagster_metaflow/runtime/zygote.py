@@ -15,7 +15,7 @@ one it was started with; `ZygotePool` keeps one per such environment. Anything u
 
 The server half (`serve`) must not import Dagster in a step zygote. A *worker* zygote
 (`WORKER_POOL`, used by `MetaflowRunLauncher` in dagster-daemon and the webserver) preloads
-Dagster instead and forks `python -m dagster api execute_run ...` run workers: those are
+Dagster instead and forks `python -m dagster_metaflow.run_worker ...` run workers: those are
 detached (their own sessions) and outlive the zygote and its parent. At the end of its run a
 worker asks it for a *spare* step zygote of its job (`request_spare`); the next run of that
 job gets it, ready, instead of waiting ~0.3 s for its own (`_Spares`).

@@ -316,14 +316,21 @@ def test_daemon_resumes_a_run_it_launched_whose_worker_died_and_the_run_outlives
         mf_run = wait_for("the holding run", lambda: (ws.dir / "holding-run").read_text().strip(), 10)
         run_id = _dagster_run_id(ws, mf_run)
         first = _worker(ws, run_id)
-        # the launcher forked the worker from its worker zygote (Dagster preloaded), in a
-        # session of its own
+        # the launcher forked the worker from its worker zygote (Dagster preloaded), or with
+        # DAGSTER_METAFLOW_FORK=0 started `python -m dagster_metaflow.run_worker`; in a
+        # session of its own either way
         import psutil
 
+        from dagster_metaflow.runtime.zygote import fork_enabled
+
         parent = psutil.Process(first.pid).parent()
-        assert parent is not None and "zygote import serve" in " ".join(parent.cmdline())
-        # (its command line ends with the mode and the pid of the process that started it)
-        assert parent.cmdline()[-2] == "worker" and os.getsid(first.pid) == first.pid
+        assert parent is not None and os.getsid(first.pid) == first.pid
+        if fork_enabled():
+            assert "zygote import serve" in " ".join(parent.cmdline())
+            # (its command line ends with the mode and the pid of the process that started it)
+            assert parent.cmdline()[-2] == "worker"
+        else:
+            assert psutil.Process(first.pid).cmdline()[2:4] == ["dagster_metaflow.run_worker", "execute_run"]
         pathspec = f"FaultFlow/{mf_run}"
         done_before = {tid: t.finished_at for tid, t in _body_tasks(pathspec).items() if t.successful}
         assert list(done_before) == ["body-0"], done_before
@@ -332,6 +339,8 @@ def test_daemon_resumes_a_run_it_launched_whose_worker_died_and_the_run_outlives
         resumed_pids = _markers(ws, 1, held, timeout=150)  # the new worker's attempts hold too
         second = wait_for("a new worker", lambda: (w := _worker(ws, run_id)) != first and w, 30)
         assert psutil.Process(second.pid).parent() == parent  # resume_run: the same zygote
+        if not fork_enabled():
+            assert psutil.Process(second.pid).cmdline()[2:4] == ["dagster_metaflow.run_worker", "resume_run"]
         os.killpg(daemon.pid, signal.SIGKILL)
         daemon.wait(timeout=30)
     ws.dir.joinpath("release").write_text("")
