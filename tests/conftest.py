@@ -7,6 +7,7 @@ jobs and native runs write to. Flows are copied into a per-test directory below 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,9 @@ class Workspace:
 
 
 @pytest.fixture
-def workspace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """Copy the flow named by the test's `flow` marker into a fresh dir under the datastore root."""
+def workspace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    """Copy the flow named by the test's `flow` marker into a fresh dir under the datastore
+    root; afterwards stop what its runs left running (`stop_leftovers`)."""
     marker = request.node.get_closest_marker("flow")
     assert marker is not None, "use @pytest.mark.flow('file.py')"
     name = marker.args[0]
@@ -127,7 +129,30 @@ def workspace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     home = d / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return Workspace(dir=d, flow=flow, dagster_home=home)
+    yield Workspace(dir=d, flow=flow, dagster_home=home)
+    stop_leftovers(d)
+
+
+def stop_leftovers(d: Path, grace: float = 15.0) -> None:
+    """Stop the processes still working in workspace `d` (run workers, their watchdogs and
+    steps: a test that failed while its run was held, or one that ended before a run it did
+    not wait for). Run workers live in sessions of their own, on purpose, so nothing else
+    stops them; SIGTERM lets a worker stop its steps, SIGKILL after `grace` seconds."""
+    import psutil
+
+    root, me = str(d), os.getpid()
+    left = []
+    for p in psutil.process_iter(["pid", "cwd"]):
+        cwd = p.info["cwd"] or ""
+        if p.info["pid"] != me and (cwd == root or cwd.startswith(root + os.sep)):
+            left.append(p)
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _gone, alive = psutil.wait_procs(left, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def pytest_configure(config: pytest.Config) -> None:
