@@ -7,7 +7,7 @@ Two instances, the same linear 10-step flow:
   daemon    QueuedRunCoordinator + MetaflowRunLauncher + a running `dagster-daemon`:
             `trigger` queues the run, the daemon dequeues it and the launcher forks the
             worker from its worker zygote (or, with --no-fork, starts a fresh
-            `python -m dagster api execute_run`)
+            `python -m dagster_metaflow.run_worker execute_run`)
 For each run it prints, from the run's event log: launch -> first event of the worker
 (PIPELINE_STARTING/dequeue -> PIPELINE_START) and PIPELINE_START -> PIPELINE_SUCCESS.
 The queue's own wait (the daemon polls it) is left out: that is Dagster's, not ours.

@@ -481,8 +481,13 @@ def test_a_worker_zygote_hands_the_spare_step_zygote_of_a_job_to_its_next_run_wo
         spare = zygote.request_spare(for_job, sys.executable, steps_env)
         assert spare in [p.pid for p in psutil.Process(worker_zygote.proc.pid).children()]
         spares.append(spare)
-        sock = next(a for a in psutil.Process(spare).cmdline() if a.endswith("/sock"))
         deadline = time.monotonic() + 30
+        # `... serve(...) SOCK step PARENT` once exec'd: just forked, the spare still shows
+        # the worker zygote's command line (its own socket, mode `worker`), and none mid-exec
+        while (cmd := psutil.Process(spare).cmdline())[-2:-1] != ["step"]:
+            assert time.monotonic() < deadline, cmd
+            time.sleep(0.01)
+        sock = cmd[-3]
         while not os.path.exists(sock):  # bound once preloaded, just before "ready"
             assert time.monotonic() < deadline
             time.sleep(0.05)
