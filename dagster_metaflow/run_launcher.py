@@ -215,6 +215,7 @@ def _become_worker(
     code = 1
     try:  # nothing may raise out of here: this child would go on as the caller
         from ._dagster_sqlite import keep_sqlite_connections, release_sqlite_connections
+        from .run_worker import run_worker_body
         from .runtime.flow import warm_up_flows
         from .runtime.heap import resume_collection
         from .runtime.zygote import POOL, fresh_interpreter_signals
@@ -243,8 +244,6 @@ def _become_worker(
         # Dagster sets up
         threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
         keep_sqlite_connections()
-        from .run_worker import run_worker_body
-
         code = run_worker_body(ref, run_id)
     except BaseException:
         traceback.print_exc()

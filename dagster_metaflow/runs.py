@@ -4,8 +4,9 @@
 location name and origin, so `dagster dev` and `dagster-daemon` pointed at the instance know
 it), then either
 - launches it itself: a detached run worker (`run_worker.py`: the body of `dagster api
-  execute_run`, which Dagster's own DefaultRunLauncher runs), in a new session so it outlives the CLI (the instance's
-  default run coordinator, which would otherwise leave the run QUEUED without a daemon), or
+  execute_run`, which Dagster's own DefaultRunLauncher runs), in a new session so it
+  outlives the CLI (the instance's default run coordinator, which would otherwise leave
+  the run QUEUED without a daemon), or
 - submits it to the queue when the instance's dagster.yaml configures a
   `QueuedRunCoordinator` explicitly: `dagster-daemon` dequeues and launches it.
 """
@@ -131,9 +132,9 @@ def start_run(
 def launch_detached(
     instance: DagsterInstance, run: DagsterRun, step_zygote: Zygote | None = None
 ) -> DagsterRun:
-    """Start the run worker (what `dagster api execute_run` runs) in its own session, as Dagster's
-    DefaultRunLauncher does from a code server, so it outlives this process; a forked
-    worker adopts `step_zygote`."""
+    """Start the run worker (what `dagster api execute_run` runs) in its own session, as
+    Dagster's DefaultRunLauncher does from a code server, so it outlives this process; a
+    forked worker adopts `step_zygote`."""
     from dagster import DagsterEvent, DagsterEventType
 
     from .run_launcher import fork_worker, spawn_worker

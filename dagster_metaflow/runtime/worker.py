@@ -3,11 +3,10 @@
 A run worker (`dagster_metaflow.run_worker`, what `dagster api execute_run` / `resume_run`
 run) is identified by host, pid and the process's start time: a pid alone is reused by the
 kernel, so nothing here signals or trusts a pid whose start time differs from the recorded
-one. The worker records itself in the run
-tag `dagster-metaflow/worker` when its executor starts, and exports the same identity to
-every process it starts (`DAGSTER_METAFLOW_WORKER`, inherited through fork, exec and
-`setsid`), which is how the watchdog (watchdog.py) and `terminate` find a dead worker's
-orphans.
+one. The worker records itself in the run tag `dagster-metaflow/worker` when its executor
+starts, and exports the same identity to every process it starts
+(`DAGSTER_METAFLOW_WORKER`, inherited through fork, exec and `setsid`), which is how the
+watchdog (watchdog.py) and `terminate` find a dead worker's orphans.
 
 `settle` is what every reader calls before trusting a run's status (CLI `status`,
 `list-runs`, `--wait`, the Deployer): a run still STARTED whose local worker is dead is

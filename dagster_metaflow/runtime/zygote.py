@@ -37,7 +37,7 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Mapping, Sequence
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from .supervise import default_step_signals
 
@@ -502,32 +502,48 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[
                 sys.path[0] = os.path.dirname(script)
                 _run_as_main(script, main_extras)
             code = 0
-        except SystemExit as exc:
-            if exc.code is None:
-                code = 0
-            elif isinstance(exc.code, int):
-                code = exc.code
-            else:
-                print(exc.code, file=sys.stderr)
-                code = 1
-        except KeyboardInterrupt:
-            code = 130
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        # what interpreter shutdown would do: join threads, run atexit handlers
-        try:
-            threading._shutdown()  # type: ignore[attr-defined]
-        except Exception:
-            pass
-        atexit._run_exitfuncs()
+        except BaseException as exc:
+            code = _exit_status(exc)
+        _shut_down()
     finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:
-            pass
-        os._exit(code & 0xFF if code >= 0 else 1)
+        _exit_now(code)
+
+
+def _exit_status(exc: BaseException) -> int:
+    """The status `python` exits with when `exc` ends its program, printing what it prints."""
+    if isinstance(exc, SystemExit):
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code
+        print(exc.code, file=sys.stderr)
+        return 1
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    traceback.print_exc()
+    return 1
+
+
+def _shut_down() -> None:
+    """What the interpreter's shutdown does before it tears down the modules: join the
+    threads, run the atexit handlers."""
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]
+    except Exception:
+        pass
+    atexit._run_exitfuncs()
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Flush and end this process without tearing down its modules: a zygote's child, or a
+    zygote closed by its pool (the teardown of its preloaded modules took ~15 ms, which a
+    run's end waits for in `Zygote.close`)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        pass
+    os._exit(code & 0xFF if code >= 0 else 1)
 
 
 def fresh_interpreter_signals() -> None:
@@ -707,18 +723,10 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
     try:
         server.run()
         code = 0
-    except SystemExit as exc:  # SIGTERM: closed by its pool
+    except BaseException as exc:  # SystemExit(0) on SIGTERM: closed by its pool
         if os.getpid() != me:  # a child between its fork and its own exit handling
             raise
-        code = exc.code if isinstance(exc.code, int) else 0
-    except KeyboardInterrupt:
-        if os.getpid() != me:
-            raise
-        code = 130
-    except BaseException:
-        if os.getpid() != me:
-            raise
-        traceback.print_exc()
+        code = _exit_status(exc)
     finally:
         if os.getpid() == me:  # not in a child between its fork and its own exit handling
             server.listener.close()
@@ -733,20 +741,12 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
                 _stop_children(list(server.conns), grace=3.0)
             if server.spares is not None:
                 server.spares.close()  # the kept ones; a handed one is its worker's
-            _exit_now(code)
-
-
-def _exit_now(code: int) -> None:
-    """End the zygote without the interpreter's teardown of its preloaded modules (~15 ms,
-    which a run's end waits for in `Zygote.close`): its atexit handlers still run (logging,
-    multiprocessing, certifi: what Metaflow's import registered), nothing else of it needs a
-    finalizer."""
-    try:
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(code)
+            # its atexit handlers (logging, multiprocessing, certifi: what Metaflow's import
+            # registered) still run; nothing else of the zygote needs a finalizer
+            try:
+                _shut_down()
+            finally:
+                _exit_now(code)
 
 
 def _preload() -> dict[str, Any]:
