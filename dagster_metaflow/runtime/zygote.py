@@ -47,15 +47,34 @@ START_TIMEOUT = 30.0
 # it give up and run as plain subprocesses
 WAIT_FOR_START = 5.0
 PRELOAD = ("metaflow", "metaflow.cli", "metaflow.task", "metaflow.datastore", "metaflow.runtime")
-# what a run worker imports before its first event: Dagster, its run storage, the run body;
-# and Metaflow's datastore, which its ops read (its configuration comes from the
-# environment, and a worker zygote's is its workers', `env_key`)
+# what a run worker imports before its first event: Dagster, its instance's storages (the
+# definitions-state storage brings universal_pathlib and fsspec), the loading of a code
+# location, the run body, our runtime; and Metaflow's datastore, which its ops read (its
+# configuration comes from the environment, and a worker zygote's is its workers',
+# `env_key`). A module another Dagster release lacks is skipped.
 WORKER_PRELOAD = (
     "dagster",
     "dagster._cli.api",
+    "dagster._core.instance.factory",
+    "dagster._core.storage.sqlite_storage",
     "dagster._core.storage.runs.sqlite",
     "dagster._core.storage.event_log.sqlite",
+    "dagster._core.storage.local_compute_log_manager",
+    "dagster._core.storage.defs_state.blob_storage_state_storage",
+    "upath.core",
+    "upath.implementations.local",
+    "watchdog.observers.polling",
+    "dagster._core.workspace.autodiscovery",
+    "dagster._core.definitions.repository_definition.repository_data_builder",
+    "dagster._core.execution.plan.active",
     "dagster_metaflow.runtime.executor",
+    "dagster_metaflow.runtime.engines",
+    "dagster_metaflow.runtime.flow",
+    "dagster_metaflow.runtime.io",
+    "dagster_metaflow.runtime.sensors",
+    "dagster_metaflow.runtime.assets",
+    "dagster_metaflow.runtime.watchdog",
+    "dagster_metaflow.deployments",
     "metaflow.datastore",
     "metaflow.plugins",
 )
@@ -705,10 +724,13 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
         import importlib
 
         for name in WORKER_PRELOAD:
-            importlib.import_module(name)
-        from .._dagster_sqlite import remember_alembic_heads
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+        from .._dagster_sqlite import warm_alembic_heads
 
-        remember_alembic_heads()  # for every run worker forked from here
+        warm_alembic_heads()  # for every run worker forked from here
         main_extras: dict[str, Any] = {}
     else:
         main_extras = _preload()

@@ -137,3 +137,39 @@ def test_the_migration_head_is_read_once_per_process_and_the_database_revision_e
         engine.dispose()
     assert fresh == unmemoised and fresh[0] == fresh[1]
     assert old == ("old", fresh[1])
+
+
+def test_a_process_that_forks_run_workers_reads_the_migration_head_before_any_storage_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`warm_alembic_heads` (the worker zygote): the head is read once, before any storage
+    opens, and an instance opened afterwards reads no migration script; it is the head
+    Dagster's own check finds."""
+    from alembic.script import ScriptDirectory
+    from dagster import DagsterInstance
+    from dagster._core.storage import sql
+    from dagster._core.storage.runs.sqlite import sqlite_run_storage
+
+    for name in _dagster_sqlite._ALEMBIC_CHECKERS:  # restored after the test
+        module = importlib.import_module(name)
+        if hasattr(module, "check_alembic_revision"):
+            monkeypatch.setattr(module, "check_alembic_revision", module.check_alembic_revision)
+    monkeypatch.setattr(_dagster_sqlite, "_HEADS", {})
+    reads: list[object] = []
+    from_config = ScriptDirectory.from_config.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        ScriptDirectory,
+        "from_config",
+        classmethod(lambda cls, config: reads.append(config) or from_config(cls, config)),
+    )
+    _dagster_sqlite.warm_alembic_heads()
+    assert len(reads) == 1 and len(_dagster_sqlite._HEADS) == 1
+    with DagsterInstance.local_temp(str(tmp_path)):  # created: alembic stamps it (its reads)
+        pass
+    before = len(reads)
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        list(instance.get_runs(limit=1))
+    assert len(reads) == before  # opening the existing instance reads no script
+    config = sql.get_alembic_config(sqlite_run_storage.__file__)
+    [head] = _dagster_sqlite._HEADS.values()
+    assert head == from_config(ScriptDirectory, config).as_revision_number("head")

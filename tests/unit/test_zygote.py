@@ -218,6 +218,35 @@ def test_worker_zygote_forks_detached_module_commands_that_outlive_it(tmp_path: 
     assert log.read_text().splitlines() == ["argv ['1.5'] True", "done"]
 
 
+def test_a_run_worker_forked_by_a_worker_zygote_finds_its_start_up_done(tmp_path: Path) -> None:
+    """What a run worker would import and read before its first event is in the worker
+    zygote already: every module of WORKER_PRELOAD (the zygote skips a module another
+    Dagster lacks; every Dagster of the tested range has them all, 1.11.10 included) and
+    the head of Dagster's schema migrations (`warm_alembic_heads`)."""
+    mod = tmp_path / "dm_probe.py"
+    mod.write_text(
+        "import sys\n"
+        "from dagster_metaflow.runtime.zygote import WORKER_PRELOAD\n"
+        "from dagster_metaflow import _dagster_sqlite\n"
+        "print('missing', [m for m in WORKER_PRELOAD if m not in sys.modules])\n"
+        "print('heads', len(_dagster_sqlite._HEADS), flush=True)\n"
+    )
+    log = tmp_path / "worker.log"
+    pool = ZygotePool(zygote.WORKER)
+    env = dict(os.environ)
+    z = pool.get(sys.executable, env)
+    assert z is not None
+    try:
+        with open(log, "ab") as f:
+            z.spawn_detached([sys.executable, "-m", "dm_probe"], env, str(tmp_path), f.fileno())
+        deadline = time.monotonic() + 30
+        while "heads" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        pool.close()
+    assert log.read_text().splitlines() == ["missing []", "heads 1"]
+
+
 _DIES_WHILE_ITS_ZYGOTE_STARTS = """
 import os, sys, threading, time
 from dagster_metaflow.runtime.zygote import ZygotePool
