@@ -5,6 +5,8 @@ Dagster's own code when its storages are laid out otherwise:
 
 - `remember_alembic_heads` (our commands, run workers): the head of Dagster's schema
   migrations is read once per process; the database's revision still at every open.
+  `warm_alembic_heads` (the worker zygote) reads it before any storage opens, for every
+  run worker forked from there.
 - `keep_sqlite_connections` (our commands, run workers): one SQLite connection per
   event-log shard and for the run storage, kept for the process's life instead of a new
   SQLAlchemy engine, connection and statement compilation for every event.
@@ -54,17 +56,18 @@ def remember_alembic_heads() -> None:
         return
     if getattr(original, "remembers_heads", False):
         return
-    heads = _HEADS
     lock = getattr(sql, "_alembic_lock", None) or threading.Lock()
 
     def check_alembic_revision(alembic_config: Any, conn: Any) -> tuple[Any, Any]:
         location = alembic_config.get_main_option("script_location")
-        if location not in heads:
-            db_revision, heads[location] = original(alembic_config, conn)
-            return db_revision, heads[location]
+        head = _HEADS.get(location)
+        if head is None:
+            db_revision, head = original(alembic_config, conn)
+            _HEADS[location] = head
+            return db_revision, head
         with lock:
             db_revision = MigrationContext.configure(conn).get_current_revision()
-        return db_revision, heads[location]
+        return db_revision, head
 
     check_alembic_revision.remembers_heads = True  # type: ignore[attr-defined]
     for name in _ALEMBIC_CHECKERS:
@@ -79,25 +82,22 @@ def remember_alembic_heads() -> None:
 def warm_alembic_heads() -> None:
     """`remember_alembic_heads`, with the head read now: for a process that forks run
     workers (the worker zygote), each of which would otherwise read the ~110 scripts
-    again at its first storage open (~30 ms). The SQLite storages share one location."""
+    again at its first storage open (~30 ms). The SQLite storages share one location
+    (the run storage's is read). Nothing is read when the memo is not in place."""
     remember_alembic_heads()
-    _head()
-
-
-def _head() -> Any:
-    """The head of the SQLite storages' migrations, read once per process (`_HEADS`);
-    None when Dagster lays them out otherwise."""
     try:
         from alembic.script import ScriptDirectory
 
         sql = importlib.import_module(_ALEMBIC_CHECKERS[0])
+        if not getattr(sql.check_alembic_revision, "remembers_heads", False):
+            return
         config = sql.get_alembic_config(importlib.import_module(_RUN_STORAGE).__file__)
         location = config.get_main_option("script_location")
-        if location not in _HEADS:
-            _HEADS[location] = ScriptDirectory.from_config(config).as_revision_number("head")
-        return _HEADS[location]
-    except Exception:
-        return None
+        with getattr(sql, "_alembic_lock", None) or threading.Lock():  # as Dagster reads it
+            if _HEADS.get(location) is None:
+                _HEADS[location] = ScriptDirectory.from_config(config).as_revision_number("head")
+    except Exception:  # laid out otherwise: each worker reads it at its first open
+        return
 
 
 class _Engines:

@@ -51,7 +51,7 @@ PRELOAD = ("metaflow", "metaflow.cli", "metaflow.task", "metaflow.datastore", "m
 # definitions-state storage brings universal_pathlib and fsspec), the loading of a code
 # location, the run body, our runtime; and Metaflow's datastore, which its ops read (its
 # configuration comes from the environment, and a worker zygote's is its workers',
-# `env_key`). A module another Dagster release lacks is skipped.
+# `env_key`). A module another Dagster release lacks is skipped (`_preload_worker`).
 WORKER_PRELOAD = (
     "dagster",
     "dagster._cli.api",
@@ -721,16 +721,7 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
     # are started from short-lived executor threads; the parent poll in `_ForkServer.run`
     # is used instead)
     if mode == WORKER:
-        import importlib
-
-        for name in WORKER_PRELOAD:
-            try:
-                importlib.import_module(name)
-            except ImportError:
-                pass
-        from .._dagster_sqlite import warm_alembic_heads
-
-        warm_alembic_heads()  # for every run worker forked from here
+        _preload_worker()
         main_extras: dict[str, Any] = {}
     else:
         main_extras = _preload()
@@ -769,6 +760,27 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
                 _shut_down()
             finally:
                 _exit_now(code)
+
+
+def _preload_worker() -> None:
+    """What every run worker forked from here needs before its first event (WORKER_PRELOAD,
+    the migration head). A module the installed Dagster lacks is skipped; any other import
+    error is the zygote's failure to start, so workers start the plain way. The first run's
+    job (RUN_WORKER_ENV, in the environment of the worker it was started for) is no
+    zygote's: each worker's own environment comes with its request."""
+    import importlib
+
+    from .._dagster_sqlite import warm_alembic_heads
+
+    os.environ.pop(RUN_WORKER_ENV, None)
+    for name in WORKER_PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            absent = exc.name is not None and (name == exc.name or name.startswith(exc.name + "."))
+            if not absent or name.startswith("dagster_metaflow."):
+                raise
+    warm_alembic_heads()
 
 
 def _preload() -> dict[str, Any]:

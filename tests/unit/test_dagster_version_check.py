@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Workspace
@@ -85,26 +86,20 @@ def test_every_private_api_exists_in_the_installed_dagster() -> None:
         private.no_such_api  # noqa: B018
 
 
-def test_the_migration_head_is_read_once_per_process_and_the_database_revision_each_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`remember_alembic_heads` keeps Dagster's answer: a fresh SQLite instance is created
-    and stamped, an existing one opens with the same revisions, an old one is still told
-    to migrate (its own revision is read at every open); the scripts are read once."""
-    import sqlalchemy
+def _script_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[object]]:
+    """For one test: Dagster's schema checks as they are now (restored after the test), an
+    empty head memo, and every read of the migration scripts recorded. Returns Dagster's
+    own check and the list of reads."""
     from alembic.script import ScriptDirectory
-    from dagster import DagsterInstance
-    from dagster._core.storage import sql
-    from dagster._core.storage.runs.sqlite import sqlite_run_storage
 
     bindings = {
         name: importlib.import_module(name).check_alembic_revision
         for name in _dagster_sqlite._ALEMBIC_CHECKERS
         if hasattr(importlib.import_module(name), "check_alembic_revision")
     }
-    for name, bound in bindings.items():  # restored after the test
+    for name, bound in bindings.items():
         monkeypatch.setattr(importlib.import_module(name), "check_alembic_revision", bound)
-    original = bindings[_dagster_sqlite._ALEMBIC_CHECKERS[0]]
+    monkeypatch.setattr(_dagster_sqlite, "_HEADS", {})
     reads: list[object] = []
     from_config = ScriptDirectory.from_config.__func__  # type: ignore[attr-defined]
     monkeypatch.setattr(
@@ -112,7 +107,21 @@ def test_the_migration_head_is_read_once_per_process_and_the_database_revision_e
         "from_config",
         classmethod(lambda cls, config: reads.append(config) or from_config(cls, config)),
     )
+    return bindings[_dagster_sqlite._ALEMBIC_CHECKERS[0]], reads
 
+
+def test_the_migration_head_is_read_once_per_process_and_the_database_revision_each_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`remember_alembic_heads` keeps Dagster's answer: a fresh SQLite instance is created
+    and stamped, an existing one opens with the same revisions, an old one is still told
+    to migrate (its own revision is read at every open); the scripts are read once."""
+    import sqlalchemy
+    from dagster import DagsterInstance
+    from dagster._core.storage import sql
+    from dagster._core.storage.runs.sqlite import sqlite_run_storage
+
+    original, reads = _script_reads(monkeypatch)
     _dagster_sqlite.remember_alembic_heads()
     _dagster_sqlite.remember_alembic_heads()  # twice: still one memo
     memo = sqlite_run_storage.check_alembic_revision
@@ -143,33 +152,28 @@ def test_a_process_that_forks_run_workers_reads_the_migration_head_before_any_st
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`warm_alembic_heads` (the worker zygote): the head is read once, before any storage
-    opens, and an instance opened afterwards reads no migration script; it is the head
-    Dagster's own check finds."""
-    from alembic.script import ScriptDirectory
+    opens; it is the head Dagster's own check finds, and the check every storage calls
+    answers from it, so an instance opened afterwards reads no migration script."""
+    import sqlalchemy
     from dagster import DagsterInstance
     from dagster._core.storage import sql
     from dagster._core.storage.runs.sqlite import sqlite_run_storage
 
-    for name in _dagster_sqlite._ALEMBIC_CHECKERS:  # restored after the test
-        module = importlib.import_module(name)
-        if hasattr(module, "check_alembic_revision"):
-            monkeypatch.setattr(module, "check_alembic_revision", module.check_alembic_revision)
-    monkeypatch.setattr(_dagster_sqlite, "_HEADS", {})
-    reads: list[object] = []
-    from_config = ScriptDirectory.from_config.__func__  # type: ignore[attr-defined]
-    monkeypatch.setattr(
-        ScriptDirectory,
-        "from_config",
-        classmethod(lambda cls, config: reads.append(config) or from_config(cls, config)),
-    )
+    with DagsterInstance.local_temp(str(tmp_path)):  # created (and stamped) before: no memo yet
+        pass
+    original, reads = _script_reads(monkeypatch)
     _dagster_sqlite.warm_alembic_heads()
     assert len(reads) == 1 and len(_dagster_sqlite._HEADS) == 1
-    with DagsterInstance.local_temp(str(tmp_path)):  # created: alembic stamps it (its reads)
-        pass
-    before = len(reads)
     with DagsterInstance.local_temp(str(tmp_path)) as instance:
         list(instance.get_runs(limit=1))
-    assert len(reads) == before  # opening the existing instance reads no script
+    assert len(reads) == 1  # opening the instance read no script
     config = sql.get_alembic_config(sqlite_run_storage.__file__)
-    [head] = _dagster_sqlite._HEADS.values()
-    assert head == from_config(ScriptDirectory, config).as_revision_number("head")
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/history/runs.db")
+    try:
+        with engine.connect() as conn:
+            [(location, head)] = _dagster_sqlite._HEADS.items()
+            assert head == original(config, conn)[1]  # Dagster's own answer
+            _dagster_sqlite._HEADS[location] = "the memo's"
+            assert sqlite_run_storage.check_alembic_revision(config, conn)[1] == "the memo's"
+    finally:
+        engine.dispose()

@@ -228,7 +228,11 @@ def test_a_run_worker_forked_by_a_worker_zygote_finds_its_start_up_done(tmp_path
         "import sys\n"
         "from dagster_metaflow.runtime.zygote import WORKER_PRELOAD\n"
         "from dagster_metaflow import _dagster_sqlite\n"
+        "from dagster._core.storage import sql\n"
+        "from dagster_metaflow.runtime import flow\n"
         "print('missing', [m for m in WORKER_PRELOAD if m not in sys.modules])\n"
+        "print('memo', getattr(sql.check_alembic_revision, 'remembers_heads', False))\n"
+        "print('no run of its own', flow._LIVE_FLOWS == [] and flow._job_run_here == [])\n"
         "print('heads', len(_dagster_sqlite._HEADS), flush=True)\n"
     )
     log = tmp_path / "worker.log"
@@ -244,7 +248,37 @@ def test_a_run_worker_forked_by_a_worker_zygote_finds_its_start_up_done(tmp_path
             time.sleep(0.05)
     finally:
         pool.close()
-    assert log.read_text().splitlines() == ["missing []", "heads 1"]
+    assert log.read_text().splitlines() == [
+        "missing []",
+        "memo True",
+        "no run of its own True",
+        "heads 1",
+    ]
+
+
+def test_a_worker_zygote_skips_only_modules_its_dagster_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_preload_worker`: a module that is not installed is skipped; one of ours, or one that
+    fails on a missing import of its own, fails the zygote's start (workers then start the
+    plain way); the first run's job leaves the zygote's environment."""
+    monkeypatch.setattr("dagster_metaflow._dagster_sqlite.warm_alembic_heads", lambda: None)
+    monkeypatch.setenv(zygote.RUN_WORKER_ENV, "first run's job")
+    monkeypatch.setattr(zygote, "WORKER_PRELOAD", ("json", "dm_no_such_package.sub"))
+    zygote._preload_worker()
+    assert zygote.RUN_WORKER_ENV not in os.environ
+    for broken in ("dagster_metaflow.runtime.dm_no_such_module", "json.dm_no_such_module"):
+        monkeypatch.setattr(zygote, "WORKER_PRELOAD", ("json", broken))
+        if broken.startswith("dagster_metaflow."):
+            with pytest.raises(ModuleNotFoundError):
+                zygote._preload_worker()
+        else:  # json is there, its submodule is not: skipped as absent
+            zygote._preload_worker()
+    (tmp_path / "dm_imports_what_is_missing.py").write_text("import dm_really_missing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(zygote, "WORKER_PRELOAD", ("dm_imports_what_is_missing",))
+    with pytest.raises(ModuleNotFoundError, match="dm_really_missing"):
+        zygote._preload_worker()
 
 
 _DIES_WHILE_ITS_ZYGOTE_STARTS = """
