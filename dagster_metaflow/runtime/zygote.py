@@ -83,12 +83,15 @@ STEP, WORKER = "step", "worker"
 # (`worker_job_key`); a worker zygote hands the spare step zygote of that job to the worker
 RUN_WORKER_ENV = "DAGSTER_METAFLOW_RUN_WORKER"
 MAX_SPARES = 4  # spare step zygotes a worker zygote keeps, one per job (the most recent)
-# per-command variables that Metaflow reads when used, not at import
+# per-command variables, which a zygote serving many commands is started without
+# (`zygote_env`): Metaflow reads them when used, not at import, and our run launcher's
+# RUN_WORKER_ENV names the job of one run worker
 VOLATILE_ENV = (
     "METAFLOW_RUN_ID",
     "METAFLOW_INIT_",
     "DAGSTER_METAFLOW_STEP_TOKEN",
     "METAFLOW_CODE_",
+    RUN_WORKER_ENV,
 )
 
 
@@ -765,14 +768,11 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
 def _preload_worker() -> None:
     """What every run worker forked from here needs before its first event (WORKER_PRELOAD,
     the migration head). A module the installed Dagster lacks is skipped; any other import
-    error is the zygote's failure to start, so workers start the plain way. The first run's
-    job (RUN_WORKER_ENV, in the environment of the worker it was started for) is no
-    zygote's: each worker's own environment comes with its request."""
+    error is the zygote's failure to start, so workers start the plain way."""
     import importlib
 
     from .._dagster_sqlite import warm_alembic_heads
 
-    os.environ.pop(RUN_WORKER_ENV, None)
     for name in WORKER_PRELOAD:
         try:
             importlib.import_module(name)

@@ -222,10 +222,14 @@ def test_a_run_worker_forked_by_a_worker_zygote_finds_its_start_up_done(tmp_path
     """What a run worker would import and read before its first event is in the worker
     zygote already: every module of WORKER_PRELOAD (the zygote skips a module another
     Dagster lacks; every Dagster of the tested range has them all, 1.11.10 included) and
-    the head of Dagster's schema migrations (`warm_alembic_heads`)."""
+    the head of Dagster's schema migrations (`warm_alembic_heads`). The job of the run
+    worker it was started for is not in the zygote's own environment, only in each
+    worker's."""
+    import psutil
+
     mod = tmp_path / "dm_probe.py"
     mod.write_text(
-        "import sys\n"
+        "import os, sys\n"
         "from dagster_metaflow.runtime.zygote import WORKER_PRELOAD\n"
         "from dagster_metaflow import _dagster_sqlite\n"
         "from dagster._core.storage import sql\n"
@@ -233,16 +237,19 @@ def test_a_run_worker_forked_by_a_worker_zygote_finds_its_start_up_done(tmp_path
         "print('missing', [m for m in WORKER_PRELOAD if m not in sys.modules])\n"
         "print('memo', getattr(sql.check_alembic_revision, 'remembers_heads', False))\n"
         "print('no run of its own', flow._LIVE_FLOWS == [] and flow._job_run_here == [])\n"
+        "print('job', os.environ.get(sys.argv[1]))\n"
         "print('heads', len(_dagster_sqlite._HEADS), flush=True)\n"
     )
     log = tmp_path / "worker.log"
     pool = ZygotePool(zygote.WORKER)
-    env = dict(os.environ)
+    env = dict(os.environ, **{zygote.RUN_WORKER_ENV: "the first run's job"})
     z = pool.get(sys.executable, env)
     assert z is not None
     try:
+        assert zygote.RUN_WORKER_ENV not in psutil.Process(z.proc.pid).environ()
         with open(log, "ab") as f:
-            z.spawn_detached([sys.executable, "-m", "dm_probe"], env, str(tmp_path), f.fileno())
+            argv = [sys.executable, "-m", "dm_probe", zygote.RUN_WORKER_ENV]
+            z.spawn_detached(argv, env, str(tmp_path), f.fileno())
         deadline = time.monotonic() + 30
         while "heads" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -252,6 +259,7 @@ def test_a_run_worker_forked_by_a_worker_zygote_finds_its_start_up_done(tmp_path
         "missing []",
         "memo True",
         "no run of its own True",
+        "job the first run's job",
         "heads 1",
     ]
 
@@ -261,12 +269,10 @@ def test_a_worker_zygote_skips_only_modules_its_dagster_lacks(
 ) -> None:
     """`_preload_worker`: a module that is not installed is skipped; one of ours, or one that
     fails on a missing import of its own, fails the zygote's start (workers then start the
-    plain way); the first run's job leaves the zygote's environment."""
+    plain way)."""
     monkeypatch.setattr("dagster_metaflow._dagster_sqlite.warm_alembic_heads", lambda: None)
-    monkeypatch.setenv(zygote.RUN_WORKER_ENV, "first run's job")
     monkeypatch.setattr(zygote, "WORKER_PRELOAD", ("json", "dm_no_such_package.sub"))
     zygote._preload_worker()
-    assert zygote.RUN_WORKER_ENV not in os.environ
     for broken in ("dagster_metaflow.runtime.dm_no_such_module", "json.dm_no_such_module"):
         monkeypatch.setattr(zygote, "WORKER_PRELOAD", ("json", broken))
         if broken.startswith("dagster_metaflow."):
