@@ -116,12 +116,19 @@ def foreach(width: int) -> tuple[str, str]:
     return name, _FOREACH.format(name=name, width=width)
 
 
-def nested(outer: int, inner: int, skew_s: float = 0.0, leaf_s: float = 0.0) -> tuple[str, str]:
+def nested(
+    outer: int, inner: int, skew_s: float = 0.0, leaf_s: float = 0.0, fast_slow_item: bool = False
+) -> tuple[str, str]:
     """(class name, source) of a 2-level nested foreach; with `skew_s` outer item 0 sleeps
-    that long before fanning out (a skewed flow), with `leaf_s` every leaf sleeps."""
-    name = f"Nested{outer}x{inner}{'Skewed' if skew_s else ''}Flow"
+    that long before fanning out (a skewed flow), with `leaf_s` every leaf sleeps, or with
+    `fast_slow_item` every leaf but those of outer item 0 (what a collect barrier between
+    the levels costs: natively the other items' leaves run while item 0 sleeps)."""
+    kind = "Barrier" if fast_slow_item else "Skewed" if skew_s else ""
+    name = f"Nested{outer}x{inner}{kind}Flow"
     skew = f"time.sleep({skew_s} if self.input == 0 else 0)" if skew_s else "pass"
-    leaf = f"time.sleep({leaf_s})" if leaf_s else "pass"
+    leaf = "pass"
+    if leaf_s:
+        leaf = f"time.sleep({leaf_s} if self.o != 0 else 0)" if fast_slow_item else f"time.sleep({leaf_s})"
     return name, _NESTED.format(name=name, outer=outer, inner=inner, skew=skew, leaf_sleep=leaf)
 
 

@@ -31,6 +31,9 @@ SHAPES = {
     # outer item 0 takes 4 s before fanning out, every leaf 1 s: what the collect barrier
     # between the levels of a nested foreach costs (not in the default set)
     "skewed": lambda: flows.nested(4, 4, skew_s=4.0, leaf_s=1.0),
+    # outer item 0 takes 4 s and its leaves nothing, every other leaf 2 s: natively those
+    # leaves run while item 0 sleeps, behind the barrier they run after it (not in the default set)
+    "barrier": lambda: flows.nested(4, 4, skew_s=4.0, leaf_s=2.0, fast_slow_item=True),
 }
 DEFAULT_SHAPES = "linear,foreach16,nested4x4"
 
