@@ -1,6 +1,9 @@
 """Whole commands a user types, against native `python flow.py run`, in one invocation.
 
-    python benchmarks/trigger.py [--repeat N] [--shapes linear,foreach16,nested4x4,skewed]
+    python benchmarks/trigger.py [--repeat N] [--shapes linear,foreach16,nested4x4,skewed,barrier]
+
+(default: linear,foreach16,nested4x4; `skewed` and `barrier` are the two nested flows with
+one slow outer item, the second the one where the barrier between the levels costs time)
 
 For each shape it alternates, --repeat times:
   native    `python flow.py run`
