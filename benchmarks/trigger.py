@@ -31,8 +31,9 @@ SHAPES = {
     "linear": lambda: flows.linear(10),
     "foreach16": lambda: flows.foreach(16),
     "nested4x4": lambda: flows.nested(4, 4),
-    # outer item 0 takes 4 s before fanning out, every leaf 1 s: what the collect barrier
-    # between the levels of a nested foreach costs (not in the default set)
+    # outer item 0 takes 4 s before fanning out, every leaf 1 s: item 0's own leaves are on
+    # the critical path, natively too, so the collect barrier between the levels costs no
+    # wall time here (not in the default set)
     "skewed": lambda: flows.nested(4, 4, skew_s=4.0, leaf_s=1.0),
     # outer item 0 takes 4 s and its leaves nothing, every other leaf 2 s: natively those
     # leaves run while item 0 sleeps, behind the barrier they run after it (not in the default set)
