@@ -2,10 +2,12 @@
 
     python benchmarks/wide.py --width 1000 [--native] [--repeat 1]
 
-Prints, for the Dagster run: whole-command wall time, the run worker's peak RSS (sampled
-every 0.5 s), the run's event log on disk per task (SQLite instance: the run's own
-`history/runs/<run id>.db`), compute logs per task, and throughput (tasks finished per
-second) in each tenth of the run, so a run that slows down as it grows shows it.
+Prints, for the Dagster run: whole-command wall time, the machine's CPU time split between
+the forked step processes, the step zygote, the run worker and the rest (psutil, sampled
+every 0.5 s), the run worker's peak RSS, the run's event log on disk per task (SQLite
+instance: the run's own `history/runs/<run id>.db`), compute logs per task, and throughput
+(tasks finished per second) in each tenth of the run, so a run that slows down as it grows
+shows it.
 With --native it also times `python flow.py run --max-num-splits N` (Metaflow refuses
 more than 100 splits by default) in the same invocation and prints the
 ratio; without, give a native time measured earlier with --native-seconds (said so).
@@ -21,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flows  # noqa: E402
@@ -41,11 +44,15 @@ def _dir_size(path: Path) -> int:
 
 
 class _PeakRss(threading.Thread):
-    """Peak RSS of the run worker (the process recorded in the run's worker tag)."""
+    """Peak RSS of the run worker (the process recorded in the run's worker tag), and the CPU
+    time of the worker and of step zygotes (their own, and their reaped children's: the
+    forked step processes), as last seen (sampled every 0.5 s)."""
 
     def __init__(self, home: Path) -> None:
         super().__init__(daemon=True)
         self.home, self.peak, self.stop = home, 0, threading.Event()
+        self.worker_cpu = 0.0
+        self.zygotes: dict[int, tuple[float, float]] = {}  # pid -> (own, reaped children)
 
     def run(self) -> None:
         import psutil
@@ -63,10 +70,25 @@ class _PeakRss(threading.Thread):
                     pid = int(tag.split("/")[-2]) if tag else None
                 if pid is not None:
                     try:
-                        self.peak = max(self.peak, psutil.Process(pid).memory_info().rss)
+                        proc = psutil.Process(pid)
+                        self.peak = max(self.peak, proc.memory_info().rss)
+                        t = proc.cpu_times()
+                        self.worker_cpu = t.user + t.system
                     except psutil.Error:
                         pass
+                self._sample_zygotes(psutil)
                 self.stop.wait(0.5)
+
+    def _sample_zygotes(self, psutil: Any) -> None:
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            if "runtime.zygote import serve" not in " ".join(cmd) or "step" not in cmd:
+                continue
+            try:
+                t = proc.cpu_times()
+            except psutil.Error:
+                continue
+            self.zygotes[proc.pid] = (t.user + t.system, t.children_user + t.children_system)
 
 
 def _throughput(home: Path) -> tuple[str, float, int]:
@@ -141,6 +163,16 @@ def main() -> None:
         if native:
             print(f"  ratio to native ({native:.1f}s{'' if args.native else ', given'}): {wall / native:.2f}x")
         print(f"  {cpu:.0f} CPU-s = {cpu / tasks_of_width:.3f} CPU-s/leaf task (whole machine, this sampler included)")
+        steps = sum(children for _own, children in sampler.zygotes.values())
+        zygotes = sum(own for own, _children in sampler.zygotes.values())
+        rest = cpu - steps - zygotes - sampler.worker_cpu
+        parts = [
+            ("forked step processes", steps),
+            ("step zygote", zygotes),
+            ("run worker", sampler.worker_cpu),
+            ("the rest (CLI, sampler, kernel)", rest),
+        ]
+        print("  CPU-s per leaf task: " + ", ".join(f"{name} {v / tasks_of_width:.4f}" for name, v in parts))
         print(f"  run worker peak RSS {sampler.peak / 2**20:.0f} MB")
         print(f"  event log {events / 2**20:.1f} MB = {events / tasks / 1024:.1f} KB/task; compute logs etc. {logs / 2**20:.1f} MB = {logs / tasks / 1024:.1f} KB/task")
         print(f"  tasks/s by tenth of the run: {rates}")
