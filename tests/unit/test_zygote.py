@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -194,6 +195,57 @@ def test_steps_get_a_fresh_interpreters_signals_on_both_paths(tmp_path: Path, ig
         assert out.returncode == 0, out.stderr
         seen[path] = out.stdout.strip().splitlines()[-1]
     assert seen["zygote"] == seen["subprocess"] == fresh.strip()
+
+
+_SHOW_MODULES = """
+import importlib, json, os, sys
+for name in {preload!r}:
+    importlib.import_module(name)
+with open(os.environ["MODULES_OUT"], "w") as f:
+    json.dump(sorted(sys.modules), f)
+print("written")
+"""
+
+# what a forked step may carry beyond a plain interpreter that imported what the zygote
+# preloads on purpose (Metaflow, its CLI, task, datastore, and `metaflow.runtime` for
+# `flow.py init`): the zygote's own code (the fork server, its supervision helpers, process
+# titles); Dagster never
+_FORK_EXTRAS = (
+    "dagster_metaflow",
+    "dagster_metaflow.runtime",
+    "dagster_metaflow.runtime.zygote",
+    "dagster_metaflow.runtime.supervise",
+    "gc",
+    "resource",
+)
+_FORK_EXTRA_PACKAGES = ("psutil", "setproctitle")
+
+
+def test_a_forked_step_carries_only_the_zygote_s_few_modules_beyond_a_plain_step(
+    tmp_path: Path,
+) -> None:
+    """The same script through the zygote and as a plain subprocess: the forked one has
+    every module the plain one has, and beyond them only the zygote's own few (never
+    Dagster, whose import in the step zygote would make every step carry it)."""
+    script = tmp_path / "show.py"
+    script.write_text(_SHOW_MODULES.format(preload=zygote.PRELOAD))
+    seen = {}
+    for path in ("zygote", "subprocess"):
+        out_file = tmp_path / f"{path}.json"
+        env = {**os.environ, "DAGSTER_METAFLOW_FORK": "1", "MODULES_OUT": str(out_file)}
+        out = subprocess.run(
+            [sys.executable, "-c", _DRIVER, str(script), path],
+            capture_output=True, text=True, env=env, timeout=120,
+        )
+        assert out.returncode == 0 and "written" in out.stdout, out.stderr
+        seen[path] = set(json.loads(out_file.read_text()))
+    assert not seen["subprocess"] - seen["zygote"]
+    extras = seen["zygote"] - seen["subprocess"]
+    unknown = {
+        m for m in extras if m not in _FORK_EXTRAS and m.split(".")[0] not in _FORK_EXTRA_PACKAGES
+    }
+    assert not unknown, sorted(unknown)
+    assert not {m for m in seen["zygote"] if m.split(".")[0] == "dagster"}
 
 
 def test_worker_zygote_forks_detached_module_commands_that_outlive_it(tmp_path: Path) -> None:
