@@ -36,6 +36,12 @@ _EVENT_LOG = "dagster._core.storage.event_log.sqlite.sqlite_event_log"
 _RUN_STORAGE = "dagster._core.storage.runs.sqlite.sqlite_run_storage"
 # the head of the migration scripts, by their location (`remember_alembic_heads`)
 _HEADS: dict[Any, Any] = {}
+_OWN_ALEMBIC_LOCK = threading.Lock()
+
+
+def _alembic_lock(sql: Any) -> Any:
+    """The lock Dagster takes around its alembic reads, or ours for a Dagster without one."""
+    return getattr(sql, "_alembic_lock", None) or _OWN_ALEMBIC_LOCK
 
 
 def remember_alembic_heads() -> None:
@@ -56,7 +62,7 @@ def remember_alembic_heads() -> None:
         return
     if getattr(original, "remembers_heads", False):
         return
-    lock = getattr(sql, "_alembic_lock", None) or threading.Lock()
+    lock = _alembic_lock(sql)
 
     def check_alembic_revision(alembic_config: Any, conn: Any) -> tuple[Any, Any]:
         location = alembic_config.get_main_option("script_location")
@@ -93,7 +99,7 @@ def warm_alembic_heads() -> None:
             return
         config = sql.get_alembic_config(importlib.import_module(_RUN_STORAGE).__file__)
         location = config.get_main_option("script_location")
-        with getattr(sql, "_alembic_lock", None) or threading.Lock():  # as Dagster reads it
+        with _alembic_lock(sql):  # as Dagster reads it
             if _HEADS.get(location) is None:
                 _HEADS[location] = ScriptDirectory.from_config(config).as_revision_number("head")
     except Exception:  # laid out otherwise: each worker reads it at its first open
