@@ -123,13 +123,12 @@ def nested(
     that long before fanning out (a skewed flow), with `leaf_s` every leaf sleeps, or with
     `fast_slow_item` every leaf but those of outer item 0 (what a collect barrier between
     the levels costs: natively the other items' leaves run while item 0 sleeps)."""
-    fast_slow_item = fast_slow_item and bool(leaf_s)
-    kind = "Barrier" if fast_slow_item else "Skewed" if skew_s else ""
+    barrier = fast_slow_item and bool(leaf_s)
+    kind = "Barrier" if barrier else "Skewed" if skew_s else ""
     name = f"Nested{outer}x{inner}{kind}Flow"
     skew = f"time.sleep({skew_s} if self.input == 0 else 0)" if skew_s else "pass"
-    leaf = "pass"
-    if leaf_s:
-        leaf = f"time.sleep({leaf_s} if self.o != 0 else 0)" if fast_slow_item else f"time.sleep({leaf_s})"
+    only = " if self.o != 0 else 0" if barrier else ""
+    leaf = f"time.sleep({leaf_s}{only})" if leaf_s else "pass"
     return name, _NESTED.format(name=name, outer=outer, inner=inner, skew=skew, leaf_sleep=leaf)
 
 
