@@ -22,6 +22,8 @@ from typing import IO, Any
 
 import psutil
 
+from .step_signals import default_step_signals, ignored_step_signals
+
 GRACE_SECONDS = 10.0
 # every process of a step inherits this variable: how escaped descendants are found
 TOKEN_VAR = "DAGSTER_METAFLOW_STEP_TOKEN"
@@ -33,21 +35,6 @@ class StepInterrupted(BaseException):
 
 
 LineSink = Callable[[str, bytes], None]  # (stream name "stdout"/"stderr", raw line)
-
-# Signals a step must receive as `python flow.py step` started from a terminal would: a run
-# worker started in the background (`cmd &`, nohup, some service managers) inherits them
-# ignored, and an ignored disposition survives exec, so SIGTERM would only be a SIGKILL later.
-STEP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
-
-
-def default_step_signals() -> None:
-    """Give the current (child) process default dispositions for STEP_SIGNALS, before exec."""
-    for sig in STEP_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
-
-
-def _ignored_step_signals() -> bool:
-    return any(signal.getsignal(sig) == signal.SIG_IGN for sig in STEP_SIGNALS)
 
 
 @dataclass
@@ -315,7 +302,7 @@ def _start_process(
             stderr=subprocess.PIPE,
             start_new_session=True,  # own session => own process group, pgid == pid
             # only when needed: a preexec_fn costs the vfork fast path
-            preexec_fn=default_step_signals if _ignored_step_signals() else None,
+            preexec_fn=default_step_signals if ignored_step_signals() else None,
         )
     return proc
 

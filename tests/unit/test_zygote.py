@@ -15,7 +15,7 @@ import pytest
 from conftest import survivors
 
 from dagster_metaflow.runtime import zygote
-from dagster_metaflow.runtime.supervise import default_step_signals
+from dagster_metaflow.runtime.step_signals import default_step_signals
 from dagster_metaflow.runtime.zygote import HEADER, Zygote, ZygotePool, ZygoteUnavailable
 
 
@@ -156,7 +156,7 @@ print(sorted((n, str(signal.getsignal(getattr(signal, n)))) for n in names))
 _DRIVER = """
 import os, sys
 from dagster_metaflow.runtime import zygote
-from dagster_metaflow.runtime.supervise import default_step_signals
+from dagster_metaflow.runtime.step_signals import default_step_signals
 from dagster_metaflow.runtime.supervise import run_supervised
 script, path = sys.argv[1], sys.argv[2]
 spawn = zygote.spawn_step_process if path == "zygote" else None
@@ -198,27 +198,27 @@ def test_steps_get_a_fresh_interpreters_signals_on_both_paths(tmp_path: Path, ig
 
 
 _SHOW_MODULES = """
-import importlib, json, os, sys
+import gc, importlib, json, os, sys
 for name in {preload!r}:
     importlib.import_module(name)
 with open(os.environ["MODULES_OUT"], "w") as f:
     json.dump(sorted(sys.modules), f)
-print("written")
+print("written", "gc", gc.isenabled())
 """
 
 # what a forked step may carry beyond a plain interpreter that imported what the zygote
 # preloads on purpose (Metaflow, its CLI, task, datastore, and `metaflow.runtime` for
-# `flow.py init`): the zygote's own code (the fork server, its supervision helpers, process
-# titles); Dagster never
+# `flow.py init`): the zygote's own code (the fork server, the steps' signal dispositions,
+# process titles); Dagster and psutil never
 _FORK_EXTRAS = (
     "dagster_metaflow",
     "dagster_metaflow.runtime",
     "dagster_metaflow.runtime.zygote",
-    "dagster_metaflow.runtime.supervise",
+    "dagster_metaflow.runtime.step_signals",
     "gc",
     "resource",
 )
-_FORK_EXTRA_PACKAGES = ("psutil", "setproctitle")
+_FORK_EXTRA_PACKAGES = ("setproctitle",)
 
 
 def test_a_forked_step_carries_only_the_zygote_s_few_modules_beyond_a_plain_step(
@@ -237,7 +237,7 @@ def test_a_forked_step_carries_only_the_zygote_s_few_modules_beyond_a_plain_step
             [sys.executable, "-c", _DRIVER, str(script), path],
             capture_output=True, text=True, env=env, timeout=120,
         )
-        assert out.returncode == 0 and "written" in out.stdout, out.stderr
+        assert out.returncode == 0 and "written gc True" in out.stdout, out.stderr
         seen[path] = set(json.loads(out_file.read_text()))
     assert not seen["subprocess"] - seen["zygote"]
     extras = seen["zygote"] - seen["subprocess"]
