@@ -9,7 +9,9 @@ Dagster's own code when its storages are laid out otherwise:
   run worker forked from there.
 - `keep_sqlite_connections` (our commands, run workers): one SQLite connection per
   event-log shard and for the run storage, kept for the process's life instead of a new
-  SQLAlchemy engine, connection and statement compilation for every event.
+  SQLAlchemy engine, connection and statement compilation for every event; and a new
+  run's event-log database copied from a template (`_dagster_shards`), whose stamp also
+  gives the head memo its head.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
+
+from ._dagster_shards import INDEX_SHARD, build_with, place_shard
 
 # the storages that check their schema at every open, each with its own binding of
 # `dagster._core.storage.sql.check_alembic_revision`
@@ -247,6 +251,8 @@ def _keep_event_log_connections() -> None:
     @contextlib.contextmanager
     def _connect(self: Any, shard: str) -> Iterator[Any]:
         with self._db_lock:  # as Dagster's: one user of the storage's databases at a time
+            if shard not in self._initialized_dbs and shard != INDEX_SHARD:
+                _run_database_from_template(self, shard, module, connect_args)
             engine = _ENGINES.get(
                 self.conn_string_for_shard(shard), module.create_engine, connect_args
             )
@@ -263,6 +269,32 @@ def _keep_event_log_connections() -> None:
 
     _connect.keeps_connections = True  # type: ignore[attr-defined]
     storage._connect = _connect
+
+
+def _run_database_from_template(
+    storage: Any, shard: str, module: Any, connect_args: dict[str, Any]
+) -> None:
+    """A new run's event-log database as a copy of the template (`_dagster_shards`); the
+    template's stamp is the head of the migrations, for the head memo."""
+    build = build_with(storage, module.create_engine, connect_args)
+    head = place_shard(storage.path_for_shard(shard), build)
+    if head is not None:
+        _seed_alembic_head(head)
+
+
+def _seed_alembic_head(head: str) -> None:
+    """The head of Dagster's migrations, read from a template's stamp, for the head memo
+    (`remember_alembic_heads`) when it is in place and has none yet."""
+    try:
+        sql = importlib.import_module(_ALEMBIC_CHECKERS[0])
+        if not getattr(sql.check_alembic_revision, "remembers_heads", False):
+            return
+        config = sql.get_alembic_config(importlib.import_module(_EVENT_LOG).__file__)
+        location = config.get_main_option("script_location")
+    except Exception:
+        return
+    with _alembic_lock(sql):
+        _HEADS.setdefault(location, head)
 
 
 def _keep_run_storage_connection() -> None:

@@ -263,3 +263,31 @@ def short_key(step_key: str) -> str:
     """A step key without the flow's graph-asset prefix: `Flow_steps.op_work[2]` -> `op_work[2]`."""
     head, bracket, rest = step_key.partition("[")
     return head.rsplit(".", 1)[-1] + bracket + rest
+
+
+def script_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[object]]:
+    """For one test: Dagster's schema checks as they are now (restored after the test), an
+    empty head memo, and every read of the migration scripts recorded. Returns Dagster's
+    own check and the list of reads."""
+    import importlib
+
+    from alembic.script import ScriptDirectory
+
+    from dagster_metaflow import _dagster_sqlite
+
+    bindings = {
+        name: importlib.import_module(name).check_alembic_revision
+        for name in _dagster_sqlite._ALEMBIC_CHECKERS
+        if hasattr(importlib.import_module(name), "check_alembic_revision")
+    }
+    for name, bound in bindings.items():
+        monkeypatch.setattr(importlib.import_module(name), "check_alembic_revision", bound)
+    monkeypatch.setattr(_dagster_sqlite, "_HEADS", {})
+    reads: list[object] = []
+    from_config = ScriptDirectory.from_config.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        ScriptDirectory,
+        "from_config",
+        classmethod(lambda cls, config: reads.append(config) or from_config(cls, config)),
+    )
+    return bindings[_dagster_sqlite._ALEMBIC_CHECKERS[0]], reads

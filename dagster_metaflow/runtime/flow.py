@@ -127,16 +127,20 @@ def _on_defined(flow: MetaflowFlow) -> None:
     """In a process about to run this flow's job: start its step zygote now, not when the
     executor starts (~0.1 s later in a run worker, ~0.3 s in `dagster job execute`), so the
     run's first step waits less for it; read the head of Dagster's schema migrations once,
-    not at every storage open (`remember_alembic_heads`); and keep later collections off
-    the heap loaded so far (`heap.freeze_loaded`)."""
+    not at every storage open (`remember_alembic_heads`); keep the SQLite connections this
+    process will write the run's events through, from the run's creation on (`dagster job
+    execute` creates it: its event database is then copied from a template,
+    `keep_sqlite_connections`); and keep later collections off the heap loaded so far
+    (`heap.freeze_loaded`)."""
     job = _job_to_run()
     if job is None or not (job[0] is None or _runs_job(flow, *job)):
         return
-    from .._dagster_sqlite import remember_alembic_heads
+    from .._dagster_sqlite import keep_sqlite_connections, remember_alembic_heads
     from .heap import freeze_loaded
 
     freeze_loaded()  # Dagster and the definitions: later collections skip them
     remember_alembic_heads()
+    keep_sqlite_connections()
     try:
         # the run's first op reads the flow's datastore: Metaflow's import (~0.1 s of a
         # process that has not imported it) is paid here, while Dagster creates the run

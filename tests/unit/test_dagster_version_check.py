@@ -3,15 +3,13 @@ changes in Dagster keeps Dagster's answers."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import Workspace
+from conftest import Workspace, script_reads
 
 from dagster_metaflow import _dagster_private as private
 from dagster_metaflow import _dagster_sqlite
@@ -86,30 +84,6 @@ def test_every_private_api_exists_in_the_installed_dagster() -> None:
         private.no_such_api  # noqa: B018
 
 
-def _script_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[object]]:
-    """For one test: Dagster's schema checks as they are now (restored after the test), an
-    empty head memo, and every read of the migration scripts recorded. Returns Dagster's
-    own check and the list of reads."""
-    from alembic.script import ScriptDirectory
-
-    bindings = {
-        name: importlib.import_module(name).check_alembic_revision
-        for name in _dagster_sqlite._ALEMBIC_CHECKERS
-        if hasattr(importlib.import_module(name), "check_alembic_revision")
-    }
-    for name, bound in bindings.items():
-        monkeypatch.setattr(importlib.import_module(name), "check_alembic_revision", bound)
-    monkeypatch.setattr(_dagster_sqlite, "_HEADS", {})
-    reads: list[object] = []
-    from_config = ScriptDirectory.from_config.__func__  # type: ignore[attr-defined]
-    monkeypatch.setattr(
-        ScriptDirectory,
-        "from_config",
-        classmethod(lambda cls, config: reads.append(config) or from_config(cls, config)),
-    )
-    return bindings[_dagster_sqlite._ALEMBIC_CHECKERS[0]], reads
-
-
 def test_the_migration_head_is_read_once_per_process_and_the_database_revision_each_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,7 +95,7 @@ def test_the_migration_head_is_read_once_per_process_and_the_database_revision_e
     from dagster._core.storage import sql
     from dagster._core.storage.runs.sqlite import sqlite_run_storage
 
-    original, reads = _script_reads(monkeypatch)
+    original, reads = script_reads(monkeypatch)
     _dagster_sqlite.remember_alembic_heads()
     _dagster_sqlite.remember_alembic_heads()  # twice: still one memo
     memo = sqlite_run_storage.check_alembic_revision
@@ -161,7 +135,7 @@ def test_a_process_that_forks_run_workers_reads_the_migration_head_before_any_st
 
     with DagsterInstance.local_temp(str(tmp_path)):  # created (and stamped) before: no memo yet
         pass
-    original, reads = _script_reads(monkeypatch)
+    original, reads = script_reads(monkeypatch)
     _dagster_sqlite.warm_alembic_heads()
     assert len(reads) == 1 and len(_dagster_sqlite._HEADS) == 1
     with DagsterInstance.local_temp(str(tmp_path)) as instance:
