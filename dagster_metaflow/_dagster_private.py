@@ -37,7 +37,9 @@ Why each is needed:
   (`is_valid_cron_string`);
 - `_dagster_sqlite` rebinds two internals of Dagster's SQLite storages in our own
   processes: the head of the schema migrations read once per process, and one kept
-  connection per database in a run worker.
+  connection per database in a run worker, through which a new run's event database is
+  copied from a template (`_dagster_shards`: `SqliteEventLogStorage._initdb` builds the
+  template, `path_for_shard` and `_initialized_dbs` place and mark the copy).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-from ._dagster_shards import INDEX_SHARD, build_with, place_shard
+from ._dagster_shards import build_with, place_shard, schema_key
 
 # the storages that check their schema at every open, each with its own binding of
 # `dagster._core.storage.sql.check_alembic_revision`
@@ -53,7 +53,7 @@ def remember_alembic_heads() -> None:
 
     Every time a SQLite storage opens (four times per CLI command, five in a run worker,
     one of them per run for its own event database) Dagster compares the database's
-    revision with the head of its ~110 migration scripts, and alembic parses all of them
+    revision with the head of its ~90 migration scripts, and alembic parses all of them
     again to find that head: ~30 ms each, ~0.15 s of a 2.3 s `trigger --wait`. The head is a
     constant of the installed Dagster; the database's revision is still read at every
     open. A no-op for a Dagster whose storages are laid out otherwise."""
@@ -91,23 +91,35 @@ def remember_alembic_heads() -> None:
 
 def warm_alembic_heads() -> None:
     """`remember_alembic_heads`, with the head read now: for a process that forks run
-    workers (the worker zygote), each of which would otherwise read the ~110 scripts
+    workers (the worker zygote), each of which would otherwise read the ~90 scripts
     again at its first storage open (~30 ms). The SQLite storages share one location
     (the run storage's is read). Nothing is read when the memo is not in place."""
     remember_alembic_heads()
     try:
         from alembic.script import ScriptDirectory
 
-        sql = importlib.import_module(_ALEMBIC_CHECKERS[0])
-        if not getattr(sql.check_alembic_revision, "remembers_heads", False):
+        memo = _memo_location()
+        if memo is None:
             return
-        config = sql.get_alembic_config(importlib.import_module(_RUN_STORAGE).__file__)
-        location = config.get_main_option("script_location")
+        sql, config, location = memo
         with _alembic_lock(sql):  # as Dagster reads it
             if _HEADS.get(location) is None:
                 _HEADS[location] = ScriptDirectory.from_config(config).as_revision_number("head")
     except Exception:  # laid out otherwise: each worker reads it at its first open
         return
+
+
+def _memo_location() -> tuple[Any, Any, str] | None:
+    """(Dagster's `sql` module, the alembic config, its script location: the memo's key)
+    when the head memo is in place; None otherwise."""
+    try:
+        sql = importlib.import_module(_ALEMBIC_CHECKERS[0])
+        if not getattr(sql.check_alembic_revision, "remembers_heads", False):
+            return None
+        config = sql.get_alembic_config(importlib.import_module(_RUN_STORAGE).__file__)
+        return sql, config, config.get_main_option("script_location")
+    except Exception:
+        return None
 
 
 class _Engines:
@@ -240,22 +252,27 @@ def _not_rebound(
 
 def _keep_event_log_connections() -> None:
     found = _not_rebound(
-        _EVENT_LOG, "SqliteEventLogStorage", "_connect", ("_initdb", "conn_string_for_shard")
+        _EVENT_LOG,
+        "SqliteEventLogStorage",
+        "_connect",
+        ("_initdb", "conn_string_for_shard", "path_for_shard"),
     )
     if found is None:
         return
     module, storage = found
     timeout = getattr(module, "SQLITE_BUSY_TIMEOUT_SECONDS", None)
     connect_args = {} if timeout is None else {"timeout": timeout}
+    index_shard = getattr(module, "INDEX_SHARD_NAME", "index")
+    with contextlib.suppress(Exception):
+        schema_key()  # what the templates of this process's run databases are keyed by
 
     @contextlib.contextmanager
     def _connect(self: Any, shard: str) -> Iterator[Any]:
         with self._db_lock:  # as Dagster's: one user of the storage's databases at a time
-            if shard not in self._initialized_dbs and shard != INDEX_SHARD:
+            conn_string = self.conn_string_for_shard(shard)  # Dagster's checks of `shard`
+            if shard not in self._initialized_dbs and shard != index_shard:
                 _run_database_from_template(self, shard, module, connect_args)
-            engine = _ENGINES.get(
-                self.conn_string_for_shard(shard), module.create_engine, connect_args
-            )
+            engine = _ENGINES.get(conn_string, module.create_engine, connect_args)
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
                 self._initialized_dbs.add(shard)
@@ -275,26 +292,18 @@ def _run_database_from_template(
     storage: Any, shard: str, module: Any, connect_args: dict[str, Any]
 ) -> None:
     """A new run's event-log database as a copy of the template (`_dagster_shards`); the
-    template's stamp is the head of the migrations, for the head memo."""
-    build = build_with(storage, module.create_engine, connect_args)
-    head = place_shard(storage.path_for_shard(shard), build)
-    if head is not None:
-        _seed_alembic_head(head)
-
-
-def _seed_alembic_head(head: str) -> None:
-    """The head of Dagster's migrations, read from a template's stamp, for the head memo
-    (`remember_alembic_heads`) when it is in place and has none yet."""
+    template's stamp is the head of the migrations, for the head memo when it has none."""
+    memo = _memo_location()
+    known = _HEADS.get(memo[2]) if memo else None
     try:
-        sql = importlib.import_module(_ALEMBIC_CHECKERS[0])
-        if not getattr(sql.check_alembic_revision, "remembers_heads", False):
-            return
-        config = sql.get_alembic_config(importlib.import_module(_EVENT_LOG).__file__)
-        location = config.get_main_option("script_location")
+        path = storage.path_for_shard(shard)
     except Exception:
         return
-    with _alembic_lock(sql):
-        _HEADS.setdefault(location, head)
+    head = place_shard(path, build_with(storage, module.create_engine, connect_args), known)
+    if head is not None and memo is not None:
+        sql, _, location = memo
+        with _alembic_lock(sql):
+            _HEADS.setdefault(location, head)
 
 
 def _keep_run_storage_connection() -> None:

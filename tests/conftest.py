@@ -291,3 +291,42 @@ def script_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[object]]:
         classmethod(lambda cls, config: reads.append(config) or from_config(cls, config)),
     )
     return bindings[_dagster_sqlite._ALEMBIC_CHECKERS[0]], reads
+
+
+@pytest.fixture
+def kept_connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Our kept SQLite connections (`_dagster_sqlite.keep_sqlite_connections`, which also
+    copy new run databases from a template) for one test; Dagster's own methods are
+    restored after."""
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+    from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+
+    from dagster_metaflow import _dagster_sqlite
+
+    monkeypatch.setattr(SqliteEventLogStorage, "_connect", SqliteEventLogStorage._connect)
+    monkeypatch.setattr(SqliteRunStorage, "connect", SqliteRunStorage.connect)
+    _dagster_sqlite.keep_sqlite_connections()
+    _dagster_sqlite.keep_sqlite_connections()  # twice: wrapped once
+    yield
+    _dagster_sqlite.release_sqlite_connections()
+
+
+def engine_event(run_id: str, n: int) -> Any:
+    """An event of a run, "event <n>", as a run's executor stores it."""
+    from dagster import DagsterEventType
+    from dagster._core.events import DagsterEvent, EngineEventData
+    from dagster._core.events.log import EventLogEntry
+
+    return EventLogEntry(
+        error_info=None,
+        level="INFO",
+        user_message=f"event {n}",
+        run_id=run_id,
+        timestamp=time.time(),
+        dagster_event=DagsterEvent(
+            DagsterEventType.ENGINE_EVENT.value,
+            "test_job",
+            message=f"event {n}",
+            event_specific_data=EngineEventData(),
+        ),
+    )

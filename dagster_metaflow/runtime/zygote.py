@@ -24,7 +24,6 @@ job gets it, ready, instead of waiting ~0.3 s for its own (`_Spares`).
 from __future__ import annotations
 
 import atexit
-import gc
 import json
 import os
 import select
@@ -39,6 +38,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, NoReturn
 
+from .heap import defer_collection, resume_collection
 from .step_signals import default_step_signals
 
 HEADER = struct.Struct("!I")
@@ -726,17 +726,17 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
     # no collections while importing (~12 ms of a step zygote's ~0.18 s start, which the
     # run's first step waits for): the import leaves ~1,000 unreachable objects (~2,500 for
     # Dagster's), frozen below with the rest
-    gc.disable()
+    defer_collection()
     if mode == WORKER:
         _preload_worker()
         main_extras: dict[str, Any] = {}
     else:
         main_extras = _preload()
     # what the preload built lives as long as the zygote and every child: out of the
-    # collector's reach, children's collections neither walk nor copy-on-write its pages,
-    # and exits skip a full collection of it (Python's advice for fork without exec)
-    gc.freeze()
-    gc.enable()  # as in any interpreter, for the zygote's loop and every child
+    # collector's reach (`resume_collection` freezes it), children's collections neither
+    # walk nor copy-on-write its pages, and exits skip a full collection of it (Python's
+    # advice for fork without exec)
+    resume_collection()  # frozen, then collecting as in any interpreter, children too
     server = _ForkServer(path, main_extras, parent_pid, mode)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
@@ -772,10 +772,12 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
 
 def _preload_worker() -> None:
     """What every run worker forked from here needs before its first event (WORKER_PRELOAD,
-    the migration head). A module the installed Dagster lacks is skipped; any other import
-    error is the zygote's failure to start, so workers start the plain way."""
+    the migration head, the key of run-database templates). A module the installed
+    Dagster lacks is skipped; any other import error is the zygote's failure to start, so
+    workers start the plain way."""
     import importlib
 
+    from .._dagster_shards import schema_key
     from .._dagster_sqlite import warm_alembic_heads
 
     for name in WORKER_PRELOAD:
@@ -786,6 +788,10 @@ def _preload_worker() -> None:
             if not absent or name.startswith("dagster_metaflow."):
                 raise
     warm_alembic_heads()
+    try:  # the key of run-database templates, from the Dagster loaded here (`_dagster_shards`)
+        schema_key()
+    except Exception:
+        pass
 
 
 def _preload() -> dict[str, Any]:
@@ -822,6 +828,7 @@ class _ForkServer:
         self.spares = _Spares() if mode == WORKER else None
         self.parent = parent
         self.adopted_by: int | None = None  # a run worker watched instead (`Zygote.watch`)
+        self.adopted_fd: int | None = None  # its pidfd
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(64)
@@ -865,13 +872,21 @@ class _ForkServer:
             self._reap()
 
     def _watched_gone(self) -> bool:
-        if self.adopted_by is not None:  # not our parent: a zombie counts as gone
-            return _live_start_time(self.adopted_by) is None
-        return os.getppid() != self.parent
+        if self.adopted_by is None:
+            return os.getppid() != self.parent
+        if self.adopted_fd is not None:  # readable once it has exited (a zombie too)
+            return bool(select.select([self.adopted_fd], [], [], 0)[0])
+        return _live_start_time(self.adopted_by) is None  # not our parent: a zombie is gone
 
     def _watch(self, conn: socket.socket, pid: int) -> None:
-        """From now on live as long as `pid` (the run worker that adopted us), not our parent."""
+        """From now on live as long as `pid` (the run worker that adopted us), not our parent.
+        Watched through a pidfd where the kernel has them (the asker is alive: the fd is of
+        it), so a step zygote does not import psutil, nor its children carry it."""
         self.adopted_by = pid
+        try:
+            self.adopted_fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self.adopted_fd = None
         _send_pid(conn, pid)
         conn.close()
 
@@ -900,6 +915,8 @@ class _ForkServer:
                     c.close()
                 os.close(self.wake_r)
                 os.close(self.wake_w)
+                if self.adopted_fd is not None:
+                    os.close(self.adopted_fd)
                 if self.spares is not None:
                     self.spares.forget(keep=spare)
                     _forked_by_worker_zygote(self.path, spare)

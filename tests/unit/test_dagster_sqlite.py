@@ -9,45 +9,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from dagster import DagsterEventType, DagsterInstance
-from dagster._core.events import DagsterEvent, EngineEventData
+from conftest import engine_event
+from dagster import DagsterInstance
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 
 from dagster_metaflow import _dagster_sqlite
-
-
-@pytest.fixture
-def kept(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Install the kept connections for one test; Dagster's own methods are restored after."""
-    monkeypatch.setattr(SqliteEventLogStorage, "_connect", SqliteEventLogStorage._connect)
-    monkeypatch.setattr(SqliteRunStorage, "connect", SqliteRunStorage.connect)
-    _dagster_sqlite.keep_sqlite_connections()
-    _dagster_sqlite.keep_sqlite_connections()  # twice: wrapped once
-    yield
-    _dagster_sqlite.release_sqlite_connections()
-
-
-def _event(run_id: str, n: int) -> EventLogEntry:
-    return EventLogEntry(
-        error_info=None,
-        level="INFO",
-        user_message=f"event {n}",
-        run_id=run_id,
-        timestamp=time.time(),
-        dagster_event=DagsterEvent(
-            DagsterEventType.ENGINE_EVENT.value,
-            "test_job",
-            message=f"event {n}",
-            event_specific_data=EngineEventData(),
-        ),
-    )
 
 
 def _instance(home: Path) -> DagsterInstance:
@@ -68,13 +37,13 @@ def _count_elsewhere(home: Path, run_id: str) -> int:
 
 
 def test_events_are_stored_once_each_and_read_at_once_by_another_process(
-    kept: None, tmp_path: Path
+    kept_connections: None, tmp_path: Path
 ) -> None:
     with _instance(tmp_path) as instance:
         storage: Any = instance.event_log_storage
         assert storage._connect.keeps_connections
         for n in range(20):
-            storage.store_event(_event("run-a", n))
+            storage.store_event(engine_event("run-a", n))
         assert _count_elsewhere(tmp_path, "run-a") == 20
         # one engine for the shard, its one connection kept
         engines = _dagster_sqlite._ENGINES._by_url
@@ -86,12 +55,12 @@ def test_events_are_stored_once_each_and_read_at_once_by_another_process(
 
 
 def test_the_webserver_s_watch_of_the_run_s_file_sees_every_event(
-    kept: None, tmp_path: Path
+    kept_connections: None, tmp_path: Path
 ) -> None:
     """The webserver follows a run by watching `<run id>.db` change: events must reach that
     file (not only the write-ahead log) as they are stored."""
     with _instance(tmp_path) as writer, _instance(tmp_path) as reader:
-        writer.event_log_storage.store_event(_event("run-w", 0))  # the shard exists
+        writer.event_log_storage.store_event(engine_event("run-w", 0))  # the shard exists
         seen: list[str] = []
         done = threading.Event()
 
@@ -104,7 +73,7 @@ def test_the_webserver_s_watch_of_the_run_s_file_sees_every_event(
         try:
             time.sleep(0.3)  # the watch is set up
             for n in range(1, 6):
-                writer.event_log_storage.store_event(_event("run-w", n))
+                writer.event_log_storage.store_event(engine_event("run-w", n))
                 time.sleep(0.05)
             assert done.wait(10), f"the watch saw only {seen}"
         finally:
@@ -112,13 +81,13 @@ def test_the_webserver_s_watch_of_the_run_s_file_sees_every_event(
     assert seen[-5:] == [f"event {n}" for n in range(1, 6)]
 
 
-def test_threads_storing_at_once_lose_nothing(kept: None, tmp_path: Path) -> None:
+def test_threads_storing_at_once_lose_nothing(kept_connections: None, tmp_path: Path) -> None:
     with _instance(tmp_path) as instance:
         storage = instance.event_log_storage
 
         def store(t: int) -> None:
             for n in range(25):
-                storage.store_event(_event("run-t", t * 100 + n))
+                storage.store_event(engine_event("run-t", t * 100 + n))
 
         threads = [threading.Thread(target=store, args=(t,)) for t in range(8)]
         for th in threads:
@@ -140,25 +109,25 @@ def test_threads_storing_at_once_lose_nothing(kept: None, tmp_path: Path) -> Non
 
 
 def test_a_forked_child_opens_its_own_connections_and_the_parent_keeps_working(
-    kept: None, tmp_path: Path
+    kept_connections: None, tmp_path: Path
 ) -> None:
     """SQLite forbids using, or even holding, a parent's connection across fork: the parent
     closes its kept connections before forking, the child opens its own."""
     with _instance(tmp_path) as instance:
         storage = instance.event_log_storage
-        storage.store_event(_event("run-f", 0))
+        storage.store_event(engine_event("run-f", 0))
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             code = 1
             try:
                 assert not _dagster_sqlite._ENGINES._by_url  # closed before the fork
-                storage.store_event(_event("run-f", 1))
+                storage.store_event(engine_event("run-f", 1))
                 code = 0
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-        storage.store_event(_event("run-f", 2))
+        storage.store_event(engine_event("run-f", 2))
         assert [r.user_message for r in instance.all_logs("run-f")] == [
             "event 0",
             "event 1",
@@ -166,21 +135,21 @@ def test_a_forked_child_opens_its_own_connections_and_the_parent_keeps_working(
         ]
 
 
-def test_released_connections_close_the_databases(kept: None, tmp_path: Path) -> None:
+def test_released_connections_close_the_databases(kept_connections: None, tmp_path: Path) -> None:
     """Closing the last connection checkpoints and removes the write-ahead log, as Dagster's
     own per-event connections did."""
     with _instance(tmp_path) as instance:
-        instance.event_log_storage.store_event(_event("run-r", 0))
+        instance.event_log_storage.store_event(engine_event("run-r", 0))
         db = tmp_path / "history" / "runs" / "run-r.db"
         assert Path(f"{db}-wal").exists()  # the kept connection holds it
         _dagster_sqlite.release_sqlite_connections()
         assert not Path(f"{db}-wal").exists()
-        instance.event_log_storage.store_event(_event("run-r", 1))  # reopens
+        instance.event_log_storage.store_event(engine_event("run-r", 1))  # reopens
         assert len(instance.all_logs("run-r")) == 2
 
 
 def test_an_instance_made_again_at_the_same_path_is_opened_again(
-    kept: None, tmp_path: Path
+    kept_connections: None, tmp_path: Path
 ) -> None:
     """A kept connection is to a file: an instance wiped and created again at the same path
     (tests, a user starting over) must not be written through a connection to the old one."""
@@ -189,20 +158,20 @@ def test_an_instance_made_again_at_the_same_path_is_opened_again(
     home = tmp_path / "home"
     home.mkdir()
     with _instance(home) as instance:
-        instance.event_log_storage.store_event(_event("run-same", 0))
+        instance.event_log_storage.store_event(engine_event("run-same", 0))
     shutil.rmtree(home)
     home.mkdir()
     with _instance(home) as instance:
-        instance.event_log_storage.store_event(_event("run-same", 1))
+        instance.event_log_storage.store_event(engine_event("run-same", 1))
         assert [r.user_message for r in instance.all_logs("run-same")] == ["event 1"]
     assert _count_elsewhere(home, "run-same") == 1
 
 
-def test_at_most_a_few_databases_are_kept_open(kept: None, tmp_path: Path) -> None:
+def test_at_most_a_few_databases_are_kept_open(kept_connections: None, tmp_path: Path) -> None:
     """A process that runs many runs (a test session, a notebook) does not keep every run's
     database open."""
     with _instance(tmp_path) as instance:
         for n in range(_dagster_sqlite._Engines.KEEP + 10):
-            instance.event_log_storage.store_event(_event(f"run-{n}", n))
+            instance.event_log_storage.store_event(engine_event(f"run-{n}", n))
         assert len(_dagster_sqlite._ENGINES._by_url) <= _dagster_sqlite._Engines.KEEP
         assert len(instance.all_logs("run-0")) == 1  # an evicted one opens again

@@ -208,12 +208,13 @@ print("written", "gc", gc.isenabled())
 
 # what a forked step may carry beyond a plain interpreter that imported what the zygote
 # preloads on purpose (Metaflow, its CLI, task, datastore, and `metaflow.runtime` for
-# `flow.py init`): the zygote's own code (the fork server, the steps' signal dispositions,
-# process titles); Dagster and psutil never
+# `flow.py init`): the zygote's own code (the fork server, its collector settings, the steps'
+# signal dispositions, process titles); Dagster and psutil never
 _FORK_EXTRAS = (
     "dagster_metaflow",
     "dagster_metaflow.runtime",
     "dagster_metaflow.runtime.zygote",
+    "dagster_metaflow.runtime.heap",
     "dagster_metaflow.runtime.step_signals",
     "gc",
     "resource",
@@ -408,7 +409,13 @@ handed.release()
 time.sleep(max(0.0, starter_lives))  # 0: exits at once, as `trigger` without --wait
 """
 
-_STEP_SLEEPS = "import sys, time\nopen(sys.argv[1], 'w').write('started')\ntime.sleep(60)\n"
+# the step says whether it carries psutil: a zygote watching the worker that adopted it
+# must not import it (every step it forks would)
+_STEP_SLEEPS = (
+    "import sys, time\n"
+    "open(sys.argv[1], 'w').write('started psutil=%s' % ('psutil' in sys.modules))\n"
+    "time.sleep(60)\n"
+)
 
 # case -> (how long the starter lives after the fork, < 0: gone before the take-over;
 #          the worker's steps in another environment; taken over?)
@@ -459,6 +466,8 @@ def test_a_zygote_started_for_a_forked_run_worker(case: str, tmp_path: Path) -> 
             time.sleep(0.1)  # the step writes its marker once it runs, after the result
         seen = json.loads(result.read_text())
         assert marker.exists(), "the worker's step never started"
+        time.sleep(0.3)  # the step's one write
+        assert marker.read_text() == "started psutil=False"
         if taken is not None:
             assert seen["taken"] is taken
         if not seen["taken"]:
