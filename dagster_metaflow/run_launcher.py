@@ -162,6 +162,10 @@ def step_zygote_for(job_name: str, tags: Mapping[str, str]) -> Iterator[Zygote |
             zygote.close()
 
 
+# run id -> read end of the pipe its forked worker closes once the run's body returned
+_RUN_BODY_ENDS: dict[str, int] = {}
+
+
 def fork_worker(
     instance: DagsterInstance, run: DagsterRun, step_zygote: Zygote | None = None
 ) -> WorkerIdentity | None:
@@ -183,22 +187,40 @@ def fork_worker(
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
+    body_end_r, body_end_w = os.pipe()  # closed by the worker once the run's body returned
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the forked processes
         os.close(read_end)
+        os.close(body_end_r)
         _become_worker(
-            ref, instance.root_directory, run.run_id, log_path, cwd, write_end, step_zygote
+            ref,
+            instance.root_directory,
+            run.run_id,
+            log_path,
+            cwd,
+            (write_end, body_end_w),
+            step_zygote,
         )
     os.close(write_end)
+    os.close(body_end_w)
     with os.fdopen(read_end, "rb") as r:
         pid_text = r.read().decode() or "0"
     os.waitpid(child, 0)
     pid = int(pid_text)
     if pid <= 0:
+        os.close(body_end_r)
         return None
+    _RUN_BODY_ENDS[run.run_id] = body_end_r
     if step_zygote is not None:
         step_zygote.release()  # the worker's now
     return _record_worker(instance, run.run_id, pid)
+
+
+def take_run_body_end(run_id: str) -> int | None:
+    """For `trigger --wait`: a pipe's read end that becomes readable (end of file) as soon
+    as the worker this process forked for `run_id` has finished the run's body, or died; the
+    caller owns (closes) it. None for a worker not forked here."""
+    return _RUN_BODY_ENDS.pop(run_id, None)
 
 
 def _become_worker(
@@ -207,11 +229,14 @@ def _become_worker(
     run_id: str,
     log_path: str,
     cwd: str | None,
-    pid_fd: int,
+    fds: tuple[int, int],
     step_zygote: Zygote | None,
 ) -> None:
     """In the forked child: detach (new session, second fork), report the worker's pid, and
-    run the run's body as `dagster api execute_run` would; never returns."""
+    run the run's body as `dagster api execute_run` would, closing `body_end_fd` as soon
+    as the body returns (its caller's `--wait` learns of the run's end without waiting for
+    its next poll); never returns."""
+    pid_fd, body_end_fd = fds
     code = 1
     try:  # nothing may raise out of here: this child would go on as the caller
         from ._dagster_sqlite import keep_sqlite_connections, release_sqlite_connections
@@ -245,6 +270,7 @@ def _become_worker(
         threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
         keep_sqlite_connections()
         code = run_worker_body(ref, run_id)
+        os.close(body_end_fd)
     except BaseException:
         traceback.print_exc()
     finally:

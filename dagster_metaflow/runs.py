@@ -13,8 +13,10 @@ it), then either
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -384,8 +386,13 @@ def start(instance: DagsterInstance, dep: Deployment, request: RunRequest, calle
     )
     caller.echo(f"Run *{pathspec}* {request.verb} ({how}).", bold=True)
     caller.echo(f"Dagster run {run.run_id}: {where_to_see(instance, run.run_id)}")
+    from .run_launcher import take_run_body_end
+
+    body_end = take_run_body_end(run.run_id)
     if request.wait:
-        follow(instance, run.run_id, pathspec, caller)
+        follow(instance, run.run_id, pathspec, caller, body_end)
+    elif body_end is not None:
+        os.close(body_end)
 
 
 def write_attribute_file(path: str | None, content: dict[str, Any]) -> None:
@@ -459,9 +466,28 @@ class _Progress:
         return line
 
 
-def follow(instance: DagsterInstance, run_id: str, pathspec: str, caller: Caller) -> None:
+def follow(
+    instance: DagsterInstance,
+    run_id: str,
+    pathspec: str,
+    caller: Caller,
+    body_end: int | None = None,
+) -> None:
     """Print progress (steps done/total, tasks done, steps running) until the run ends, then
-    one summary line on stdout; raise unless the run succeeded."""
+    one summary line on stdout; raise unless the run succeeded. `body_end`: the pipe a
+    worker forked here closes when the run's body returned (`take_run_body_end`), read
+    between polls so that the end is seen at once; closed here."""
+    try:
+        _follow(instance, run_id, pathspec, caller, body_end)
+    finally:
+        if body_end is not None:
+            with contextlib.suppress(OSError):
+                os.close(body_end)
+
+
+def _follow(
+    instance: DagsterInstance, run_id: str, pathspec: str, caller: Caller, body_end: int | None
+) -> None:
     from dagster import DagsterEventType
     from metaflow._vendor import click
 
@@ -491,7 +517,11 @@ def follow(instance: DagsterInstance, run_id: str, pathspec: str, caller: Caller
             last, printed = line, now
         if ended:
             break
-        time.sleep(poll_interval(now - started))
+        pause = poll_interval(now - started)
+        if body_end is None:
+            time.sleep(pause)
+        elif select.select([body_end], [], [], pause)[0]:
+            body_end = None  # the body returned (or the worker died): read once more, then poll
     status = run.status.value if run is not None else "UNKNOWN"
     click.echo(f"{pathspec} {status} | Dagster run {run_id} | {where_to_see(instance, run_id)}")
     if status != "SUCCESS":
