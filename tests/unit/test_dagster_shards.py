@@ -64,6 +64,14 @@ def _dagster_built(home: Path, run_id: str) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def _with_template(instance: DagsterInstance) -> Any:
+    """The instance's event-log storage after two runs: the second built the template."""
+    storage: Any = instance.event_log_storage
+    for run in ("run-a", "run-b"):
+        storage.store_event(engine_event(run, 0))
+    return storage
+
+
 def _templates(storage: Any) -> list[str]:
     folder = Path(_dagster_shards.template_folder(storage._base_dir))
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
@@ -136,9 +144,7 @@ def test_an_existing_database_is_never_replaced(kept_connections: None, tmp_path
     """A database another process created first (the webserver, a worker), even between
     our look and our link, is Dagster's to check; no scratch copy is left."""
     with DagsterInstance.local_temp(str(tmp_path)) as instance:
-        storage: Any = instance.event_log_storage
-        for run in ("run-a", "run-b"):
-            storage.store_event(engine_event(run, 0))  # the second builds the template
+        storage = _with_template(instance)  # the second builds the template
         [template] = _templates(storage)
         path = Path(storage.path_for_shard("run-c"))
         with sqlite3.connect(path) as conn:
@@ -181,9 +187,7 @@ def test_an_unsound_template_is_removed_and_built_again(
 ) -> None:
     """A template that is not what its name says (damaged, truncated) is never copied."""
     with DagsterInstance.local_temp(str(tmp_path)) as instance:
-        storage: Any = instance.event_log_storage
-        for run in ("run-a", "run-b"):
-            storage.store_event(engine_event(run, 0))
+        storage = _with_template(instance)
         [name] = _templates(storage)
         template = Path(_dagster_shards.template_folder(storage._base_dir)) / name
         template.write_bytes(b"not a database")
@@ -198,9 +202,7 @@ def test_a_template_of_another_head_than_the_process_knows_is_not_used(
     kept_connections: None, tmp_path: Path
 ) -> None:
     with DagsterInstance.local_temp(str(tmp_path)) as instance:
-        storage: Any = instance.event_log_storage
-        for run in ("run-a", "run-b"):
-            storage.store_event(engine_event(run, 0))
+        storage = _with_template(instance)
         _dagster_shards._checked.clear()  # as a new process
         path = storage.path_for_shard("run-c")
         assert _dagster_shards.place_shard(path, lambda p: None, head="another") is None
@@ -211,9 +213,7 @@ def test_another_installed_dagster_builds_its_own_template(
     kept_connections: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with DagsterInstance.local_temp(str(tmp_path)) as instance:
-        storage: Any = instance.event_log_storage
-        for run in ("run-a", "run-b"):
-            storage.store_event(engine_event(run, 0))
+        storage = _with_template(instance)
         monkeypatch.setattr(_dagster_shards, "_key", ["another"])
         storage.store_event(engine_event("run-c", 0))
         assert len(instance.all_logs("run-c")) == 1
