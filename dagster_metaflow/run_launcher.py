@@ -175,7 +175,7 @@ def fork_worker(
     outlives the caller and is nobody's zombie), its output goes to the worker log, and its
     identity is recorded as `spawn_worker` records it; it adopts `step_zygote`. None when
     forking is off (`DAGSTER_METAFLOW_FORK=0`) or unsafe here (other threads): then spawn
-    instead."""
+    instead. The worker closes a pipe once the run's body returned (`take_run_body_end`)."""
     from .runtime.zygote import fork_enabled
 
     origin = run.job_code_origin
@@ -188,7 +188,12 @@ def fork_worker(
     sys.stderr.flush()
     read_end, write_end = os.pipe()
     body_end_r, body_end_w = os.pipe()  # closed by the worker once the run's body returned
-    child = os.fork()
+    try:
+        child = os.fork()
+    except OSError:
+        for fd in (read_end, write_end, body_end_r, body_end_w):
+            os.close(fd)
+        raise
     if child == 0:  # pragma: no cover - runs in the forked processes
         os.close(read_end)
         os.close(body_end_r)
@@ -207,13 +212,17 @@ def fork_worker(
         pid_text = r.read().decode() or "0"
     os.waitpid(child, 0)
     pid = int(pid_text)
-    if pid <= 0:
+    try:
+        if pid <= 0:
+            return None
+        if step_zygote is not None:
+            step_zygote.release()  # the worker's now
+        identity = _record_worker(instance, run.run_id, pid)
+    except BaseException:
         os.close(body_end_r)
-        return None
+        raise
     _RUN_BODY_ENDS[run.run_id] = body_end_r
-    if step_zygote is not None:
-        step_zygote.release()  # the worker's now
-    return _record_worker(instance, run.run_id, pid)
+    return identity
 
 
 def take_run_body_end(run_id: str) -> int | None:
@@ -233,9 +242,9 @@ def _become_worker(
     step_zygote: Zygote | None,
 ) -> None:
     """In the forked child: detach (new session, second fork), report the worker's pid, and
-    run the run's body as `dagster api execute_run` would, closing `body_end_fd` as soon
-    as the body returns (its caller's `--wait` learns of the run's end without waiting for
-    its next poll); never returns."""
+    run the run's body as `dagster api execute_run` would; `fds`: the pipe to report the
+    pid on, and the one to close as soon as the body returns (the caller's `--wait` learns
+    of the run's end without waiting for its next poll). Never returns."""
     pid_fd, body_end_fd = fds
     code = 1
     try:  # nothing may raise out of here: this child would go on as the caller

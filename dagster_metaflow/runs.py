@@ -352,6 +352,7 @@ def start(instance: DagsterInstance, dep: Deployment, request: RunRequest, calle
     import uuid
 
     from .definitions_file import definitions_problem
+    from .run_launcher import take_run_body_end
     from .runtime.ids import metaflow_run_id
     from .runtime.prepare import TAG_PATHSPEC
 
@@ -366,6 +367,28 @@ def start(instance: DagsterInstance, dep: Deployment, request: RunRequest, calle
         run, queued = start_run(instance, dep, request.run_config, tags, run_id=dagster_run_id)
     except LaunchError as exc:
         raise DagsterMetaflowException(f"could not start a run of {dep.name!r}: {exc}") from None
+    body_end = take_run_body_end(run.run_id)  # this process's to close, or `follow`'s
+    try:
+        _announce(instance, dep, request, caller, run, queued, pathspec)
+        if request.wait:
+            fd, body_end = body_end, None
+            follow(instance, run.run_id, pathspec, caller, fd)
+    finally:
+        if body_end is not None:
+            os.close(body_end)
+
+
+def _announce(
+    instance: DagsterInstance,
+    dep: Deployment,
+    request: RunRequest,
+    caller: Caller,
+    run: DagsterRun,
+    queued: bool,
+    pathspec: str,
+) -> None:
+    """Write the run's ids where asked, and say it started."""
+    mf_run_id = pathspec.rsplit("/", 1)[1]
     if request.run_id_file:
         with open(request.run_id_file, "w") as f:
             f.write(mf_run_id)
@@ -386,13 +409,6 @@ def start(instance: DagsterInstance, dep: Deployment, request: RunRequest, calle
     )
     caller.echo(f"Run *{pathspec}* {request.verb} ({how}).", bold=True)
     caller.echo(f"Dagster run {run.run_id}: {where_to_see(instance, run.run_id)}")
-    from .run_launcher import take_run_body_end
-
-    body_end = take_run_body_end(run.run_id)
-    if request.wait:
-        follow(instance, run.run_id, pathspec, caller, body_end)
-    elif body_end is not None:
-        os.close(body_end)
 
 
 def write_attribute_file(path: str | None, content: dict[str, Any]) -> None:
@@ -520,7 +536,7 @@ def _follow(
         pause = poll_interval(now - started)
         if body_end is None:
             time.sleep(pause)
-        elif select.select([body_end], [], [], pause)[0]:
+        elif _readable(body_end, pause):
             body_end = None  # the body returned (or the worker died): read once more, then poll
     status = run.status.value if run is not None else "UNKNOWN"
     click.echo(f"{pathspec} {status} | Dagster run {run_id} | {where_to_see(instance, run_id)}")
@@ -534,6 +550,14 @@ def _follow(
 
 
 PROGRESS_EVERY = 1.0  # seconds between two progress lines
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """`fd` is readable (a closed pipe's end of file) within `timeout` seconds (poll, not
+    select: any fd number, in a process with many open files)."""
+    waiter = select.poll()
+    waiter.register(fd, select.POLLIN | select.POLLHUP)
+    return bool(waiter.poll(timeout * 1000))
 
 
 def poll_interval(elapsed: float) -> float:

@@ -139,16 +139,16 @@ def _on_defined(flow: MetaflowFlow) -> None:
     from .._dagster_sqlite import keep_sqlite_connections, remember_alembic_heads
     from .heap import defer_collection, resume_collection
 
-    defer_collection()  # Dagster, the definitions, the run's start, Metaflow: ~10 ms less
     remember_alembic_heads()
     keep_sqlite_connections()
+    defer_collection()  # the run's start and Metaflow's import: ~10 ms less
     try:
         # the run's first op reads the flow's datastore: Metaflow's import (~0.1 s of a
         # process that has not imported it) is paid here, while Dagster creates the run
         threading.Thread(
             target=_open_store, args=(flow,), name="dagster-metaflow:open", daemon=True
         ).start()
-    except RuntimeError:  # no thread now: the first op opens it
+    except BaseException:  # no thread now (the first op opens it)
         resume_collection()
         return
     if fork_enabled():

@@ -18,12 +18,12 @@ more (~0.4 s). So:
 - A process about to run a job (`dagster job execute`, a run worker; once its definitions
   are loaded) defers collection too, until Metaflow is imported for the flow's datastore
   (~10 ms less of that import, which the run's first op waits for), then resumes past
-  everything loaded (`runtime/flow.py`).
+  everything loaded (`runtime/flow.py`), the start of the run included.
 - `exit_without_collecting`: atexit handlers still run, modules are still torn down; only
   the final collections are skipped (`gc.freeze` from an atexit handler).
 
-What freezing costs: reference cycles that are already garbage at that moment are kept
-until exit, and garbage cycles left at exit are not finalized (their `__del__` and weakref
+What freezing costs: reference cycles that are already garbage at that moment (or
+become garbage later, of the objects frozen) are kept until exit, and garbage cycles left at exit are not finalized (their `__del__` and weakref
 callbacks do not run; a buffered file only reachable from such a cycle would not be
 flushed). Our commands write through SQLite commits and closed files, which need no
 finalizer.

@@ -14,7 +14,7 @@ A worker that ends normally leaves a finished run: the watchdog only sweeps and 
 
 Started by the executor as `python -m dagster_metaflow.runtime.watchdog <identity> <run id>`;
 the instance ref comes in the environment. It starts while the run's first steps do, on the
-same cores: until the worker is gone it imports nothing beyond the standard library (~30 ms
+same cores: until the worker is gone it imports nothing beyond the standard library (~20 ms
 of CPU to start instead of ~70 ms with psutil and the worker module).
 """
 
@@ -113,7 +113,9 @@ def after_death(identity_tag: str, run_id: str, instance_ref: str) -> None:
 def wait_for_parent(identity_tag: str) -> None:
     """Wait, with the standard library only, while the worker `identity_tag` that started us
     lives: it is our parent, so a pidfd opened while it still is refers to it and never to
-    a reused pid. Returns at once when that cannot be told (`wait_for_exit` decides)."""
+    a reused pid. Returns at once when that cannot be told (`wait_for_exit` decides).
+    The pid is read from the tag here, not by `WorkerIdentity.parse`: its module imports
+    psutil."""
     try:
         pid = int(identity_tag.rsplit("/", 2)[1])
         fd = os.pidfd_open(pid)
@@ -127,6 +129,7 @@ def wait_for_parent(identity_tag: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """`<identity> <run id>`: wait for the worker's end, then clean up after it if it died."""
     identity_tag, run_id = argv[0], argv[1]
     instance_ref = os.environ.pop(INSTANCE_REF_VAR, "")
     if not instance_ref:

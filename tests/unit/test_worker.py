@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 from dagster import DagsterRun
@@ -65,3 +66,49 @@ def test_health_check_of_a_local_worker() -> None:
     gone = WorkerIdentity(me.host, me.pid, me.started - 500)
     assert launcher.check_run_worker_health(_run({TAG_WORKER: gone.tag()})).status.value == "FAILED"
     assert launcher.check_run_worker_health(_run({})).status.value == "RUNNING"  # not recorded yet
+
+
+# a worker (the parent) that starts a watchdog-like child waiting on it, then exits after a
+# moment; the child reports how long it waited and what it had imported meanwhile
+_PARENT_AND_WATCHDOG = r"""
+import os, subprocess, sys, time
+from dagster_metaflow.runtime.worker import WorkerIdentity
+child = '''
+import sys, time
+t0 = time.monotonic()
+from dagster_metaflow.runtime.watchdog import wait_for_parent
+wait_for_parent(sys.argv[1])
+heavy = sorted(m for m in ("psutil", "dagster_metaflow.runtime.worker", "dagster") if m in sys.modules)
+print(round(time.monotonic() - t0, 2), heavy, flush=True)
+'''
+me = WorkerIdentity.of(os.getpid())
+subprocess.Popen([sys.executable, "-c", child, me.tag()], start_new_session=True)
+time.sleep(1.5)
+"""
+
+
+def test_the_watchdog_waits_for_its_parent_worker_with_the_standard_library_only() -> None:
+    """While the worker that started it lives, the watchdog waits on a pidfd of its parent,
+    importing neither psutil nor the worker module nor Dagster; it returns when the worker
+    exits."""
+    # the child holds the captured stdout too: `run` returns once both have ended
+    out = subprocess.run(
+        [sys.executable, "-c", _PARENT_AND_WATCHDOG], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    waited, heavy = out.stdout.strip().split(" ", 1)
+    assert 1.0 <= float(waited) < 10  # until its parent exited, 1.5 s after starting it
+    assert heavy == "[]"
+
+
+def test_a_watchdog_whose_worker_is_not_its_parent_does_not_wait() -> None:
+    """Not our parent (or a malformed tag): nothing can be trusted from a bare pid, so it
+    returns at once and `wait_for_exit` checks the worker's identity."""
+    from dagster_metaflow.runtime.watchdog import wait_for_parent
+
+    me = WorkerIdentity.of(os.getpid())
+    assert me is not None
+    for tag in (me.tag(), "garbage", "host/x/1.0", ""):
+        t0 = time.monotonic()
+        wait_for_parent(tag)
+        assert time.monotonic() - t0 < 1.0
