@@ -148,9 +148,11 @@ def _on_defined(flow: MetaflowFlow) -> None:
         threading.Thread(
             target=_open_store, args=(flow,), name="dagster-metaflow:open", daemon=True
         ).start()
-    except BaseException:  # no thread now (the first op opens it)
+    except BaseException as exc:
         resume_collection()
-        return
+        if isinstance(exc, RuntimeError):  # no thread now: the first op opens it
+            return
+        raise
     if fork_enabled():
         with contextlib.suppress(RuntimeError):  # else the executor warms it up
             threading.Thread(
