@@ -101,6 +101,8 @@ def place_shard(path: str, build: Callable[[str], None], head: str | None = None
             return found[1] if found else None
         if found is None and _has_run_databases(os.path.dirname(path)):
             found = _build_template(folder, build)
+            if found is None:  # Dagster built no usable database: not again in this process
+                _given_up.add(folder)
         if found is not None and not _link_copy(found[0], path):
             _given_up.add(folder)
         return found[1] if found else None

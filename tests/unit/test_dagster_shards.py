@@ -237,3 +237,23 @@ def test_the_schema_key_follows_the_schema_s_files(
     schema_file.write_text("x = 12\n")
     monkeypatch.setattr(_dagster_shards, "_key", [])
     assert _dagster_shards.schema_key() != key
+
+
+def test_a_build_that_yields_no_usable_template_is_not_tried_again(
+    kept_connections: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster's build leaving no stamped database (another layout, a journal left over):
+    the databases are Dagster's for the rest of the process, not a scratch build per run."""
+    builds: list[str] = []
+
+    def unusable(folder: str, build: Any) -> None:
+        builds.append(folder)
+        return None
+
+    monkeypatch.setattr(_dagster_shards, "_build_template", unusable)
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        storage: Any = instance.event_log_storage
+        for run in ("run-a", "run-b", "run-c", "run-d"):
+            storage.store_event(engine_event(run, 0))
+            assert len(instance.all_logs(run)) == 1
+    assert len(builds) == 1
