@@ -25,7 +25,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
@@ -58,18 +58,25 @@ def start(
     return proc
 
 
+def _wait_on_pidfd(pid: int, of_it: Callable[[], bool]) -> bool:
+    """Wait for `pid` to exit through a pidfd, if `of_it()` (checked after the fd is open)
+    says the fd is of the process meant, not of a reused pid. False when the kernel gives
+    no pidfd (nothing waited for)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return False
+    try:
+        if of_it():
+            select.select([fd], [], [])
+    finally:
+        os.close(fd)
+    return True
+
+
 def wait_for_exit(identity: WorkerIdentity, poll: float = 0.5) -> None:
     """Return once the worker `identity` has exited (never waits on a reused pid)."""
-    try:
-        fd = os.pidfd_open(identity.pid)
-    except (AttributeError, OSError):
-        fd = None
-    if fd is not None:
-        try:
-            if identity.process() is not None:  # the fd is of the worker, not of a reused pid
-                select.select([fd], [], [])
-        finally:
-            os.close(fd)
+    if _wait_on_pidfd(identity.pid, lambda: identity.process() is not None):
         return
     while identity.process() is not None:
         time.sleep(poll)
@@ -118,14 +125,9 @@ def wait_for_parent(identity_tag: str) -> None:
     psutil."""
     try:
         pid = int(identity_tag.rsplit("/", 2)[1])
-        fd = os.pidfd_open(pid)
-    except (AttributeError, IndexError, ValueError, OSError):
+    except (IndexError, ValueError):
         return
-    try:
-        if os.getppid() == pid:  # after the open: the fd is of our parent
-            select.select([fd], [], [])
-    finally:
-        os.close(fd)
+    _wait_on_pidfd(pid, lambda: os.getppid() == pid)  # still our parent: the fd is of it
 
 
 def main(argv: list[str]) -> int:
