@@ -72,6 +72,15 @@ def _with_template(instance: DagsterInstance) -> Any:
     return storage
 
 
+def _four_runs_each_readable(instance: DagsterInstance) -> Any:
+    """Store an event of four new runs, each read back at once; the event-log storage."""
+    storage: Any = instance.event_log_storage
+    for run in ("run-a", "run-b", "run-c", "run-d"):
+        storage.store_event(engine_event(run, 0))
+        assert len(instance.all_logs(run)) == 1
+    return storage
+
+
 def _templates(storage: Any) -> list[str]:
     folder = Path(_dagster_shards.template_folder(storage._base_dir))
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
@@ -173,10 +182,7 @@ def test_without_hard_links_databases_are_left_to_dagster(
 
     monkeypatch.setattr(os, "link", no_links)
     with DagsterInstance.local_temp(str(tmp_path)) as instance:
-        storage: Any = instance.event_log_storage
-        for run in ("run-a", "run-b", "run-c", "run-d"):
-            storage.store_event(engine_event(run, 0))
-            assert len(instance.all_logs(run)) == 1
+        storage = _four_runs_each_readable(instance)
         assert len(tries) == 1
         leftovers = [p for p in Path(storage._base_dir).rglob("*") if p.name.endswith(".tmp")]
         assert not leftovers
@@ -252,8 +258,5 @@ def test_a_build_that_yields_no_usable_template_is_not_tried_again(
 
     monkeypatch.setattr(_dagster_shards, "_build_template", unusable)
     with DagsterInstance.local_temp(str(tmp_path)) as instance:
-        storage: Any = instance.event_log_storage
-        for run in ("run-a", "run-b", "run-c", "run-d"):
-            storage.store_event(engine_event(run, 0))
-            assert len(instance.all_logs(run)) == 1
+        _four_runs_each_readable(instance)
     assert len(builds) == 1
