@@ -883,3 +883,62 @@ def test_escaped_grandchild_holding_pipes_after_normal_exit(tmp_path: Path, reap
     procs = reaper.track_pids(_read_pids(pidfile))
     assert _wait_gone(procs, name="sleep", timeout=0.5) == []
     assert elapsed < 1, f"returned only after {elapsed:.1f} s (readers waited for the pipes)"
+
+
+# --------------------------------------------------------------------------- finding a step's processes by token
+
+
+@pytest.mark.parametrize("read_proc", [True, False], ids=["proc", "psutil"])
+def test_processes_are_found_by_their_exact_token(
+    read_proc: bool, monkeypatch: pytest.MonkeyPatch, reaper: Reaper
+) -> None:
+    """`_pids_with_env` matches the whole `NAME=value` entry (not a longer value, not
+    another variable ending in the name), reading /proc directly or through psutil alike."""
+    if not read_proc:
+        real_isdir = os.path.isdir
+        monkeypatch.setattr(os.path, "isdir", lambda p: False if p == "/proc/self" else real_isdir(p))
+    var = supervise.TOKEN_VAR
+    procs = {
+        name: subprocess.Popen(["sleep", "300"], env=_env(**{k: v}))
+        for name, (k, v) in {
+            "exact": (var, "tok1"),
+            "longer": (var, "tok12"),
+            "other": (f"X{var}", "tok1"),
+        }.items()
+    }
+    for p in procs.values():
+        reaper.track_pids([p.pid])
+    try:
+        found = supervise._pids_with_env(f"{var}=tok1", skip={os.getpid()})
+        assert procs["exact"].pid in found
+        assert procs["longer"].pid not in found and procs["other"].pid not in found
+        assert procs["exact"].pid not in supervise._pids_with_env(
+            f"{var}=tok1", skip={procs["exact"].pid}
+        )
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+
+
+def test_a_step_s_tree_does_not_scan_every_process_when_it_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process started a moment ago has no descendants yet: the first look for them is
+    at the first poll (a scan of every process cost ~1 ms of each step)."""
+    scans: list[int] = []
+    real_children = psutil.Process.children
+
+    def children(self: psutil.Process, recursive: bool = False) -> list[psutil.Process]:
+        scans.append(self.pid)
+        return real_children(self, recursive=recursive)
+
+    monkeypatch.setattr(psutil.Process, "children", children)
+    proc = subprocess.Popen(["sleep", "0.3"])
+    try:
+        tree = supervise._Tree(proc.pid, "tok")
+        assert scans == [] and list(tree.known) == [proc.pid]
+    finally:
+        proc.wait()
+    res = run_supervised(_py("import time; time.sleep(0.3)"), env=_env(), control=_silent())
+    assert res.returncode == 0 and scans  # looked while it ran
