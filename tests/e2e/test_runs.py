@@ -185,6 +185,25 @@ def test_timeout_kills_process_group(workspace: Workspace) -> None:
     assert "timed out" in task.stderr.lower()
 
 
+@pytest.mark.parametrize("fork", ["1", "0"], ids=["zygote", "subprocess"])
+@pytest.mark.flow("leaver_flow.py")
+def test_a_daemon_a_successful_step_leaves_is_stopped_with_the_step(
+    workspace: Workspace, fork: str
+) -> None:
+    """A grandchild that left the step's session (found only by the step's token in its
+    environment) does not outlive the step, forked from the zygote or a plain subprocess;
+    the run still succeeds."""
+    out = workspace.compile()
+    cfg = f"ops:\n  LeaverFlow_steps:\n    ops:\n      op_start:\n        config:\n          marker-dir: '{workspace.dir}'\n"
+    workspace.dagster_execute(out, "LeaverFlow", cfg, DAGSTER_METAFLOW_FORK=fork)
+    assert workspace.last_dagster_run().status.value == "SUCCESS"
+    (pid,) = [int(p) for p in (workspace.dir / "pids").read_text().split()]
+    deadline = time.monotonic() + 15
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pid), "the step's escaped grandchild outlived it"
+
+
 @pytest.mark.flow("sleepy_flow.py")
 def test_interrupt_stops_step_tree_and_logs_stream_live(workspace: Workspace) -> None:
     import os
