@@ -23,10 +23,9 @@ from typing import IO, Any
 import psutil
 
 from .step_signals import default_step_signals, ignored_step_signals
+from .step_token import TOKEN_VAR  # every process of a step inherits it: escapees are found by it
 
 GRACE_SECONDS = 10.0
-# every process of a step inherits this variable: how escaped descendants are found
-TOKEN_VAR = "DAGSTER_METAFLOW_STEP_TOKEN"
 POLL_SECONDS = 0.05
 
 

@@ -197,6 +197,47 @@ def test_steps_get_a_fresh_interpreters_signals_on_both_paths(tmp_path: Path, ig
     assert seen["zygote"] == seen["subprocess"] == fresh.strip()
 
 
+_LEAVE_FORKED = """
+import os, time
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:  # a daemonizing library: fork without exec, a session of its own, no stdio
+    os.setsid()
+    for fd in (0, 1, 2):
+        os.close(fd)
+    os.write(w, b"x")
+    time.sleep(300)
+    os._exit(0)
+os.read(r, 1)  # it has left the step's session
+with open(os.environ["PIDS_OUT"], "w") as f:
+    f.write(str(pid))
+print("left", pid)
+"""
+
+
+@pytest.mark.parametrize("path", ["zygote", "subprocess"])
+def test_a_descendant_forked_without_exec_that_left_the_session_ends_with_its_step(
+    tmp_path: Path, path: str
+) -> None:
+    """Only the step's token leads to such a process, and a plain step's forked descendants
+    carry it in /proc/<pid>/environ: a forked step's must too (`step_token.expose_token`),
+    also when the step ends before the supervisor's first look at its tree."""
+    script = tmp_path / "leave.py"
+    script.write_text(_LEAVE_FORKED)
+    pids_out = tmp_path / "pids"
+    env = {**os.environ, "DAGSTER_METAFLOW_FORK": "1", "PIDS_OUT": str(pids_out)}
+    out = subprocess.run(
+        [sys.executable, "-c", _DRIVER, str(script), path],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert out.returncode == 0 and "left" in out.stdout, out.stderr
+    pid = int(pids_out.read_text())
+    left = survivors([pid], within=5)
+    for p in left:
+        os.kill(p, 9)
+    assert not left, f"the step's escaped descendant {pid} outlived it ({path})"
+
+
 _SHOW_MODULES = """
 import gc, importlib, json, os, sys
 for name in {preload!r}:
@@ -216,6 +257,7 @@ _FORK_EXTRAS = (
     "dagster_metaflow.runtime.zygote",
     "dagster_metaflow.runtime.heap",
     "dagster_metaflow.runtime.step_signals",
+    "dagster_metaflow.runtime.step_token",
     "gc",
     "resource",
 )
