@@ -23,9 +23,10 @@ from typing import IO, Any
 import psutil
 
 from .step_signals import default_step_signals, ignored_step_signals
-from .step_token import TOKEN_VAR  # every process of a step inherits it: escapees are found by it
 
 GRACE_SECONDS = 10.0
+# every process of a step inherits this variable: how escaped descendants are found
+TOKEN_VAR = "DAGSTER_METAFLOW_STEP_TOKEN"
 POLL_SECONDS = 0.05
 
 
@@ -94,7 +95,7 @@ class _Tree:
         self.known: dict[int, psutil.Process] = {}
         # the first look for descendants is at the first poll: a process started a moment
         # ago has none yet, and a scan of every process costs ~1 ms of each step
-        self._last = 0.0
+        self._last = float("-inf")
         try:
             self.known[pid] = psutil.Process(pid)
         except psutil.Error:
@@ -105,12 +106,15 @@ class _Tree:
         escaped and were re-parented before any snapshot saw them)."""
         if not self.token:
             return
+        entry = f"{TOKEN_VAR}={self.token}"
         skip = {os.getpid(), self.pid, *self.known}
-        for pid in _pids_with_env(f"{TOKEN_VAR}={self.token}", skip):
+        for pid in _pids_with_env(entry, skip):
             try:
-                self.known[pid] = psutil.Process(pid)
+                p = psutil.Process(pid)  # its identity (start time) from now on
             except psutil.Error:
                 continue
+            if _pids_with_env(entry, set(), only=pid):  # still it, not a reused pid
+                self.known[pid] = p
 
     def snapshot(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -159,14 +163,19 @@ class _Tree:
         return bool(self.outside_group())
 
 
-def _pids_with_env(entry: str, skip: set[int]) -> list[int]:
-    """Pids (not in `skip`) whose environment holds `entry` ("NAME=value"). On Linux this
-    reads /proc/<pid>/environ directly: psutil's objects and parsed environments cost ~4x
-    as much, on every step. Processes we may not read are not ours."""
+def _pids_with_env(entry: str, skip: set[int], only: int | None = None) -> list[int]:
+    """Pids (not in `skip`; `only`: just that one) whose environment holds `entry`
+    ("NAME=value"). On Linux this reads /proc/<pid>/environ directly: psutil's objects and
+    parsed environments cost ~4x as much, on every step. Processes we may not read are not
+    ours."""
     if not os.path.isdir("/proc/self"):
         name, _, value = entry.partition("=")
         found = []
-        for p in psutil.process_iter():
+        try:
+            procs = psutil.process_iter() if only is None else iter([psutil.Process(only)])
+        except psutil.Error:
+            return []
+        for p in procs:
             try:
                 if p.pid not in skip and p.environ().get(name) == value:
                     found.append(p.pid)
@@ -175,7 +184,7 @@ def _pids_with_env(entry: str, skip: set[int]) -> list[int]:
         return found
     needle = b"\0" + entry.encode() + b"\0"
     found = []
-    for name in os.listdir("/proc"):
+    for name in os.listdir("/proc") if only is None else [str(only)]:
         if not name.isdigit() or int(name) in skip:
             continue
         try:

@@ -40,7 +40,6 @@ from typing import IO, Any, NoReturn
 
 from .heap import defer_collection, resume_collection
 from .step_signals import default_step_signals
-from .step_token import TOKEN_VAR, expose_token
 
 HEADER = struct.Struct("!I")
 START_TIMEOUT = 30.0
@@ -90,7 +89,7 @@ MAX_SPARES = 4  # spare step zygotes a worker zygote keeps, one per job (the mos
 VOLATILE_ENV = (
     "METAFLOW_RUN_ID",
     "METAFLOW_INIT_",
-    TOKEN_VAR,
+    "DAGSTER_METAFLOW_STEP_TOKEN",
     "METAFLOW_CODE_",
     RUN_WORKER_ENV,
 )
@@ -511,7 +510,6 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[
             os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        expose_token()  # where a plain step has it: in /proc/<pid>/environ
         argv = request["argv"][1:]
         try:
             if argv[0] == "-m":  # `python -m module args...` (a run worker)

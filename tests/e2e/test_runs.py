@@ -190,9 +190,10 @@ def test_timeout_kills_process_group(workspace: Workspace) -> None:
 def test_a_daemon_a_successful_step_leaves_is_stopped_with_the_step(
     workspace: Workspace, fork: str
 ) -> None:
-    """A grandchild that left the step's session (found only by the step's token in its
-    environment) does not outlive the step, forked from the zygote or a plain subprocess;
-    the run still succeeds."""
+    """A grandchild that left the step's session (found by the step's token in its
+    environment, or by a look at the step's tree while the step still runs) does not
+    outlive the step, forked from the zygote or a plain subprocess; the run still
+    succeeds."""
     out = workspace.compile()
     cfg = f"ops:\n  LeaverFlow_steps:\n    ops:\n      op_start:\n        config:\n          marker-dir: '{workspace.dir}'\n"
     workspace.dagster_execute(out, "LeaverFlow", cfg, DAGSTER_METAFLOW_FORK=fork)

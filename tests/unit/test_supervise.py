@@ -942,3 +942,25 @@ def test_a_step_s_tree_does_not_scan_every_process_when_it_starts(
         proc.wait()
     res = run_supervised(_py("import time; time.sleep(0.3)"), env=_env(), control=_silent())
     assert res.returncode == 0 and scans  # looked while it ran
+
+
+def test_a_pid_reused_between_the_scan_and_the_adoption_is_not_adopted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The token is read again once the process's identity is taken: a pid that changed
+    hands in between is not signalled as the step's."""
+    other = subprocess.Popen(["sleep", "300"])
+    try:
+        calls: list[int | None] = []
+
+        def scan(entry: str, skip: set[int], only: int | None = None) -> list[int]:
+            calls.append(only)
+            return [other.pid] if only is None else []  # gone from it on the second read
+
+        monkeypatch.setattr(supervise, "_pids_with_env", scan)
+        tree = supervise._Tree(os.getpid() + 10**7, "tok")  # a root that does not exist
+        tree.adopt_by_token()
+        assert calls == [None, other.pid] and other.pid not in tree.known
+    finally:
+        other.kill()
+        other.wait()
