@@ -6,7 +6,8 @@ from metaflow import FlowSpec, Parameter, step
 
 class LeaverFlow(FlowSpec):
     """A step that succeeds leaving a daemon behind: a grandchild in its own session, which
-    no process group or parent chain leads back to; only the step's token does."""
+    no process group leads back to; the step's token does (and the step's tree, while the
+    step still runs)."""
 
     marker_dir = Parameter("marker-dir", default="")
 
