@@ -86,10 +86,13 @@ MAX_SPARES = 4  # spare step zygotes a worker zygote keeps, one per job (the mos
 # per-command variables, which a zygote serving many commands is started without
 # (`zygote_env`): Metaflow reads them when used, not at import, and our run launcher's
 # RUN_WORKER_ENV names the job of one run worker
+TOKEN_VAR = "DAGSTER_METAFLOW_STEP_TOKEN"  # as `supervise`'s, which a zygote does not import
+TOKEN_SLOT = "0" * 32  # a step's token is 32 hex digits (`uuid4().hex`)
+TITLE_ROOM = 4096  # a step zygote's command line: room for its steps' titles
 VOLATILE_ENV = (
     "METAFLOW_RUN_ID",
     "METAFLOW_INIT_",
-    "DAGSTER_METAFLOW_STEP_TOKEN",
+    TOKEN_VAR,
     "METAFLOW_CODE_",
     RUN_WORKER_ENV,
 )
@@ -224,9 +227,15 @@ class Zygote:
         self._dir = tempfile.mkdtemp(prefix="dm-zygote-")
         self.path = os.path.join(self._dir, "sock")
         code = "import sys; from dagster_metaflow.runtime.zygote import serve; serve(*sys.argv[1:])"
+        start_env = dict(env)
+        if mode == STEP:
+            # the slot each forked step's token goes into (`_fill_token_slot`); setproctitle
+            # leaves the environment block alone and titles use the command line's room
+            code += " " * TITLE_ROOM
+            start_env.update({TOKEN_VAR: TOKEN_SLOT, "SPT_NOENV": "1"})
         self.proc = subprocess.Popen(
             [python, "-u", "-c", code, self.path, mode, str(os.getpid())],
-            env=dict(env),
+            env=start_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             # never hold the run worker's own stdout/stderr: whoever waits for those to
@@ -510,6 +519,7 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[
             os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        _fill_token_slot(os.environ.get(TOKEN_VAR, ""))
         argv = request["argv"][1:]
         try:
             if argv[0] == "-m":  # `python -m module args...` (a run worker)
@@ -529,6 +539,32 @@ def _child(request: dict[str, Any], out_fd: int, err_fd: int, main_extras: dict[
         _shut_down()
     finally:
         _exit_now(code)
+
+
+def _fill_token_slot(token: str) -> bool:
+    """In a forked step: write its token over the zygote's placeholder in this process's
+    /proc environment block, where a plain step has it, so that what the step forks without
+    exec carries it too (the supervisor finds escaped descendants by it). In place, same
+    length: the block stays a well-formed environment. False when there is no slot."""
+    if len(token) != len(TOKEN_SLOT):
+        return False
+    prefix = f"{TOKEN_VAR}=".encode()
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end: fields 50, 51
+        fd = os.open("/proc/self/mem", os.O_RDWR)
+        try:
+            block = b"\0" + os.pread(fd, end - start, start)
+            at = block.find(b"\0" + prefix + TOKEN_SLOT.encode() + b"\0")
+            if at < 0:
+                return False
+            where = start + at + len(prefix)  # `at` counts the NUL put in front
+            return os.pwrite(fd, token.encode(), where) == len(token)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def _exit_status(exc: BaseException) -> int:

@@ -215,26 +215,13 @@ print("left", pid)
 """
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(
-            "zygote",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="known gap (README, Supervision): a step forked by the zygote shows "
-                "the zygote's /proc environment, without the token; found only when the "
-                "step still runs at the supervisor's first look (50 ms)",
-            ),
-        ),
-        "subprocess",
-    ],
-)
+@pytest.mark.parametrize("path", ["zygote", "subprocess"])
 def test_a_descendant_forked_without_exec_that_left_the_session_ends_with_its_step(
     tmp_path: Path, path: str
 ) -> None:
     """Only the step's token leads to such a process once its step has ended: a plain
-    step's descendants forked without exec carry it in /proc/<pid>/environ."""
+    step's descendants forked without exec carry it in /proc/<pid>/environ, and so do a
+    forked step's (the zygote's token slot, `_fill_token_slot`)."""
     script = tmp_path / "leave.py"
     script.write_text(_LEAVE_FORKED)
     pids_out = tmp_path / "pids"
@@ -249,6 +236,31 @@ def test_a_descendant_forked_without_exec_that_left_the_session_ends_with_its_st
     for p in left:
         os.kill(p, 9)
     assert not left, f"the step's escaped descendant {pid} outlived it ({path})"
+
+
+_SHOW_TITLE = """
+import os, setproctitle
+environ = open("/proc/self/environ", "rb").read().split(b"\\0")
+token = os.environ["DAGSTER_METAFLOW_STEP_TOKEN"].encode()
+print(repr((setproctitle.getproctitle(), b"DAGSTER_METAFLOW_STEP_TOKEN=" + token in environ)))
+"""
+
+
+def test_a_forked_step_s_title_and_proc_environment_are_a_plain_step_s(tmp_path: Path) -> None:
+    """`getproctitle()` is the command line on both paths, and /proc/<pid>/environ holds
+    the step's token on both (the zygote's slot keeps its environment block intact)."""
+    script = tmp_path / "title.py"
+    script.write_text(_SHOW_TITLE)
+    seen = {}
+    for path in ("zygote", "subprocess"):
+        env = {**os.environ, "DAGSTER_METAFLOW_FORK": "1"}
+        out = subprocess.run(
+            [sys.executable, "-c", _DRIVER, str(script), path],
+            capture_output=True, text=True, env=env, timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        seen[path] = out.stdout.strip().splitlines()[-1]
+    assert seen["zygote"] == seen["subprocess"] == repr((f"{sys.executable} {script}", True))
 
 
 _SHOW_MODULES = """
