@@ -83,12 +83,12 @@ STEP, WORKER = "step", "worker"
 # (`worker_job_key`); a worker zygote hands the spare step zygote of that job to the worker
 RUN_WORKER_ENV = "DAGSTER_METAFLOW_RUN_WORKER"
 MAX_SPARES = 4  # spare step zygotes a worker zygote keeps, one per job (the most recent)
-# per-command variables, which a zygote serving many commands is started without
-# (`zygote_env`): Metaflow reads them when used, not at import, and our run launcher's
-# RUN_WORKER_ENV names the job of one run worker
 TOKEN_VAR = "DAGSTER_METAFLOW_STEP_TOKEN"  # as `supervise`'s, which a zygote does not import
 TOKEN_SLOT = "0" * 32  # a step's token is 32 hex digits (`uuid4().hex`)
 TITLE_ROOM = 4096  # a step zygote's command line: room for its steps' titles
+# per-command variables, which a zygote serving many commands is started without
+# (`zygote_env`): Metaflow reads them when used, not at import, and our run launcher's
+# RUN_WORKER_ENV names the job of one run worker
 VOLATILE_ENV = (
     "METAFLOW_RUN_ID",
     "METAFLOW_INIT_",
