@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import survivors
@@ -184,17 +185,23 @@ def test_steps_get_a_fresh_interpreters_signals_on_both_paths(tmp_path: Path, ig
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
 
+    seen = _last_line_on_both_paths(script, ignore if ignored else default_step_signals)
+    assert seen["zygote"] == seen["subprocess"] == fresh.strip()
+
+
+def _last_line_on_both_paths(script: Path, preexec_fn: Any = None) -> dict[str, str]:
+    """The last line `script` prints, run by a supervisor through the zygote and as a
+    plain subprocess (`_DRIVER`)."""
     seen = {}
     for path in ("zygote", "subprocess"):
         env = {**os.environ, "DAGSTER_METAFLOW_FORK": "1"}
         out = subprocess.run(
             [sys.executable, "-c", _DRIVER, str(script), path],
-            capture_output=True, text=True, env=env, timeout=120,
-            preexec_fn=ignore if ignored else default_step_signals,
+            capture_output=True, text=True, env=env, timeout=120, preexec_fn=preexec_fn,
         )
         assert out.returncode == 0, out.stderr
         seen[path] = out.stdout.strip().splitlines()[-1]
-    assert seen["zygote"] == seen["subprocess"] == fresh.strip()
+    return seen
 
 
 _LEAVE_FORKED = """
@@ -251,15 +258,7 @@ def test_a_forked_step_s_title_and_proc_environment_are_a_plain_step_s(tmp_path:
     the step's token on both (the zygote's slot keeps its environment block intact)."""
     script = tmp_path / "title.py"
     script.write_text(_SHOW_TITLE)
-    seen = {}
-    for path in ("zygote", "subprocess"):
-        env = {**os.environ, "DAGSTER_METAFLOW_FORK": "1"}
-        out = subprocess.run(
-            [sys.executable, "-c", _DRIVER, str(script), path],
-            capture_output=True, text=True, env=env, timeout=120,
-        )
-        assert out.returncode == 0, out.stderr
-        seen[path] = out.stdout.strip().splitlines()[-1]
+    seen = _last_line_on_both_paths(script)
     assert seen["zygote"] == seen["subprocess"] == repr((f"{sys.executable} {script}", True))
 
 
