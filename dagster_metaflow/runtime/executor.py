@@ -56,6 +56,7 @@ from .._dagster_private import (
     serializable_error_info_from_exc_info,
     trigger_hook,
 )
+from .event_writer import EventWriter, deferred_writes_enabled
 from .failures import TAG_ERROR, TAG_TIMED_OUT
 from .notify import announce_run_end, watchdog_env
 from .run_end import RunOutcome, finish_run, run_exit_hooks, tag_outcome
@@ -187,6 +188,9 @@ def threaded_plan_iterator(
     exit_without_collecting()  # `dagster job execute`, `dagster api execute_run`
     keep_sqlite_connections()  # this process runs the run: it writes most of its events
     with ExitStack() as stack:
+        writer = EventWriter(job_context.instance) if deferred_writes_enabled() else None
+        if writer is not None:
+            stack.enter_context(writer)
         stack.enter_context(
             watched(
                 job_context.instance, job_context.dagster_run, resumed, watchdog_env(job_context)
@@ -202,7 +206,7 @@ def threaded_plan_iterator(
                 step_dependency_config=job_context.step_dependency_config,
             )
         )
-        run = _ThreadedRun(job_context, active, max_concurrent, workflow_timeout, started)
+        run = _ThreadedRun(job_context, active, max_concurrent, workflow_timeout, started, writer)
         if resumed:
             yield run.resume()
         yield from run.loop()
@@ -228,8 +232,10 @@ class _ThreadedRun:
         max_concurrent: int,
         workflow_timeout: float | None,
         started: float,
+        writer: EventWriter | None = None,
     ) -> None:
         self.job_context = job_context
+        self.writer = writer
         self.active = active
         self.max_concurrent = max_concurrent
         self.workflow_timeout = workflow_timeout
@@ -261,6 +267,8 @@ class _ThreadedRun:
         start the ready steps, relay their events, and stop them when the run must stop."""
         try:
             while (not self.stopping and not self.active.is_complete) or self.running:
+                if self.writer is not None:  # a step event that could not be written
+                    self.writer.raise_failure()
                 yield from self._check_interrupts()
                 yield from self._start_ready_steps()
                 try:
