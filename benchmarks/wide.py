@@ -81,8 +81,9 @@ class _PeakRss(threading.Thread):
 
     def _sample_zygotes(self, psutil: Any) -> None:
         for proc in psutil.process_iter(["cmdline"]):
-            cmd = proc.info["cmdline"] or []
-            if "runtime.zygote import serve" not in " ".join(cmd) or "step" not in cmd:
+            # a step zygote's command line reads as one string once setproctitle holds it
+            words = " ".join(proc.info["cmdline"] or []).split()
+            if "serve(*sys.argv[1:])" not in words or "step" not in words:
                 continue
             try:
                 t = proc.cpu_times()
