@@ -188,14 +188,16 @@ def threaded_plan_iterator(
     exit_without_collecting()  # `dagster job execute`, `dagster api execute_run`
     keep_sqlite_connections()  # this process runs the run: it writes most of its events
     with ExitStack() as stack:
-        writer = EventWriter(job_context.instance) if deferred_writes_enabled() else None
-        if writer is not None:
-            stack.enter_context(writer)
         stack.enter_context(
             watched(
                 job_context.instance, job_context.dagster_run, resumed, watchdog_env(job_context)
             )
         )
+        # left before the watchdog stops: its last writes are still watched
+        instance = job_context.instance
+        writer = EventWriter(instance) if deferred_writes_enabled(instance) else None
+        if writer is not None:
+            stack.enter_context(writer)
         concurrency = stack.enter_context(
             InstanceConcurrencyContext(job_context.instance, job_context.dagster_run)
         )

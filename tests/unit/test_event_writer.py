@@ -22,7 +22,7 @@ from dagster import (
 )
 
 from dagster_metaflow.runtime import metaflow_executor
-from dagster_metaflow.runtime.event_writer import SYNC_VAR, EventWriter
+from dagster_metaflow.runtime.event_writer import SYNC_VAR, EventWriter, deferred_writes_enabled
 
 
 @op
@@ -54,35 +54,98 @@ def chain() -> None:
     never(after=broken(flaky(first())))
 
 
-def _events(instance: DagsterInstance) -> list[tuple[str, str | None]]:
+@op
+def left(context, n: int) -> int:  # type: ignore[no-untyped-def]
+    context.log.info("left")
+    return n
+
+
+@op
+def right(n: int) -> int:
+    return n
+
+
+@op
+def both(a: int, b: int) -> int:
+    return a + b
+
+
+@job(executor_def=metaflow_executor)
+def fan() -> None:
+    n = first()
+    both(left(n), right(n))
+
+
+def _events(instance: DagsterInstance, ordered: bool = True) -> list[tuple[str, str | None]]:
     run = instance.get_runs(limit=1)[0]
     records = instance.all_logs(run.run_id)
     stamps = [r.timestamp for r in records]
-    assert stamps == sorted(stamps), "stored out of the order they were emitted in"
+    if ordered:  # one step at a time: storage order is emission order
+        assert stamps == sorted(stamps), "stored out of the order they were emitted in"
     return [
         (r.dagster_event.event_type_value if r.dagster_event else "log", r.step_key)
         for r in records
     ]
 
 
-def test_a_run_stores_the_same_events_in_the_same_order_with_the_writer_and_without(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _run_both_ways(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, job_def: Any, ordered: bool
+) -> list[list[tuple[str, str | None]]]:
+    """The job's event log with every event written in place, then with the writer; the
+    writer must have written the four step events itself."""
+    writers: list[EventWriter] = []
+    enter = EventWriter.__enter__
+
+    def recording_enter(self: EventWriter) -> EventWriter:
+        writers.append(self)
+        return enter(self)
+
+    monkeypatch.setattr(EventWriter, "__enter__", recording_enter)
     sequences = []
     for sync in ("1", "0"):
         monkeypatch.setenv(SYNC_VAR, sync)
         (tmp_path / sync).mkdir()
         with DagsterInstance.local_temp(str(tmp_path / sync)) as instance:
-            result = execute_job(reconstructable(chain), instance)
-            assert not result.success
+            execute_job(reconstructable(job_def), instance)
             assert "handle_new_event" not in vars(instance)  # the writer is gone with the run
-            sequences.append(_events(instance))
-    plain, deferred = sequences
+            sequences.append(_events(instance, ordered))
+    assert len(writers) == 1  # not with DAGSTER_METAFLOW_SYNC_EVENTS=1
+    step_events = [k for k, _ in sequences[1] if k in ("LOGS_CAPTURED", "STEP_START", "STEP_OUTPUT", "STEP_SUCCESS")]
+    assert writers[0].deferred == len(step_events) > 0
+    assert not any(t.name == "dagster-metaflow:event-writer" for t in threading.enumerate())
+    return sequences
+
+
+def test_a_run_stores_the_same_events_in_the_same_order_with_the_writer_and_without(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain, deferred = _run_both_ways(tmp_path, monkeypatch, chain, ordered=True)
     assert deferred == plain
     kinds = [kind for kind, _step in plain]
     for kind in ("STEP_START", "STEP_SUCCESS", "STEP_UP_FOR_RETRY", "STEP_FAILURE", "log"):
         assert kind in kinds  # the sequence holds deferred and written-in-place events alike
-    assert not any(t.name == "dagster-metaflow:event-writer" for t in threading.enumerate())
+
+
+def test_steps_running_at_once_keep_each_step_s_own_order(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain, deferred = _run_both_ways(tmp_path, monkeypatch, fan, ordered=False)
+    assert sorted(map(str, deferred)) == sorted(map(str, plain))
+    for step in ("first", "left", "right", "both"):
+        assert [k for k, s in deferred if s == step] == [k for k, s in plain if s == step]
+
+
+def test_the_writer_applies_to_dagster_s_sqlite_event_log_only(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SYNC_VAR, raising=False)
+    with DagsterInstance.local_temp(str(tmp_path)) as sqlite:
+        assert deferred_writes_enabled(sqlite)
+        monkeypatch.setenv(SYNC_VAR, "1")
+        assert not deferred_writes_enabled(sqlite)
+    monkeypatch.delenv(SYNC_VAR)
+    with DagsterInstance.ephemeral() as in_memory:
+        assert not deferred_writes_enabled(in_memory)
 
 
 class _Instance:
@@ -119,17 +182,33 @@ def test_an_event_written_in_place_waits_for_the_deferred_ones_before_it() -> No
     assert vars(instance) == {"written": instance.written, "delay": 0.02, "fail_on": None}
 
 
-def test_a_failed_deferred_write_is_raised_once_from_the_next_event() -> None:
+def test_a_failed_deferred_write_is_raised_by_the_loop_not_by_the_next_step_s_event() -> None:
+    """The executor's loop asks every 0.05 s: the worker ends on the failure while its other
+    steps still run, and no step is failed for another's event; what follows is written
+    in place, nothing dropped."""
     instance = _Instance(fail_on="output")
-    with EventWriter(instance):  # type: ignore[arg-type]
+    raised = []
+    with EventWriter(instance) as writer:  # type: ignore[arg-type]
         instance.handle_new_event(_event("output", "STEP_OUTPUT"))
-        with pytest.raises(OSError, match="disk full at output"):
-            instance.handle_new_event(_event("failure", "STEP_FAILURE"))
-        instance.handle_new_event(_event("run failure", "PIPELINE_FAILURE"))
-    assert [name for name, _ in instance.written] == ["run failure"]
+        writer.flush()
+        instance.handle_new_event(_event("other start", "STEP_START"))  # not raised here
+        instance.handle_new_event(_event("other failure", "STEP_FAILURE"))
+        deadline = time.monotonic() + 5
+        while not raised and time.monotonic() < deadline:
+            try:
+                writer.raise_failure()
+            except OSError as error:
+                raised.append(str(error))
+            time.sleep(0.01)
+        writer.raise_failure()  # once
+    assert raised == ["disk full at output"]  # and the block's end raised nothing more
+    assert instance.written == [
+        ("other start", threading.current_thread().name),  # in place after the failure
+        ("other failure", threading.current_thread().name),
+    ]
 
 
-def test_a_failed_deferred_write_fails_the_block_that_wrote_nothing_after_it() -> None:
+def test_a_failed_deferred_write_nobody_asked_about_fails_the_block() -> None:
     instance = _Instance(fail_on="success")
     with pytest.raises(OSError, match="disk full at success"):
         with EventWriter(instance):  # type: ignore[arg-type]
@@ -148,6 +227,32 @@ def test_a_log_message_is_written_in_place_so_dagster_handles_its_failure() -> N
     assert instance.written == [("start", "dagster-metaflow:event-writer")]
 
 
+class _Subscriber(_Instance):
+    """Writing `start` writes another event from inside the write (a subscriber, a logger
+    that reaches the event log)."""
+
+    def handle_new_event(self, event: Any, *, batch_metadata: Any = None) -> None:
+        if event.name == "start":
+            self.writer.handle(_event("nested", "ENGINE_EVENT"))
+        super().handle_new_event(event, batch_metadata=batch_metadata)
+
+
+def test_an_event_written_from_inside_a_write_does_not_wait_for_itself() -> None:
+    instance = _Subscriber()
+    done = threading.Event()
+
+    def run() -> None:
+        with EventWriter(instance) as writer:  # type: ignore[arg-type]
+            instance.writer = writer  # type: ignore[attr-defined]
+            instance.handle_new_event(_event("start", "STEP_START"))
+            instance.handle_new_event(_event("failure", "STEP_FAILURE"))
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(10), "the writer waited for itself"
+    assert [name for name, _ in instance.written] == ["nested", "start", "failure"]
+
+
 def test_an_instance_that_already_has_a_writer_keeps_it() -> None:
     instance = _Instance()
     with EventWriter(instance) as outer:  # type: ignore[arg-type]
@@ -156,17 +261,3 @@ def test_an_instance_that_already_has_a_writer_keeps_it() -> None:
         assert vars(instance)["handle_new_event"] == outer.handle
         instance.handle_new_event(_event("start", "STEP_START"))
     assert [name for name, _ in instance.written] == ["start"]
-
-
-def test_a_failed_deferred_write_is_raised_by_a_loop_that_writes_nothing() -> None:
-    """The executor's loop asks every 0.05 s: a run whose other steps are all still running
-    ends on the failure, as it did when the write raised where it was made."""
-    instance = _Instance(fail_on="success")
-    with pytest.raises(OSError, match="disk full at success"):
-        with EventWriter(instance) as writer:  # type: ignore[arg-type]
-            instance.handle_new_event(_event("success", "STEP_SUCCESS"))
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                writer.raise_failure()
-                time.sleep(0.01)
-    assert instance.written == []
