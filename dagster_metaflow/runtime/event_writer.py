@@ -60,7 +60,7 @@ def deferred_writes_enabled(instance: Any) -> bool:
         storage = type(instance.event_log_storage)
     except Exception:
         return False
-    return storage.__module__.startswith(SQLITE_EVENT_LOGS)
+    return storage.__module__.startswith(SQLITE_EVENT_LOGS + ".")
 
 
 def _deferred(event: Any) -> bool:

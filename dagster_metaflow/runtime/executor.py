@@ -22,7 +22,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -187,6 +187,37 @@ def threaded_plan_iterator(
     threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
     exit_without_collecting()  # `dagster job execute`, `dagster api execute_run`
     keep_sqlite_connections()  # this process runs the run: it writes most of its events
+    try:
+        run = yield from _run_steps(
+            job_context, execution_plan, max_concurrent, workflow_timeout, resumed, started
+        )
+    except GeneratorExit:  # whoever iterated stopped listening: nothing more to say
+        raise
+    except BaseException:  # the executor itself failed (e.g. a write of the run's events)
+        yield from run_exit_hooks(job_context, successful=False)
+        yield from announce_run_end(job_context, False, None)
+        raise
+
+    from .flow import request_spare_zygote
+    from .zygote import POOL
+
+    POOL.close()  # the run is over: don't keep forked interpreters around
+    try:
+        yield from run.conclude(execution_plan)
+    finally:
+        request_spare_zygote()  # for the job's next run, if a worker zygote forked this worker
+
+
+def _run_steps(
+    job_context: PlanExecutionContext,
+    execution_plan: ExecutionPlan,
+    max_concurrent: int,
+    workflow_timeout: float | None,
+    resumed: bool,
+    started: float,
+) -> Generator[DagsterEvent, None, _ThreadedRun]:
+    """Run the plan's steps under the run's watchdog, its step events written by the event
+    writer; returns the run, whose conclusion is the caller's."""
     with ExitStack() as stack:
         stack.enter_context(
             watched(
@@ -212,15 +243,7 @@ def threaded_plan_iterator(
         if resumed:
             yield run.resume()
         yield from run.loop()
-
-    from .flow import request_spare_zygote
-    from .zygote import POOL
-
-    POOL.close()  # the run is over: don't keep forked interpreters around
-    try:
-        yield from run.conclude(execution_plan)
-    finally:
-        request_spare_zygote()  # for the job's next run, if a worker zygote forked this worker
+    return run
 
 
 class _ThreadedRun:

@@ -21,8 +21,10 @@ from dagster import (
     reconstructable,
 )
 
+from dagster_metaflow.runtime import executor as executor_module
 from dagster_metaflow.runtime import metaflow_executor
 from dagster_metaflow.runtime.event_writer import SYNC_VAR, EventWriter, deferred_writes_enabled
+from dagster_metaflow.runtime.supervise import current_control
 
 
 @op
@@ -146,6 +148,77 @@ def test_the_writer_applies_to_dagster_s_sqlite_event_log_only(
     monkeypatch.delenv(SYNC_VAR)
     with DagsterInstance.ephemeral() as in_memory:
         assert not deferred_writes_enabled(in_memory)
+
+
+STOPPED: list[bool] = []
+
+
+@op
+def quick() -> int:
+    return 1
+
+
+@op
+def slow() -> int:
+    """Runs until the executor cancels it, as a supervised Metaflow step does."""
+    control = current_control.get()
+    assert control is not None
+    STOPPED.append(control.cancel.wait(30))
+    if control.cancel.is_set():
+        raise Failure("stopped")
+    return 2
+
+
+@job(executor_def=metaflow_executor)
+def racing() -> None:
+    quick()
+    slow()
+
+
+@job(executor_def=metaflow_executor)
+def lonely() -> None:
+    quick()
+
+
+@pytest.mark.parametrize("job_def", [racing, lonely], ids=["steps-still-running", "last-step"])
+def test_a_run_whose_step_event_could_not_be_written_fails_promptly(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, job_def: Any
+) -> None:
+    """`quick`'s STEP_SUCCESS fails to be written on the writer thread: the executor's loop
+    raises it while `slow` still runs (stopped at once, not waited for), or the writer's
+    end does after the last step; the run fails with the write's error either way, after
+    its end duties (@exit_hook's on_error functions, notifications)."""
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    store = SqliteEventLogStorage.store_event
+
+    def failing_store(self: Any, event: Any) -> None:
+        kind = event.dagster_event.event_type_value if event.dagster_event else None
+        if event.step_key == "quick" and kind == "STEP_SUCCESS":
+            assert threading.current_thread().name == "dagster-metaflow:event-writer"
+            raise OSError("disk full at quick's success")
+        store(self, event)
+
+    ended: list[bool] = []
+
+    def exit_hooks(job_context: Any, successful: bool) -> Any:
+        ended.append(successful)  # the flow's @exit_hook functions would run here
+        return iter(())
+
+    monkeypatch.delenv(SYNC_VAR, raising=False)
+    monkeypatch.setattr(SqliteEventLogStorage, "store_event", failing_store)
+    monkeypatch.setattr(executor_module, "run_exit_hooks", exit_hooks)
+    STOPPED.clear()
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        began = time.monotonic()
+        result = execute_job(reconstructable(job_def), instance)
+        took = time.monotonic() - began
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+        assert "disk full at quick's success" in str(failure.event_specific_data)
+    assert took < 15, took
+    assert STOPPED == ([True] if job_def is racing else [])
+    assert ended == [False]  # the run's end duties ran once, as for a failed run
 
 
 class _Instance:
