@@ -252,7 +252,8 @@ def _become_worker(
         from .run_worker import run_worker_body
         from .runtime.flow import warm_up_flows
         from .runtime.heap import resume_collection
-        from .runtime.zygote import POOL, fresh_interpreter_signals
+        from .runtime.zygote import POOL
+        from .runtime.zygote_server import fresh_interpreter_signals
 
         os.setsid()
         if os.fork() > 0:

@@ -48,7 +48,7 @@ def _spares(daemon: int) -> list[int]:
             cmd = " ".join(p.cmdline())
         except psutil.Error:
             continue
-        if "dagster_metaflow.runtime.zygote" in cmd and " step " in cmd:
+        if "dagster_metaflow.runtime.zygote_server" in cmd and " step " in cmd:
             found.append(p.pid)
     return found
 

@@ -326,7 +326,7 @@ def test_daemon_resumes_a_run_it_launched_whose_worker_died_and_the_run_outlives
         parent = psutil.Process(first.pid).parent()
         assert parent is not None and os.getsid(first.pid) == first.pid
         if fork_enabled():
-            assert "zygote import serve" in " ".join(parent.cmdline())
+            assert "zygote_server import serve" in " ".join(parent.cmdline())
             # (its command line ends with the mode and the pid of the process that started it)
             assert parent.cmdline()[-2] == "worker"
         else:

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from conftest import survivors
 
-from dagster_metaflow.runtime import zygote
+from dagster_metaflow.runtime import zygote, zygote_server
 from dagster_metaflow.runtime.step_signals import default_step_signals
-from dagster_metaflow.runtime.zygote import HEADER, Zygote, ZygotePool, ZygoteUnavailable
+from dagster_metaflow.runtime.zygote import Zygote, ZygotePool, ZygoteUnavailable
+from dagster_metaflow.runtime.zygote_protocol import HEADER
 
 
 def _fake_zygote(path: str, reply: bytes = b"") -> threading.Thread:
@@ -156,7 +157,7 @@ print(sorted((n, str(signal.getsignal(getattr(signal, n)))) for n in names))
 
 _DRIVER = """
 import os, sys
-from dagster_metaflow.runtime import zygote
+from dagster_metaflow.runtime import zygote, zygote_server
 from dagster_metaflow.runtime.step_signals import default_step_signals
 from dagster_metaflow.runtime.supervise import run_supervised
 script, path = sys.argv[1], sys.argv[2]
@@ -278,7 +279,8 @@ print("written", "gc", gc.isenabled())
 _FORK_EXTRAS = (
     "dagster_metaflow",
     "dagster_metaflow.runtime",
-    "dagster_metaflow.runtime.zygote",
+    "dagster_metaflow.runtime.zygote_server",
+    "dagster_metaflow.runtime.zygote_protocol",
     "dagster_metaflow.runtime.heap",
     "dagster_metaflow.runtime.step_signals",
     "gc",
@@ -294,7 +296,7 @@ def test_a_forked_step_carries_only_the_zygote_s_few_modules_beyond_a_plain_step
     every module the plain one has, and beyond them only the zygote's own few (never
     Dagster, whose import in the step zygote would make every step carry it)."""
     script = tmp_path / "show.py"
-    script.write_text(_SHOW_MODULES.format(preload=zygote.PRELOAD))
+    script.write_text(_SHOW_MODULES.format(preload=zygote_server.PRELOAD))
     seen = {}
     for path in ("zygote", "subprocess"):
         out_file = tmp_path / f"{path}.json"
@@ -348,7 +350,7 @@ def test_a_run_worker_forked_by_a_worker_zygote_finds_its_start_up_done(tmp_path
     mod = tmp_path / "dm_probe.py"
     mod.write_text(
         "import os, sys\n"
-        "from dagster_metaflow.runtime.zygote import WORKER_PRELOAD\n"
+        "from dagster_metaflow.runtime.zygote_server import WORKER_PRELOAD\n"
         "from dagster_metaflow import _dagster_sqlite\n"
         "from dagster._core.storage import sql\n"
         "from dagster_metaflow.runtime import flow\n"
@@ -389,20 +391,20 @@ def test_a_worker_zygote_skips_only_modules_its_dagster_lacks(
     fails on a missing import of its own, fails the zygote's start (workers then start the
     plain way)."""
     monkeypatch.setattr("dagster_metaflow._dagster_sqlite.warm_alembic_heads", lambda: None)
-    monkeypatch.setattr(zygote, "WORKER_PRELOAD", ("json", "dm_no_such_package.sub"))
-    zygote._preload_worker()
+    monkeypatch.setattr(zygote_server, "WORKER_PRELOAD", ("json", "dm_no_such_package.sub"))
+    zygote_server._preload_worker()
     for broken in ("dagster_metaflow.runtime.dm_no_such_module", "json.dm_no_such_module"):
-        monkeypatch.setattr(zygote, "WORKER_PRELOAD", ("json", broken))
+        monkeypatch.setattr(zygote_server, "WORKER_PRELOAD", ("json", broken))
         if broken.startswith("dagster_metaflow."):
             with pytest.raises(ModuleNotFoundError):
-                zygote._preload_worker()
+                zygote_server._preload_worker()
         else:  # json is there, its submodule is not: skipped as absent
-            zygote._preload_worker()
+            zygote_server._preload_worker()
     (tmp_path / "dm_imports_what_is_missing.py").write_text("import dm_really_missing\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(zygote, "WORKER_PRELOAD", ("dm_imports_what_is_missing",))
+    monkeypatch.setattr(zygote_server, "WORKER_PRELOAD", ("dm_imports_what_is_missing",))
     with pytest.raises(ModuleNotFoundError, match="dm_really_missing"):
-        zygote._preload_worker()
+        zygote_server._preload_worker()
 
 
 _DIES_WHILE_ITS_ZYGOTE_STARTS = """
@@ -630,7 +632,7 @@ def test_a_run_worker_s_flows_start_their_zygote_when_defined(
 # with a third argument it ends at once, without taking anything over (as if killed)
 _TAKES_THE_SPARE = """
 import json, os, sys
-from dagster_metaflow.runtime import zygote
+from dagster_metaflow.runtime import zygote, zygote_server
 
 result, steps_env = sys.argv[1], json.loads(sys.argv[2])
 handed = [z.proc.pid for z in zygote.POOL._handed.values()]
