@@ -183,7 +183,7 @@ class Zygote:
     """Client handle of one zygote process.
 
     Started by the process that uses it, or for a run worker about to be forked
-    (`wait=False`): by `trigger`, or as a spare by a worker zygote (`_Spares`). The worker
+    (`wait=False`): by `trigger`, or as a spare by a worker zygote (`zygote_server._Spares`). The worker
     then adopts it (`ZygotePool.adopt`) and, once it is ready, becomes the process it
     watches (`watch`)."""
 
@@ -199,7 +199,7 @@ class Zygote:
         code = "import sys; from dagster_metaflow.runtime.zygote_server import serve; serve(*sys.argv[1:])"
         start_env = dict(env)
         if mode == STEP:
-            # the slot each forked step's token goes into (`_fill_token_slot`); setproctitle
+            # the slot each forked step's token goes into (`zygote_server._fill_token_slot`); setproctitle
             # leaves the environment block alone and titles use the command line's room
             code += " " * TITLE_ROOM
             start_env.update({TOKEN_VAR: TOKEN_SLOT, "SPT_NOENV": "1"})
@@ -231,7 +231,7 @@ class Zygote:
 
     def watch(self, pid: int) -> None:
         """Make the ready zygote watch `pid` instead of the process that started it: when
-        `pid` dies, it stops the steps it started and exits (see `serve`)."""
+        `pid` dies, it stops the steps it started and exits (see `zygote_server.serve`)."""
         conn, _pid, _rest = send_request(self.path, {"watch": pid}, ())
         conn.close()
 
@@ -435,7 +435,7 @@ def worker_job_key(job_name: str, flow_tag: str | None) -> str:
 
 def request_spare(job: str, python: str, env: Mapping[str, str]) -> int:
     """In a run worker a worker zygote forked, at the end of its run: ask that zygote to
-    start now the step zygote (`python`, `env`) of the next run of `job` (`_Spares`), so
+    start now the step zygote (`python`, `env`) of the next run of `job` (`zygote_server._Spares`), so
     that run's first step does not wait ~0.3 s for its own. The spare's pid; 0 when this
     process was not forked by a worker zygote, or the request failed (nothing is lost)."""
     if not _worker_zygote:

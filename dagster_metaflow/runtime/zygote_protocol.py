@@ -2,10 +2,12 @@
 `zygote_server.py` is the zygote process): its modes and start-up slots, and one request
 on a Unix socket: a length-prefixed JSON body with the child's stdout/stderr descriptors
 attached (SCM_RIGHTS), answered by a line with the pid it concerns and, for a command,
-later a line with the child's exit status.
+later a line with the child's exit status. And `live_start_time`, how either side tells a
+live process from a later one that reused its pid.
 
-Standard library only: a step zygote imports it before Metaflow, and every step it forks
-carries it.
+Standard library only at import (psutil only inside `live_start_time`, which a step zygote
+calls only where the kernel has no pidfds): a step zygote imports it before Metaflow, and
+every step it forks carries it.
 """
 
 from __future__ import annotations

@@ -335,6 +335,11 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
     # Dagster's), frozen below with the rest
     defer_collection()
     if mode == WORKER:
+        # the client side before the preload, as when it and this were one module: its
+        # pools' exit handlers, which every run worker forked here inherits, then run after
+        # all that the preload registers (the SQLite engines' close, logging's shutdown)
+        from . import zygote  # noqa: F401
+
         _preload_worker()
         main_extras: dict[str, Any] = {}
     else:

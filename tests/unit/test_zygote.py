@@ -157,7 +157,7 @@ print(sorted((n, str(signal.getsignal(getattr(signal, n)))) for n in names))
 
 _DRIVER = """
 import os, sys
-from dagster_metaflow.runtime import zygote, zygote_server
+from dagster_metaflow.runtime import zygote
 from dagster_metaflow.runtime.step_signals import default_step_signals
 from dagster_metaflow.runtime.supervise import run_supervised
 script, path = sys.argv[1], sys.argv[2]
@@ -632,7 +632,7 @@ def test_a_run_worker_s_flows_start_their_zygote_when_defined(
 # with a third argument it ends at once, without taking anything over (as if killed)
 _TAKES_THE_SPARE = """
 import json, os, sys
-from dagster_metaflow.runtime import zygote, zygote_server
+from dagster_metaflow.runtime import zygote
 
 result, steps_env = sys.argv[1], json.loads(sys.argv[2])
 handed = [z.proc.pid for z in zygote.POOL._handed.values()]
