@@ -32,7 +32,9 @@ e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e -q -n 2 --dist worksteal
 
 # two workers for two cores: a third one (tried: 16 min 6 s of pytest from a fresh clone
-# against 15 min 29 s with two) only slows every test down; the suite is CPU-bound.
+# against 15 min 29 s with two; again in the eleventh round, 13 min 5 s against 13 min 19 s,
+# within the machine's variance) gains nothing measurable and makes every timing-sensitive
+# test share two cores three ways; the suite keeps both cores busy 71% of its time.
 # worksteal: a worker that runs dry takes tests queued on the other (xdist's default hands
 # out fixed batches, so one worker sat on the slow daemon tests at the end: 934 s of pytest
 # against 873 s with worksteal, same tree, one run each)
