@@ -14,14 +14,14 @@ termination) and the check that the run reached `end`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any, cast
 
 from dagster import DagsterEvent, Executor, ExecutorDefinition, Field, InitExecutorContext
 
 from .._dagster_private import ExecutionPlan, PlanOrchestrationContext, RetryMode
-from .notify import announce_run_end, watchdog_env
-from .run_end import RunOutcome, finish_run, run_exit_hooks
+from .notify import watchdog_env
+from .run_end import RunOutcome, ending_on_error, finish_run
 from .worker import watched
 
 
@@ -74,20 +74,20 @@ class RunEndExecutor(Executor):
         self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
     ) -> Iterator[DagsterEvent]:
         outcome = RunOutcome()
-        resumed = bool(getattr(plan_context, "resume_from_failure", False))
-        try:
-            notice = watchdog_env(plan_context)
-            with watched(plan_context.instance, plan_context.dagster_run, resumed, notice):
-                for event in self._inner.execute(plan_context, execution_plan):
-                    outcome.note(event)
-                    yield event
-        except GeneratorExit:  # whoever iterated stopped listening: nothing more to say
-            raise
-        except BaseException:  # terminated, or the executor itself failed
-            yield from run_exit_hooks(plan_context, successful=False)
-            yield from announce_run_end(plan_context, False, None)
-            raise
+        steps = self._steps(plan_context, execution_plan, outcome)
+        yield from ending_on_error(plan_context, steps)
         yield from finish_run(plan_context, execution_plan, outcome)
+
+    def _steps(
+        self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan, outcome: RunOutcome
+    ) -> Generator[DagsterEvent, None, None]:
+        """The inner executor's events under the run's watchdog, noted in `outcome`."""
+        resumed = bool(getattr(plan_context, "resume_from_failure", False))
+        notice = watchdog_env(plan_context)
+        with watched(plan_context.instance, plan_context.dagster_run, resumed, notice):
+            for event in self._inner.execute(plan_context, execution_plan):
+                outcome.note(event)
+                yield event
 
 
 def with_metaflow_run_end(executor_def: ExecutorDefinition) -> ExecutorDefinition:

@@ -59,7 +59,7 @@ from .._dagster_private import (
 from .event_writer import EventWriter, deferred_writes_enabled
 from .failures import TAG_ERROR, TAG_TIMED_OUT
 from .notify import announce_run_end, watchdog_env
-from .run_end import RunOutcome, finish_run, run_exit_hooks, tag_outcome
+from .run_end import RunOutcome, ending_on_error, finish_run, run_exit_hooks, tag_outcome
 from .supervise import StepControl, current_control
 from .worker import watched
 
@@ -187,16 +187,8 @@ def threaded_plan_iterator(
     threading.Thread(target=warm_up_flows, name="dagster-metaflow:warm-up", daemon=True).start()
     exit_without_collecting()  # `dagster job execute`, `dagster api execute_run`
     keep_sqlite_connections()  # this process runs the run: it writes most of its events
-    try:
-        run = yield from _run_steps(
-            job_context, execution_plan, max_concurrent, workflow_timeout, resumed, started
-        )
-    except GeneratorExit:  # whoever iterated stopped listening: nothing more to say
-        raise
-    except BaseException:  # the executor itself failed (e.g. a write of the run's events)
-        yield from run_exit_hooks(job_context, successful=False)
-        yield from announce_run_end(job_context, False, None)
-        raise
+    steps = _run_steps(job_context, execution_plan, max_concurrent, workflow_timeout, resumed, started)
+    run = yield from ending_on_error(job_context, steps)
 
     from .flow import request_spare_zygote
     from .zygote import POOL

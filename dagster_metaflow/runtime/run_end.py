@@ -4,7 +4,8 @@ events, the notifications) and the safety net that a successful run reached `end
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import TypeVar
 
 from dagster import DagsterEvent
 
@@ -19,6 +20,7 @@ from .ids import op_nodes, op_of_step_key
 from .notify import announce_run_end
 
 RunContext = PlanExecutionContext | PlanOrchestrationContext
+T = TypeVar("T")
 
 
 class RunOutcome:
@@ -64,6 +66,23 @@ def finish_run(
     yield from announce_run_end(job_context, successful, reason)
     if not outcome.failed:  # a failed step already fails the run, with its own error
         _check_reached_end(job_context, plan, outcome.succeeded)
+
+
+def ending_on_error(
+    job_context: RunContext, events: Generator[DagsterEvent, None, T]
+) -> Generator[DagsterEvent, None, T]:
+    """`events` (an executor's), and what they return; if producing them fails (terminated,
+    or the executor itself failed, e.g. a write of the run's events), the end duties of a
+    failed run first (the on_error exit hooks, the notification), then the error. Not when
+    whoever iterates stops listening: nothing more to say then."""
+    try:
+        return (yield from events)
+    except GeneratorExit:
+        raise
+    except BaseException:
+        yield from run_exit_hooks(job_context, successful=False)
+        yield from announce_run_end(job_context, False, None)
+        raise
 
 
 def _end_ops(job_context: RunContext) -> set[str]:

@@ -21,8 +21,7 @@ from dagster import (
     reconstructable,
 )
 
-from dagster_metaflow.runtime import executor as executor_module
-from dagster_metaflow.runtime import metaflow_executor
+from dagster_metaflow.runtime import metaflow_executor, run_end
 from dagster_metaflow.runtime.event_writer import SYNC_VAR, EventWriter, deferred_writes_enabled
 from dagster_metaflow.runtime.supervise import current_control
 
@@ -207,7 +206,7 @@ def test_a_run_whose_step_event_could_not_be_written_fails_promptly(
 
     monkeypatch.delenv(SYNC_VAR, raising=False)
     monkeypatch.setattr(SqliteEventLogStorage, "store_event", failing_store)
-    monkeypatch.setattr(executor_module, "run_exit_hooks", exit_hooks)
+    monkeypatch.setattr(run_end, "run_exit_hooks", exit_hooks)
     STOPPED.clear()
     with DagsterInstance.local_temp(str(tmp_path)) as instance:
         began = time.monotonic()
