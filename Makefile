@@ -9,13 +9,20 @@ STAMP  := $(VENV)/.installed-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+
+# uv installs what pip would (same resolver inputs, the same versions: compared with
+# `pip freeze`) in ~8 s where pip takes ~68 s on a fresh clone of this 2-core machine, about
+# a twelfth of `make test` on CI; pip when uv cannot be installed or fails (uv reads neither
+# pip.conf's indexes nor its constraints: a machine that needs them gets pip)
+INSTALL = install() { $(BIN)/uv pip install -q --python $(BIN)/python "$$@" || \
+	  { echo "uv could not install $$*: using pip"; $(BIN)/python -m pip install -q "$$@"; }; }
 
 # dagster-dg-cli and create-dagster (tests/e2e/test_dg.py) must be dagster's own version
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]'
-	DV=$$($(BIN)/python -c 'import dagster; print(dagster.__version__)') && \
-	  $(BIN)/python -m pip install -q "dagster-dg-cli==$$DV" "create-dagster==$$DV"
+	$(BIN)/python -m pip install -q uv || echo "uv is not available: installing with pip"
+	$(INSTALL); install -e '.[test]' && \
+	  DV=$$($(BIN)/python -c 'import dagster; print(dagster.__version__)') && \
+	  install "dagster-dg-cli==$$DV" "create-dagster==$$DV"
 	touch $(STAMP)
 
 demo: $(STAMP)
