@@ -38,15 +38,15 @@ What changes, and is accepted:
 from __future__ import annotations
 
 import collections
-import os
 import sys
 import threading
 from types import TracebackType
 from typing import Any
 
+from .switches import SYNC_EVENTS_VAR, switch
+
 # the step events of a run that its worker never reads back while the run executes
 DEFERRED = frozenset({"LOGS_CAPTURED", "STEP_START", "STEP_OUTPUT", "STEP_SUCCESS"})
-SYNC_VAR = "DAGSTER_METAFLOW_SYNC_EVENTS"
 # Dagster's SQLite event logs (per-run shards, and the consolidated one)
 SQLITE_EVENT_LOGS = "dagster._core.storage.event_log.sqlite"
 
@@ -54,7 +54,7 @@ SQLITE_EVENT_LOGS = "dagster._core.storage.event_log.sqlite"
 def deferred_writes_enabled(instance: Any) -> bool:
     """Whether `EventWriter` applies: Dagster's SQLite event log, and not turned off with
     DAGSTER_METAFLOW_SYNC_EVENTS=1 (the comparison the tests and benchmarks make)."""
-    if os.environ.get(SYNC_VAR, "0").lower() not in ("", "0", "false", "no", "off"):
+    if switch(SYNC_EVENTS_VAR, default=False):
         return False
     try:
         storage = type(instance.event_log_storage)

@@ -40,6 +40,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
+from .switches import FORK_VAR, switch
 from .zygote_protocol import (
     RUN_WORKER_ENV,
     STEP,
@@ -87,7 +88,7 @@ VOLATILE_ENV = (
 
 
 def fork_enabled() -> bool:
-    return os.environ.get("DAGSTER_METAFLOW_FORK", "1").lower() not in ("0", "false", "no", "off")
+    return switch(FORK_VAR, default=True)
 
 
 def env_key(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -22,8 +22,9 @@ from dagster import (
 )
 
 from dagster_metaflow.runtime import metaflow_executor, run_end
-from dagster_metaflow.runtime.event_writer import SYNC_VAR, EventWriter, deferred_writes_enabled
+from dagster_metaflow.runtime.event_writer import EventWriter, deferred_writes_enabled
 from dagster_metaflow.runtime.supervise import current_control
+from dagster_metaflow.runtime.switches import SYNC_EVENTS_VAR as SYNC_VAR
 
 
 @op
