@@ -7,25 +7,14 @@ STAMP  := $(VENV)/.installed-test
 
 .PHONY: demo test lint unit e2e bench clean
 
+# the venv's own pip (22.3 or later with Python 3.11: PEP 660) is enough for the fallback's editable install:
+# no `pip install --upgrade pip` (6 s)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# uv installs what pip would (the same versions: compared with `pip freeze`) in ~10 s where
-# pip takes ~68 s on a fresh clone of this 2-core machine; pip when uv cannot be installed or
-# fails (uv reads neither pip.conf's indexes nor its constraints: a machine that needs them
-# gets pip). uv is kept outside the venv's bin: on PATH there, `create-dagster project`
-# would make its project a uv project (tests/e2e/test_dg.py follows the README, no uv)
-UV := $(VENV)/uv-tool/bin/uv
-INSTALL = install() { $(UV) pip install -q --compile-bytecode --python $(BIN)/python "$$@" || \
-	  { echo "uv could not install $$*: using pip"; $(BIN)/python -m pip install -q "$$@"; }; }
-
-# dagster-dg-cli and create-dagster (tests/e2e/test_dg.py) must be dagster's own version
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --upgrade --target $(VENV)/uv-tool uv || \
-	  echo "uv is not available: installing with pip"
-	$(INSTALL); install -e '.[test]' && \
-	  DV=$$($(BIN)/python -c 'import dagster; print(dagster.__version__)') && \
-	  install "dagster-dg-cli==$$DV" "create-dagster==$$DV"
+# scripts/install-env.sh: uv (pip's settings handed to it) or pip; `make test USE_UV=0`: pip
+$(STAMP): pyproject.toml scripts/install-env.sh | $(BIN)/python
+	sh scripts/install-env.sh $(VENV)
 	touch $(STAMP)
 
 demo: $(STAMP)

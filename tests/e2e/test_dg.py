@@ -104,7 +104,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     proj = Project(root=base / "proj", home=home)
-    proj.run(str(BIN / "create-dagster"), "project", "proj", cwd=base)
+    # the README's way, pip and no uv; told so, since it asks whenever a uv is on PATH
+    proj.run(str(BIN / "create-dagster"), "project", "--no-uv-sync", "proj", cwd=base)
     assert proj.defs.is_dir()
     hello = _scaffold(proj, "hello", "hello_flow.py")
     linear = _scaffold(proj, "linear", "linear_flow.py")
