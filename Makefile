@@ -12,16 +12,16 @@ STAMP  := $(VENV)/.installed-test
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# scripts/install-env.sh: uv (pip's settings handed to it) or pip; `make test USE_UV=0`: pip
-$(STAMP): pyproject.toml scripts/install-env.sh | $(BIN)/python
-	sh scripts/install-env.sh $(VENV)
+# scripts/install_env.py: uv (pip's settings handed to it) or pip; `make test USE_UV=0`: pip
+$(STAMP): pyproject.toml scripts/install_env.py | $(BIN)/python
+	$(BIN)/python scripts/install_env.py
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/run_demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check dagster_metaflow tests benchmarks examples
+	$(BIN)/ruff check dagster_metaflow tests benchmarks examples scripts
 	$(BIN)/mypy
 
 unit: $(STAMP)
