@@ -47,7 +47,9 @@ def main() -> int:
 
 def _uv_command() -> UvCommand | None:
     """uv's `pip install` command line and environment; None: install with pip."""
-    if os.environ.get("USE_UV", "1").strip() == "0":
+    # read as the runtime reads its switches (`dagster_metaflow.runtime.switches`, which
+    # cannot be imported before this installs the package): empty is the default (on)
+    if os.environ.get("USE_UV", "").strip().lower() in ("0", "false", "no", "off"):
         return None
     target = str(UV.parent.parent)
     if not UV.exists() and not _pip(
