@@ -1,7 +1,7 @@
 """The chunked fan-out: a wide top-level foreach's tasks run in chunks, one op per chunk.
 
 One Dagster op per task costs ~12 KB of event log and ~30 ms of the run worker's CPU per
-task (README "Performance"). Above the threshold (`DAGSTER_METAFLOW_CHUNK_ABOVE`, default
+task (docs/performance.md). Above the threshold (`DAGSTER_METAFLOW_CHUNK_ABOVE`, default
 500 tasks) the foreach op yields chunks of `DAGSTER_METAFLOW_CHUNK_SIZE` (default 20) task
 indices on its second dynamic output instead, and each body step's `chunk_<step>` op runs
 its chunk's tasks one after another. Each task keeps what a task op gives it: its own
