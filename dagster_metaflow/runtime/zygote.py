@@ -28,6 +28,7 @@ the worker zygote that forked it. The zygote process itself is `zygote_server`; 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
@@ -74,6 +75,7 @@ START_TIMEOUT = 30.0
 # how long after a zygote's start began (~0.25 s on an idle machine) the steps waiting for
 # it give up and run as plain subprocesses
 WAIT_FOR_START = 5.0
+CLOSE_GRACE = 5.0  # a closed zygote's time to exit on SIGTERM, then on SIGKILL
 TITLE_ROOM = 4096  # a step zygote's command line: room for its steps' titles
 # per-command variables, which a zygote serving many commands is started without
 # (`zygote_env`): Metaflow reads them when used, not at import, and our run launcher's
@@ -277,6 +279,8 @@ class Zygote:
         return ForkedProcess(conn, pid, os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"), rest)
 
     def close(self) -> None:
+        """Stop the zygote: SIGTERM, SIGKILL after CLOSE_GRACE; our own child is reaped before
+        this returns (a killed one too: not left a zombie, nor seen alive, once we go on)."""
         if self._closed:
             return
         self._closed = True
@@ -289,9 +293,11 @@ class Zygote:
         elif self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=5)
+                self.proc.wait(timeout=CLOSE_GRACE)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=CLOSE_GRACE)
         self.remove_files()
 
     def remove_files(self) -> None:

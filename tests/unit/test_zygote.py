@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -137,6 +138,23 @@ def test_a_step_waits_for_the_zygote_another_step_is_starting(tmp_path: Path) ->
     finally:
         pool.close()
     assert not waiter.alive()
+
+
+def test_a_closed_zygote_that_ignores_sigterm_is_killed_and_reaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL after the grace, and reaped before close() returns, so never seen alive after
+    it: a full suite's run once saw a closed zygote still alive, which only the SIGKILL path
+    could leave (it did not wait for the kill; a stalled machine or a deaf zygote gets there)."""
+    deaf = _fake_python(tmp_path, "trap '' TERM\necho ready\nexec sleep 30\n")
+    monkeypatch.setattr(zygote, "CLOSE_GRACE", 0.5)
+    pool = ZygotePool()
+    z = pool.get(deaf, {"A": "1"})
+    assert isinstance(z, zygote.Zygote) and z.alive()
+    t0 = time.monotonic()
+    pool.close()
+    assert not z.alive() and z.proc.returncode == -signal.SIGKILL
+    assert 0.4 < time.monotonic() - t0 < 5
 
 
 def test_a_zygote_started_across_a_close_is_closed_not_kept(tmp_path: Path) -> None:
