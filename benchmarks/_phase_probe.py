@@ -156,7 +156,7 @@ def main() -> None:
     import dagster._cli
 
     mark("Dagster's CLI imported")
-    for name in {p[0] for p in PROBES}:
+    for name in _Finder.names:  # imported with Dagster's CLI, before the finder saw them
         if name in sys.modules:
             _patch(sys.modules[name])
 

@@ -20,11 +20,13 @@ variables are, as the user's own choice for uv.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 PYTHON = sys.executable
 UV = Path(sys.prefix) / "uv-tool" / "bin" / "uv"
@@ -47,9 +49,7 @@ def main() -> int:
 
 def _uv_command() -> UvCommand | None:
     """uv's `pip install` command line and environment; None: install with pip."""
-    # read as the runtime reads its switches (`dagster_metaflow.runtime.switches`, which
-    # cannot be imported before this installs the package): empty is the default (on)
-    if os.environ.get("USE_UV", "").strip().lower() in ("0", "false", "no", "off"):
+    if not _switches().switch("USE_UV", True):
         return None
     target = str(UV.parent.parent)
     if not UV.exists() and not _pip(
@@ -64,6 +64,17 @@ def _uv_command() -> UvCommand | None:
     args, env = settings
     print("installing with uv pip install " + _redacted(" ".join(args)), flush=True)
     return [str(UV), "pip", "install", "-q", "--python", PYTHON, *args], env
+
+
+def _switches() -> Any:
+    """The runtime's reading of on/off variables (`dagster_metaflow/runtime/switches.py`,
+    standard library only), loaded from its file: the package is not installed yet."""
+    path = Path(__file__).resolve().parent.parent / "dagster_metaflow" / "runtime" / "switches.py"
+    spec = importlib.util.spec_from_file_location("_dagster_metaflow_switches", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _pip_settings_for_uv() -> UvCommand | str:
