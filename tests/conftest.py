@@ -22,8 +22,19 @@ from typing import Any
 
 import pytest
 
+# the system's temp directory as the first pytest process (xdist's controller) found it: the
+# workers it starts inherit the TMPDIR set below. This process's own temp files (the
+# servers' data directories, which another user may have to enter) stay in it.
+_SYSTEM_TMP = os.environ.setdefault("DM_TESTS_SYSTEM_TMPDIR", tempfile.gettempdir())
+tempfile.tempdir = _SYSTEM_TMP
 _ROOT = Path(tempfile.mkdtemp(prefix="dm-tests-"))
 os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(_ROOT)
+# the temp directory of every command the tests start: what runs leave there is checked
+# after each workspace test (`_left_in_tmp`) and removed with the root
+_TMP = _ROOT / "tmp"
+_TMP.mkdir()
+os.environ["TMPDIR"] = str(_TMP)
+os.environ["METAFLOW_CLIENT_CACHE_PATH"] = str(_ROOT / "metaflow_client")  # not /tmp's
 os.environ.setdefault("USER", "tester")
 os.environ.setdefault("METAFLOW_USER", os.environ["USER"])
 os.environ["DAGSTER_TELEMETRY_DISABLED"] = "1"
@@ -119,7 +130,9 @@ class Workspace:
 @pytest.fixture
 def workspace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     """Copy the flow named by the test's `flow` marker into a fresh dir under the datastore
-    root; afterwards stop what its runs left running (`stop_leftovers`)."""
+    root; afterwards stop what its runs left running (`stop_leftovers`) and check that they
+    left no zygote's socket directory in the temp directory (a killed run worker's
+    included)."""
     marker = request.node.get_closest_marker("flow")
     assert marker is not None, "use @pytest.mark.flow('file.py')"
     name = marker.args[0]
@@ -129,8 +142,19 @@ def workspace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     home = d / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    before = _left_in_tmp()
     yield Workspace(dir=d, flow=flow, dagster_home=home)
     stop_leftovers(d)
+    # a zygote removes its directory once it notices that its run worker is gone
+    with contextlib.suppress(AssertionError):
+        wait_for("the runs' temp files to go", lambda: not (_left_in_tmp() - before), timeout=10)
+    left = _left_in_tmp() - before
+    assert not left, f"the test's processes left {sorted(left)} in the temp directory"
+
+
+def _left_in_tmp() -> set[str]:
+    """What a run must not leave in the temp directory: a zygote's socket directory."""
+    return {p.name for p in _TMP.glob("dm-zygote-*")}
 
 
 def stop_leftovers(d: Path, grace: float = 15.0) -> None:
@@ -157,6 +181,15 @@ def stop_leftovers(d: Path, grace: float = 15.0) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "flow(name): fixture flow copied into the workspace")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove this process's datastore root and workspaces (~300 MB after a whole suite),
+    after the session's fixtures are torn down, unless one of its tests failed: then they
+    are kept for a look (their path is in the failure's output)."""
+    if session.testsfailed == 0:
+        shutil.rmtree(_ROOT, ignore_errors=True)
 
 
 def artifacts_by_task(pathspec: str) -> dict[tuple[Any, ...], dict[str, Any]]:

@@ -117,9 +117,10 @@ class StepCommand:
         specs = (*task.decorator_specs, INTERNAL_DECORATOR)
         return [*self.base_argv(), *(f"--with={spec}" for spec in specs), *task.cli_args()]
 
-    @cached_property
+    @property
     def config_file(self) -> str:
-        """The deployment's configs as a file Metaflow reads with --local-config-file."""
+        """The deployment's configs as a file Metaflow reads with --local-config-file (made
+        once per host, marked used by every step command)."""
         assert self.settings.config_values is not None
         return _content_file("configs", self.settings.config_values)
 
@@ -230,17 +231,20 @@ def _usable_user(env: Mapping[str, str]) -> bool:
 
 
 def _content_file(kind: str, text: str) -> str:
-    """A file holding `text`, named by its hash, under the temp dir (written once)."""
+    """A file holding `text`, named by its hash, in the host's cache of `kind` (written
+    once, marked used at each call: `hostfiles.cached`)."""
     import hashlib
-    import tempfile
+
+    from .hostfiles import cached
 
     digest = hashlib.sha256(text.encode()).hexdigest()[:24]
-    folder = os.path.join(tempfile.gettempdir(), f"dagster_metaflow_{kind}")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{digest}.json")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    return path
+    return cached(kind, f"{digest}.json", lambda path: _write_new(path, text))
+
+
+def _write_new(path: str, text: str) -> None:
+    """Write `path` whole or not at all (a temporary name starting with "." first)."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,6 +1,7 @@
 """The code package a deployment runs: fetched from the flow's datastore and extracted once
-per host, into `<tmp>/dagster_metaflow_code/<sha>` (content-addressed, so concurrent steps
-and runs share it and a new `create` gets a new directory).
+per host and user, into `<tmp>/dagster_metaflow_code-<uid>/<sha>` (content-addressed, so
+concurrent steps and runs share it and a new `create` gets a new directory; one unused for
+days is removed, `hostfiles`).
 
 Steps run the package's copy of the flow file with the installed Metaflow (the same
 version that built the package), so later edits of the flow file, or its removal, do not
@@ -8,7 +9,6 @@ change a deployment until the next `create`."""
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
 import shutil
@@ -16,6 +16,8 @@ import tarfile
 import tempfile
 from collections.abc import Mapping
 from typing import Any
+
+from .hostfiles import cached
 
 
 def file_fingerprint(path: str) -> str:
@@ -27,30 +29,23 @@ def file_fingerprint(path: str) -> str:
 
 
 def extracted(flow_datastore: Any, package: Mapping[str, str]) -> str:
-    """Directory holding the extracted package (fetched and extracted on first use)."""
+    """Directory holding the extracted package (fetched and extracted on first use), marked
+    used by every step started from it (`hostfiles.cached`)."""
     sha = package["sha"]
-    base = os.path.join(tempfile.gettempdir(), "dagster_metaflow_code")
-    os.makedirs(base, exist_ok=True)
-    target = os.path.join(base, sha)
-    if os.path.isdir(target):
-        return target
-    with open(os.path.join(base, f"{sha}.lock"), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if os.path.isdir(target):
-                return target
-            blob = _load(flow_datastore, sha)
-            tmp = tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=base)
-            try:
-                with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
-                    tar.extractall(tmp, filter="data")
-                os.replace(tmp, target)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return target
+    return cached("code", sha, lambda target: _extract(flow_datastore, sha, target))
+
+
+def _extract(flow_datastore: Any, sha: str, target: str) -> None:
+    """Extract the package into `target`, which appears complete or not at all."""
+    blob = _load(flow_datastore, sha)
+    tmp = tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=os.path.dirname(target))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
+            tar.extractall(tmp, filter="data")
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _load(flow_datastore: Any, sha: str) -> bytes:

@@ -23,7 +23,6 @@ origin task of a task is the one with the same step and task id.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import threading
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import naming
+from .hostfiles import LOCK_SUFFIX, host_dir, locked, sweep
 from .ids import metaflow_run_id, op_nodes, op_of_step_key
 
 if TYPE_CHECKING:
@@ -78,7 +78,8 @@ def in_run(pathspec: str, run_id: str) -> str:
 
 class OncePerRun:
     """Run a preparation once per Dagster run across the threads and processes of a run
-    worker host (a lock file under the system temp dir serialises processes)."""
+    worker host (a lock file per run under the host's temp directory serialises processes;
+    files of runs untouched for days are swept, `hostfiles`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -90,27 +91,16 @@ class OncePerRun:
         with self._lock:
             if key in self._done:
                 return
-            lock_dir = os.path.join(_tmpdir(), "dagster_metaflow_runs")
-            os.makedirs(lock_dir, exist_ok=True)
-            with open(os.path.join(lock_dir, f"{key}.lock"), "a+") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                try:
-                    f.seek(0)
-                    if f.read().strip() != "done":
-                        fn()
-                        f.seek(0)
-                        f.truncate()
-                        f.write("done")
-                        f.flush()
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
+            with locked(os.path.join(host_dir("runs"), f"{key}{LOCK_SUFFIX}")) as fd:
+                assert fd is not None  # a waiting lock is always taken
+                if os.pread(fd, 16, 0).strip() == b"done":
+                    os.utime(fd)  # used: a sweep keeps it while the run goes on
+                else:
+                    fn()
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, b"done", 0)
             self._done.add(key)
-
-
-def _tmpdir() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
+        sweep("runs")
 
 
 def executed_tasks(

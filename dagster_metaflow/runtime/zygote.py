@@ -44,6 +44,7 @@ from typing import IO, Any
 from .switches import FORK_VAR, switch
 from .zygote_protocol import (
     RUN_WORKER_ENV,
+    SOCKET_DIR_PREFIX,
     STEP,
     TOKEN_SLOT,
     TOKEN_VAR,
@@ -197,7 +198,7 @@ class Zygote:
         self.adopted = False  # started by the process that forked us, not by us
         self.handed_over = False  # (in that process) a forked run worker has it now
         self._closed = False
-        self._dir = tempfile.mkdtemp(prefix="dm-zygote-")
+        self._dir = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX)
         self.path = os.path.join(self._dir, "sock")
         code = "import sys; from dagster_metaflow.runtime.zygote_server import serve; serve(*sys.argv[1:])"
         start_env = dict(env)

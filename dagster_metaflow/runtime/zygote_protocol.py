@@ -26,6 +26,9 @@ STEP, WORKER = "step", "worker"
 RUN_WORKER_ENV = "DAGSTER_METAFLOW_RUN_WORKER"
 TOKEN_VAR = "DAGSTER_METAFLOW_STEP_TOKEN"  # as `supervise`'s, which a zygote does not import
 TOKEN_SLOT = "0" * 32  # a step's token is 32 hex digits (`uuid4().hex`)
+# a zygote's socket is `<tmp>/<prefix>XXXXXXXX/sock`; the zygote and its client both remove
+# the socket and the directory when they end (the first one to try does)
+SOCKET_DIR_PREFIX = "dm-zygote-"
 
 
 class ZygoteUnavailable(Exception):

@@ -11,6 +11,7 @@ client side (`zygote.py`): every step it forks carries what it imported
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
@@ -28,6 +29,7 @@ from .heap import defer_collection, resume_collection
 from .step_signals import default_step_signals
 from .zygote_protocol import (
     RUN_WORKER_ENV,
+    SOCKET_DIR_PREFIX,
     STEP,
     TOKEN_SLOT,
     TOKEN_VAR,
@@ -350,10 +352,11 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
     # advice for fork without exec)
     resume_collection()  # frozen, then collecting as in any interpreter, children too
     server = _ForkServer(path, main_extras, parent_pid, mode)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
     me, code = os.getpid(), 1
     try:
+        with contextlib.suppress(BrokenPipeError):  # the starter is gone: `run` sees it
+            sys.stdout.write("ready\n")
+            sys.stdout.flush()
         server.run()
         code = 0
     except BaseException as exc:  # SystemExit(0) on SIGTERM: closed by its pool
@@ -362,11 +365,7 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
         code = _exit_status(exc)
     finally:
         if os.getpid() == me:  # not in a child between its fork and its own exit handling
-            server.listener.close()
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            server.remove_socket()
             if server.stop_children and server.conns:
                 # closed (SIGTERM) while steps still run: a run worker ending by an error,
                 # whose exit closes its pool; its steps must not outlive it either (within
@@ -477,11 +476,24 @@ class _ForkServer:
             if self._watched_gone():
                 # the run worker is gone (killed, crashed): its steps must not live on;
                 # run workers, though, outlive the daemon or webserver that launched them
+                self.remove_socket()  # now: stopping the steps may take seconds
                 if self.stop_children:
                     _stop_children(list(self.conns))
                     self.conns.clear()
                 return
             self._reap()
+
+    def remove_socket(self) -> None:
+        """Stop listening; remove the socket and its directory (`Zygote.remove_files` does
+        the same: the first of the two removes them). A zygote whose run worker died would
+        leave both otherwise."""
+        self.listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        folder = os.path.dirname(self.path)
+        if os.path.basename(folder).startswith(SOCKET_DIR_PREFIX):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
     def _watched_gone(self) -> bool:
         if self.adopted_by is None:

@@ -464,6 +464,8 @@ def test_a_zygote_whose_starter_died_exits_even_if_it_died_during_the_preload(
     for p in left:
         p.kill()
     assert not left, "a zygote outlived the process that started it"
+    # nor its socket's directory (its starter, killed, could not remove it)
+    assert not list(tmp_path.glob("dm-zygote-*"))
 
 
 _HANDS_OVER = """

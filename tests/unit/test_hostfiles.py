@@ -1,0 +1,237 @@
+"""The run host's temp-directory caches stay bounded: code packages, config files and per-run
+lock files unused for the retention are swept, nothing in use is, the locks stay sound while
+a sweep unlinks their files, and a cache directory that is not the user's own is refused
+(runtime/hostfiles.py)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dagster_metaflow.runtime import hostfiles
+from dagster_metaflow.runtime.command import _content_file
+from dagster_metaflow.runtime.hostfiles import (
+    RETENTION_VAR,
+    STAMP,
+    host_dir,
+    locked,
+    retention_seconds,
+    sweep,
+)
+from dagster_metaflow.runtime.package import extracted
+from dagster_metaflow.runtime.resume import OncePerRun
+
+DAY = 86400.0
+
+
+@pytest.fixture(autouse=True)
+def own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every cache of these tests under the test's own temp directory."""
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    monkeypatch.delenv(RETENTION_VAR, raising=False)
+    return tmp_path
+
+
+class _Store:
+    """A flow datastore holding code packages by sha (what `extracted` loads from)."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.loads = 0
+
+    def add(self, sha: str, files: dict[str, str]) -> dict[str, str]:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for name, text in files.items():
+                data = text.encode()
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        self.blobs[sha] = buf.getvalue()
+        return {"sha": sha}
+
+    def load_data(self, keys: list[str], force_raw: bool = False):  # type: ignore[no-untyped-def]
+        self.loads += 1
+        return [(k, self.blobs[k]) for k in keys if k in self.blobs]
+
+
+def _age(path: str | Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_the_caches_are_per_user_directories_under_the_temp_directory(own_tmp: Path) -> None:
+    code = host_dir("code")
+    assert code == str(own_tmp / f"dagster_metaflow_code-{os.getuid()}")
+    assert os.stat(code).st_mode & 0o777 == 0o700
+
+
+def test_a_package_is_extracted_once_and_marked_used_at_every_use() -> None:
+    store = _Store()
+    pkg = store.add("a" * 40, {"flow.py": "print('hi')\n"})
+    root = extracted(store, pkg)
+    assert Path(root, "flow.py").read_text() == "print('hi')\n"
+    _age(root, 3 * DAY)
+    assert extracted(store, pkg) == root
+    assert store.loads == 1
+    assert time.time() - os.stat(root).st_mtime < 60
+
+
+def test_a_new_package_sweeps_the_ones_unused_for_the_retention_and_keeps_the_rest() -> None:
+    store = _Store()
+    old = extracted(store, store.add("1" * 40, {"flow.py": "old"}))
+    recent = extracted(store, store.add("2" * 40, {"flow.py": "recent"}))
+    base = os.path.dirname(old)
+    abandoned = Path(base, ".333333333333-x")  # an extraction whose process died
+    abandoned.mkdir()
+    _age(old, 8 * DAY)
+    _age(recent, 6 * DAY)
+    _age(abandoned, 2 * DAY)
+    _age(Path(base, STAMP), 2 * 3600)
+    extracted(store, store.add("4" * 40, {"flow.py": "new"}))
+    names = sorted(os.listdir(base))
+    assert names == sorted([STAMP, "2" * 40, "2" * 40 + ".lock", "4" * 40, "4" * 40 + ".lock"])
+
+
+def test_a_package_in_use_or_used_again_is_not_swept(own_tmp: Path) -> None:
+    store = _Store()
+    held = extracted(store, store.add("1" * 40, {"flow.py": "x"}))
+    base = os.path.dirname(held)
+    _age(held, 30 * DAY)
+    with locked(held + ".lock", shared=True):  # a step launch checking it right now
+        assert sweep("code") == []
+    assert os.path.isdir(held)
+    os.utime(os.path.join(base, STAMP), (0, 0))  # due again
+    assert sweep("code") == ["1" * 40]
+    assert not os.path.exists(held) and not os.path.exists(held + ".lock")
+    # used after its removal: extracted again
+    assert Path(extracted(store, {"sha": "1" * 40}), "flow.py").read_text() == "x"
+
+
+def test_sweeps_are_at_most_hourly_and_the_retention_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _Store()
+    pkg = extracted(store, store.add("1" * 40, {"flow.py": "x"}))
+    base = os.path.dirname(pkg)
+    _age(pkg, 2 * DAY)
+    assert sweep("code") == []  # the first extraction just swept
+    os.utime(os.path.join(base, STAMP), (0, 0))
+    monkeypatch.setenv(RETENTION_VAR, "off")
+    assert sweep("code") == [] and os.path.isdir(pkg)
+    monkeypatch.setenv(RETENTION_VAR, "1.5")
+    assert sweep("code") == ["1" * 40]
+
+
+@pytest.mark.parametrize("value", ["soon", "-2", "nan", "inf"])
+def test_a_retention_that_is_not_a_number_of_days_keeps_everything_and_says_so(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(hostfiles, "_WARNED", set())
+    monkeypatch.setenv(RETENTION_VAR, value)
+    assert retention_seconds() is None
+    assert retention_seconds() is None
+    err = capsys.readouterr().err
+    assert err.count(RETENTION_VAR) == 1 and "not a positive number of days" in err
+
+
+def test_run_lock_files_are_swept_after_the_retention_and_the_preparation_runs_once() -> None:
+    once = OncePerRun()
+    calls: list[str] = []
+    once.once("run-a", lambda: calls.append("a"))
+    once.once("run-a", lambda: calls.append("again"))
+    assert OncePerRun().once("run-a", lambda: calls.append("other process")) is None
+    assert calls == ["a"]
+    runs = host_dir("runs")
+    _age(os.path.join(runs, "run-a.lock"), 8 * DAY)
+    OncePerRun().once("run-a", lambda: calls.append("a again"))  # a new process of the run
+    assert time.time() - os.stat(os.path.join(runs, "run-a.lock")).st_mtime < 60
+    _age(os.path.join(runs, "run-a.lock"), 8 * DAY)
+    os.utime(os.path.join(runs, STAMP), (0, 0))
+    OncePerRun().once("run-b", lambda: calls.append("b"))
+    assert calls == ["a", "b"]
+    assert sorted(os.listdir(runs)) == [STAMP, "run-b.lock"]
+    assert sweep("runs") == []
+
+
+def test_a_lock_waiting_on_a_file_a_sweep_unlinked_takes_the_new_file(own_tmp: Path) -> None:
+    path = str(own_tmp / "x.lock")
+    got: list[int] = []
+    with locked(path) as fd:
+        assert fd is not None
+        waiter = threading.Thread(target=lambda: _hold(path, got))
+        waiter.start()
+        time.sleep(0.2)  # the waiter has opened the file and waits for the lock
+        os.unlink(path)
+    waiter.join(10)
+    assert got and got[0] == os.stat(path).st_ino
+
+
+def _hold(path: str, got: list[int]) -> None:
+    with locked(path) as fd:
+        assert fd is not None
+        got.append(os.fstat(fd).st_ino)
+
+
+def test_a_lock_not_waited_for_yields_none_while_held(own_tmp: Path) -> None:
+    path = str(own_tmp / "y.lock")
+    with locked(path, shared=True):
+        with locked(path, wait=False) as fd:
+            assert fd is None
+        with locked(path, shared=True, wait=False) as fd:
+            assert fd is not None
+
+
+def test_config_files_are_written_once_marked_used_and_swept_like_packages() -> None:
+    path = _content_file("configs", '{"a": 1}')
+    assert Path(path).read_text() == '{"a": 1}'
+    assert os.path.dirname(path) == host_dir("configs")
+    _age(path, 3 * DAY)
+    assert _content_file("configs", '{"a": 1}') == path
+    assert time.time() - os.stat(path).st_mtime < 60
+    _age(path, 8 * DAY)
+    os.utime(os.path.join(host_dir("configs"), STAMP), (0, 0))
+    other = _content_file("configs", '{"b": 2}')
+    assert sorted(os.listdir(host_dir("configs"))) == sorted([STAMP, Path(other).name, Path(other).name + ".lock"])
+
+
+def test_the_directories_of_earlier_versions_are_swept_then_removed(own_tmp: Path) -> None:
+    legacy = own_tmp / "dagster_metaflow_code"
+    (legacy / ("9" * 40)).mkdir(parents=True)
+    (legacy / ("9" * 40 + ".lock")).touch()
+    (legacy / ("8" * 40)).mkdir()
+    _age(legacy / ("9" * 40), 8 * DAY)
+    _age(legacy / ("9" * 40 + ".lock"), 8 * DAY)
+    _age(legacy / ("8" * 40), 1 * DAY)
+    store = _Store()
+    extracted(store, store.add("1" * 40, {"flow.py": "x"}))
+    assert sorted(os.listdir(legacy)) == ["8" * 40]
+    _age(legacy / ("8" * 40), 8 * DAY)
+    os.utime(os.path.join(host_dir("code"), STAMP), (0, 0))
+    assert sweep("code") == [f"{legacy}/{'8' * 40}"]
+    assert not legacy.exists()
+
+
+def test_a_cache_directory_that_is_not_the_user_s_own_is_refused(own_tmp: Path) -> None:
+    elsewhere = own_tmp / "elsewhere"
+    elsewhere.mkdir()
+    (own_tmp / f"dagster_metaflow_code-{os.getuid()}").symlink_to(elsewhere)
+    with pytest.raises(RuntimeError, match="not a directory of this user"):
+        host_dir("code")
+    loose = own_tmp / f"dagster_metaflow_runs-{os.getuid()}"
+    loose.mkdir(mode=0o777)
+    os.chmod(loose, 0o777)
+    assert host_dir("runs") == str(loose) and os.stat(loose).st_mode & 0o777 == 0o700
+    if os.getuid() == 0:  # someone else's directory
+        theirs = own_tmp / "dagster_metaflow_configs-0"
+        theirs.mkdir()
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(RuntimeError, match="uid 65534"):
+            host_dir("configs")
