@@ -11,16 +11,19 @@ user, and code found in it would run as ours):
 Each grew forever (a host that had run Metaflow's core harness kept 884 packages, 3 GB, and
 a lock file per run). Now an entry is marked used (its mtime) whenever a step or an op of a
 run uses it, and one unused for `DAGSTER_METAFLOW_HOST_FILES_DAYS` days (default 7; `0`,
-`off`, `false` or `no` keep everything) is removed by the next process that adds an entry to
-the same directory, at most once an hour per directory (`.swept` stamps the last sweep).
-The directories of earlier versions (no uid in their name) are swept the same way, then
-removed once empty.
+`off`, `false` or `no` keep everything; at least an hour) is removed, in a background
+thread, by a process that adds an entry (a package, a config file) or prepares a run (the
+runs' locks), at most once an hour per directory (`.swept` stamps the last sweep). The
+directories of earlier versions (no uid in their name) are swept the same way once the
+retention has passed since this version first saw them (their entries were never marked
+used: `.legacy-seen`), then removed once empty.
 
 An entry is made, used and removed under its own lock (`<entry>.lock`): a user holds it
 shared, a maker exclusive, a sweep exclusive without waiting, so an entry in use is skipped
 and one used since the sweep looked at it is kept (its time is read again under the lock).
-A sweep unlinks the lock files of what it removes, so a lock is held only on the file still
-at its path (`locked` opens it again otherwise). A sweep never fails the process asking.
+Under the lock an entry is only renamed aside and its lock file unlinked (a lock is held
+only on the file still at its path: `locked` opens it again otherwise); it is deleted after.
+A sweep never fails the process asking.
 """
 
 from __future__ import annotations
@@ -32,14 +35,19 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 RETENTION_VAR = "DAGSTER_METAFLOW_HOST_FILES_DAYS"
 DEFAULT_DAYS = 7.0
 KEEP_ALL = ("0", "off", "false", "no")
+MIN_KEEP = 3600.0  # a shorter retention is raised to this (said on stderr)
 SWEEP_EVERY = 3600.0  # seconds between two sweeps of one directory
 STAMP = ".swept"
+# when this version first swept beside an earlier version's directory: that directory's
+# entries were never marked used, so none is removed until the retention has passed since
+LEGACY_SEEN = ".legacy-seen"
 # a temporary entry (`.<name>...`: an extraction, a file being written) older than this was
 # abandoned by a process that died: making an entry takes seconds
 ABANDONED = 24 * 3600.0
@@ -79,7 +87,7 @@ def cached(kind: str, name: str, make: Callable[[str], None]) -> str:
         if touch(path):
             return path
         make(path)
-    sweep(kind)
+    sweep_in_background(kind)
     return path
 
 
@@ -92,7 +100,7 @@ def locked(path: str, shared: bool = False, wait: bool = True) -> Iterator[int |
         yield fd
     finally:
         if fd is not None:
-            with contextlib.suppress(OSError):  # a copy of the fd in a forked child keeps no lock
+            with contextlib.suppress(OSError):  # for every copy of the fd, a forked child's too
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
@@ -129,8 +137,8 @@ def touch(path: str) -> bool:
 
 def retention_seconds() -> float | None:
     """How long an unused entry is kept (None: forever), from RETENTION_VAR. A value that is
-    not a positive number of days is reported on stderr (once per process) and keeps
-    everything."""
+    not a number of days keeps everything, one under an hour is raised to an hour; either is
+    said on stderr (once per process and value)."""
     raw = os.environ.get(RETENTION_VAR, "").strip().lower()
     if not raw:
         return DEFAULT_DAYS * 86400
@@ -139,17 +147,23 @@ def retention_seconds() -> float | None:
     try:
         days = float(raw)
     except ValueError:
-        days = -1.0
-    if not 0 < days < float("inf"):
-        if raw not in _WARNED:
-            _WARNED.add(raw)
-            with contextlib.suppress(Exception):
-                sys.stderr.write(
-                    f"dagster-metaflow: {RETENTION_VAR}={raw!r} is not a positive number of "
-                    "days; nothing under the temp directory is removed\n"
-                )
+        days = float("nan")
+    if days == 0:
         return None
+    if not 0 < days < float("inf"):
+        _say(raw, "is not a number of days; nothing under the temp directory is removed")
+        return None
+    if days * 86400 < MIN_KEEP:
+        _say(raw, "is under an hour; one hour is kept")
+        return MIN_KEEP
     return days * 86400
+
+
+def _say(raw: str, what: str) -> None:
+    if raw not in _WARNED:
+        _WARNED.add(raw)
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"dagster-metaflow: {RETENTION_VAR}={raw!r} {what}\n")
 
 
 _WARNED: set[str] = set()
@@ -159,25 +173,56 @@ def sweep(kind: str, now: float | None = None) -> list[str]:
     """Remove what `host_dir(kind)` (and the directory earlier versions used for it) holds
     unused for the retention, if a sweep is due; returns what was removed. Never raises."""
     try:
-        return _sweep(kind, time.time() if now is None else now)
+        base, legacy = host_dir(kind), _legacy_dir(kind)
     except Exception:
         return []
+    return _sweep(base, legacy, time.time() if now is None else now)
 
 
-def _sweep(kind: str, now: float) -> list[str]:
-    base = host_dir(kind)
-    keep = _due(base, now)
-    if keep is None:
-        return []
-    removed = [n for n in _names(base) if _sweep_entry(base, n, now, keep)]
-    legacy = os.path.join(tempfile.gettempdir(), f"dagster_metaflow_{kind}")
-    with contextlib.suppress(OSError):
-        st = os.lstat(legacy)
-        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+def sweep_in_background(kind: str) -> None:
+    """`sweep(kind)` in a daemon thread: off the path of the step being started (the first
+    sweep of a long-used host removes thousands of files). One cut short by the process's
+    exit leaves a `.removing-*` directory, which a later sweep removes. The directories are
+    this thread's (its temp directory), not what the sweeping thread would find later."""
+    try:
+        args = (host_dir(kind), _legacy_dir(kind), time.time())
+        threading.Thread(target=_sweep, args=args, name=SWEEP_THREAD, daemon=True).start()
+    except Exception:  # RuntimeError: no new thread at the interpreter's shutdown
+        pass
+
+
+SWEEP_THREAD = "dagster-metaflow:sweep"
+
+
+def _legacy_dir(kind: str) -> str:
+    return os.path.join(tempfile.gettempdir(), f"dagster_metaflow_{kind}")
+
+
+def _sweep(base: str, legacy: str, now: float) -> list[str]:
+    """`sweep`'s work; what it removed before an error (none is raised)."""
+    removed: list[str] = []
+    with contextlib.suppress(Exception):
+        keep = _due(base, now)
+        if keep is None:
+            return removed
+        removed += [n for n in _names(base) if _sweep_entry(base, n, now, keep)]
+        st = os.lstat(legacy)  # FileNotFoundError: no earlier version's directory
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and _legacy_due(base, now, keep):
             removed += [f"{legacy}/{n}" for n in _names(legacy) if _sweep_entry(legacy, n, now, keep)]
             if not _names(legacy):
                 os.rmdir(legacy)
     return removed
+
+
+def _legacy_due(base: str, now: float, keep: float) -> bool:
+    """Whether the retention has passed since this version first saw the earlier version's
+    directory (processes of the earlier version may use its entries until they end)."""
+    seen = os.path.join(base, LEGACY_SEEN)
+    if not os.path.exists(seen):
+        with open(seen, "a"):
+            pass
+        os.utime(seen, (now, now))
+    return now - os.stat(seen).st_mtime > keep
 
 
 def _due(directory: str, now: float) -> float | None:
@@ -201,7 +246,10 @@ def _sweep_entry(directory: str, name: str, now: float, keep: float) -> bool:
     path = os.path.join(directory, name)
     try:
         if name.startswith("."):
-            return name != STAMP and _older(path, now, ABANDONED) and _remove(path, directory)
+            if name in (STAMP, LEGACY_SEEN) or not _older(path, now, ABANDONED):
+                return False
+            shutil.rmtree(_set_aside(path, directory), ignore_errors=True)
+            return True
         if name.endswith(LOCK_SUFFIX):
             if os.path.lexists(path[: -len(LOCK_SUFFIX)]) or not _older(path, now, keep):
                 return False
@@ -213,10 +261,12 @@ def _sweep_entry(directory: str, name: str, now: float, keep: float) -> bool:
         if not _older(path, now, keep):
             return False
         with locked(path + LOCK_SUFFIX, wait=False) as fd:
-            if fd is None or not _older(path, now, keep) or not _remove(path, directory):
+            if fd is None or not _older(path, now, keep):
                 return False
+            aside = _set_aside(path, directory)
             os.unlink(path + LOCK_SUFFIX)
-            return True
+        shutil.rmtree(aside, ignore_errors=True)  # outside the lock: a maker need not wait
+        return True
     except OSError:
         return False
 
@@ -235,13 +285,13 @@ def _older(path: str, now: float, seconds: float) -> bool:
         return False
 
 
-def _remove(path: str, directory: str) -> bool:
-    """Move `path` out of the way (atomically: no reader sees half of it), then delete it."""
+def _set_aside(path: str, directory: str) -> str:
+    """Move `path` (atomically: no reader sees half of it) into a new `.removing-*`
+    directory, returned for deletion; OSError if it cannot be moved."""
     trash = tempfile.mkdtemp(prefix=".removing-", dir=directory)
     try:
         os.rename(path, os.path.join(trash, "entry"))
     except OSError:
         os.rmdir(trash)
-        return False
-    shutil.rmtree(trash, ignore_errors=True)
-    return True
+        raise
+    return trash

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import naming
-from .hostfiles import LOCK_SUFFIX, host_dir, locked, sweep
+from .hostfiles import LOCK_SUFFIX, host_dir, locked, sweep_in_background
 from .ids import metaflow_run_id, op_nodes, op_of_step_key
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class OncePerRun:
                     os.ftruncate(fd, 0)
                     os.pwrite(fd, b"done", 0)
             self._done.add(key)
-        sweep("runs")
+        sweep_in_background("runs")
 
 
 def executed_tasks(

@@ -329,6 +329,22 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
     lives. The pid is given, not read after the preload: a parent that died during the
     preload would leave us re-parented, watching init forever."""
     parent_pid = int(parent) if parent else os.getppid()
+    me = os.getpid()
+    # closed (SIGTERM) or failing during the preload: its socket's directory goes too (the
+    # pool that started it may be gone with its run worker)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        main_extras = _preload_for(mode)
+        server = _ForkServer(path, main_extras, parent_pid, mode)
+    except BaseException:
+        if os.getpid() == me:
+            _remove_socket(path)
+        raise
+    _serve(server, me)
+
+
+def _preload_for(mode: str) -> dict[str, Any]:
+    """Preload what the zygote's children need; what the preload added to `__main__`."""
     # (no PR_SET_PDEATHSIG: it fires when the *thread* that started us exits, and zygotes
     # are started from short-lived executor threads; the parent poll in `_ForkServer.run`
     # is used instead)
@@ -351,8 +367,13 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
     # walk nor copy-on-write its pages, and exits skip a full collection of it (Python's
     # advice for fork without exec)
     resume_collection()  # frozen, then collecting as in any interpreter, children too
-    server = _ForkServer(path, main_extras, parent_pid, mode)
-    me, code = os.getpid(), 1
+    return main_extras
+
+
+def _serve(server: _ForkServer, me: int) -> None:
+    """Say ready, serve until the run worker is gone or we are closed, then end: the socket
+    removed, the children stopped (a step zygote's), the exit handlers run."""
+    code = 1
     try:
         with contextlib.suppress(BrokenPipeError):  # the starter is gone: `run` sees it
             sys.stdout.write("ready\n")
@@ -379,6 +400,17 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
                 _shut_down()
             finally:
                 _exit_now(code)
+
+
+def _remove_socket(path: str) -> None:
+    """The socket at `path` and its directory (`Zygote.remove_files` does the same: the first
+    of the two removes them). A zygote whose run worker died would leave both otherwise."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    folder = os.path.dirname(path)
+    if os.path.basename(folder).startswith(SOCKET_DIR_PREFIX):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def _preload_worker() -> None:
@@ -484,16 +516,9 @@ class _ForkServer:
             self._reap()
 
     def remove_socket(self) -> None:
-        """Stop listening; remove the socket and its directory (`Zygote.remove_files` does
-        the same: the first of the two removes them). A zygote whose run worker died would
-        leave both otherwise."""
+        """Stop listening; remove the socket and its directory."""
         self.listener.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-        folder = os.path.dirname(self.path)
-        if os.path.basename(folder).startswith(SOCKET_DIR_PREFIX):
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
+        _remove_socket(self.path)
 
     def _watched_gone(self) -> bool:
         if self.adopted_by is None:
