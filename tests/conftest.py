@@ -154,7 +154,9 @@ def workspace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 def _left_in_tmp() -> set[str]:
     """What a run must not leave in the temp directory: a zygote's socket directory."""
-    return {p.name for p in _TMP.glob("dm-zygote-*")}
+    from dagster_metaflow.runtime.zygote_protocol import SOCKET_DIR_PREFIX
+
+    return {p.name for p in _TMP.glob(f"{SOCKET_DIR_PREFIX}*")}
 
 
 def stop_leftovers(d: Path, grace: float = 15.0) -> None:

@@ -39,9 +39,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from .switches import OFF_WORDS
+
 RETENTION_VAR = "DAGSTER_METAFLOW_HOST_FILES_DAYS"
 DEFAULT_DAYS = 7.0
-KEEP_ALL = ("0", "off", "false", "no")
 MIN_KEEP = 3600.0  # a shorter retention is raised to this (said on stderr)
 SWEEP_EVERY = 3600.0  # seconds between two sweeps of one directory
 STAMP = ".swept"
@@ -142,7 +143,7 @@ def retention_seconds() -> float | None:
     raw = os.environ.get(RETENTION_VAR, "").strip().lower()
     if not raw:
         return DEFAULT_DAYS * 86400
-    if raw in KEEP_ALL:
+    if raw in OFF_WORDS:  # as the runtime's switches read "off"
         return None
     try:
         days = float(raw)
@@ -173,20 +174,25 @@ def sweep(kind: str, now: float | None = None) -> list[str]:
     """Remove what `host_dir(kind)` (and the directory earlier versions used for it) holds
     unused for the retention, if a sweep is due; returns what was removed. Never raises."""
     try:
-        base, legacy = host_dir(kind), _legacy_dir(kind)
+        base, legacy, now = host_dir(kind), _legacy_dir(kind), time.time() if now is None else now
+        keep = _due(base, now)
     except Exception:
         return []
-    return _sweep(base, legacy, time.time() if now is None else now)
+    return [] if keep is None else _sweep(base, legacy, now, keep)
 
 
 def sweep_in_background(kind: str) -> None:
-    """`sweep(kind)` in a daemon thread: off the path of the step being started (the first
-    sweep of a long-used host removes thousands of files). One cut short by the process's
-    exit leaves a `.removing-*` directory, which a later sweep removes. The directories are
-    this thread's (its temp directory), not what the sweeping thread would find later."""
+    """`sweep(kind)`, when due (one `stat` decides), in a daemon thread: off the path of the
+    step being started (the first sweep of a long-used host removes thousands of files). One
+    cut short by the process's exit leaves a `.removing-*` directory, which a later sweep
+    removes. The directories are this thread's (its temp directory), not what the sweeping
+    thread would find later."""
     try:
-        args = (host_dir(kind), _legacy_dir(kind), time.time())
-        threading.Thread(target=_sweep, args=args, name=SWEEP_THREAD, daemon=True).start()
+        base, now = host_dir(kind), time.time()
+        keep = _due(base, now)
+        if keep is not None:
+            args = (base, _legacy_dir(kind), now, keep)
+            threading.Thread(target=_sweep, args=args, name=SWEEP_THREAD, daemon=True).start()
     except Exception:  # RuntimeError: no new thread at the interpreter's shutdown
         pass
 
@@ -198,13 +204,10 @@ def _legacy_dir(kind: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"dagster_metaflow_{kind}")
 
 
-def _sweep(base: str, legacy: str, now: float) -> list[str]:
-    """`sweep`'s work; what it removed before an error (none is raised)."""
+def _sweep(base: str, legacy: str, now: float, keep: float) -> list[str]:
+    """A due sweep's work; what it removed before an error (none is raised)."""
     removed: list[str] = []
     with contextlib.suppress(Exception):
-        keep = _due(base, now)
-        if keep is None:
-            return removed
         removed += [n for n in _names(base) if _sweep_entry(base, n, now, keep)]
         st = os.lstat(legacy)  # FileNotFoundError: no earlier version's directory
         if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and _legacy_due(base, now, keep):
@@ -219,9 +222,7 @@ def _legacy_due(base: str, now: float, keep: float) -> bool:
     directory (processes of the earlier version may use its entries until they end)."""
     seen = os.path.join(base, LEGACY_SEEN)
     if not os.path.exists(seen):
-        with open(seen, "a"):
-            pass
-        os.utime(seen, (now, now))
+        _stamp(seen, now)
     return now - os.stat(seen).st_mtime > keep
 
 
@@ -233,10 +234,15 @@ def _due(directory: str, now: float) -> float | None:
             return None
     keep = retention_seconds()
     if keep is not None:
-        with open(stamp, "a"):
-            pass
-        os.utime(stamp, (now, now))
+        _stamp(stamp, now)
     return keep
+
+
+def _stamp(path: str, when: float) -> None:
+    """A file at `path` (made if missing) whose mtime says `when`."""
+    with open(path, "a"):
+        pass
+    os.utime(path, (when, when))
 
 
 def _sweep_entry(directory: str, name: str, now: float, keep: float) -> bool:

@@ -52,6 +52,7 @@ from .zygote_protocol import (
     ZygoteUnavailable,
     command_request,
     live_start_time,
+    remove_socket,
     send_request,
 )
 
@@ -198,8 +199,7 @@ class Zygote:
         self.adopted = False  # started by the process that forked us, not by us
         self.handed_over = False  # (in that process) a forked run worker has it now
         self._closed = False
-        self._dir = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX)
-        self.path = os.path.join(self._dir, "sock")
+        self.path = os.path.join(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX), "sock")
         code = "import sys; from dagster_metaflow.runtime.zygote_server import serve; serve(*sys.argv[1:])"
         start_env = dict(env)
         if mode == STEP:
@@ -303,14 +303,7 @@ class Zygote:
 
     def remove_files(self) -> None:
         """Its socket and the directory holding it."""
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-        try:
-            os.rmdir(self._dir)
-        except OSError:
-            pass
+        remove_socket(self.path)
 
 
 class ZygotePool:

@@ -12,6 +12,7 @@ every step it forks carries it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -27,8 +28,19 @@ RUN_WORKER_ENV = "DAGSTER_METAFLOW_RUN_WORKER"
 TOKEN_VAR = "DAGSTER_METAFLOW_STEP_TOKEN"  # as `supervise`'s, which a zygote does not import
 TOKEN_SLOT = "0" * 32  # a step's token is 32 hex digits (`uuid4().hex`)
 # a zygote's socket is `<tmp>/<prefix>XXXXXXXX/sock`; the zygote and its client both remove
-# the socket and the directory when they end (the first one to try does)
+# the socket and the directory when they end (`remove_socket`: the first one to try does)
 SOCKET_DIR_PREFIX = "dm-zygote-"
+
+
+def remove_socket(path: str) -> None:
+    """A zygote's socket at `path` and its directory (ours by its name). The zygote and its
+    client each call this as they end; a zygote whose client died would leave both."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    folder = os.path.dirname(path)
+    if os.path.basename(folder).startswith(SOCKET_DIR_PREFIX):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 class ZygoteUnavailable(Exception):

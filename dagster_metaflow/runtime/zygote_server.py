@@ -29,13 +29,13 @@ from .heap import defer_collection, resume_collection
 from .step_signals import default_step_signals
 from .zygote_protocol import (
     RUN_WORKER_ENV,
-    SOCKET_DIR_PREFIX,
     STEP,
     TOKEN_SLOT,
     TOKEN_VAR,
     WORKER,
     live_start_time,
     receive_request,
+    remove_socket,
     send_pid,
 )
 
@@ -338,9 +338,9 @@ def serve(path: str, mode: str = STEP, parent: str = "") -> None:
         server = _ForkServer(path, main_extras, parent_pid, mode)
     except BaseException:
         if os.getpid() == me:
-            _remove_socket(path)
+            remove_socket(path)
         raise
-    _serve(server, me)
+    _serve(server)
 
 
 def _preload_for(mode: str) -> dict[str, Any]:
@@ -370,10 +370,10 @@ def _preload_for(mode: str) -> dict[str, Any]:
     return main_extras
 
 
-def _serve(server: _ForkServer, me: int) -> None:
+def _serve(server: _ForkServer) -> None:
     """Say ready, serve until the run worker is gone or we are closed, then end: the socket
     removed, the children stopped (a step zygote's), the exit handlers run."""
-    code = 1
+    me, code = os.getpid(), 1
     try:
         with contextlib.suppress(BrokenPipeError):  # the starter is gone: `run` sees it
             sys.stdout.write("ready\n")
@@ -400,17 +400,6 @@ def _serve(server: _ForkServer, me: int) -> None:
                 _shut_down()
             finally:
                 _exit_now(code)
-
-
-def _remove_socket(path: str) -> None:
-    """The socket at `path` and its directory (`Zygote.remove_files` does the same: the first
-    of the two removes them). A zygote whose run worker died would leave both otherwise."""
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-    folder = os.path.dirname(path)
-    if os.path.basename(folder).startswith(SOCKET_DIR_PREFIX):
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)
 
 
 def _preload_worker() -> None:
@@ -518,7 +507,7 @@ class _ForkServer:
     def remove_socket(self) -> None:
         """Stop listening; remove the socket and its directory."""
         self.listener.close()
-        _remove_socket(self.path)
+        remove_socket(self.path)
 
     def _watched_gone(self) -> bool:
         if self.adopted_by is None:
