@@ -10,6 +10,11 @@ For each shape it alternates, --repeat times:
   trigger   `python flow.py dagster trigger --wait` (deployment created once beforehand;
             default instance, no daemon: the CLI launches the run worker itself)
   execute   `dagster job execute -f <compiled> -j <job>`
+  bare      with --bare (linear, foreach16, nested4x4): `dagster job execute` of the same
+            shape as a plain Dagster job whose ops do nothing (benchmarks/bare_jobs.py,
+            Dagster's in-process executor): what Dagster itself costs for that shape
+  one_op    with --bare: the same for a job of one op doing nothing: what any
+            `dagster job execute` costs on this instance before its ops' work
 and prints medians and each median divided by native's. Nothing else should run meanwhile.
 """
 
@@ -40,6 +45,9 @@ SHAPES = {
     "barrier": lambda: flows.nested(4, 4, skew_s=4.0, leaf_s=2.0, fast_slow_item=True),
 }
 DEFAULT_SHAPES = "linear,foreach16,nested4x4"
+# the jobs of benchmarks/bare_jobs.py, by shape
+BARE_JOBS = {"linear": "linear10", "foreach16": "foreach16", "nested4x4": "nested4x4"}
+BARE_FILE = str(Path(__file__).resolve().parent / "bare_jobs.py")
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -57,6 +65,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"of {', '.join(SHAPES)}")
     ap.add_argument("--no-execute", action="store_true", help="skip `dagster job execute`")
+    ap.add_argument("--bare", action="store_true", help="also time the shape as a plain Dagster job of no-op ops")
     args = ap.parse_args()
     dagster_cli = str(Path(sys.executable).parent / "dagster")
     rows = []
@@ -70,12 +79,16 @@ def main() -> None:
             flow.write_text(source)
             out = f"{name.lower()}_dagster.py"
             timed([py, flow.name, "dagster", "create", out], root, env)
-            times: dict[str, list[float]] = {"native": [], "trigger": [], "execute": []}
+            times: dict[str, list[float]] = {"native": [], "trigger": [], "execute": [], "bare": [], "one_op": []}
+            bare_job = BARE_JOBS.get(shape) if args.bare else None
             for _ in range(args.repeat):
                 times["native"].append(timed([py, flow.name, "run"], root, env))
                 times["trigger"].append(timed([py, flow.name, "dagster", "trigger", "--wait"], root, env))
                 if not args.no_execute:
                     times["execute"].append(timed([dagster_cli, "job", "execute", "-f", out, "-j", name], root, env))
+                if bare_job:
+                    for key, job in (("bare", bare_job), ("one_op", "one_op")):
+                        times[key].append(timed([dagster_cli, "job", "execute", "-f", BARE_FILE, "-j", job], root, env))
             med = {k: statistics.median(v) for k, v in times.items() if v}
             rows.append((shape, med))
             print(
@@ -83,12 +96,14 @@ def main() -> None:
                 + "  ".join(f"{k} {v:.2f}s ({v / med['native']:.2f}x) [{', '.join(f'{t:.2f}' for t in times[k])}]" for k, v in med.items()),
                 flush=True,
             )
-    print("\n| flow | native `flow.py run` | `dagster trigger --wait` | ratio | `dagster job execute` | ratio |")
-    print("|---|---|---|---|---|---|")
+    with_bare = any("bare" in med for _, med in rows)
+    head = " no-op Dagster job, same shape | ratio | one no-op op | ratio |" if with_bare else ""
+    print(f"\n| flow | native `flow.py run` | `dagster trigger --wait` | ratio | `dagster job execute` | ratio |{head}")
+    print("|---|---|---|---|---|---|" + ("---|---|---|---|" if with_bare else ""))
     for shape, med in rows:
         n = med["native"]
-        ex = f"{med['execute']:.2f}s | {med['execute'] / n:.2f}x" if "execute" in med else "– | –"
-        print(f"| {shape} | {n:.2f}s | {med['trigger']:.2f}s | {med['trigger'] / n:.2f}x | {ex} |")
+        cells = [f"{med[k]:.2f}s | {med[k] / n:.2f}x" if k in med else "– | –" for k in ("execute", "bare", "one_op")]
+        print(f"| {shape} | {n:.2f}s | {med['trigger']:.2f}s | {med['trigger'] / n:.2f}x | " + " | ".join(cells[: 1 + 2 * with_bare]) + " |")
 
 
 if __name__ == "__main__":
