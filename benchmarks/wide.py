@@ -4,18 +4,25 @@
 
 Prints, for the Dagster run: whole-command wall time, the machine's CPU time split between
 the forked step processes, the step zygote, the run worker and the rest (psutil, sampled
-every 0.5 s), the run worker's peak RSS, the run's event log on disk per task (SQLite
-instance: the run's own `history/runs/<run id>.db`), compute logs per task, and throughput
+every 0.5 s), the run worker's peak RSS, the instance's storage per task (SQLite: the
+instance's `history` directory's growth, which holds the runs, their snapshots and every
+run's event log), compute logs per task, and throughput
 (tasks finished per second) in each tenth of the run, so a run that slows down as it grows
 shows it.
 With --native it also times `python flow.py run --max-num-splits N` (Metaflow refuses
 more than 100 splits by default) in the same invocation and prints the
 ratio; without, give a native time measured earlier with --native-seconds (said so).
+With --postgres the instance's storage is a throw-away PostgreSQL (the production set-up's
+storage block only, no run queue or monitoring; the server without fsync, as the e2e tests
+run it): the storage's growth is printed twice, the `event_logs` table's (indexes included)
+and the whole database's (the same scope as SQLite's `history`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -27,6 +34,17 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flows  # noqa: E402
+
+# the e2e suite's throw-away servers, loaded by path (the rest of tests/ stays off sys.path)
+_spec = importlib.util.spec_from_file_location(
+    "local_servers", Path(__file__).resolve().parent.parent / "tests" / "local_servers.py"
+)
+assert _spec and _spec.loader
+local_servers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(local_servers)
+# what the instance holds on PostgreSQL: the event_logs table, and the whole database (runs,
+# snapshots, event logs, indexes: the scope of SQLite's `history` directory)
+_PG_SIZES = "SELECT pg_total_relation_size('event_logs'), pg_database_size(current_database())"
 
 
 def _busy_cpu_seconds() -> float:
@@ -118,6 +136,25 @@ def _throughput(home: Path) -> tuple[str, float, int]:
         return rates, span, sum(n for _t, n in done)
 
 
+def _storage_bytes(pg: dict[str, str] | None, home: Path) -> list[int]:
+    """What the instance's storage holds now: on PostgreSQL the event_logs table and the whole
+    database, on SQLite the `history` directory."""
+    if pg:
+        return [int(n) for n in local_servers.pg_query(pg, _PG_SIZES)[0]]
+    return [_dir_size(home / "history")]
+
+
+def _postgres_storage(pg: dict[str, str]) -> str:
+    """The instance's storage block for the throw-away server (the README's production
+    dagster.yaml, without its run queue: the CLI launches the run worker itself)."""
+    return (
+        "storage:\n  postgres:\n    postgres_db:\n"
+        f"      username: {pg['DAGSTER_PG_USER']}\n      password: {pg['DAGSTER_PG_PASSWORD']}\n"
+        f"      hostname: {pg['DAGSTER_PG_HOST']}\n      port: {pg['DAGSTER_PG_PORT']}\n"
+        f"      db_name: {pg['DAGSTER_PG_DB']}\n      scheme: postgresql+psycopg2\n"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--width", type=int, default=1000)
@@ -125,18 +162,29 @@ def main() -> None:
     ap.add_argument("--native", action="store_true", help="also time `python flow.py run`")
     ap.add_argument("--native-seconds", type=float, help="a native time measured earlier")
     ap.add_argument("--keep", help="use this directory and keep it")
+    ap.add_argument("--postgres", action="store_true", help="the instance on a throw-away PostgreSQL")
     args = ap.parse_args()
+    if args.keep and args.postgres:
+        ap.error("--keep with --postgres would keep an instance whose database is gone")
     name, source = flows.nested3(args.width) if args.nested3 else flows.foreach(args.width)
     tasks_of_width = args.width**3 if args.nested3 else args.width
-    with tempfile.TemporaryDirectory(prefix="dm-bench-wide-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dm-bench-wide-") as tmp, contextlib.ExitStack() as stack:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)
         env = flows.bench_env(root)
         home = root / "home"
+        try:
+            pg = stack.enter_context(local_servers.postgres_server()) if args.postgres else None
+        except (local_servers.Unavailable, RuntimeError, ImportError) as exc:
+            raise SystemExit(f"--postgres: {exc}") from None
+        if pg:
+            with open(home / "dagster.yaml", "a") as f:
+                f.write(_postgres_storage(pg))
         flow = root / f"{name.lower()}.py"
         flow.write_text(source)
         py = sys.executable
         subprocess.run([py, flow.name, "dagster", "create", f"{name.lower()}_dagster.py"], cwd=root, env=env, check=True, capture_output=True)
+        before = _storage_bytes(pg, home)
         native = args.native_seconds
         if args.native:
             t0, c0 = time.perf_counter(), _busy_cpu_seconds()
@@ -156,11 +204,12 @@ def main() -> None:
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
             raise SystemExit("the run failed")
         rates, span, tasks = _throughput(home)
-        events = _dir_size(home / "history")
+        grown = [b - a for a, b in zip(before, _storage_bytes(pg, home), strict=True)]
         logs = _dir_size(home / "storage") - _dir_size(home / "storage" / "dagster_metaflow_io")
         shape = f"{args.width}x{args.width}x{args.width} nested" if args.nested3 else f"width {args.width}"
         chunking = os.environ.get("DAGSTER_METAFLOW_CHUNK_ABOVE", "default")
-        print(f"{shape}: `trigger --wait` {wall:.1f}s (run {span:.1f}s, {tasks} tasks; DAGSTER_METAFLOW_CHUNK_ABOVE={chunking})")
+        storage = "PostgreSQL" if pg else "SQLite"
+        print(f"{shape}: `trigger --wait` {wall:.1f}s (run {span:.1f}s, {tasks} tasks; DAGSTER_METAFLOW_CHUNK_ABOVE={chunking}; {storage})")
         if native:
             print(f"  ratio to native ({native:.1f}s{'' if args.native else ', given'}): {wall / native:.2f}x")
         print(f"  {cpu:.0f} CPU-s = {cpu / tasks_of_width:.3f} CPU-s/leaf task (whole machine, this sampler included)")
@@ -171,11 +220,13 @@ def main() -> None:
             ("forked step processes", steps),
             ("step zygote", zygotes),
             ("run worker", sampler.worker_cpu),
-            ("the rest (CLI, sampler, kernel)", rest),
+            ("the rest (CLI, sampler, kernel" + (", PostgreSQL)" if pg else ")"), rest),
         ]
         print("  CPU-s per leaf task: " + ", ".join(f"{name} {v / tasks_of_width:.4f}" for name, v in parts))
         print(f"  run worker peak RSS {sampler.peak / 2**20:.0f} MB")
-        print(f"  event log {events / 2**20:.1f} MB = {events / tasks / 1024:.1f} KB/task; compute logs etc. {logs / 2**20:.1f} MB = {logs / tasks / 1024:.1f} KB/task")
+        scopes = ["event_logs table", "whole database"] if pg else ["history directory"]
+        storage_line = "; ".join(f"{what} {n / 2**20:.1f} MB = {n / tasks / 1024:.1f} KB/task" for what, n in zip(scopes, grown, strict=True))
+        print(f"  instance storage: {storage_line}; compute logs etc. {logs / 2**20:.1f} MB = {logs / tasks / 1024:.1f} KB/task")
         print(f"  tasks/s by tenth of the run: {rates}")
 
 

@@ -6,24 +6,22 @@ combine several (the production stack) and each suite's fixture stays one line.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import pwd
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import BIN, Workspace, stop_group
+from local_servers import Unavailable, accepts, free_port, wait_for
+from local_servers import pg_query as pg_query  # the e2e tests import it from here
+from local_servers import postgres_server as _postgres_server
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BUCKET = "dm-test"
@@ -49,28 +47,6 @@ def wait_for_webserver(base: str, server: subprocess.Popen[Any], log: Path, time
             time.sleep(0.5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for(what: str, ready: Any, timeout: float, proc: subprocess.Popen[Any]) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, f"{what} exited with {proc.returncode}"
-        assert time.monotonic() < deadline, f"{what} did not start in {timeout:g} s"
-        time.sleep(0.1)
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 # -- Redis and Celery -------------------------------------------------------------------------
 
 
@@ -86,7 +62,7 @@ def redis_server() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        _wait_for("redis-server", lambda: _accepts(port), 20, proc)
+        wait_for("redis-server", lambda: accepts(port), 20, proc)
         yield f"redis://127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -177,7 +153,7 @@ def moto_s3() -> Iterator[dict[str, str]]:
             return False
 
     try:
-        _wait_for("moto_server", bucket_made, 30, proc)
+        wait_for("moto_server", bucket_made, 30, proc)
         yield {
             "AWS_ACCESS_KEY_ID": S3_CREDENTIALS["aws_access_key_id"],
             "AWS_SECRET_ACCESS_KEY": S3_CREDENTIALS["aws_secret_access_key"],
@@ -209,117 +185,16 @@ def s3_keys(s3_env: dict[str, str], prefix: str) -> list[str]:
 
 # -- PostgreSQL -------------------------------------------------------------------------------
 
-PG_SKIP_REASON = (
-    "PostgreSQL server binaries (initdb, postgres) not found on PATH or in "
-    "/usr/lib/postgresql/*/bin (Debian: apt-get install postgresql)"
-)
-
-
-def _pg_binary(name: str) -> str | None:
-    """PATH first, then Debian's versioned directory (not on PATH), newest version."""
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = glob.glob(f"/usr/lib/postgresql/*/bin/{name}")
-
-    def version(path: str) -> int:
-        v = Path(path).parts[-3]
-        return int(v) if v.isdigit() else 0
-
-    return max(candidates, key=version) if candidates else None
-
-
-def _server_user() -> dict[str, Any]:
-    """initdb and postgres refuse to run as root: as root, run them as `postgres` (Debian's
-    package creates it) or `nobody`; otherwise as ourselves."""
-    if os.geteuid() != 0:
-        return {}
-    for name in ("postgres", "nobody"):
-        try:
-            pw = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    pytest.skip("running as root and neither a `postgres` nor a `nobody` user exists for initdb")
-
 
 @contextmanager
 def postgres_server() -> Iterator[dict[str, str]]:
-    """A throw-away PostgreSQL on a free port with a `dagster` database; yields the
-    DAGSTER_PG_* variables the README's dagster.yaml reads."""
-    initdb, server = _pg_binary("initdb"), _pg_binary("postgres")
-    if initdb is None or server is None:
-        pytest.skip(PG_SKIP_REASON)
-    import psycopg2
-
-    who = _server_user()
-    root = tempfile.mkdtemp(prefix="dm-pg-")
-    if who:
-        os.chown(root, who["user"], who["group"])
-    data, port = os.path.join(root, "data"), free_port()
-    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-    init = subprocess.run(
-        [initdb, "-D", data, "-U", "postgres", "--auth=trust", "--no-locale", "-E", "UTF8", "--no-sync"],
-        cwd=root, env=env, capture_output=True, text=True, **who,
-    )
-    assert init.returncode == 0, f"initdb failed:\n{init.stdout}\n{init.stderr}"
-    log = open(os.path.join(root, "postgres.log"), "wb")  # noqa: SIM115 - kept open for the server
-    proc = subprocess.Popen(
-        [server, "-D", data, "-p", str(port), "-h", "127.0.0.1", "-k", root,
-         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, **who,
-    )
-
-    def connect() -> Any:
+    """`local_servers.postgres_server`, skipping the test where PostgreSQL cannot start."""
+    with ExitStack() as stack:
         try:
-            return psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        except psycopg2.OperationalError:
-            return None
-
-    def accepts() -> bool:
-        conn = connect()
-        if conn is not None:
-            conn.close()
-        return conn is not None
-
-    try:
-        _wait_for("postgres", accepts, 30, proc)
-        conn = connect()
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("CREATE DATABASE dagster")
-        conn.close()
-        yield {
-            "DAGSTER_PG_HOST": "127.0.0.1",
-            "DAGSTER_PG_PORT": str(port),
-            "DAGSTER_PG_USER": "postgres",
-            "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
-            "DAGSTER_PG_DB": "dagster",
-        }
-    finally:
-        proc.send_signal(signal.SIGINT)  # fast shutdown: ends open client connections
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def pg_query(pg: dict[str, str], sql: str) -> list[tuple[Any, ...]]:
-    import psycopg2
-
-    conn = psycopg2.connect(
-        host=pg["DAGSTER_PG_HOST"], port=int(pg["DAGSTER_PG_PORT"]), user=pg["DAGSTER_PG_USER"],
-        dbname=pg["DAGSTER_PG_DB"],
-    )
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
+            env = stack.enter_context(_postgres_server())
+        except Unavailable as exc:
+            pytest.skip(str(exc))
+        yield env
 
 
 def production_yaml() -> str:

@@ -24,6 +24,6 @@ def test_missing_servers_skip_with_the_package_to_install(monkeypatch: pytest.Mo
 def test_a_server_that_exits_at_once_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     # a redis-server that cannot start: one clear assertion, not a 20 s wait
     monkeypatch.setattr(shutil, "which", lambda name: "/bin/false")
-    with pytest.raises(AssertionError, match="redis-server exited with 1"):
+    with pytest.raises(RuntimeError, match="redis-server exited with 1"):
         with services.redis_server():
             pass
