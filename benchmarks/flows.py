@@ -3,9 +3,11 @@ and the scratch instance they run in."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import textwrap
 from pathlib import Path
+from types import ModuleType
 
 _LINEAR = '''
 from metaflow import FlowSpec, step
@@ -237,3 +239,15 @@ def bench_env(root: Path) -> dict[str, str]:
     env = dict(os.environ, DAGSTER_HOME=str(home), METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root))
     env.setdefault("USER", "bench")
     return env
+
+
+def local_servers() -> ModuleType:
+    """The e2e suite's throw-away servers (`tests/local_servers.py`), loaded by path so the
+    rest of `tests/` stays off `sys.path`."""
+    spec = importlib.util.spec_from_file_location(
+        "local_servers", Path(__file__).resolve().parent.parent / "tests" / "local_servers.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

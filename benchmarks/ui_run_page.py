@@ -14,20 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flows  # noqa: E402
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:
@@ -42,7 +38,7 @@ def main() -> None:
 
     with DagsterInstance.get() as instance:
         run_id = args.run_id or instance.get_runs(limit=1)[0].run_id
-    port = _free_port()
+    port = flows.local_servers().free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-webserver"), "-w", str(home / "dagster_metaflow_workspace.yaml"),

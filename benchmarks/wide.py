@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
 import subprocess
 import sys
@@ -35,13 +34,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flows  # noqa: E402
 
-# the e2e suite's throw-away servers, loaded by path (the rest of tests/ stays off sys.path)
-_spec = importlib.util.spec_from_file_location(
-    "local_servers", Path(__file__).resolve().parent.parent / "tests" / "local_servers.py"
-)
-assert _spec and _spec.loader
-local_servers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(local_servers)
+local_servers = flows.local_servers()
 # what the instance holds on PostgreSQL: the event_logs table, and the whole database (runs,
 # snapshots, event logs, indexes: the scope of SQLite's `history` directory)
 _PG_SIZES = "SELECT pg_total_relation_size('event_logs'), pg_database_size(current_database())"
