@@ -15,7 +15,9 @@ ratio; without, give a native time measured earlier with --native-seconds (said 
 With --postgres the instance's storage is a throw-away PostgreSQL (the production set-up's
 storage block only, no run queue or monitoring; the server without fsync, as the e2e tests
 run it): the storage's growth is printed twice, the `event_logs` table's (indexes included)
-and the whole database's (the same scope as SQLite's `history`).
+and the whole database's (the same scope as SQLite's `history`). With --ui the run's page
+is then timed in headless Chromium (`ui_run_page.py`) before the instance goes, which a
+PostgreSQL instance needs: its database goes with the benchmark.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ def main() -> None:
     ap.add_argument("--native-seconds", type=float, help="a native time measured earlier")
     ap.add_argument("--keep", help="use this directory and keep it")
     ap.add_argument("--postgres", action="store_true", help="the instance on a throw-away PostgreSQL")
+    ap.add_argument("--ui", action="store_true", help="then time the run's page (benchmarks/ui_run_page.py)")
     args = ap.parse_args()
     if args.keep and args.postgres:
         ap.error("--keep with --postgres would keep an instance whose database is gone")
@@ -221,6 +224,9 @@ def main() -> None:
         storage_line = "; ".join(f"{what} {n / 2**20:.1f} MB = {n / tasks / 1024:.1f} KB/task" for what, n in zip(scopes, grown, strict=True))
         print(f"  instance storage: {storage_line}; compute logs etc. {logs / 2**20:.1f} MB = {logs / tasks / 1024:.1f} KB/task")
         print(f"  tasks/s by tenth of the run: {rates}")
+        if args.ui:  # while the instance (and its PostgreSQL) is still there
+            ui = Path(__file__).resolve().parent / "ui_run_page.py"
+            subprocess.run([py, str(ui), str(home)], cwd=root, env=env, check=True)
 
 
 if __name__ == "__main__":
