@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flows  # noqa: E402
 
@@ -142,12 +144,15 @@ def _storage_bytes(pg: dict[str, str] | None, home: Path) -> list[int]:
 def _postgres_storage(pg: dict[str, str]) -> str:
     """The instance's storage block for the throw-away server (the README's production
     dagster.yaml, without its run queue: the CLI launches the run worker itself)."""
-    return (
-        "storage:\n  postgres:\n    postgres_db:\n"
-        f"      username: {pg['DAGSTER_PG_USER']}\n      password: {pg['DAGSTER_PG_PASSWORD']}\n"
-        f"      hostname: {pg['DAGSTER_PG_HOST']}\n      port: {pg['DAGSTER_PG_PORT']}\n"
-        f"      db_name: {pg['DAGSTER_PG_DB']}\n      scheme: postgresql+psycopg2\n"
-    )
+    db = {
+        "username": pg["DAGSTER_PG_USER"],
+        "password": pg["DAGSTER_PG_PASSWORD"],
+        "hostname": pg["DAGSTER_PG_HOST"],
+        "port": int(pg["DAGSTER_PG_PORT"]),
+        "db_name": pg["DAGSTER_PG_DB"],
+        "scheme": "postgresql+psycopg2",
+    }
+    return yaml.safe_dump({"storage": {"postgres": {"postgres_db": db}}})
 
 
 def main() -> None:

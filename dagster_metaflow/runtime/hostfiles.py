@@ -174,11 +174,10 @@ def sweep(kind: str, now: float | None = None) -> list[str]:
     """Remove what `host_dir(kind)` (and the directory earlier versions used for it) holds
     unused for the retention, if a sweep is due; returns what was removed. Never raises."""
     try:
-        base, legacy, now = host_dir(kind), _legacy_dir(kind), time.time() if now is None else now
-        keep = _due(base, now)
+        due = _due_sweep(kind, time.time() if now is None else now)
     except Exception:
         return []
-    return [] if keep is None else _sweep(base, legacy, now, keep)
+    return [] if due is None else _sweep(*due)
 
 
 def sweep_in_background(kind: str) -> None:
@@ -188,13 +187,18 @@ def sweep_in_background(kind: str) -> None:
     removes. The directories are this thread's (its temp directory), not what the sweeping
     thread would find later."""
     try:
-        base, now = host_dir(kind), time.time()
-        keep = _due(base, now)
-        if keep is not None:
-            args = (base, _legacy_dir(kind), now, keep)
-            threading.Thread(target=_sweep, args=args, name=SWEEP_THREAD, daemon=True).start()
+        due = _due_sweep(kind, time.time())
+        if due is not None:
+            threading.Thread(target=_sweep, args=due, name=SWEEP_THREAD, daemon=True).start()
     except Exception:  # RuntimeError: no new thread at the interpreter's shutdown
         pass
+
+
+def _due_sweep(kind: str, now: float) -> tuple[str, str, float, float] | None:
+    """`_sweep`'s arguments if a sweep of `kind` is due (the directory then stamped swept)."""
+    base = host_dir(kind)
+    keep = _due(base, now)
+    return None if keep is None else (base, _legacy_dir(kind), now, keep)
 
 
 SWEEP_THREAD = "dagster-metaflow:sweep"

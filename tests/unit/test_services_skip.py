@@ -22,7 +22,7 @@ def test_missing_servers_skip_with_the_package_to_install(monkeypatch: pytest.Mo
 
 
 def test_a_server_that_exits_at_once_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    # a redis-server that cannot start: one clear assertion, not a 20 s wait
+    # a redis-server that cannot start: one clear error, not a 20 s wait
     monkeypatch.setattr(shutil, "which", lambda name: "/bin/false")
     with pytest.raises(RuntimeError, match="redis-server exited with 1"):
         with services.redis_server():
