@@ -138,20 +138,33 @@ def is_ubf_key(key: str | None) -> bool:
 
 
 CHUNK_PREFIX = "tasks_"  # mapping key of a chunk of foreach tasks: `tasks_<first>_to_<last>`
+CHUNK_PARENT = "_in_"  # ... of the children of a nested foreach task: `..._in_<its index path>`
 
 
-def chunk_key(first: int, last: int) -> str:
-    """Dagster mapping key of one chunk of a top-level foreach's tasks (indices first..last):
-    readable in the UI (`chunk_train[tasks_0_to_19]`), never a task's index path."""
-    return f"{CHUNK_PREFIX}{first}_to_{last}"
+def chunk_key(first: int, last: int, parent: Iterable[int] = ()) -> str:
+    """Dagster mapping key of one chunk of a foreach's tasks (indices first..last of the
+    children of the foreach task at index path `parent`, () at top level): readable in the
+    UI (`chunk_train[tasks_0_to_19]`, `chunk_leaf[tasks_0_to_19_in_3_1]`), never a task's
+    index path."""
+    key = f"{CHUNK_PREFIX}{first}_to_{last}"
+    return f"{key}{CHUNK_PARENT}{mapping_key(parent)}" if parent else key
 
 
 def chunk_range(key: str | None) -> range | None:
-    """The foreach indices a chunk's mapping key covers; None for any other key."""
+    """The last foreach index of the tasks a chunk's mapping key covers; None for any other
+    key (`chunk_tasks` gives their whole index paths)."""
+    tasks = chunk_tasks(key)
+    return None if tasks is None else tasks[1]
+
+
+def chunk_tasks(key: str | None) -> tuple[tuple[int, ...], range] | None:
+    """(the parent's index path, the range of last indices) of the tasks a chunk's mapping
+    key covers; None for any other key."""
     if not key or not key.startswith(CHUNK_PREFIX):
         return None
-    first, _, last = key[len(CHUNK_PREFIX) :].partition("_to_")
-    return range(int(first), int(last) + 1)
+    span, _, parent = key[len(CHUNK_PREFIX) :].partition(CHUNK_PARENT)
+    first, _, last = span.partition("_to_")
+    return indices_from_mapping_key(parent), range(int(first), int(last) + 1)
 
 
 def task_id_for(step: str, mapping_key: str | None = None, iteration: int = 0) -> str:

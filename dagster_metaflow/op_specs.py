@@ -208,19 +208,23 @@ class RunLoop:
 
 @dataclass(frozen=True)
 class FanOutAll:
-    """`yield from _fan_out_all(...)`: a nested foreach fans out over every index pair."""
+    """`yield from _fan_out_all(...)`: a nested foreach fans out over every index pair; with
+    `chunks` (the second output's name) in chunks when it is wider than the threshold."""
 
     kind: ClassVar[str] = "fan_out_all"
     upstreams: str
+    chunks: str | None = None
 
 
 @dataclass(frozen=True)
 class Regroup:
-    """`yield from _regroup(...)`: inputs grouped per outer index (`depth` key parts)."""
+    """`yield from _regroup(...)`: inputs grouped per outer index (`depth` key parts), with
+    the tasks of the chunks collected in input `chunks` (a chunked body's join)."""
 
     kind: ClassVar[str] = "regroup"
     depth: int
     inputs: tuple[str, ...]
+    chunks: str | None = None
 
 
 @dataclass(frozen=True)

@@ -325,17 +325,19 @@ class OpTranslator:
                 name=h.name,
                 dagster_name=self.get_definition_name(h.name),
                 inputs=(OpInput(UPSTREAMS, "list"),),
-                output=OpOutput("dynamic"),
-                body=(FanOutAll(UPSTREAMS),),
+                output=OpOutput("chunked" if h.chunked else "dynamic"),
+                body=(FanOutAll(UPSTREAMS, CHUNKS if h.chunked else None),),
                 tags={"metaflow/fanout": h.step},
                 description=f"Fan out the children of every {h.step!r} task (nested foreach).",
             )
+        lists = h.input_names[:-1] if h.chunked else h.input_names
         return OpSpec(
             name=h.name,
             dagster_name=self.get_definition_name(h.name),
-            inputs=tuple(OpInput(n, "list") for n in h.input_names),
+            inputs=tuple(OpInput(n, "list") for n in lists)
+            + ((OpInput(CHUNKS, "chunks"),) if h.chunked else ()),
             output=OpOutput("dynamic", item="list"),
-            body=(Regroup(h.depth, h.input_names),),
+            body=(Regroup(h.depth, lists, CHUNKS if h.chunked else None),),
             tags={"metaflow/regroup": h.step},
             description=f"Group the inputs of {h.step!r} per outer foreach index.",
         )

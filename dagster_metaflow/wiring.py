@@ -17,11 +17,12 @@ op: it collects its inputs and emits one list per outer index. Every Metaflow ta
 own op with its own retries and logs; every level runs in parallel; each collect is a
 barrier.
 
-A top-level foreach whose body is a chain of plain steps also gets a *chunked* path: its op
-has a second dynamic output (`chunks`), used instead of the first when the foreach is wider
-than the chunking threshold at run time; one `chunk_<step>` op per body step is mapped over
-it and runs a chunk of that step's tasks, each with its own attempts. The join collects
-both paths (the unused one is an empty list).
+A foreach whose body is a chain of plain steps also gets a *chunked* path: its op (a nested
+foreach's `fanout_<step>` op) has a second dynamic output (`chunks`), used instead of the
+first when the foreach is wider than the chunking threshold at run time; one `chunk_<step>`
+op per body step is mapped over it and runs a chunk of that step's tasks, each with its own
+attempts. The join (a nested join's `regroup_<step>` op) collects both paths (the unused
+one is an empty list).
 
 Pure data in, pure data out: the plan is frozen records (calls, arguments, map regions)
 that the template renders; nothing here writes Python source.
@@ -132,6 +133,9 @@ class HelperOp:
     step: str  # the foreach step (fanout), the join/merge step (regroup), the body step (chunk)
     input_names: tuple[str, ...]
     depth: int  # regroup: key length of the output; fanout: key length of its input
+    # fanout: a second dynamic output of chunks (its foreach's body may run in chunks);
+    # regroup: the last input is the chunk ops' collected output
+    chunked: bool = False
 
 
 @dataclass(frozen=True)
@@ -276,24 +280,43 @@ class _Builder:
             stream.source = self.statement[foreach.name]
         else:
             op = self.helper_name(f"fanout_{foreach.name}")
+            chunked = foreach.name in self.chunk_foreaches
+            depth = v.stream.depth
             self.helpers.append(
-                HelperOp("fanout", op, foreach.name, ("upstreams",), v.stream.depth)
+                HelperOp("fanout", op, foreach.name, (UPSTREAMS,), depth, chunked=chunked)
             )
             name = self.var(f"{foreach.name}_fanout")
-            stream = self.new_stream(name, v.stream.depth + 1, self.var("item"))
-            stream.source = self.emit(None, Call((name,), op, (self.export(v),)), [v.stream])
+            chunks = self.var(f"{foreach.name}_chunks") if chunked else None
+            targets = (name,) if chunks is None else (name, chunks)
+            stream = self.new_stream(name, depth + 1, self.var("item"))
+            stream.source = self.emit(None, Call(targets, op, (self.export(v),)), [v.stream])
+            if chunks is not None:
+                self.add_chunk_stream(foreach, chunks, depth + 1, stream.source)
         self.children[foreach.name] = stream
         return stream
 
-    def regroup(self, step: StepIR, vals: list[_Val], depth: int) -> _Val:
-        """Collect `vals` (each in some region) and re-emit them grouped per outer index."""
+    def add_chunk_stream(
+        self, foreach: StepIR, var: str, depth: int, source: _TopItem | None
+    ) -> None:
+        """The stream of a chunked foreach's chunks (its body's chunk ops are mapped over it)."""
+        stream = self.new_stream(var, depth, self.var("chunk"))
+        stream.source = source
+        self.chunk_stream[foreach.name] = stream
+
+    def regroup(
+        self, step: StepIR, vals: list[_Val], depth: int, chunks: _Val | None = None
+    ) -> _Val:
+        """Collect `vals` (each in some region; `chunks`: a chunked body's chunk ops too) and
+        re-emit them grouped per outer index."""
         op = self.helper_name(f"regroup_{step.name}")
         names = tuple(naming.python_identifier(f"from_{i}", set()) for i in range(len(vals)))
-        self.helpers.append(HelperOp("regroup", op, step.name, names, depth))
+        extra = [chunks] if chunks is not None else []
+        names += (CHUNKS,) * len(extra)
+        self.helpers.append(HelperOp("regroup", op, step.name, names, depth, bool(extra)))
         name = self.var(f"{step.name}_inputs")
         stream = self.new_stream(name, depth, self.var("items"))
-        args = tuple(self.export(v) for v in vals)
-        needs = [v.stream for v in vals if v.stream is not None]
+        args = tuple(self.export(v) for v in [*vals, *extra])
+        needs = [v.stream for v in [*vals, *extra] if v.stream is not None]
         stream.source = self.emit(None, Call((name,), op, args), needs)
         return _Val(stream.param, stream)
 
@@ -304,12 +327,12 @@ class _Builder:
         if len(depths) != 1 or 0 in depths:
             raise WiringError(f"step {step.name!r}: joins branches from different foreach levels")
         (depth,) = depths
+        chunks = self.chunk_val.get(step.in_steps[0]) if len(step.in_steps) == 1 else None
         if depth > 1:
-            grouped = self.regroup(step, vals, depth - 1)
+            grouped = self.regroup(step, vals, depth - 1, chunks)
             return _Inputs("list", grouped.stream, (Ref(grouped.var),))
         needs = [v.stream for v in vals if v.stream is not None]
-        if len(step.in_steps) == 1 and step.in_steps[0] in self.chunk_val:
-            chunks = self.chunk_val[step.in_steps[0]]
+        if chunks is not None:
             assert chunks.stream is not None
             args = (self.export(vals[0]), self.export(chunks))
             return _Inputs("chunked", None, args, [*needs, chunks.stream], (UPSTREAMS, CHUNKS))
@@ -373,16 +396,15 @@ class _Builder:
             call = Call(out_vars, step.op_name, i.args)  # one output: the handle, not a tuple
         else:
             call = Call((var,), step.op_name, i.args)
-        chunked = step.name in self.chunk_foreaches  # top level (chunkable_body checks)
+        # a top-level foreach's op fans out itself (a nested one's fanout_* op, children_of)
+        chunked = step.name in self.chunk_foreaches and i.stream is None
         if chunked:
             call = Call((var, self.var(f"{step.name}_chunks")), step.op_name, i.args)
         statement = self.emit(i.stream, call, i.needs)
         if statement is not None:
             self.statement[step.name] = statement
         if chunked:
-            stream = self.new_stream(call.targets[1], 1, self.var("chunk"))
-            stream.source = statement
-            self.chunk_stream[step.name] = stream
+            self.add_chunk_stream(step, call.targets[1], 1, statement)
         if step.name in self.chunk_body:
             self.place_chunk(step)
         self.value[step.name] = _Val(var, i.stream, optional=i.optional_out)
@@ -404,7 +426,7 @@ class _Builder:
         (pred,) = step.in_steps
         upstream = self.chunk_val[pred].var if pred in self.chunk_val else stream.param
         op = self.helper_name(f"chunk_{step.name}")
-        self.helpers.append(HelperOp("chunk", op, step.name, (UPSTREAM,), 1))
+        self.helpers.append(HelperOp("chunk", op, step.name, (UPSTREAM,), stream.depth))
         var = self.var(f"{step.name}_chunk")
         self.emit(stream, Call((var,), op, (Ref(upstream),)))
         self.chunk_val[step.name] = _Val(var, stream)
@@ -442,9 +464,9 @@ class _Builder:
 
 
 def chunkable_body(ir: FlowIR, foreach: StepIR) -> tuple[str, ...]:
-    """The body of a top-level foreach that may run in chunks: a chain of plain steps from the
-    foreach to its join (no branch, switch, nested foreach or @parallel); () otherwise."""
-    if foreach.kind != "foreach" or foreach.parallel_foreach or foreach.foreach_depth:
+    """The body of a foreach that may run in chunks: a chain of plain steps from the foreach
+    to its join (no branch, switch, nested foreach or @parallel); () otherwise."""
+    if foreach.kind != "foreach" or foreach.parallel_foreach:
         return ()
     chain: list[str] = []
     step = foreach

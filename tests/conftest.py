@@ -106,6 +106,24 @@ class Workspace:
             cmd += ["-c", str(cfg)]
         return self.run(*cmd, check=check, **env)
 
+    def reexecute_from_failure(
+        self, out: Path, job: str, parent_run_id: str, tags: dict[str, str] | None = None, **env: str
+    ) -> tuple[str, bool]:
+        """What the UI's "Re-execute from failure" does, through Dagster's Python API in a
+        fresh process: (the new Dagster run's id, whether it succeeded)."""
+        code = f"""
+from dagster import DagsterInstance, ReexecutionOptions, execute_job
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+job = ReconstructableRepository.for_file({str(out)!r}, "defs").get_reconstructable_job({job!r})
+with DagsterInstance.from_config({str(self.dagster_home)!r}) as instance:
+    options = ReexecutionOptions.from_failure({parent_run_id!r}, instance)
+    res = execute_job(job, instance, tags={tags or {}!r}, reexecution_options=options)
+    print("RUN", res.run_id, res.success)
+"""
+        res = self.run(sys.executable, "-c", code, **env)
+        _, run_id, ok = next(ln for ln in res.stdout.splitlines() if ln.startswith("RUN ")).split()
+        return run_id, ok == "True"
+
     def last_dagster_run(self) -> Any:
         from dagster import DagsterInstance
 

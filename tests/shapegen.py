@@ -31,7 +31,7 @@ class _Gen:
     foreach_level: int = 0  # foreach bodies enclosing the step being added
     conditional: int = 0  # switch/loop branches enclosing it (it may not run)
     features: set[str] = field(default_factory=set)
-    # first body steps of top-level foreaches whose body is one plain step (may run in chunks)
+    # first body steps of foreaches whose body is one plain step (may run in chunks)
     chunk_items: set[str] = field(default_factory=set)
     # step -> (foreach level, conditional depth, index in `steps`)
     placed: dict[str, tuple[int, int, int]] = field(default_factory=dict)
@@ -99,8 +99,9 @@ class _Gen:
         first = self.name("item")
         self.add(first, f"        self.trace += '{first}' + str(self.input) + ';'\n", f"self.{body}")
         self.foreach_level -= 1
-        if self.foreach_level == 0 and body.startswith("s") and body[1:].isdigit():
-            self.features.add("chunked_foreach")  # item -> one plain step -> join: a chain
+        if body.startswith("s") and body[1:].isdigit():
+            # item -> one plain step -> join: a chain (a nested one: its fanout op chunks)
+            self.features.add("chunked_foreach" + ("_nested" if self.foreach_level else ""))
             self.chunk_items.add(first)
         self.add(
             head,
@@ -162,6 +163,7 @@ class GeneratedFlow:
     replaced: str | None = None  # the step whose body a decorator replaced
     replaced_level: int = 0  # foreach bodies enclosing it
     chunk_items: frozenset[str] = frozenset()  # first steps of bodies that may run in chunks
+    failing: str | None = None  # the step that fails while the `fail_marker` file exists
 
 
 # stands in for a step's body, as a user decorator may: self.next() is never called
@@ -176,11 +178,19 @@ def replace_body(func):
 
 
 def generate(
-    seed: int, max_steps: int = 14, max_depth: int = 3, *, loops: bool = False, replace_body: bool = False
+    seed: int,
+    max_steps: int = 14,
+    max_depth: int = 3,
+    *,
+    loops: bool = False,
+    replace_body: bool = False,
+    fail_marker: str | None = None,
 ) -> GeneratedFlow:
     """A random valid flow. `loops`: blocks may also be loops. `replace_body`: one step that
     always runs (on no conditional branch; never `end`) has its body replaced by a decorator,
-    so it never calls self.next(): Metaflow's runtime fails the run after its task."""
+    so it never calls self.next(): Metaflow's runtime fails the run after its task.
+    `fail_marker`: one step that always runs (the first body step of a foreach that may run in
+    chunks, when there is one) raises while that file exists (resume and re-execution)."""
     g = _Gen(random.Random(seed), max_steps, max_depth, loops=loops)
     g.add("end", "        pass\n", "")
     g.steps[-1] = "    @step\n    def end(self):\n        pass\n"
@@ -192,14 +202,23 @@ def generate(
         replaced = g.rng.choice(always)
         i = g.placed[replaced][2]
         g.steps[i] = g.steps[i].replace("    @step\n", "    @step\n    @replace_body\n", 1)
+    failing = None
+    if fail_marker:
+        always = sorted(n for n, (_lvl, cond, _i) in g.placed.items() if cond == 0 and n not in ("start", "end"))
+        failing = g.rng.choice(sorted(g.chunk_items & set(always)) or always)
+        i = g.placed[failing][2]
+        raise_line = f"        if os.path.exists({fail_marker!r}):\n            raise ValueError('{failing} fails')\n"
+        g.steps[i] = g.steps[i].replace("(self):\n", "(self):\n" + raise_line, 1)
     cls = f"Random{seed}Flow"
     body = "\n".join(reversed(g.steps))
     head = "from metaflow import FlowSpec, step\n\n\n"
     if replaced:
         head = "import functools\n\n" + head + REPLACE_BODY.lstrip() + "\n\n"
+    if failing:
+        head = "import os\n\n" + head
     src = head + f"class {cls}(FlowSpec):\n{body}\n\n" + f'if __name__ == "__main__":\n    {cls}()\n'
     level = g.placed[replaced][0] if replaced else 0
-    return GeneratedFlow(cls, src, frozenset(g.features), replaced, level, frozenset(g.chunk_items))
+    return GeneratedFlow(cls, src, frozenset(g.features), replaced, level, frozenset(g.chunk_items), failing)
 
 
 def random_flow(seed: int, max_steps: int = 14, max_depth: int = 3, *, loops: bool = False) -> tuple[str, str]:

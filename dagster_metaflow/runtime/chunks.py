@@ -1,4 +1,4 @@
-"""The chunked fan-out: a wide top-level foreach's tasks run in chunks, one op per chunk.
+"""The chunked fan-out: a wide foreach's tasks run in chunks, one op per chunk.
 
 One Dagster op per task costs ~12 KB of event log and ~30 ms of the run worker's CPU per
 task (docs/performance.md). Above the threshold (`DAGSTER_METAFLOW_CHUNK_ABOVE`, default
@@ -12,8 +12,15 @@ op. No event per successful task: on the default SQLite instance each event is a
 commit, and a log event per task took half of the run worker's time at width 1,000. A chunk
 op started again after a lost run worker skips the tasks that already succeeded.
 
-A chunk travels as `[[index, upstream pathspec], ...]`; a chunk op returns the same pairs
-with its own tasks' pathspecs, for the next body step or the join.
+A nested foreach (one inside another's body) chunks the same way when its children, counted
+over every task of the foreach, are more than the threshold: its `fanout_<step>` op yields
+chunks of each foreach task's children (a chunk never spans two of them, so its mapping key
+names its tasks: `tasks_0_to_19_in_3_1`), and the join's `regroup_<join>` op collects both
+paths.
+
+A chunk travels as `[[index, upstream pathspec], ...]` (a nested foreach's index is the
+child's index path); a chunk op returns the same pairs with its own tasks' pathspecs, for the
+next body step or the join.
 """
 
 from __future__ import annotations
@@ -67,17 +74,29 @@ def chunk_size(width: int) -> int | None:
 
 
 def chunk_outputs(
-    pathspec: str, width: int, size: int, output: str, metadata: Any
+    pathspec: str,
+    width: int,
+    size: int,
+    output: str,
+    metadata: Any = None,
+    parent: tuple[int, ...] = (),
 ) -> Iterator[DynamicOutput[list[list[Any]]]]:
-    """The foreach task's children as chunks of `size` on `output` (metadata on the first)."""
+    """The children of foreach task `pathspec` (at index path `parent`) as chunks of `size`
+    on `output` (metadata on the first). A top-level foreach's chunk items carry the child's
+    index, a nested one's its whole index path."""
     for first in range(0, width, size):
         last = min(first + size, width) - 1
         yield DynamicOutput(
-            [[i, pathspec] for i in range(first, last + 1)],
+            [[[*parent, i] if parent else i, pathspec] for i in range(first, last + 1)],
             output_name=output,
-            mapping_key=naming.chunk_key(first, last),
+            mapping_key=naming.chunk_key(first, last, parent),
             metadata=metadata if first == 0 else None,
         )
+
+
+def index_path(index: int | Sequence[int]) -> tuple[int, ...]:
+    """A chunk item's foreach index path (an index alone at top level)."""
+    return (index,) if isinstance(index, int) else tuple(index)
 
 
 def chunk_tasks(chunks: Sequence[Chunk]) -> list[str]:
@@ -95,7 +114,7 @@ class ChunkRunner:
     def run(
         self,
         context: OpExecutionContext,
-        tasks: Sequence[tuple[int, TaskOptions]],
+        tasks: Sequence[tuple[Any, TaskOptions]],
         options: StepOptions,
         retry: tuple[int, int | None],
     ) -> list[list[Any]]:

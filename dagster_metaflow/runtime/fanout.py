@@ -51,21 +51,34 @@ class Fanout:
         yield from chunk_outputs(pathspec, width, size, chunks, split.metadata)
 
     def fan_out_all(
-        self, context: OpExecutionContext, pathspecs: Sequence[str]
-    ) -> Iterator[DynamicOutput[str]]:
-        """Nested foreach: fan out the children of every collected foreach task at once."""
+        self, context: OpExecutionContext, pathspecs: Sequence[str], chunks: str | None = None
+    ) -> Iterator[DynamicOutput[Any]]:
+        """Nested foreach: fan out the children of every collected foreach task at once; with
+        `chunks` (the op's output of chunks), in chunks of each task's children when they
+        are more than the chunking threshold in all (chunks.py)."""
+        ordered = sorted(pathspecs, key=path_sort_key)
+        splits = {p: self._split(p) for p in ordered if taken(p)}
+        width = sum(s.num_splits for s in splits.values() if not s.ubf)
+        size = chunk_size(width) if chunks is not None else None
         count = 0
-        for pathspec in sorted(pathspecs, key=path_sort_key):
-            if not taken(pathspec):
+        for pathspec in ordered:
+            split = splits.get(pathspec)
+            if split is None:
                 # a foreach on a branch not taken: one marker child keeps its place
                 yield DynamicOutput(
                     pathspec, mapping_key=naming.mapping_key((*indices_of(pathspec), 0))
                 )
-                continue
-            for child in self._children(pathspec, self._split(pathspec)):
-                count += 1
-                yield child
-        context.log.info(f"{len(pathspecs)} foreach task(s) yield {count} child task(s)")
+            elif size is None or split.ubf:
+                for child in self._children(pathspec, split):
+                    count += 1
+                    yield child
+            else:
+                assert chunks is not None
+                count += split.num_splits
+                parent = indices_of(pathspec)
+                yield from chunk_outputs(pathspec, split.num_splits, size, chunks, parent=parent)
+        how = "" if size is None else f", in chunks of up to {size} ({CHUNK_ABOVE_VAR})"
+        context.log.info(f"{len(pathspecs)} foreach task(s) yield {count} child task(s){how}")
 
     def _split(self, pathspec: str, with_metadata: bool = False) -> _Split:
         """How one foreach task splits, from one read of its datastore."""

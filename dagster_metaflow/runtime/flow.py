@@ -24,7 +24,7 @@ from dagster import DynamicOutput, OpExecutionContext, Output
 from .. import naming
 from ..task_options import StepOptions, TaskOptions
 from .attempt import Attempts
-from .chunks import Chunk, ChunkRunner, chunk_tasks
+from .chunks import Chunk, ChunkRunner, chunk_tasks, index_path
 from .command import StepCommand
 from .fanout import Fanout
 from .ids import task_id_for
@@ -365,21 +365,12 @@ class MetaflowFlow(FlowSettings):
         options = _step_options(
             max_user_code_retries, extra_env, timeout, launcher, ubf_context, decorator_specs
         )
-        tasks = [
-            (
-                index,
-                self._task(
-                    options,
-                    step,
-                    run_id,
-                    upstream,
-                    task_id_for(step, naming.mapping_key((index,))),
-                    tags,
-                    index if foreach_child else None,
-                ),
-            )
-            for index, upstream in chunk
-        ]
+        tasks = []
+        for index, upstream in chunk:
+            path = index_path(index)
+            task_id = task_id_for(step, naming.mapping_key(path))
+            split = path[-1] if foreach_child else None
+            tasks.append((index, self._task(options, step, run_id, upstream, task_id, tags, split)))
         return self.chunks.run(context, tasks, options, (max_retries, retry_delay))
 
     def chunk_tasks(self, chunks: Sequence[Chunk]) -> list[str]:
@@ -409,9 +400,9 @@ class MetaflowFlow(FlowSettings):
         return self.fanout.fan_out(context, pathspec, chunks)
 
     def fan_out_all(
-        self, context: OpExecutionContext, pathspecs: Sequence[str]
-    ) -> Iterator[DynamicOutput[str]]:
-        return self.fanout.fan_out_all(context, pathspecs)
+        self, context: OpExecutionContext, pathspecs: Sequence[str], chunks: str | None = None
+    ) -> Iterator[DynamicOutput[Any]]:
+        return self.fanout.fan_out_all(context, pathspecs, chunks)
 
     def regroup(
         self, context: OpExecutionContext, depth: int, *inputs: Sequence[str]

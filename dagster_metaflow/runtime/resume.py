@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -108,26 +108,47 @@ def executed_tasks(
 ) -> tuple[set[str], set[tuple[str, tuple[int, ...]]]]:
     """(steps whose every task runs again, (step, index path) of single tasks that run again)
     for the ops this Dagster run executes."""
+    steps_of = _op_steps(context)
     keys = context.run.step_keys_to_execute
+    if keys is None:
+        return set(steps_of.values()), set()
+    return tasks_of_step_keys(keys, steps_of)
+
+
+def tasks_of_step_keys(
+    keys: Iterable[str], steps_of: Mapping[str, str]
+) -> tuple[set[str], set[tuple[str, tuple[int, ...]]]]:
+    """What `executed_tasks` says for these step keys (`steps_of`: op name -> its step).
+
+    An unresolved key (`op_post[?]`) runs every task of its step that the new run maps, except
+    where the step's tasks have two op families (a chunkable body: `op_post` per task,
+    `chunk_post` per chunk) and the other one has resolved keys: the parent took that path,
+    and Dagster lists the unused family's op as unresolved because it never ran (it maps to
+    nothing in the new run either)."""
     whole: set[str] = set()
     single: set[tuple[str, tuple[int, ...]]] = set()
-    steps_of = _op_steps(context)
-    if keys is None:
-        return set(steps_of.values()), single
+    unresolved: dict[str, set[str]] = {}  # step -> its ops with an unresolved key
+    resolved: dict[str, set[str]] = {}  # step -> its ops with resolved keys
     for key in keys:
         _, _, mapping = key.partition("[")
-        step = steps_of.get(op_of_step_key(key))
+        op = op_of_step_key(key)
+        step = steps_of.get(op)
         if step is None:
             continue
         mapping = mapping.rstrip("]")
-        chunk = naming.chunk_range(mapping)
-        if not mapping or mapping == "?" or "?" in mapping:
+        chunk = naming.chunk_tasks(mapping)
+        if not mapping:  # an op outside any foreach reruns its only task
             whole.add(step)
+        elif "?" in mapping:
+            unresolved.setdefault(step, set()).add(op)
         elif chunk is not None:  # a chunk op: every task of its chunk
-            single.update((step, (i,)) for i in chunk)
+            parent, last = chunk
+            single.update((step, (*parent, i)) for i in last)
+            resolved.setdefault(step, set()).add(op)
         else:
             single.add((step, naming.indices_from_mapping_key(mapping)))
-    # ops outside any foreach have no mapping key: they rerun their only task
+            resolved.setdefault(step, set()).add(op)
+    whole.update(s for s, ops in unresolved.items() if not resolved.get(s, set()) - ops)
     return whole, single
 
 

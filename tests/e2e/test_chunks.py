@@ -94,3 +94,98 @@ def test_chunked_task_failure_names_the_task_and_stops_its_chunk(workspace: Work
     # the chunk stops at its failed task (the run fails, as natively): body-5 never ran
     assert "body-5" not in body and body["body-3"].successful and not body["body-4"].successful
     assert body["body-4"].current_attempt == 1
+
+
+@pytest.mark.flow("chunked_flow.py")
+@pytest.mark.parametrize("chunks", [False, True], ids=["per-task", "chunked"])
+def test_a_two_step_body_reexecutes_from_failure_in_either_path(workspace: Workspace, chunks: bool) -> None:
+    """A foreach whose body is two plain steps has two op families per body step (one op per
+    task, one per chunk); the run takes one. Re-executed from failure, the failed task's op
+    and what follows run, every other task is cloned, the second step's too (Dagster lists
+    the unused family's op as unresolved: it must not make the step's tasks run again)."""
+    from metaflow import Run
+
+    ws = workspace
+    env = CHUNKED if chunks else {}
+    marker = ws.dir / "fail"
+    ws.metaflow("run", "--marker", str(marker))  # the same parameter, no marker yet
+    native = _artifacts(latest_run_pathspec("ChunkedFlow"))
+    ws.compile()
+    marker.write_text("")
+    res = ws.metaflow("dagster", "trigger", "--wait", "--marker", str(marker), "--run-id-file", "first", check=False, **env)
+    assert res.returncode != 0 and "item 4 is bad while the marker exists" in res.stderr, res.stderr[-2000:]
+    origin = (ws.dir / "first").read_text()
+    marker.unlink()
+    child_id, ok = ws.reexecute_from_failure(ws.dir / "out_dagster.py", "ChunkedFlow", ws.last_dagster_run().run_id, **env)
+    assert ok
+    child = f"ChunkedFlow/{metaflow_run_id(child_id)}"
+    assert _artifacts(child) == native
+    run = Run(child, _namespace_check=False)
+    for step in ("body", "post"):
+        for i in (0, 6):
+            assert run[step][f"{step}-{i}"].metadata_dict.get("origin-run-id") == origin, (step, i)
+    assert "origin-task-id" not in run["body"]["body-4"].metadata_dict
+
+
+# 2 rows of 3 cells; in chunks of two per row: tasks_0_to_1_in_<row>, tasks_2_to_2_in_<row>
+NESTED_CHUNKED = chunked_env(2, above=2)
+
+
+@pytest.mark.flow("nested_chunked_flow.py")
+@pytest.mark.parametrize("chunks", [False, True], ids=["per-task", "chunked"])
+def test_a_nested_two_step_body_resumes_and_reexecutes_from_failure(
+    workspace: Workspace, chunks: bool
+) -> None:
+    """Chunked: the inner foreach's cells in chunks of each row's cells (a chunk never spans
+    two rows, so its key names its tasks). Through plain `flow.py step` processes: the failed
+    run names the task; `dagster resume` clones every cell but the failed one; Dagster's
+    re-execution from failure runs only the failed op's tasks and what follows, cloning the
+    rest (the body's second step too, whose other op family Dagster lists unresolved); both
+    equal native. Per task: the same, one op per task."""
+    from metaflow import Run
+
+    ws = workspace
+    env = NESTED_CHUNKED if chunks else {}
+    marker = ws.dir / "fail"
+    ws.metaflow("run", "--marker", str(marker))  # the same parameter, no marker yet
+    native = _artifacts(latest_run_pathspec("NestedChunkedFlow"))
+    ws.compile()
+    marker.write_text("")
+    plain = {**env, "DAGSTER_METAFLOW_FORK": "0"}
+    res = ws.metaflow("dagster", "trigger", "--wait", "--marker", str(marker), "--run-id-file", "first", check=False, **plain)
+    assert res.returncode != 0
+    origin = (ws.dir / "first").read_text()
+    parent = ws.last_dagster_run()
+    assert f"(task {origin}/cell/cell-1-2)" in res.stderr and "cell 1-2 is bad" in res.stderr, res.stderr[-2000:]
+    failed_op = "chunk_cell[tasks_2_to_2_in_1]" if chunks else "op_cell[1_2]"
+    failed = ws.step_keys(parent.run_id, "STEP_FAILURE")
+    assert failed == {failed_op}, failed
+    succeeded = ws.step_keys(parent.run_id, "STEP_SUCCESS")
+    if chunks:
+        assert {"chunk_cell[tasks_0_to_1_in_0]", "chunk_post[tasks_0_to_1_in_0]", "chunk_cell[tasks_2_to_2_in_0]"} <= succeeded
+        assert not any(k.startswith(("op_cell", "op_post")) for k in succeeded)
+    else:
+        assert {"op_cell[0_0]", "op_post[0_0]", "op_post[1_1]"} <= succeeded
+    cells = Run(f"NestedChunkedFlow/{origin}", _namespace_check=False)["cell"]
+    assert cells["cell-0-1"].current_attempt == 1  # retried (in its chunk), as natively
+    marker.unlink()
+
+    # resume: a new Metaflow run; every cell that succeeded is cloned, cell 1-2 runs
+    ws.metaflow("dagster", "resume", "--origin-run-id", origin, "--wait", "--run-id-file", "second", **env)
+    second = f"NestedChunkedFlow/{(ws.dir / 'second').read_text()}"
+    assert _artifacts(second) == native
+    tasks = {t.id: t for t in Run(second, _namespace_check=False)["cell"]}
+    assert tasks["cell-0-2"].metadata_dict.get("origin-run-id") == origin
+    assert "origin-task-id" not in tasks["cell-1-2"].metadata_dict
+
+    # Dagster's re-execution from failure: only the failed op and what follows it run
+    child_id, ok = ws.reexecute_from_failure(ws.dir / "out_dagster.py", "NestedChunkedFlow", parent.run_id, **env)
+    assert ok
+    child = f"NestedChunkedFlow/{metaflow_run_id(child_id)}"
+    assert _artifacts(child) == native
+    ran = ws.step_keys(child_id, "STEP_SUCCESS")
+    assert failed_op in ran and not {"chunk_cell[tasks_0_to_1_in_0]", "op_cell[0_0]"} & ran
+    run = Run(child, _namespace_check=False)
+    for step, cloned in [("cell", "0-0"), ("cell", "0-1"), ("cell", "1-1"), ("post", "0-0"), ("post", "1-1")]:
+        assert run[step][f"{step}-{cloned}"].metadata_dict.get("origin-run-id") == origin, (step, cloned)
+    assert "origin-task-id" not in run["cell"]["cell-1-2"].metadata_dict

@@ -293,21 +293,11 @@ def test_dagster_reexecution_from_failure_is_a_new_metaflow_run(
     before = _snapshot(f"DeployFlow/{origin}")
     (workspace.dir / "fail-3").unlink()
 
-    code = f"""
-import sys
-from dagster import DagsterInstance, ReexecutionOptions, execute_job
-from dagster._core.definitions.reconstruct import ReconstructableRepository
-job = ReconstructableRepository.for_file({str(out)!r}, "defs").get_reconstructable_job("DeployFlow")
-with DagsterInstance.from_config({str(workspace.dagster_home)!r}) as instance:
-    # the UI's re-execution copies the parent's tags (use_parent_run_tags): ours among them
-    tags = {{k: v for k, v in instance.get_run_by_id({parent.run_id!r}).tags.items() if "metaflow" in k}}
-    res = execute_job(job, instance, tags=tags, reexecution_options=ReexecutionOptions.from_failure({parent.run_id!r}, instance))
-    print("RUN", res.run_id, res.success)
-"""
-    res = workspace.run(sys.executable, "-c", code, **env)
-    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RUN "))
-    _, child_id, ok = line.split()
-    assert ok == "True"
+    with _instance(workspace) as instance:
+        # the UI's re-execution copies the parent's tags (use_parent_run_tags): ours among them
+        tags = {k: v for k, v in instance.get_run_by_id(parent.run_id).tags.items() if "metaflow" in k}
+    child_id, ok = workspace.reexecute_from_failure(out, "DeployFlow", parent.run_id, tags, **env)
+    assert ok
     child = f"DeployFlow/{metaflow_run_id(child_id)}"
     tasks = _tasks(child)
     assert tasks["join/join"].data.results == [2, 4, 6]

@@ -75,6 +75,16 @@ REPLACED_SEEDS = _first_seeds(
 CHUNKED = chunked_env(2)
 
 
+def _fails_in_nested_chunks(seed: int) -> bool:
+    flow = generate(seed, fail_marker="marker")
+    return "chunked_foreach_nested" in flow.features and flow.failing in flow.chunk_items
+
+
+# a step that fails while a marker exists: the first body step of a nested foreach whose body
+# may run in chunks (a fanout op's two paths, a regroup, a second body step)
+REEXECUTED_SEEDS = _first_seeds({"nested_chunk": _fails_in_nested_chunks})
+
+
 def _workspace(name: str, src: str) -> Workspace:
     d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_ROOT))
     flow = d / f"{name}.py"
@@ -143,5 +153,30 @@ def test_random_flow_without_self_next_fails_like_native(seed: int) -> None:
         assert failures and all(d.strip() == f"Internal error: {message}" for d in failures), (failures, message)
         dag = Run(f"{flow.cls}/{metaflow_run_id(run.run_id)}", _namespace_check=False)
         assert not dag.successful and "end" not in [s.id for s in dag]
+    finally:
+        shutil.rmtree(ws.dagster_home, ignore_errors=True)
+
+
+@pytest.mark.parametrize("seed", REEXECUTED_SEEDS)
+def test_random_flow_reexecuted_from_failure_matches_native(seed: int) -> None:
+    """A step fails while a marker file exists; with the marker gone, Dagster's re-execution
+    from failure (the UI's) finishes the run: its artifacts equal a native run's, one op per
+    task and in chunks (the tasks it does not run again are cloned from the failed run)."""
+    ws = _workspace(f"reexec_{seed}", "")
+    marker = ws.dir / "fail"
+    flow = generate(seed, fail_marker=str(marker))
+    ws.flow.write_text(flow.source)
+    try:
+        ws.metaflow("run")
+        native = artifacts_by_task(latest_run_pathspec(flow.cls))
+        out = ws.compile()
+        for env in ({}, CHUNKED):
+            marker.write_text("")
+            assert ws.dagster_execute(out, flow.cls, check=False, **env).returncode != 0
+            parent = ws.last_dagster_run()
+            marker.unlink()
+            child, _ok = ws.reexecute_from_failure(out, flow.cls, parent.run_id, **env)
+            dag = f"{flow.cls}/{metaflow_run_id(child)}"
+            assert artifacts_by_task(dag) == native, (env, flow.failing, flow.source)
     finally:
         shutil.rmtree(ws.dagster_home, ignore_errors=True)

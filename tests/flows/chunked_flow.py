@@ -1,3 +1,5 @@
+import os
+
 from metaflow import FlowSpec, Parameter, catch, current, retry, step, timeout
 
 
@@ -7,6 +9,7 @@ class ChunkedFlow(FlowSpec):
 
     width = Parameter("width", default=7, type=int)
     fail_at = Parameter("fail_at", default=-1, type=int, help="index whose body always fails")
+    marker = Parameter("marker", default="", help="while this file exists, item 4's body fails")
 
     @step
     def start(self):
@@ -22,6 +25,8 @@ class ChunkedFlow(FlowSpec):
         print(f"body {self.input} attempt {current.retry_count}")
         if self.input == self.fail_at:
             raise ValueError(f"item {self.input} is bad")
+        if self.input == 4 and self.marker and os.path.exists(self.marker):
+            raise ValueError("item 4 is bad while the marker exists")
         if self.input == 3 and current.retry_count == 0:
             raise RuntimeError("transient failure of item 3")
         self.square = self.input**2
@@ -32,6 +37,7 @@ class ChunkedFlow(FlowSpec):
     def post(self):
         if self.i == 5:
             raise KeyError("item 5 is caught")
+
         self.plus = self.square + 1
         self.next(self.join)
 

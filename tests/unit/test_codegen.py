@@ -82,6 +82,7 @@ SNAPSHOT_CASES = {
     "retry_flow": ("retry_flow.py", {"tags": ("team:ml", "x y"), "workflow_timeout": 3600}),
     "linear_forkserver": ("linear_flow.py", {"executor": "forkserver", "max_workers": 4}),
     "nested_switch": ("shapes/nested_switch_flow.py", {}),
+    "nested_chunked": ("shapes/nested2_flow.py", {}),  # the inner foreach chunks
     "recursive": ("shapes/recursive_flow.py", {}),
     "loop_in_foreach_rejoin": ("shapes/loop_in_foreach_rejoin_flow.py", {}),
     "parallel": ("shapes/parallel_flow.py", {}),

@@ -94,7 +94,9 @@ def test_top_level_foreach_maps_a_region_and_collects_it() -> None:
         ("hello_flow.py", {"start": ("square",)}),
         ("shapes/multistep_body_flow.py", {"start": ("body", "transform", "polish")}),
         ("shapes/foreach_in_branch_flow.py", {"fanning": ("each",)}),
-        ("shapes/nested2_flow.py", {}),  # a nested foreach in the body: one op per task
+        # the inner foreach's body is a chain (its fanout op chunks it); the outer one's body
+        # holds a foreach: one op per task
+        ("shapes/nested2_flow.py", {"fan_inner": ("work",)}),
         ("shapes/nested_switch_flow.py", {}),  # a switch in the body
         ("shapes/parallel_flow.py", {}),  # @parallel: one control task
     ],
@@ -114,24 +116,36 @@ def test_only_foreaches_whose_body_is_a_chain_of_plain_steps_run_in_chunks(
 def test_nested_foreach_fans_out_again_and_regroups_before_the_inner_join() -> None:
     p = _plan("shapes/nested2_flow.py")
     assert p.helpers == (
-        HelperOp("fanout", "fanout_fan_inner", "fan_inner", ("upstreams",), 1),
-        HelperOp("regroup", "regroup_inner_join", "inner_join", ("from_0",), 1),
+        HelperOp("fanout", "fanout_fan_inner", "fan_inner", ("upstreams",), 1, chunked=True),
+        HelperOp("chunk", "chunk_work", "work", ("upstream",), 2),
+        HelperOp("regroup", "regroup_inner_join", "inner_join", ("from_0", "chunks"), 1, True),
     )
     kinds = [type(s).__name__ for s in p.body]
-    assert kinds == ["Call", "MapRegion", "Call", "MapRegion", "Call", "MapRegion", "Call", "Call"]
-    assert p.body[2] == _call("fan_inner_fanout", "fanout_fan_inner", Collect("fan_inner_each"))
-    inner = p.body[3]
-    assert isinstance(inner, MapRegion)
-    assert (inner.source, inner.param, inner.bound) == (
-        "fan_inner_fanout",
-        "item_2",
-        ("work_each",),
-    )
-    assert p.body[4] == _call("inner_join_inputs", "regroup_inner_join", Collect("work_each"))
-    grouped = p.body[5]
+    assert kinds == [
+        "Call", "MapRegion", "Call", "MapRegion", "MapRegion", "Call", "MapRegion", "Call", "Call"
+    ]
+    fanout = _call(("fan_inner_fanout", "fan_inner_chunks"), "fanout_fan_inner", Collect("fan_inner_each"))
+    assert p.body[2] == fanout
+    inner, chunks = p.body[3], p.body[4]
+    assert isinstance(inner, MapRegion) and isinstance(chunks, MapRegion)
+    assert (inner.source, inner.param, inner.bound) == ("fan_inner_fanout", "item_2", ("work_each",))
+    # the inner foreach's second output: its body's chunk op mapped over the chunks
+    assert (chunks.source, chunks.param, chunks.bound) == ("fan_inner_chunks", "chunk", ("work_chunk_each",))
+    assert chunks.calls == (_call("work_chunk", "chunk_work", Ref("chunk")),)
+    # the inner join's regroup collects both paths (the one not taken is an empty list)
+    regroup = _call("inner_join_inputs", "regroup_inner_join", Collect("work_each"), Collect("work_chunk_each"))
+    assert p.body[5] == regroup
+    grouped = p.body[6]
     assert isinstance(grouped, MapRegion)
     assert grouped.calls == (_call("inner_join", "op_inner_join", Ref("items")),)
-    assert p.body[6] == _call("outer_join", "op_outer_join", Collect("inner_join_each"))
+    assert p.body[7] == _call("outer_join", "op_outer_join", Collect("inner_join_each"))
+
+
+def test_a_nested_foreach_whose_body_is_not_a_chain_fans_out_in_tasks_only() -> None:
+    p = _plan("shapes/nested_switch_flow.py")
+    fanouts = [h for h in p.helpers if h.kind == "fanout"]
+    assert fanouts and not any(h.chunked for h in p.helpers)
+    assert not any(h.kind == "chunk" for h in p.helpers)
 
 
 def test_top_level_switch_binds_one_optional_output_per_branch_and_merges_a_fan_in_list() -> None:
