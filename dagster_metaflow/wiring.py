@@ -21,8 +21,9 @@ A foreach whose body is a chain of plain steps also gets a *chunked* path: its o
 foreach's `fanout_<step>` op) has a second dynamic output (`chunks`), used instead of the
 first when the foreach is wider than the chunking threshold at run time; one `chunk_<step>`
 op per body step is mapped over it and runs a chunk of that step's tasks, each with its own
-attempts. The join (a nested join's `regroup_<step>` op) collects both paths (the unused
-one is an empty list).
+attempts. The join (a nested join's `regroup_<step>` op) collects both paths: a top-level
+foreach uses one (the other is an empty list); a nested fanout op may use both, its foreach
+tasks on a branch not taken (markers) and unbounded ones staying one output per child.
 
 Pure data in, pure data out: the plan is frozen records (calls, arguments, map regions)
 that the template renders; nothing here writes Python source.

@@ -109,8 +109,9 @@ class Workspace:
     def reexecute_from_failure(
         self, out: Path, job: str, parent_run_id: str, tags: dict[str, str] | None = None, **env: str
     ) -> tuple[str, bool]:
-        """What the UI's "Re-execute from failure" does, through Dagster's Python API in a
-        fresh process: (the new Dagster run's id, whether it succeeded)."""
+        """The UI's "Re-execute from failure", through Dagster's Python API in a fresh process
+        (the UI also copies the parent's tags: pass them as `tags` where they matter): (the
+        new Dagster run's id, whether it succeeded)."""
         code = f"""
 from dagster import DagsterInstance, ReexecutionOptions, execute_job
 from dagster._core.definitions.reconstruct import ReconstructableRepository

@@ -33,6 +33,8 @@ class _Gen:
     features: set[str] = field(default_factory=set)
     # first body steps of foreaches whose body is one plain step (may run in chunks)
     chunk_items: set[str] = field(default_factory=set)
+    # the joins of those foreaches -> the foreach's own level (0: top level)
+    chunk_joins: dict[str, int] = field(default_factory=dict)
     # step -> (foreach level, conditional depth, index in `steps`)
     placed: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
@@ -103,6 +105,7 @@ class _Gen:
             # item -> one plain step -> join: a chain (a nested one: its fanout op chunks)
             self.features.add("chunked_foreach" + ("_nested" if self.foreach_level else ""))
             self.chunk_items.add(first)
+            self.chunk_joins[join] = self.foreach_level
         self.add(
             head,
             f"        self.trace += '{head};'\n        self.items = list(range({width}))\n",
@@ -164,6 +167,7 @@ class GeneratedFlow:
     replaced_level: int = 0  # foreach bodies enclosing it
     chunk_items: frozenset[str] = frozenset()  # first steps of bodies that may run in chunks
     failing: str | None = None  # the step that fails while the `fail_marker` file exists
+    failing_level: int | None = None  # the failing join's foreach level, if it joins chunks
 
 
 # stands in for a step's body, as a user decorator may: self.next() is never called
@@ -189,8 +193,9 @@ def generate(
     """A random valid flow. `loops`: blocks may also be loops. `replace_body`: one step that
     always runs (on no conditional branch; never `end`) has its body replaced by a decorator,
     so it never calls self.next(): Metaflow's runtime fails the run after its task.
-    `fail_marker`: one step that always runs (the first body step of a foreach that may run in
-    chunks, when there is one) raises while that file exists (resume and re-execution)."""
+    `fail_marker`: one step that always runs (the join of a foreach that may run in chunks,
+    the deepest such, when there is one: its body's tasks all succeeded and must be reused)
+    raises while that file exists (resume and re-execution)."""
     g = _Gen(random.Random(seed), max_steps, max_depth, loops=loops)
     g.add("end", "        pass\n", "")
     g.steps[-1] = "    @step\n    def end(self):\n        pass\n"
@@ -205,10 +210,13 @@ def generate(
     failing = None
     if fail_marker:
         always = sorted(n for n, (_lvl, cond, _i) in g.placed.items() if cond == 0 and n not in ("start", "end"))
-        failing = g.rng.choice(sorted(g.chunk_items & set(always)) or always)
+        joins = sorted((-g.chunk_joins[j], j) for j in always if j in g.chunk_joins)
+        failing = joins[0][1] if joins else g.rng.choice(always)
         i = g.placed[failing][2]
         raise_line = f"        if os.path.exists({fail_marker!r}):\n            raise ValueError('{failing} fails')\n"
-        g.steps[i] = g.steps[i].replace("(self):\n", "(self):\n" + raise_line, 1)
+        g.steps[i] = g.steps[i].replace("(self):\n", "(self):\n" + raise_line, 1).replace(
+            "(self, inputs):\n", "(self, inputs):\n" + raise_line, 1
+        )
     cls = f"Random{seed}Flow"
     body = "\n".join(reversed(g.steps))
     head = "from metaflow import FlowSpec, step\n\n\n"
@@ -218,7 +226,10 @@ def generate(
         head = "import os\n\n" + head
     src = head + f"class {cls}(FlowSpec):\n{body}\n\n" + f'if __name__ == "__main__":\n    {cls}()\n'
     level = g.placed[replaced][0] if replaced else 0
-    return GeneratedFlow(cls, src, frozenset(g.features), replaced, level, frozenset(g.chunk_items), failing)
+    failing_level = g.chunk_joins.get(failing) if failing else None
+    return GeneratedFlow(
+        cls, src, frozenset(g.features), replaced, level, frozenset(g.chunk_items), failing, failing_level
+    )
 
 
 def random_flow(seed: int, max_steps: int = 14, max_depth: int = 3, *, loops: bool = False) -> tuple[str, str]:

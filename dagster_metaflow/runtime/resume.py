@@ -120,15 +120,16 @@ def tasks_of_step_keys(
 ) -> tuple[set[str], set[tuple[str, tuple[int, ...]]]]:
     """What `executed_tasks` says for these step keys (`steps_of`: op name -> its step).
 
-    An unresolved key (`op_post[?]`) runs every task of its step that the new run maps, except
-    where the step's tasks have two op families (a chunkable body: `op_post` per task,
-    `chunk_post` per chunk) and the other one has resolved keys: the parent took that path,
-    and Dagster lists the unused family's op as unresolved because it never ran (it maps to
-    nothing in the new run either)."""
+    An unresolved key (`op_post[?]`) runs every task of its step that the new run maps. When
+    the step's tasks have two op families (a chunkable body: `op_post` per task, `chunk_post`
+    per chunk), that holds only if every family's key is unresolved (the foreach op, or a
+    nested one's fanout op, runs again, and with it everything below). One family alone
+    unresolved is the path the parent did not take: Dagster lists a step that never ran as
+    missing whatever failed (in the body, the join or elsewhere), and it maps to nothing in
+    the new run, so the step's tasks are cloned as any other's."""
     whole: set[str] = set()
     single: set[tuple[str, tuple[int, ...]]] = set()
     unresolved: dict[str, set[str]] = {}  # step -> its ops with an unresolved key
-    resolved: dict[str, set[str]] = {}  # step -> its ops with resolved keys
     for key in keys:
         _, _, mapping = key.partition("[")
         op = op_of_step_key(key)
@@ -144,11 +145,12 @@ def tasks_of_step_keys(
         elif chunk is not None:  # a chunk op: every task of its chunk
             parent, last = chunk
             single.update((step, (*parent, i)) for i in last)
-            resolved.setdefault(step, set()).add(op)
         else:
             single.add((step, naming.indices_from_mapping_key(mapping)))
-            resolved.setdefault(step, set()).add(op)
-    whole.update(s for s, ops in unresolved.items() if not resolved.get(s, set()) - ops)
+    families: dict[str, set[str]] = {}  # step -> every op that runs its tasks
+    for op, step in steps_of.items():
+        families.setdefault(step, set()).add(op)
+    whole.update(s for s, ops in unresolved.items() if families[s] <= ops)
     return whole, single
 
 

@@ -98,11 +98,15 @@ def test_chunked_task_failure_names_the_task_and_stops_its_chunk(workspace: Work
 
 @pytest.mark.flow("chunked_flow.py")
 @pytest.mark.parametrize("chunks", [False, True], ids=["per-task", "chunked"])
-def test_a_two_step_body_reexecutes_from_failure_in_either_path(workspace: Workspace, chunks: bool) -> None:
+@pytest.mark.parametrize("failing", ["body", "join"])
+def test_a_two_step_body_reexecutes_from_failure_in_either_path(
+    workspace: Workspace, chunks: bool, failing: str
+) -> None:
     """A foreach whose body is two plain steps has two op families per body step (one op per
-    task, one per chunk); the run takes one. Re-executed from failure, the failed task's op
-    and what follows run, every other task is cloned, the second step's too (Dagster lists
-    the unused family's op as unresolved: it must not make the step's tasks run again)."""
+    task, one per chunk); the run takes one. Re-executed from failure (of a body task, or of
+    the join after it), the failed op and what follows run, every other task is cloned, the
+    second step's too (Dagster lists the unused family's op as unresolved: it must not make
+    the step's tasks run again)."""
     from metaflow import Run
 
     ws = workspace
@@ -111,9 +115,9 @@ def test_a_two_step_body_reexecutes_from_failure_in_either_path(workspace: Works
     ws.metaflow("run", "--marker", str(marker))  # the same parameter, no marker yet
     native = _artifacts(latest_run_pathspec("ChunkedFlow"))
     ws.compile()
-    marker.write_text("")
+    marker.write_text(failing)
     res = ws.metaflow("dagster", "trigger", "--wait", "--marker", str(marker), "--run-id-file", "first", check=False, **env)
-    assert res.returncode != 0 and "item 4 is bad while the marker exists" in res.stderr, res.stderr[-2000:]
+    assert res.returncode != 0 and "is bad while the marker exists" in res.stderr, res.stderr[-2000:]
     origin = (ws.dir / "first").read_text()
     marker.unlink()
     child_id, ok = ws.reexecute_from_failure(ws.dir / "out_dagster.py", "ChunkedFlow", ws.last_dagster_run().run_id, **env)
@@ -122,9 +126,10 @@ def test_a_two_step_body_reexecutes_from_failure_in_either_path(workspace: Works
     assert _artifacts(child) == native
     run = Run(child, _namespace_check=False)
     for step in ("body", "post"):
-        for i in (0, 6):
+        for i in (0, 4, 6) if failing == "join" else (0, 6):
             assert run[step][f"{step}-{i}"].metadata_dict.get("origin-run-id") == origin, (step, i)
-    assert "origin-task-id" not in run["body"]["body-4"].metadata_dict
+    rerun = "join/join" if failing == "join" else "body/body-4"
+    assert "origin-task-id" not in run[rerun.split("/")[0]][rerun.split("/")[1]].metadata_dict
 
 
 # 2 rows of 3 cells; in chunks of two per row: tasks_0_to_1_in_<row>, tasks_2_to_2_in_<row>

@@ -75,14 +75,17 @@ REPLACED_SEEDS = _first_seeds(
 CHUNKED = chunked_env(2)
 
 
-def _fails_in_nested_chunks(seed: int) -> bool:
-    flow = generate(seed, fail_marker="marker")
-    return "chunked_foreach_nested" in flow.features and flow.failing in flow.chunk_items
+def _fails_joining_chunks(level: int) -> Callable[[int], bool]:
+    def matches(seed: int) -> bool:
+        return generate(seed, fail_marker="marker").failing_level == level
+
+    return matches
 
 
-# a step that fails while a marker exists: the first body step of a nested foreach whose body
-# may run in chunks (a fanout op's two paths, a regroup, a second body step)
-REEXECUTED_SEEDS = _first_seeds({"nested_chunk": _fails_in_nested_chunks})
+# a step that fails while a marker exists: the join of a foreach whose body may run in chunks
+# (nested: a fanout op's two paths and a regroup; top level: the foreach op's), after every
+# task of its two-step body succeeded, which re-execution must reuse whichever path ran
+REEXECUTED_SEEDS = _first_seeds({"nested": _fails_joining_chunks(1), "top": _fails_joining_chunks(0)})
 
 
 def _workspace(name: str, src: str) -> Workspace:

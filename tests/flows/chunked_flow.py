@@ -9,7 +9,9 @@ class ChunkedFlow(FlowSpec):
 
     width = Parameter("width", default=7, type=int)
     fail_at = Parameter("fail_at", default=-1, type=int, help="index whose body always fails")
-    marker = Parameter("marker", default="", help="while this file exists, item 4's body fails")
+    marker = Parameter(
+        "marker", default="", help="while this file exists, the step it names fails (body: item 4's)"
+    )
 
     @step
     def start(self):
@@ -25,7 +27,7 @@ class ChunkedFlow(FlowSpec):
         print(f"body {self.input} attempt {current.retry_count}")
         if self.input == self.fail_at:
             raise ValueError(f"item {self.input} is bad")
-        if self.input == 4 and self.marker and os.path.exists(self.marker):
+        if self.input == 4 and self._marked("body"):
             raise ValueError("item 4 is bad while the marker exists")
         if self.input == 3 and current.retry_count == 0:
             raise RuntimeError("transient failure of item 3")
@@ -43,6 +45,8 @@ class ChunkedFlow(FlowSpec):
 
     @step
     def join(self, inputs):
+        if self._marked("join"):
+            raise ValueError("join is bad while the marker exists")
         self.total = sum(getattr(i, "plus", 0) for i in inputs)
         self.caught = sorted(i.i for i in inputs if getattr(i, "caught", None))
         self.next(self.end)
@@ -50,6 +54,12 @@ class ChunkedFlow(FlowSpec):
     @step
     def end(self):
         pass
+
+    def _marked(self, step):
+        if not self.marker or not os.path.exists(self.marker):
+            return False
+        with open(self.marker) as f:
+            return f.read().strip() == step
 
 
 if __name__ == "__main__":

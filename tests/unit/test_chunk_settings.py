@@ -96,6 +96,9 @@ STEPS_OF = {
          {"join"}, {("body", (2,)), ("body", (3,)), ("post", (2,)), ("post", (3,))}),
         # the per-task parent: the same for the unused chunk family
         (["op_body[4]", "op_post[4]", "chunk_post[?]", "op_join"], {"join"}, {("body", (4,)), ("post", (4,))}),
+        # the failure after the body (the join): the unused family alone, every body task cloned
+        (["chunk_post[?]", "op_join"], {"join"}, set()),
+        (["op_post[?]", "op_join"], {"join"}, set()),
         # the foreach itself runs again: both families unresolved, every task of the body
         (["op_start", "op_body[?]", "chunk_body[?]", "op_post[?]", "chunk_post[?]", "op_join"],
          {"start", "body", "post", "join"}, set()),
