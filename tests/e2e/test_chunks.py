@@ -4,6 +4,8 @@ in chunk ops, and every task still matches `python flow.py run` with its own att
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from conftest import Workspace, artifacts_by_task, chunked_env, latest_run_pathspec
 
@@ -96,6 +98,21 @@ def test_chunked_task_failure_names_the_task_and_stops_its_chunk(workspace: Work
     assert body["body-4"].current_attempt == 1
 
 
+def _failed_while_marked(ws: Workspace, flow: str, marked: str, env: dict[str, str]) -> tuple[dict, str, Any]:
+    """A native run, then a compiled run that fails while the flow's `--marker` file exists
+    (holding `marked`) and the file removed: (native artifacts, the failed Metaflow run's id,
+    the failed `trigger --wait`)."""
+    marker = ws.dir / "fail"
+    ws.metaflow("run", "--marker", str(marker))  # the same parameter, no marker yet
+    native = _artifacts(latest_run_pathspec(flow))
+    ws.compile()
+    marker.write_text(marked)
+    res = ws.metaflow("dagster", "trigger", "--wait", "--marker", str(marker), "--run-id-file", "first", check=False, **env)
+    marker.unlink()
+    assert res.returncode != 0
+    return native, (ws.dir / "first").read_text(), res
+
+
 @pytest.mark.flow("chunked_flow.py")
 @pytest.mark.parametrize("chunks", [False, True], ids=["per-task", "chunked"])
 @pytest.mark.parametrize("failing", ["body", "join"])
@@ -111,15 +128,8 @@ def test_a_two_step_body_reexecutes_from_failure_in_either_path(
 
     ws = workspace
     env = CHUNKED if chunks else {}
-    marker = ws.dir / "fail"
-    ws.metaflow("run", "--marker", str(marker))  # the same parameter, no marker yet
-    native = _artifacts(latest_run_pathspec("ChunkedFlow"))
-    ws.compile()
-    marker.write_text(failing)
-    res = ws.metaflow("dagster", "trigger", "--wait", "--marker", str(marker), "--run-id-file", "first", check=False, **env)
-    assert res.returncode != 0 and "is bad while the marker exists" in res.stderr, res.stderr[-2000:]
-    origin = (ws.dir / "first").read_text()
-    marker.unlink()
+    native, origin, res = _failed_while_marked(ws, "ChunkedFlow", failing, env)
+    assert "is bad while the marker exists" in res.stderr, res.stderr[-2000:]
     child_id, ok = ws.reexecute_from_failure(ws.dir / "out_dagster.py", "ChunkedFlow", ws.last_dagster_run().run_id, **env)
     assert ok
     child = f"ChunkedFlow/{metaflow_run_id(child_id)}"
@@ -128,8 +138,8 @@ def test_a_two_step_body_reexecutes_from_failure_in_either_path(
     for step in ("body", "post"):
         for i in (0, 4, 6) if failing == "join" else (0, 6):
             assert run[step][f"{step}-{i}"].metadata_dict.get("origin-run-id") == origin, (step, i)
-    rerun = "join/join" if failing == "join" else "body/body-4"
-    assert "origin-task-id" not in run[rerun.split("/")[0]][rerun.split("/")[1]].metadata_dict
+    step, task = ("join", "join") if failing == "join" else ("body", "body-4")
+    assert "origin-task-id" not in run[step][task].metadata_dict
 
 
 # 2 rows of 3 cells; in chunks of two per row: tasks_0_to_1_in_<row>, tasks_2_to_2_in_<row>
@@ -151,15 +161,7 @@ def test_a_nested_two_step_body_resumes_and_reexecutes_from_failure(
 
     ws = workspace
     env = NESTED_CHUNKED if chunks else {}
-    marker = ws.dir / "fail"
-    ws.metaflow("run", "--marker", str(marker))  # the same parameter, no marker yet
-    native = _artifacts(latest_run_pathspec("NestedChunkedFlow"))
-    ws.compile()
-    marker.write_text("")
-    plain = {**env, "DAGSTER_METAFLOW_FORK": "0"}
-    res = ws.metaflow("dagster", "trigger", "--wait", "--marker", str(marker), "--run-id-file", "first", check=False, **plain)
-    assert res.returncode != 0
-    origin = (ws.dir / "first").read_text()
+    native, origin, res = _failed_while_marked(ws, "NestedChunkedFlow", "", {**env, "DAGSTER_METAFLOW_FORK": "0"})
     parent = ws.last_dagster_run()
     assert f"(task {origin}/cell/cell-1-2)" in res.stderr and "cell 1-2 is bad" in res.stderr, res.stderr[-2000:]
     failed_op = "chunk_cell[tasks_2_to_2_in_1]" if chunks else "op_cell[1_2]"
@@ -173,7 +175,6 @@ def test_a_nested_two_step_body_resumes_and_reexecutes_from_failure(
         assert {"op_cell[0_0]", "op_post[0_0]", "op_post[1_1]"} <= succeeded
     cells = Run(f"NestedChunkedFlow/{origin}", _namespace_check=False)["cell"]
     assert cells["cell-0-1"].current_attempt == 1  # retried (in its chunk), as natively
-    marker.unlink()
 
     # resume: a new Metaflow run; every cell that succeeded is cloned, cell 1-2 runs
     ws.metaflow("dagster", "resume", "--origin-run-id", origin, "--wait", "--run-id-file", "second", **env)
