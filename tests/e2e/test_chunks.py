@@ -98,45 +98,52 @@ def test_chunked_task_failure_names_the_task_and_stops_its_chunk(workspace: Work
     assert body["body-4"].current_attempt == 1
 
 
-def _failed_while_marked(ws: Workspace, flow: str, marked: str, env: dict[str, str]) -> tuple[dict, str, Any]:
-    """A native run, then a compiled run that fails while the flow's `--marker` file exists
-    (holding `marked`) and the file removed: (native artifacts, the failed Metaflow run's id,
-    the failed `trigger --wait`)."""
-    marker = ws.dir / "fail"
-    ws.metaflow("run", "--marker", str(marker))  # the same parameter, no marker yet
+def _native_then_compiled(ws: Workspace, flow: str) -> dict:
+    """A native run with the `--marker` parameter the Dagster runs get (no file yet), then
+    the deployment: the native run's artifacts."""
+    ws.metaflow("run", "--marker", str(ws.dir / "fail"))
     native = _artifacts(latest_run_pathspec(flow))
     ws.compile()
+    return native
+
+
+def _failed_while_marked(ws: Workspace, marked: str, env: dict[str, str]) -> tuple[str, Any]:
+    """A `trigger --wait` that fails while the flow's `--marker` file exists (holding
+    `marked`), then the file removed: (the failed Metaflow run's id, the command's result)."""
+    marker = ws.dir / "fail"
     marker.write_text(marked)
     res = ws.metaflow("dagster", "trigger", "--wait", "--marker", str(marker), "--run-id-file", "first", check=False, **env)
     marker.unlink()
     assert res.returncode != 0
-    return native, (ws.dir / "first").read_text(), res
+    return (ws.dir / "first").read_text(), res
 
 
 @pytest.mark.flow("chunked_flow.py")
-@pytest.mark.parametrize("chunks", [False, True], ids=["per-task", "chunked"])
-def test_a_two_step_body_reexecutes_from_failure_in_either_path(workspace: Workspace, chunks: bool) -> None:
+def test_a_two_step_body_reexecutes_from_failure_in_either_path(workspace: Workspace) -> None:
     """A foreach whose body is two plain steps has two op families per body step (one op per
-    task, one per chunk); the run takes one. Re-executed from a failure after the body (the
-    join), the join and what follows run and every body task is cloned, the second step's
-    too (Dagster lists the unused family's op as unresolved: it must not make the step's
-    tasks run again). A failure inside the body: the nested test below, and test_deploy.py's
-    re-execution (a one-step body)."""
+    task, one per chunk); a run takes one. Re-executed from a failure after the body (the
+    join), one op per task and in chunks, the join and what follows run and every body task
+    is cloned, the second step's too (Dagster lists the unused family's op as unresolved: it
+    must not make the step's tasks run again). A failure inside the body: the nested test
+    below, and test_deploy.py's re-execution (a one-step body)."""
     from metaflow import Run
 
     ws = workspace
-    env = CHUNKED if chunks else {}
-    native, origin, res = _failed_while_marked(ws, "ChunkedFlow", "join", env)
-    assert "is bad while the marker exists" in res.stderr, res.stderr[-2000:]
-    child_id, ok = ws.reexecute_from_failure(ws.dir / "out_dagster.py", "ChunkedFlow", ws.last_dagster_run().run_id, **env)
-    assert ok
-    child = f"ChunkedFlow/{metaflow_run_id(child_id)}"
-    assert _artifacts(child) == native
-    run = Run(child, _namespace_check=False)
-    for step in ("body", "post"):
-        for i in range(7):
-            assert run[step][f"{step}-{i}"].metadata_dict.get("origin-run-id") == origin, (step, i)
-    assert "origin-task-id" not in run["join"]["join"].metadata_dict
+    native = _native_then_compiled(ws, "ChunkedFlow")
+    for env in ({}, CHUNKED):
+        origin, res = _failed_while_marked(ws, "join", env)
+        assert "is bad while the marker exists" in res.stderr, res.stderr[-2000:]
+        child_id, ok = ws.reexecute_from_failure(ws.dir / "out_dagster.py", "ChunkedFlow", ws.last_dagster_run().run_id, **env)
+        assert ok, env
+        child = f"ChunkedFlow/{metaflow_run_id(child_id)}"
+        assert _artifacts(child) == native, env
+        run = Run(child, _namespace_check=False)
+        for step in ("body", "post"):
+            for i in range(7):
+                assert run[step][f"{step}-{i}"].metadata_dict.get("origin-run-id") == origin, (env, step, i)
+        assert "origin-task-id" not in run["join"]["join"].metadata_dict
+        ran = ws.step_keys(child_id, "STEP_SUCCESS")
+        assert not any(k.startswith(("op_body", "op_post", "chunk_")) for k in ran), (env, ran)
 
 
 # 2 rows of 3 cells; in chunks of two per row: tasks_0_to_1_in_<row>, tasks_2_to_2_in_<row>
@@ -159,7 +166,8 @@ def test_a_nested_two_step_body_resumes_and_reexecutes_from_failure(
 
     ws = workspace
     env = NESTED_CHUNKED if chunks else {}
-    native, origin, res = _failed_while_marked(ws, "NestedChunkedFlow", "", {**env, "DAGSTER_METAFLOW_FORK": "0"})
+    native = _native_then_compiled(ws, "NestedChunkedFlow")
+    origin, res = _failed_while_marked(ws, "", {**env, "DAGSTER_METAFLOW_FORK": "0"})
     parent = ws.last_dagster_run()
     assert f"(task {origin}/cell/cell-1-2)" in res.stderr and "cell 1-2 is bad" in res.stderr, res.stderr[-2000:]
     failed_op = "chunk_cell[tasks_2_to_2_in_1]" if chunks else "op_cell[1_2]"
