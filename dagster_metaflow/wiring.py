@@ -311,13 +311,14 @@ class _Builder:
         re-emit them grouped per outer index."""
         op = self.helper_name(f"regroup_{step.name}")
         names = tuple(naming.python_identifier(f"from_{i}", set()) for i in range(len(vals)))
-        extra = [chunks] if chunks is not None else []
-        names += (CHUNKS,) * len(extra)
-        self.helpers.append(HelperOp("regroup", op, step.name, names, depth, bool(extra)))
+        inputs = vals if chunks is None else [*vals, chunks]
+        if chunks is not None:
+            names += (CHUNKS,)
+        self.helpers.append(HelperOp("regroup", op, step.name, names, depth, chunks is not None))
         name = self.var(f"{step.name}_inputs")
         stream = self.new_stream(name, depth, self.var("items"))
-        args = tuple(self.export(v) for v in [*vals, *extra])
-        needs = [v.stream for v in [*vals, *extra] if v.stream is not None]
+        args = tuple(self.export(v) for v in inputs)
+        needs = [v.stream for v in inputs if v.stream is not None]
         stream.source = self.emit(None, Call((name,), op, args), needs)
         return _Val(stream.param, stream)
 
