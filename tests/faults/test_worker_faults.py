@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -287,15 +288,52 @@ QUEUED_YAML = """run_coordinator:
 """
 
 
-# the 4-wide foreach in chunks of two: chunk 0-1 runs body-0 then holds in body-1, chunk
-# 2-3 holds in body-2; body-3 has not started when the worker is killed
+# The three runs the daemon resumes. Top level, a 4-wide foreach: one op per task (bodies
+# 1-3 hold), or in chunks of two (chunk 0-1 runs body-0 then holds in body-1, chunk 2-3
+# holds in body-2; body-3 has not started when the worker is killed). Nested, two outer
+# items of two bodies each, in chunks of two per outer item: each chunk runs body-<o>-0 then
+# holds in body-<o>-1.
 CHUNKED = chunked_env(2)
 
 
-@pytest.mark.flow("fault_flow.py")
-@pytest.mark.parametrize("chunks", [False, True], ids=["per-task", "chunked"])
+@dataclass(frozen=True)
+class _Resumed:
+    flow: str
+    chunked: bool
+    done_before: tuple[str, ...]  # body tasks finished when the worker is killed
+    held: tuple[str, ...]  # body tasks held then (run again as attempt 1)
+    not_started: tuple[str, ...]  # body tasks first started by the new worker (attempt 0)
+    chunk_keys: tuple[str, ...]  # chunk ops the resumed run completes
+    total_step: str = "join"  # the step whose `total` sums every body's value (12)
+
+
+_RESUMED = {
+    "per-task": _Resumed("FaultFlow", False, ("body-0",), ("body-1", "body-2", "body-3"), (), ()),
+    "chunked": _Resumed(
+        "FaultFlow", True, ("body-0",), ("body-1", "body-2"), ("body-3",), ("chunk_body[tasks_0_to_1]",)
+    ),
+    "chunked-nested": _Resumed(
+        "NestedFaultFlow",
+        True,
+        ("body-0-0", "body-1-0"),
+        ("body-0-1", "body-1-1"),
+        (),
+        ("chunk_body[tasks_0_to_1_in_0]", "chunk_body[tasks_0_to_1_in_1]"),
+        "outer_join",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(_RESUMED["per-task"], marks=pytest.mark.flow("fault_flow.py"), id="per-task"),
+        pytest.param(_RESUMED["chunked"], marks=pytest.mark.flow("fault_flow.py"), id="chunked"),
+        pytest.param(_RESUMED["chunked-nested"], marks=pytest.mark.flow("nested_fault_flow.py"), id="chunked-nested"),
+    ],
+)
 def test_daemon_resumes_a_run_it_launched_whose_worker_died_and_the_run_outlives_the_daemon(
-    workspace: Workspace, chunks: bool
+    workspace: Workspace, case: _Resumed
 ) -> None:
     """A run the daemon launched (`trigger` queued it; the daemon's run queue launched it
     through MetaflowRunLauncher, as it does a scheduled run's, without waiting for a
@@ -303,13 +341,13 @@ def test_daemon_resumes_a_run_it_launched_whose_worker_died_and_the_run_outlives
     `max_resume_run_attempts`, the daemon resumes the SAME run (finished tasks not run again,
     killed ones as new attempts); then kill -9 of the daemon itself: the new worker (its own
     session) goes on, and the run ends SUCCESS with the artifacts of an uninterrupted run and
-    nothing left in the process table. Chunked: the resumed chunk op skips the task that
-    succeeded and retries the one that was killed."""
+    nothing left in the process table. Chunked, at top level and nested: the resumed chunk op
+    skips the tasks that succeeded and retries the ones that were killed."""
     ws = workspace
     (ws.dagster_home / "dagster.yaml").write_text(DAEMON_YAML + QUEUED_YAML)
     ws.compile()
-    held = 2 if chunks else 3
-    with dagster_daemon(ws, **(CHUNKED if chunks else {})) as daemon:
+    held = len(case.held)
+    with dagster_daemon(ws, **(CHUNKED if case.chunked else {})) as daemon:
         res = ws.metaflow("dagster", "trigger", "--marker-dir", str(ws.dir))
         assert "queued: dagster-daemon" in res.stderr, res.stderr[-2000:]
         pids = _markers(ws, 0, held, timeout=150)
@@ -331,9 +369,9 @@ def test_daemon_resumes_a_run_it_launched_whose_worker_died_and_the_run_outlives
             assert parent.cmdline()[-2] == "worker"
         else:
             assert psutil.Process(first.pid).cmdline()[2:4] == ["dagster_metaflow.run_worker", "execute_run"]
-        pathspec = f"FaultFlow/{mf_run}"
+        pathspec = f"{case.flow}/{mf_run}"
         done_before = {tid: t.finished_at for tid, t in _body_tasks(pathspec).items() if t.successful}
-        assert list(done_before) == ["body-0"], done_before
+        assert sorted(done_before) == sorted(case.done_before), done_before
         os.kill(first.pid, signal.SIGKILL)
         assert survivors(pids, within=30) == []
         resumed_pids = _markers(ws, 1, held, timeout=150)  # the new worker's attempts hold too
@@ -350,16 +388,17 @@ def test_daemon_resumes_a_run_it_launched_whose_worker_died_and_the_run_outlives
     from metaflow import Run
 
     mf = Run(pathspec, _namespace_check=False)
-    assert mf.successful and mf["join"].task["total"].data == sum(i * 2 for i in range(4))
+    assert mf.successful and mf[case.total_step].task["total"].data == 12  # as uninterrupted
     tasks = _body_tasks(pathspec)
-    assert tasks["body-0"].finished_at == done_before["body-0"]  # not run again
-    assert tasks["body-0"].current_attempt == 0
-    for tid in ("body-1", "body-2", "body-3"):
-        # chunked: body-3 first started in the new worker
-        attempt = 0 if chunks and tid == "body-3" else 1
+    assert sorted(tasks) == sorted(case.done_before + case.held + case.not_started)
+    for tid in case.done_before:  # not run again
+        assert tasks[tid].finished_at == done_before[tid] and tasks[tid].current_attempt == 0, tid
+    for tid in case.held + case.not_started:
+        attempt = 1 if tid in case.held else 0
         assert tasks[tid].current_attempt == attempt and tasks[tid].successful, tid
-    if chunks:
-        assert "chunk_body[tasks_0_to_1]" in ws.step_keys(run_id, "STEP_SUCCESS")
+    succeeded = ws.step_keys(run_id, "STEP_SUCCESS")
+    for key in case.chunk_keys:
+        assert key in succeeded, (key, succeeded)
     assert survivors([first.pid, second.pid, parent.pid, *resumed_pids], within=30) == []
     assert _carriers(first) == [] and _carriers(second) == []
 
