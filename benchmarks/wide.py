@@ -1,6 +1,9 @@
 """A very wide foreach through `python flow.py dagster trigger --wait`, against native.
 
-    python benchmarks/wide.py --width 1000 [--native] [--repeat 1]
+    python benchmarks/wide.py --width 1000 [--nested3 | --nested OUTERxINNER] [--native] [--postgres] [--ui]
+
+(--nested3: a 3-level nested foreach of width**3 leaves; --nested 500x4: a 2-level one,
+500 outer items of 4 leaves each, where a chunk, which never spans two outer items, is short)
 
 Prints, for the Dagster run: whole-command wall time, the machine's CPU time split between
 the forked step processes, the step zygote, the run worker and the rest (psutil, sampled
@@ -159,6 +162,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--width", type=int, default=1000)
     ap.add_argument("--nested3", action="store_true", help="a 3-level nested foreach width x width x width")
+    ap.add_argument("--nested", metavar="OUTERxINNER", help="a 2-level nested foreach, e.g. 500x4 (--width ignored)")
     ap.add_argument("--native", action="store_true", help="also time `python flow.py run`")
     ap.add_argument("--native-seconds", type=float, help="a native time measured earlier")
     ap.add_argument("--keep", help="use this directory and keep it")
@@ -167,8 +171,19 @@ def main() -> None:
     args = ap.parse_args()
     if args.keep and args.postgres:
         ap.error("--keep with --postgres would keep an instance whose database is gone")
-    name, source = flows.nested3(args.width) if args.nested3 else flows.foreach(args.width)
-    tasks_of_width = args.width**3 if args.nested3 else args.width
+    if args.nested:
+        try:
+            outer, inner = (int(n) for n in args.nested.lower().split("x"))
+        except ValueError:
+            ap.error(f"--nested {args.nested!r}: give OUTERxINNER, e.g. 500x4")
+        name, source = flows.nested(outer, inner)
+        tasks_of_width, shape = outer * inner, f"{outer}x{inner} nested"
+    elif args.nested3:
+        name, source = flows.nested3(args.width)
+        tasks_of_width, shape = args.width**3, f"{args.width}x{args.width}x{args.width} nested"
+    else:
+        name, source = flows.foreach(args.width)
+        tasks_of_width, shape = args.width, f"width {args.width}"
     with tempfile.TemporaryDirectory(prefix="dm-bench-wide-") as tmp, contextlib.ExitStack() as stack:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -207,7 +222,6 @@ def main() -> None:
         rates, span, tasks = _throughput(home)
         grown = [b - a for a, b in zip(before, _storage_bytes(pg, home), strict=True)]
         logs = _dir_size(home / "storage") - _dir_size(home / "storage" / "dagster_metaflow_io")
-        shape = f"{args.width}x{args.width}x{args.width} nested" if args.nested3 else f"width {args.width}"
         chunking = os.environ.get("DAGSTER_METAFLOW_CHUNK_ABOVE", "default")
         storage = "PostgreSQL" if pg else "SQLite"
         print(f"{shape}: `trigger --wait` {wall:.1f}s (run {span:.1f}s, {tasks} tasks; DAGSTER_METAFLOW_CHUNK_ABOVE={chunking}; {storage})")

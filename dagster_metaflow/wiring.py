@@ -162,6 +162,9 @@ class _Stream:
     source: _TopItem | None = None
     calls: list[Call] = field(default_factory=list)
     exports: list[_Val] = field(default_factory=list)
+    # its source may be skipped by Dagster (a foreach after a top-level switch): so may
+    # every value collected from it at top level
+    optional: bool = False
 
 
 @dataclass(eq=False)
@@ -247,8 +250,10 @@ class _Builder:
             val.stream.exports.append(val)
         return Collect(val.outer_var)
 
-    def new_stream(self, name: str, depth: int, param: str) -> _Stream:
-        s = _Stream(var=name, depth=depth, fn=self.var(f"each_{name}"), param=param)
+    def new_stream(self, name: str, depth: int, param: str, optional: bool = False) -> _Stream:
+        s = _Stream(
+            var=name, depth=depth, fn=self.var(f"each_{name}"), param=param, optional=optional
+        )
         self.streams.append(s)
         return s
 
@@ -277,7 +282,7 @@ class _Builder:
             return self.children[foreach.name]
         v = self.value[foreach.name]
         if v.stream is None:  # top-level foreach: its op is the dynamic output
-            stream = self.new_stream(v.var, 1, self.var("item"))
+            stream = self.new_stream(v.var, 1, self.var("item"), v.optional)
             stream.source = self.statement[foreach.name]
         else:
             op = self.helper_name(f"fanout_{foreach.name}")
@@ -289,18 +294,19 @@ class _Builder:
             name = self.var(f"{foreach.name}_fanout")
             chunks = self.var(f"{foreach.name}_chunks") if chunked else None
             targets = (name,) if chunks is None else (name, chunks)
-            stream = self.new_stream(name, depth + 1, self.var("item"))
+            optional = v.stream.optional
+            stream = self.new_stream(name, depth + 1, self.var("item"), optional)
             stream.source = self.emit(None, Call(targets, op, (self.export(v),)), [v.stream])
             if chunks is not None:
-                self.add_chunk_stream(foreach, chunks, depth + 1, stream.source)
+                self.add_chunk_stream(foreach, chunks, depth + 1, stream.source, optional)
         self.children[foreach.name] = stream
         return stream
 
     def add_chunk_stream(
-        self, foreach: StepIR, var: str, depth: int, source: _TopItem | None
+        self, foreach: StepIR, var: str, depth: int, source: _TopItem | None, optional: bool
     ) -> None:
         """The stream of a chunked foreach's chunks (its body's chunk ops are mapped over it)."""
-        stream = self.new_stream(var, depth, self.var("chunk"))
+        stream = self.new_stream(var, depth, self.var("chunk"), optional)
         stream.source = source
         self.chunk_stream[foreach.name] = stream
 
@@ -316,7 +322,8 @@ class _Builder:
             names += (CHUNKS,)
         self.helpers.append(HelperOp("regroup", op, step.name, names, depth, chunks is not None))
         name = self.var(f"{step.name}_inputs")
-        stream = self.new_stream(name, depth, self.var("items"))
+        optional = any(v.stream is not None and v.stream.optional for v in inputs)
+        stream = self.new_stream(name, depth, self.var("items"), optional)
         args = tuple(self.export(v) for v in inputs)
         needs = [v.stream for v in inputs if v.stream is not None]
         stream.source = self.emit(None, Call((name,), op, args), needs)
@@ -330,6 +337,8 @@ class _Builder:
             raise WiringError(f"step {step.name!r}: joins branches from different foreach levels")
         (depth,) = depths
         chunks = self.chunk_val.get(step.in_steps[0]) if len(step.in_steps) == 1 else None
+        # a foreach after a top-level switch may be skipped, and its join with it
+        optional = any(v.stream is not None and v.stream.optional for v in vals)
         if depth > 1:
             grouped = self.regroup(step, vals, depth - 1, chunks)
             return _Inputs("list", grouped.stream, (Ref(grouped.var),))
@@ -337,14 +346,19 @@ class _Builder:
         if chunks is not None:
             assert chunks.stream is not None
             args = (self.export(vals[0]), self.export(chunks))
-            return _Inputs("chunked", None, args, [*needs, chunks.stream], (UPSTREAMS, CHUNKS))
+            return _Inputs(
+                "chunked", None, args, [*needs, chunks.stream], (UPSTREAMS, CHUNKS),
+                optional_out=optional,
+            )
         if len(vals) == 1:
-            return _Inputs("list", None, (self.export(vals[0]),), needs)
+            return _Inputs("list", None, (self.export(vals[0]),), needs, optional_out=optional)
         # switch branches ending the body: one collected list per branch
         names = tuple(
             naming.python_identifier(f"from_{p}", {"context", "config"}) for p in step.in_steps
         )
-        return _Inputs("lists", None, tuple(self.export(v) for v in vals), needs, names)
+        return _Inputs(
+            "lists", None, tuple(self.export(v) for v in vals), needs, names, optional_out=optional
+        )
 
     def merge(self, step: StepIR, vals: list[_Val]) -> _Inputs:
         """A step with several inputs that is not a foreach join."""
@@ -353,8 +367,9 @@ class _Builder:
             step.kind != "join" or any(v.optional for v in vals)
         ):
             # a conditional merge, or a join fed by switch branches: Dagster runs a
-            # fan-in list unless every item is missing
-            return _Inputs("list", None, (RefList(tuple(Ref(v.var) for v in vals)),))
+            # fan-in list unless every item is missing (then it is skipped too)
+            refs = RefList(tuple(Ref(v.var) for v in vals))
+            return _Inputs("list", None, (refs,), optional_out=all(v.optional for v in vals))
         if len(streams) == 1:
             names = tuple(naming.python_identifier(p, {"context", "config"}) for p in step.in_steps)
             return _Inputs("named", vals[0].stream, tuple(Ref(v.var) for v in vals), names=names)
@@ -406,7 +421,7 @@ class _Builder:
         if statement is not None:
             self.statement[step.name] = statement
         if chunked:
-            self.add_chunk_stream(step, call.targets[1], 1, statement)
+            self.add_chunk_stream(step, call.targets[1], 1, statement, i.optional_out)
         if step.name in self.chunk_body:
             self.place_chunk(step)
         self.value[step.name] = _Val(var, i.stream, optional=i.optional_out)

@@ -124,12 +124,24 @@ class _Gen:
         a = self.blocks(depth + 1, target, 1, into_join=open_)
         b = self.blocks(depth + 1, target, 1, into_join=open_)
         self.conditional -= 1
+        self._note_open_branches(open_, follow, (a, b))
         self.add(
             head,
             f"        self.trace += '{head};'\n        self.choice = 'a' if len(self.trace) % 2 else 'b'\n",
             f"{{'a': self.{a}, 'b': self.{b}}}, condition='choice'",
         )
         return head
+
+    def _note_open_branches(self, open_: bool, follow: str, branches: tuple[str, ...]) -> None:
+        """A top-level open switch (or loop) into a split's join whose branch is a split,
+        foreach, switch or loop: that branch ends in a join or merge that Dagster skips when
+        the branch is not taken, and the split's join must still run (a fan-in of what ran)."""
+        if not open_ or self.foreach_level or not follow.startswith("join"):
+            return
+        for entry in branches:
+            kind = entry.rstrip("0123456789")
+            if kind in ("split", "fe", "sw", "lp"):
+                self.features.add(f"open_branch_through_{'foreach' if kind == 'fe' else 'join' if kind == 'split' else 'merge'}")
 
     def loop(self, depth: int, follow: str, open_: bool) -> str:
         """A recursive switch (1-3 iterations, from the trace) whose two exits go through
@@ -143,6 +155,7 @@ class _Gen:
         a = self.blocks(depth + 1, target, 1, into_join=open_)
         b = self.blocks(depth + 1, target, 1, into_join=open_)
         self.conditional -= 1
+        self._note_open_branches(open_, follow, (a, b))
         level = f"_in_foreach{self.foreach_level}" if self.foreach_level else ""
         self.features.add(("open_loop" if open_ else "loop") + level)
         self.add(

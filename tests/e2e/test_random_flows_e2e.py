@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -99,29 +100,38 @@ def _workspace(name: str, src: str) -> Workspace:
     return Workspace(dir=d, flow=flow, dagster_home=home)
 
 
-def _matches_native(cls_name: str, ws: Workspace, src: str, chunks: bool = False) -> None:
-    """Native and Dagster runs have equal artifacts; with `chunks`, a second Dagster run
-    in chunks too (its chunk ops checked to have run)."""
+def _matches_native(cls_name: str, ws: Workspace, src: str, chunk_items: frozenset[str] = frozenset()) -> None:
+    """Native and Dagster runs have equal artifacts; with `chunk_items` (first steps of
+    bodies that may run in chunks), a second Dagster run in chunks too, whose chunk ops ran
+    if any of those steps ran natively (a foreach on a branch not taken runs none)."""
     try:
         ws.metaflow("run")
-        native = latest_run_pathspec(cls_name)
+        native = artifacts_by_task(latest_run_pathspec(cls_name))
         out = ws.compile()
-        for env in ({}, CHUNKED) if chunks else ({},):
+        for env in ({}, CHUNKED) if chunk_items else ({},):
             ws.dagster_execute(out, cls_name, **env)
             run = ws.last_dagster_run()
             dag = f"{cls_name}/{metaflow_run_id(run.run_id)}"
-            assert artifacts_by_task(dag) == artifacts_by_task(native), (env, src)
+            assert artifacts_by_task(dag) == native, (env, src)
             if env:
-                assert any(k.startswith("chunk_") for k in ws.step_keys(run.run_id, "STEP_SUCCESS"))
+                chunked = any(k.startswith("chunk_") for k in ws.step_keys(run.run_id, "STEP_SUCCESS"))
+                assert chunked == any(step in chunk_items for step, _path, _loops in native), src
     finally:
         shutil.rmtree(ws.dagster_home, ignore_errors=True)
 
 
-@pytest.mark.parametrize("seed", _rich_seeds(3))
+# a top-level open switch into a split's join, its branch not taken a foreach (22) or a
+# split (120) ending in a merge or join: Dagster skips that join or merge, and the split's
+# join must still run on what was taken (both seeds failed before; the generator's
+# `open_branch_through_*` features find more)
+REJOINED_SEEDS = [22, 120]
+
+
+@pytest.mark.parametrize("seed", [*_rich_seeds(3), *REJOINED_SEEDS])
 def test_random_flow_matches_native(seed: int) -> None:
     flow = generate(seed)
     ws = _workspace(f"random_{seed}", flow.source)
-    _matches_native(flow.cls, ws, flow.source, chunks=bool(flow.chunk_items))
+    _matches_native(flow.cls, ws, flow.source, flow.chunk_items)
 
 
 @pytest.mark.parametrize("seed", LOOP_SEEDS)
@@ -184,3 +194,39 @@ def test_random_flow_reexecuted_from_failure_matches_native(seed: int) -> None:
             assert artifacts_by_task(dag) == native, (env, flow.failing, flow.source)
     finally:
         shutil.rmtree(ws.dagster_home, ignore_errors=True)
+
+
+def _sweep_seeds(spec: str) -> list[int]:
+    """`DAGSTER_METAFLOW_SWEEP=100-199` (or `7,19,40-45`): the seeds of the opt-in sweep."""
+    seeds: list[int] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        first, _, last = part.partition("-")
+        seeds.extend(range(int(first), int(last or first) + 1))
+    return seeds
+
+
+SWEEP = _sweep_seeds(os.environ.get("DAGSTER_METAFLOW_SWEEP", ""))
+
+
+@pytest.mark.skipif(not SWEEP, reason="opt-in: DAGSTER_METAFLOW_SWEEP=<seeds>, e.g. 100-199")
+@pytest.mark.parametrize("seed", SWEEP or [0])
+def test_sweep_random_flow_matches_native_and_reexecutes(seed: int) -> None:
+    """Many more random flows than the suite runs (README, Testing): each with loops, run
+    natively and under Dagster (one op per task, and in chunks when a body may chunk); then
+    the same flow with a step failing while a marker exists, re-executed from failure in
+    both paths, against native. Run it with DAGSTER_METAFLOW_FORK=0 too."""
+    flow = generate(seed, loops=True)
+    _matches_native(flow.cls, _workspace(f"sweep_{seed}", flow.source), flow.source, flow.chunk_items)
+    try:
+        test_random_flow_reexecuted_from_failure_matches_native(seed)
+    except AssertionError as exc:
+        if DAGSTER_SKIPPED_FANOUT_BUG in str(exc):  # README, Known limitations
+            pytest.xfail("Dagster's re-execution from failure after a skipped fan-out op")
+        raise
+
+
+# Dagster's own error when re-executing from failure a run in which an op with a dynamic
+# output was skipped (a foreach on a switch branch not taken) and two or more mapped ops
+# follow it (reproduced with Dagster alone: README, Known limitations)
+DAGSTER_SKIPPED_FANOUT_BUG = "which is not part of the current step selection or known state from parent run"
+

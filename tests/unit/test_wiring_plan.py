@@ -157,6 +157,18 @@ def test_top_level_switch_binds_one_optional_output_per_branch_and_merges_a_fan_
     assert merge in p.body and p.steps["merge"].input_form == "list"
 
 
+def test_a_skipped_branch_ending_in_a_join_or_merge_still_lets_the_split_join_run() -> None:
+    """An open switch into a split's join: the foreach join and the merge ending its two
+    branches are skipped with the branch not taken, so the split's join is a fan-in list
+    (Dagster runs it on what was taken); before, both were taken as always present, the
+    join had named inputs, and Dagster skipped it and the end."""
+    p = _plan("open_switch_rejoin_flow.py")
+    join = _call("join", "op_join", RefList((Ref("fjoin"), Ref("merge"), Ref("other"))))
+    assert join in p.body and p.steps["join"].input_form == "list"
+    # the merge is a fan-in of its switch's two branches; the foreach join collects both paths
+    assert p.steps["merge"].input_form == "list" and p.steps["fjoin"].input_form == "chunked"
+
+
 def test_switch_inside_a_foreach_yields_every_output_and_merges_by_name() -> None:
     p = _plan("shapes/switch_in_foreach_flow.py")
     region = p.body[1]
