@@ -385,7 +385,10 @@ class _Builder:
             return _Inputs("none", None, ())
         if step.kind == "join" and any(self.ir.step(p).is_parallel for p in step.in_steps):
             (control,) = vals
-            return _Inputs("single", control.stream, (Ref(control.var),), parallel_join=True)
+            return _Inputs(
+                "single", control.stream, (Ref(control.var),), parallel_join=True,
+                optional_out=control.optional,
+            )
         if step.kind == "join" and step.join_kind == "foreach":
             return self.foreach_join(step, vals)
         if len(vals) > 1:

@@ -133,14 +133,15 @@ class _Gen:
         return head
 
     def _note_open_branches(self, open_: bool, follow: str, branches: tuple[str, ...]) -> None:
-        """A top-level open switch (or loop) into a split's join whose branch is a split,
-        foreach, switch or loop: that branch ends in a join or merge that Dagster skips when
-        the branch is not taken, and the split's join must still run (a fan-in of what ran)."""
+        """A top-level open switch (or loop) into a split's join whose every branch is a split,
+        foreach, switch or loop: each ends in a join or merge that Dagster skips when its
+        branch is not taken, and the split's join must still run on what was taken (with
+        one plain-step branch, its value alone made that join a fan-in list)."""
+        kinds = [entry.rstrip("0123456789") for entry in branches]
         if not open_ or self.foreach_level or not follow.startswith("join"):
             return
-        for entry in branches:
-            kind = entry.rstrip("0123456789")
-            if kind in ("split", "fe", "sw", "lp"):
+        if all(kind in ("split", "fe", "sw", "lp") for kind in kinds):
+            for kind in kinds:
                 self.features.add(f"open_branch_through_{'foreach' if kind == 'fe' else 'join' if kind == 'split' else 'merge'}")
 
     def loop(self, depth: int, follow: str, open_: bool) -> str:

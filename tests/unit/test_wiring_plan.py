@@ -157,16 +157,29 @@ def test_top_level_switch_binds_one_optional_output_per_branch_and_merges_a_fan_
     assert merge in p.body and p.steps["merge"].input_form == "list"
 
 
-def test_a_skipped_branch_ending_in_a_join_or_merge_still_lets_the_split_join_run() -> None:
-    """An open switch into a split's join: the foreach join and the merge ending its two
-    branches are skipped with the branch not taken, so the split's join is a fan-in list
-    (Dagster runs it on what was taken); before, both were taken as always present, the
-    join had named inputs, and Dagster skipped it and the end."""
-    p = _plan("open_switch_rejoin_flow.py")
-    join = _call("join", "op_join", RefList((Ref("fjoin"), Ref("merge"), Ref("other"))))
-    assert join in p.body and p.steps["join"].input_form == "list"
-    # the merge is a fan-in of its switch's two branches; the foreach join collects both paths
-    assert p.steps["merge"].input_form == "list" and p.steps["fjoin"].input_form == "chunked"
+@pytest.mark.parametrize(
+    ("filename", "ends"),
+    [
+        ("open_switch_merges_flow.py", ("m1", "m2")),
+        ("open_switch_foreaches_flow.py", ("fjoin", "fjoin2")),
+        ("open_switch_nested_flow.py", ("outer_join_a", "outer_join_b")),
+        ("open_switch_parallel_flow.py", ("gather_a", "gather_b")),
+    ],
+    ids=["merges", "foreach-joins", "nested-foreach-joins", "parallel-joins"],
+)
+def test_a_split_join_fed_by_an_open_switch_runs_whichever_branch_is_skipped(
+    filename: str, ends: tuple[str, str]
+) -> None:
+    """An open switch into a split's join whose two branches each end in a merge, a foreach
+    join (chunked, per-branch lists, nested) or a @parallel join: Dagster skips
+    that end with its branch, so the split's join is a fan-in list, run on what was taken.
+    Before, those ends were taken as always present, the join had named inputs, and Dagster
+    skipped it and the end (MetaflowRunIncomplete)."""
+    p = _plan(filename)
+    (join,) = [c for c in p.body if isinstance(c, Call) and c.targets == ("join",)]
+    (refs,) = join.args
+    assert isinstance(refs, RefList) and {r.var for r in refs.items} == {*ends, "other"}
+    assert p.steps["join"].input_form == "list"
 
 
 def test_switch_inside_a_foreach_yields_every_output_and_merges_by_name() -> None:
