@@ -288,12 +288,12 @@ QUEUED_YAML = """run_coordinator:
 """
 
 
-# The three runs the daemon resumes. Top level, a 4-wide foreach: one op per task (bodies
-# 1-3 hold), or in chunks of two (chunk 0-1 runs body-0 then holds in body-1, chunk 2-3
-# holds in body-2; body-3 has not started when the worker is killed). Nested, two outer
-# items of two bodies each, in chunks of two per outer item: each chunk runs body-<o>-0 then
-# holds in body-<o>-1.
-CHUNKED = chunked_env(2)
+# The runs the daemon resumes. Top level, a 4-wide foreach, one op per task: bodies 1-3
+# hold. Nested, two outer items of three bodies each, each outer item's bodies one chunk
+# (DAGSTER_METAFLOW_CHUNK_SIZE=3): each chunk runs body-<o>-0, holds in body-<o>-1, and has
+# not reached body-<o>-2 when the worker is killed (the top-level chunked path runs the
+# same chunk op; test_terminate_a_64_wide_foreach_leaves_no_process terminates it).
+CHUNKED = chunked_env(3)
 
 
 @dataclass(frozen=True)
@@ -304,22 +304,21 @@ class _Resumed:
     held: tuple[str, ...]  # body tasks held then (run again as attempt 1)
     not_started: tuple[str, ...]  # body tasks first started by the new worker (attempt 0)
     chunk_keys: tuple[str, ...]  # chunk ops the resumed run completes
-    total_step: str = "join"  # the step whose `total` sums every body's value (12)
+    total_step: str = "join"  # the step whose `total` sums every body's value...
+    total: int = 12  # ...as in an uninterrupted run
 
 
 _RESUMED = {
     "per-task": _Resumed("FaultFlow", False, ("body-0",), ("body-1", "body-2", "body-3"), (), ()),
-    "chunked": _Resumed(
-        "FaultFlow", True, ("body-0",), ("body-1", "body-2"), ("body-3",), ("chunk_body[tasks_0_to_1]",)
-    ),
     "chunked-nested": _Resumed(
         "NestedFaultFlow",
         True,
         ("body-0-0", "body-1-0"),
         ("body-0-1", "body-1-1"),
-        (),
-        ("chunk_body[tasks_0_to_1_in_0]", "chunk_body[tasks_0_to_1_in_1]"),
+        ("body-0-2", "body-1-2"),
+        ("chunk_body[tasks_0_to_2_in_0]", "chunk_body[tasks_0_to_2_in_1]"),
         "outer_join",
+        24,
     ),
 }
 
@@ -328,7 +327,6 @@ _RESUMED = {
     "case",
     [
         pytest.param(_RESUMED["per-task"], marks=pytest.mark.flow("fault_flow.py"), id="per-task"),
-        pytest.param(_RESUMED["chunked"], marks=pytest.mark.flow("fault_flow.py"), id="chunked"),
         pytest.param(_RESUMED["chunked-nested"], marks=pytest.mark.flow("nested_fault_flow.py"), id="chunked-nested"),
     ],
 )
@@ -341,8 +339,8 @@ def test_daemon_resumes_a_run_it_launched_whose_worker_died_and_the_run_outlives
     `max_resume_run_attempts`, the daemon resumes the SAME run (finished tasks not run again,
     killed ones as new attempts); then kill -9 of the daemon itself: the new worker (its own
     session) goes on, and the run ends SUCCESS with the artifacts of an uninterrupted run and
-    nothing left in the process table. Chunked, at top level and nested: the resumed chunk op
-    skips the tasks that succeeded and retries the ones that were killed."""
+    nothing left in the process table. Nested in chunks: each resumed chunk op skips the task
+    that succeeded, retries the one that was killed and starts the one it had not reached."""
     ws = workspace
     (ws.dagster_home / "dagster.yaml").write_text(DAEMON_YAML + QUEUED_YAML)
     ws.compile()
@@ -388,7 +386,7 @@ def test_daemon_resumes_a_run_it_launched_whose_worker_died_and_the_run_outlives
     from metaflow import Run
 
     mf = Run(pathspec, _namespace_check=False)
-    assert mf.successful and mf[case.total_step].task["total"].data == 12  # as uninterrupted
+    assert mf.successful and mf[case.total_step].task["total"].data == case.total
     tasks = _body_tasks(pathspec)
     assert sorted(tasks) == sorted(case.done_before + case.held + case.not_started)
     for tid in case.done_before:  # not run again

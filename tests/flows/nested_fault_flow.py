@@ -8,7 +8,7 @@ from metaflow import FlowSpec, Parameter, current, step
 
 class NestedFaultFlow(FlowSpec):
     """FaultFlow's held bodies one foreach deeper: an outer foreach of two items, each fanning
-    out two bodies; every body with inner index > 0 holds until a `release` file appears in
+    out three bodies; every body with inner index 1 holds until a `release` file appears in
     the marker dir, with a grandchild that leaves the step's session and ignores SIGTERM
     (fault suite: a run worker killed while nested chunks run)."""
 
@@ -33,13 +33,13 @@ class NestedFaultFlow(FlowSpec):
     @step
     def outer(self):
         self.outer_index = self.input
-        self.items = [0, 1]
+        self.items = [0, 1, 2]
         self.next(self.body, foreach="items")
 
     @step
     def body(self):
         self.value = (self.outer_index * 2 + self.input) * 2
-        if self.holds and self.input > 0:
+        if self.holds and self.input == 1:
             release = os.path.join(self.marker_dir, "release")
             if not os.path.exists(release):
                 child = subprocess.Popen(
