@@ -322,8 +322,7 @@ class _Builder:
             names += (CHUNKS,)
         self.helpers.append(HelperOp("regroup", op, step.name, names, depth, chunks is not None))
         name = self.var(f"{step.name}_inputs")
-        optional = any(v.stream is not None and v.stream.optional for v in inputs)
-        stream = self.new_stream(name, depth, self.var("items"), optional)
+        stream = self.new_stream(name, depth, self.var("items"), _from_skippable(inputs))
         args = tuple(self.export(v) for v in inputs)
         needs = [v.stream for v in inputs if v.stream is not None]
         stream.source = self.emit(None, Call((name,), op, args), needs)
@@ -338,7 +337,7 @@ class _Builder:
         (depth,) = depths
         chunks = self.chunk_val.get(step.in_steps[0]) if len(step.in_steps) == 1 else None
         # a foreach after a top-level switch may be skipped, and its join with it
-        optional = any(v.stream is not None and v.stream.optional for v in vals)
+        optional = _from_skippable(vals)
         if depth > 1:
             grouped = self.regroup(step, vals, depth - 1, chunks)
             return _Inputs("list", grouped.stream, (Ref(grouped.var),))
@@ -481,6 +480,11 @@ class _Builder:
         for s in self.streams:  # regions whose values nobody collects (end inside a region)
             map_stream(s)
         return tuple(out)
+
+
+def _from_skippable(vals: list[_Val]) -> bool:
+    """Whether any of these region values comes from a stream Dagster may skip."""
+    return any(v.stream is not None and v.stream.optional for v in vals)
 
 
 def chunkable_body(ir: FlowIR, foreach: StepIR) -> tuple[str, ...]:
