@@ -19,6 +19,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+# what a block ends in, by the prefix of its first step's name: a split in its join, a
+# foreach in its join, a switch or a loop in its merge (other blocks go straight on)
+_BRANCH_END = {"split": "join", "fe": "foreach", "sw": "merge", "lp": "merge"}
+
 
 @dataclass
 class _Gen:
@@ -137,12 +141,11 @@ class _Gen:
         foreach, switch or loop: each ends in a join or merge that Dagster skips when its
         branch is not taken, and the split's join must still run on what was taken (with
         one plain-step branch, its value alone made that join a fan-in list)."""
-        kinds = [entry.rstrip("0123456789") for entry in branches]
         if not open_ or self.foreach_level or not follow.startswith("join"):
             return
-        if all(kind in ("split", "fe", "sw", "lp") for kind in kinds):
-            for kind in kinds:
-                self.features.add(f"open_branch_through_{'foreach' if kind == 'fe' else 'join' if kind == 'split' else 'merge'}")
+        ends = [_BRANCH_END.get(entry.rstrip("0123456789")) for entry in branches]
+        if all(ends):
+            self.features.update(f"open_branch_through_{end}" for end in ends)
 
     def loop(self, depth: int, follow: str, open_: bool) -> str:
         """A recursive switch (1-3 iterations, from the trace) whose two exits go through
