@@ -151,34 +151,27 @@ NESTED_CHUNKED = chunked_env(2, above=2)
 
 
 @pytest.mark.flow("nested_chunked_flow.py")
-@pytest.mark.parametrize("chunks", [True], ids=["chunked"])
-def test_a_nested_two_step_body_resumes_and_reexecutes_from_failure(
-    workspace: Workspace, chunks: bool
-) -> None:
+def test_a_nested_two_step_body_resumes_and_reexecutes_from_failure_in_chunks(workspace: Workspace) -> None:
     """The inner foreach's cells in chunks of each row's cells (a chunk never spans two rows,
     so its key names its tasks). Through plain `flow.py step` processes: the failed run names
     the task; `dagster resume` clones every cell but the failed one; Dagster's re-execution
     from failure runs only the failed op's tasks and what follows, cloning the rest (the
     body's second step too, whose other op family Dagster lists unresolved); both equal
-    native. (`chunks=False` runs the same one op per task; left out of the suite for time:
-    test_random_flows_e2e re-executes a nested flow one op per task.)"""
+    native. (One op per task: test_random_flows_e2e re-executes a nested flow both ways.)"""
     from metaflow import Run
 
     ws = workspace
-    env = NESTED_CHUNKED if chunks else {}
+    env = NESTED_CHUNKED
     native = _native_then_compiled(ws, "NestedChunkedFlow")
     origin, res = _failed_while_marked(ws, "", {**env, "DAGSTER_METAFLOW_FORK": "0"})
     parent = ws.last_dagster_run()
     assert f"(task {origin}/cell/cell-1-2)" in res.stderr and "cell 1-2 is bad" in res.stderr, res.stderr[-2000:]
-    failed_op = "chunk_cell[tasks_2_to_2_in_1]" if chunks else "op_cell[1_2]"
+    failed_op = "chunk_cell[tasks_2_to_2_in_1]"
     failed = ws.step_keys(parent.run_id, "STEP_FAILURE")
     assert failed == {failed_op}, failed
     succeeded = ws.step_keys(parent.run_id, "STEP_SUCCESS")
-    if chunks:
-        assert {"chunk_cell[tasks_0_to_1_in_0]", "chunk_post[tasks_0_to_1_in_0]", "chunk_cell[tasks_2_to_2_in_0]"} <= succeeded
-        assert not any(k.startswith(("op_cell", "op_post")) for k in succeeded)
-    else:
-        assert {"op_cell[0_0]", "op_post[0_0]", "op_post[1_1]"} <= succeeded
+    assert {"chunk_cell[tasks_0_to_1_in_0]", "chunk_post[tasks_0_to_1_in_0]", "chunk_cell[tasks_2_to_2_in_0]"} <= succeeded
+    assert not any(k.startswith(("op_cell", "op_post")) for k in succeeded)
     cells = Run(f"NestedChunkedFlow/{origin}", _namespace_check=False)["cell"]
     assert cells["cell-0-1"].current_attempt == 1  # retried (in its chunk), as natively
 
