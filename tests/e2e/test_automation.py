@@ -38,6 +38,39 @@ def _finished(ws: Workspace, job: str, n: int) -> Callable[[], list[Any]]:
     return check
 
 
+def _started_a_minute_ago(ws: Workspace, definitions_file: str, schedule: str) -> float:
+    """Store `schedule` as started 61 s ago, as if dagster-daemon had been down at its last
+    tick: the daemon's first iteration launches that missed tick (the latest one, as Dagster
+    does for a schedule without partitions) instead of the test waiting up to a minute for
+    the next. The state is the one the daemon would store itself (its origin from the same
+    workspace file); returns the moment it was stored."""
+    import time
+
+    from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
+    from dagster._core.remote_origin import RemoteInstigatorOrigin, RemoteRepositoryOrigin
+    from dagster._core.scheduler.instigation import (
+        InstigatorState,
+        InstigatorStatus,
+        InstigatorType,
+        ScheduleInstigatorData,
+    )
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    from dagster import DagsterInstance
+
+    target = WorkspaceFileTarget([str(ws.dagster_home / "dagster_metaflow_workspace.yaml")])
+    (location,) = [
+        o for o in target.create_origins() if o.loadable_target_origin.python_file.endswith(definitions_file)
+    ]
+    origin = RemoteInstigatorOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), schedule)
+    now = time.time()
+    data = ScheduleInstigatorData("* * * * *", start_timestamp=now - 61)
+    state = InstigatorState(origin, InstigatorType.SCHEDULE, InstigatorStatus.DECLARED_IN_CODE, data)
+    with DagsterInstance.from_config(str(ws.dagster_home)) as instance:
+        instance.add_instigator_state(state)
+    return now
+
+
 def _mf_run(flow: str, dagster_run: Any) -> Any:
     from metaflow import Run
 
@@ -52,6 +85,7 @@ def test_daemon_runs_schedules_events_and_upstream_finishes(workspace: Workspace
     for name in ("triggered_flow.py", *flows):
         res = workspace.run(sys.executable, name, "dagster", "create", name.replace("_flow.py", "_dagster.py"))
         assert "dagster-daemon run -w" in res.stderr + res.stdout or name == "upstream_flow.py"
+    stored_at = _started_a_minute_ago(workspace, "scheduled_dagster.py", "ScheduledFlow_schedule")
     env = dict(os.environ, DAGSTER_HOME=str(workspace.dagster_home))
     daemon = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-w", str(workspace.dagster_home / "dagster_metaflow_workspace.yaml")],
@@ -96,11 +130,15 @@ def test_daemon_runs_schedules_events_and_upstream_finishes(workspace: Workspace
     assert len(_runs(workspace, "EndEventFlow")) == 1
     assert _mf_run("EndEventFlow", on_event[0])["start"].task.data.seen_run == up_id
 
-    # one run per schedule tick (more than one tick may have passed while waiting)
+    # one run per schedule tick (more than one tick may have passed while waiting); the daemon
+    # kept the state stored before it started (the same origin: its missed tick was run)
     from dagster._core.storage.tags import SCHEDULED_EXECUTION_TIME_TAG
 
     ticks = [r.tags.get(SCHEDULED_EXECUTION_TIME_TAG) for r in scheduled]
     assert len(set(ticks)) == len(ticks) and None not in ticks
+    with DagsterInstance.from_config(str(workspace.dagster_home)) as instance:
+        kept = [s for s in instance.all_instigator_state() if s.name == "ScheduledFlow_schedule"]
+    assert [s.instigator_data.start_timestamp for s in kept] == [stored_at - 61]
     assert all(r.status.value == "SUCCESS" for r in scheduled)
     assert scheduled[0].tags.get("dagster/schedule_name") == "ScheduledFlow_schedule"
     assert _mf_run("ScheduledFlow", scheduled[0]).successful
