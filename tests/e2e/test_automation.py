@@ -46,7 +46,10 @@ def _started_a_minute_ago(ws: Workspace, definitions_file: str, schedule: str) -
     workspace file); returns the moment it was stored."""
     import time
 
-    from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
+    from dagster import DagsterInstance
+    from dagster._core.definitions.repository_definition.valid_definitions import (
+        SINGLETON_REPOSITORY_NAME,
+    )
     from dagster._core.remote_origin import RemoteInstigatorOrigin, RemoteRepositoryOrigin
     from dagster._core.scheduler.instigation import (
         InstigatorState,
@@ -55,8 +58,6 @@ def _started_a_minute_ago(ws: Workspace, definitions_file: str, schedule: str) -
         ScheduleInstigatorData,
     )
     from dagster._core.workspace.load_target import WorkspaceFileTarget
-
-    from dagster import DagsterInstance
 
     target = WorkspaceFileTarget([str(ws.dagster_home / "dagster_metaflow_workspace.yaml")])
     (location,) = [
