@@ -162,8 +162,10 @@ class _Stream:
     source: _TopItem | None = None
     calls: list[Call] = field(default_factory=list)
     exports: list[_Val] = field(default_factory=list)
-    # its source may be skipped by Dagster (a foreach after a top-level switch): so may
-    # every value collected from it at top level
+    # its source may be skipped by Dagster: so may every value collected from it at top
+    # level. A switch deciding whether a top-level foreach runs marks its branch not taken
+    # instead (marking_switches), so this is set only where it stays harmless (a foreach
+    # after a merge of one switch's branches: never skipped, its joins take fan-in lists)
     optional: bool = False
 
 
@@ -219,6 +221,7 @@ class _Builder:
         self.chunk_foreaches = set(self.chunk_body.values())
         self.chunk_stream: dict[str, _Stream] = {}
         self.chunk_val: dict[str, _Val] = {}
+        self.marking = marking_switches(ir)
 
     # -- names ------------------------------------------------------------------------------
     def var(self, base: str) -> str:
@@ -401,12 +404,14 @@ class _Builder:
         i = self.inputs(step)
         var = self.var(step.name)
         switch_outputs: tuple[tuple[str, str], ...] = ()
+        always = False
         if step.kind == "switch":
             targets = tuple(t for t in dict.fromkeys(step.next_steps) if t != step.name)
             switch_outputs = tuple(
                 (t, naming.python_identifier(f"to_{t}", {"result"})) for t in targets
             )
-            always = i.stream is not None  # (a loop too) inside a region: see StepWiring
+            # (a loop too) inside a region, or deciding whether a top-level foreach runs
+            always = i.stream is not None or step.name in self.marking
             out_vars = tuple(self.var(f"{step.name}_to_{t}") for t, _ in switch_outputs)
             for t, ov in zip(targets, out_vars, strict=True):
                 # a top-level switch's (or loop's) unchosen outputs are skipped
@@ -434,7 +439,7 @@ class _Builder:
             dynamic_out=step.kind == "foreach" and i.stream is None and not step.parallel_foreach,
             chunked=chunked,
             switch_outputs=switch_outputs,
-            switch_always=step.kind == "switch" and i.stream is not None,
+            switch_always=step.kind == "switch" and always,
             ubf_control=step.is_parallel,
             parallel_join=i.parallel_join,
         )
@@ -485,6 +490,42 @@ class _Builder:
 def _from_skippable(vals: list[_Val]) -> bool:
     """Whether any of these region values comes from a stream Dagster may skip."""
     return any(v.stream is not None and v.stream.optional for v in vals)
+
+
+def marking_switches(ir: FlowIR) -> frozenset[str]:
+    """Top-level switches (loops too) that decide whether a top-level foreach runs: they mark
+    the branches not taken (a not-taken marker on every output, as inside a region) instead
+    of leaving them to Dagster's skip, and such a foreach fans out one marker child. Dagster
+    cannot re-execute "From failure" a run in which an op with a dynamic output was skipped
+    and two or more mapped ops follow it (README, Resume and re-execution); with these marks
+    no op with a dynamic output is ever skipped."""
+    fanning = {
+        s.name
+        for s in ir.steps
+        if s.kind == "foreach" and s.foreach_depth == 0 and not s.parallel_foreach
+    }
+    below: dict[str, frozenset[str]] = {}  # step -> the fanning foreaches it leads to
+
+    def leads_to(name: str) -> frozenset[str]:
+        if name not in below:
+            step = ir.step(name)
+            found = {name} & fanning
+            for nxt in dict.fromkeys(step.next_steps):
+                if nxt != name:
+                    found |= leads_to(nxt)
+            below[name] = frozenset(found)
+        return below[name]
+
+    for step in reversed(ir.steps):  # topological order: the memo fills without deep recursion
+        leads_to(step.name)
+    marking = set()
+    for step in ir.steps:
+        if step.kind != "switch" or step.foreach_depth:
+            continue
+        reached = [leads_to(t) for t in dict.fromkeys(step.next_steps) if t != step.name]
+        if reached and frozenset.union(*reached) != frozenset.intersection(*reached):
+            marking.add(step.name)
+    return frozenset(marking)
 
 
 def chunkable_body(ir: FlowIR, foreach: StepIR) -> tuple[str, ...]:

@@ -105,6 +105,10 @@ class _Gen:
         first = self.name("item")
         self.add(first, f"        self.trace += '{first}' + str(self.input) + ';'\n", f"self.{body}")
         self.foreach_level -= 1
+        if self.conditional and not self.foreach_level:
+            # a top-level foreach on a switch's branch: the switch marks the branch not taken
+            # (Dagster's re-execution from failure after a skipped fan-out op: wiring.py)
+            self.features.add("foreach_on_a_branch")
         if body.startswith("s") and body[1:].isdigit():
             # item -> one plain step -> join: a chain (a nested one: its fanout op chunks)
             self.features.add("chunked_foreach" + ("_nested" if self.foreach_level else ""))

@@ -37,6 +37,12 @@ class Fanout:
         """One DynamicOutput per foreach split, read from the task's final attempt; with
         `chunks` (the op's output of chunks), chunks of them when the foreach is wider than
         the chunking threshold (chunks.py)."""
+        if not taken(pathspec):
+            # a foreach on a branch a top-level switch did not take (wiring.marking_switches):
+            # one marker child, so that no op with a dynamic output is skipped
+            context.log.info(f"Foreach {pathspec[1:]} is on a branch not taken: one marker child")
+            yield DynamicOutput(pathspec, mapping_key=naming.mapping_key((0,)))
+            return
         split = self._split(pathspec, with_metadata=True)
         width = 1 if split.ubf else split.num_splits
         size = chunk_size(width) if chunks is not None and not split.ubf else None

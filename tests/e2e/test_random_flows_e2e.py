@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -87,8 +86,11 @@ def _fails_joining_chunks(level: int) -> Callable[[int], bool]:
 # a step that fails while a marker exists: the join of a nested foreach whose body may run
 # in chunks (a fanout op's two paths and a regroup), after every task of its two-step body
 # succeeded, which re-execution must reuse whichever path ran (a top-level one:
-# test_chunks.py; `_fails_joining_chunks(0)` finds a random one)
-REEXECUTED_SEEDS = _first_seeds({"nested": _fails_joining_chunks(1)})
+# test_chunks.py; `_fails_joining_chunks(0)` finds a random one); and (loops=True) seed 131,
+# whose top-level foreach sits on a switch's branch not taken, before the step that fails:
+# Dagster refused to plan its re-execution while that fan-out op was skipped (the switch now
+# marks the branch: wiring.marking_switches; the generator's `foreach_on_a_branch`)
+REEXECUTED = [*((seed, False) for seed in _first_seeds({"nested": _fails_joining_chunks(1)})), (131, True)]
 
 
 def _workspace(name: str, src: str) -> Workspace:
@@ -173,23 +175,12 @@ def test_random_flow_without_self_next_fails_like_native(seed: int) -> None:
         shutil.rmtree(ws.dagster_home, ignore_errors=True)
 
 
-@pytest.mark.parametrize("seed", REEXECUTED_SEEDS)
-def test_random_flow_reexecuted_from_failure_matches_native(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "loops"), REEXECUTED)
+def test_random_flow_reexecuted_from_failure_matches_native(seed: int, loops: bool) -> None:
     """A step fails while a marker file exists; with the marker gone, Dagster's re-execution
     from failure (the UI's) finishes the run: its artifacts equal a native run's, one op per
     task and in chunks (the tasks it does not run again are cloned from the failed run)."""
-    _reexecuted_matches_native(seed)
-
-
-class _DagsterSkippedFanout(Exception):
-    """Dagster refused to plan a re-execution from failure because an op with a dynamic
-    output that it names was skipped in the failed run (README, Resume and re-execution)."""
-
-
-# Dagster's words for it (reproduced with Dagster alone: README, Resume and re-execution)
-_SKIPPED_FANOUT = re.compile(
-    r'is resolved by "[^"]*?op_(\w+)" which is not part of the current step selection or known state from parent run'
-)
+    _reexecuted_matches_native(seed, loops)
 
 
 def _reexecuted_matches_native(seed: int, loops: bool = False) -> None:
@@ -206,14 +197,7 @@ def _reexecuted_matches_native(seed: int, loops: bool = False) -> None:
             assert ws.dagster_execute(out, flow.cls, check=False, **env).returncode != 0
             parent = ws.last_dagster_run()
             marker.unlink()
-            try:
-                child, _ok = ws.reexecute_from_failure(out, flow.cls, parent.run_id, **env)
-            except AssertionError as exc:
-                skipped = _SKIPPED_FANOUT.search(str(exc))
-                # only when the fan-out op it names was skipped: its step never ran natively
-                if skipped and not any(step == skipped.group(1) for step, _path, _it in native):
-                    raise _DagsterSkippedFanout(skipped.group(1)) from exc
-                raise
+            child, _ok = ws.reexecute_from_failure(out, flow.cls, parent.run_id, **env)
             dag = f"{flow.cls}/{metaflow_run_id(child)}"
             assert artifacts_by_task(dag) == native, (env, flow.failing, flow.source)
     finally:
@@ -238,11 +222,7 @@ def test_sweep_random_flow_matches_native_and_reexecutes(seed: int) -> None:
     """Many more random flows than the suite runs (README, Development), with loops: the
     seed's flow run natively and under Dagster (one op per task, and in chunks when a body
     may chunk); then the seed's flow with a step failing while a marker exists, re-executed
-    from failure in both paths, against native (xfail where Dagster refuses to plan it after
-    a skipped fan-out op). Run it with DAGSTER_METAFLOW_FORK=0 too."""
+    from failure in both paths, against native. Run it with DAGSTER_METAFLOW_FORK=0 too."""
     flow = generate(seed, loops=True)
     _matches_native(flow.cls, _workspace(f"sweep_{seed}", flow.source), flow.source, flow.chunk_items)
-    try:
-        _reexecuted_matches_native(seed, loops=True)
-    except _DagsterSkippedFanout as exc:
-        pytest.xfail(f"Dagster's re-execution from failure after the skipped fan-out op of {exc}")
+    _reexecuted_matches_native(seed, loops=True)

@@ -86,6 +86,8 @@ SNAPSHOT_CASES = {
     "recursive": ("shapes/recursive_flow.py", {}),
     "loop_in_foreach_rejoin": ("shapes/loop_in_foreach_rejoin_flow.py", {}),
     "parallel": ("shapes/parallel_flow.py", {}),
+    # a top-level switch deciding whether foreaches run: it marks the branch not taken
+    "open_switch_foreaches": ("open_switch_foreaches_flow.py", {}),
     "asset_up": ("asset_up_flow.py", {"assets": ("model", "score"), "owner": "alice"}),
     "linear_asset_automation": (
         "linear_flow.py",
