@@ -5,9 +5,13 @@ importing Dagster.
 
 Flows: a generated 200-step linear flow and a 50-step flow with 10 nested foreach levels.
 For each it times (median of --repeat runs, alternating):
+  `python -c "pass"`                       the interpreter's start (in every baseline)
   `python -c "import metaflow"`            the baseline `create` is measured against
   `python flow.py dagster create out.py`   compile, load check, package, record
   `python -c "import dagster"`             the baseline the generated file is measured against
+  `python -c "<open the instance>"`        Dagster's floor of `create`: importing Dagster and
+                                            opening its instance (SQLAlchemy, alembic, storages),
+                                            which `create` needs to record the deployment
   `python out.py` (imports the definitions) the generated file
 Nothing else should run meanwhile.
 """
@@ -24,6 +28,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flows  # noqa: E402
 from trigger import timed  # noqa: E402
+
+# what `create` cannot do without: Dagster imported and its instance opened (one read)
+OPEN_INSTANCE = "from dagster import DagsterInstance\nwith DagsterInstance.get() as i: i.get_runs(limit=1)"
 
 FLOWS = {
     "linear 200 steps": lambda: flows.linear(200),
@@ -44,17 +51,24 @@ def main() -> None:
             flow = root / f"{name.lower()}.py"
             flow.write_text(source)
             out = f"{name.lower()}_dagster.py"
-            times: dict[str, list[float]] = {k: [] for k in ("metaflow", "create", "dagster", "generated")}
+            kinds = ("python", "metaflow", "create", "instance", "dagster", "generated")
+            times: dict[str, list[float]] = {k: [] for k in kinds}
             for _ in range(args.repeat):
+                times["python"].append(timed([py, "-c", "pass"], root, env))
                 times["metaflow"].append(timed([py, "-c", "import metaflow"], root, env))
                 times["create"].append(timed([py, flow.name, "dagster", "create", out], root, env))
+                times["instance"].append(timed([py, "-c", OPEN_INSTANCE], root, env))
                 times["dagster"].append(timed([py, "-c", "import dagster"], root, env))
                 times["generated"].append(timed([py, out], root, env))
             m = {k: statistics.median(v) for k, v in times.items()}
+            beyond = m["create"] - m["metaflow"]
+            floor = m["instance"] - m["python"]  # the interpreter's start is in the baseline
             print(
                 f"{label}: create {m['create']:.2f}s = import metaflow {m['metaflow']:.2f}s "
-                f"+ {m['create'] - m['metaflow']:.2f}s; generated file {m['generated']:.2f}s = "
-                f"import dagster {m['dagster']:.2f}s + {m['generated'] - m['dagster']:.2f}s",
+                f"+ {beyond:.2f}s (of which importing Dagster and opening its instance "
+                f"{floor:.2f}s, the rest {beyond - floor:.2f}s); generated file "
+                f"{m['generated']:.2f}s = import dagster {m['dagster']:.2f}s + "
+                f"{m['generated'] - m['dagster']:.2f}s",
                 flush=True,
             )
 

@@ -118,7 +118,8 @@ class StepWiring:
     # inside a region a switch (a loop too) yields every output (a not-taken marker for
     # the branches not taken): Dagster skips an op whose input was skipped and a collect
     # that is skipped for every key, so joins and merges inside regions (and foreach
-    # joins) need every value to exist
+    # joins) need every value to exist; so does a top-level one that decides whether a
+    # top-level foreach runs (marking_switches: no op with a dynamic output is skipped)
     switch_always: bool = False
     chunked: bool = False  # top-level foreach with a chunked path (a second dynamic output)
     ubf_control: bool = False  # @parallel step: one control task that runs the workers
@@ -339,7 +340,7 @@ class _Builder:
             raise WiringError(f"step {step.name!r}: joins branches from different foreach levels")
         (depth,) = depths
         chunks = self.chunk_val.get(step.in_steps[0]) if len(step.in_steps) == 1 else None
-        # a foreach after a top-level switch may be skipped, and its join with it
+        # a foreach whose stream may be skipped (see _Stream.optional), and its join with it
         optional = _from_skippable(vals)
         if depth > 1:
             grouped = self.regroup(step, vals, depth - 1, chunks)
@@ -414,7 +415,7 @@ class _Builder:
             always = i.stream is not None or step.name in self.marking
             out_vars = tuple(self.var(f"{step.name}_to_{t}") for t, _ in switch_outputs)
             for t, ov in zip(targets, out_vars, strict=True):
-                # a top-level switch's (or loop's) unchosen outputs are skipped
+                # a top-level switch's (or loop's) unchosen outputs are skipped, unless it marks
                 optional = i.optional_out or (not always and len(targets) > 1)
                 self.switch_val[(step.name, t)] = _Val(ov, i.stream, optional=optional)
             call = Call(out_vars, step.op_name, i.args)  # one output: the handle, not a tuple
@@ -439,7 +440,7 @@ class _Builder:
             dynamic_out=step.kind == "foreach" and i.stream is None and not step.parallel_foreach,
             chunked=chunked,
             switch_outputs=switch_outputs,
-            switch_always=step.kind == "switch" and always,
+            switch_always=always,
             ubf_control=step.is_parallel,
             parallel_join=i.parallel_join,
         )

@@ -39,6 +39,8 @@ class _Gen:
     chunk_items: set[str] = field(default_factory=set)
     # the joins of those foreaches -> the foreach's own level (0: top level)
     chunk_joins: dict[str, int] = field(default_factory=dict)
+    # top-level foreaches on a switch's (or loop's) branch (`foreach_on_a_branch`)
+    branch_foreaches: set[str] = field(default_factory=set)
     # step -> (foreach level, conditional depth, index in `steps`)
     placed: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
@@ -109,6 +111,7 @@ class _Gen:
             # a top-level foreach on a switch's branch: the switch marks the branch not taken
             # (Dagster's re-execution from failure after a skipped fan-out op: wiring.py)
             self.features.add("foreach_on_a_branch")
+            self.branch_foreaches.add(head)
         if body.startswith("s") and body[1:].isdigit():
             # item -> one plain step -> join: a chain (a nested one: its fanout op chunks)
             self.features.add("chunked_foreach" + ("_nested" if self.foreach_level else ""))
@@ -189,6 +192,7 @@ class GeneratedFlow:
     chunk_items: frozenset[str] = frozenset()  # first steps of bodies that may run in chunks
     failing: str | None = None  # the step that fails while the `fail_marker` file exists
     failing_level: int | None = None  # the failing join's foreach level, if it joins chunks
+    branch_foreaches: frozenset[str] = frozenset()  # top-level foreaches on a branch
 
 
 # stands in for a step's body, as a user decorator may: self.next() is never called
@@ -249,7 +253,8 @@ def generate(
     level = g.placed[replaced][0] if replaced else 0
     failing_level = g.chunk_joins.get(failing) if failing else None
     return GeneratedFlow(
-        cls, src, frozenset(g.features), replaced, level, frozenset(g.chunk_items), failing, failing_level
+        cls, src, frozenset(g.features), replaced, level, frozenset(g.chunk_items), failing, failing_level,
+        frozenset(g.branch_foreaches),
     )
 
 

@@ -163,7 +163,8 @@ class Fanout:
         Each iteration has its own attempts, as natively: `current.retry_count` starts at 0
         in every iteration and @retry (`retry`: max retries, delay) applies per iteration.
         An op that is started again resumes after the last finished iteration. With `always`
-        (a loop inside a foreach) the exits not taken carry a not-taken marker, as `switch`.
+        (a loop inside a foreach, or one deciding whether a top-level foreach runs) the exits
+        not taken carry a not-taken marker, as `switch`.
         """
         if not any(taken(u) for u in task.input_paths):
             for name in outputs.values():

@@ -14,7 +14,9 @@ from .. import naming
 
 PARAMS_STEP = "_parameters"
 PARAMS_TASK_ID = "t-params"
-# Inside a foreach, a switch yields every output: the branch not taken gets "~<pathspec>",
+# Inside a foreach (and at top level where it decides whether a top-level foreach runs: the
+# foreach op then fans out one marker child), a switch yields every output: the branch not
+# taken gets "~<pathspec>",
 # a marker that keeps the task's place (run/step/task id, hence its foreach index path), and
 # every op on that branch passes a marker on without running a Metaflow task.
 NOT_TAKEN = "~"

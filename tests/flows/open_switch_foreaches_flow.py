@@ -4,9 +4,9 @@ from metaflow import FlowSpec, step
 class OpenSwitchForeachesFlow(FlowSpec):
     """A split whose first branch is an open switch going straight into the split's join,
     one branch a foreach whose body may run in chunks, the other one whose body is a switch
-    (its join collects one list per branch): Dagster skips the branch not taken with its
-    collects and join, and the split's join must still run on what was taken (wiring unit
-    test)."""
+    (its join collects one list per branch): the switch marks the branch not taken (its
+    ops pass a not-taken marker on), and the split's join runs on what was taken (wiring
+    unit test, snapshot)."""
 
     @step
     def start(self):

@@ -4,8 +4,8 @@ from metaflow import FlowSpec, step
 class OpenSwitchNestedFlow(FlowSpec):
     """A split whose first branch is an open switch going straight into the split's join,
     each of its branches a nested foreach (the first one's inner body may run in chunks):
-    Dagster skips the branch not taken with its fan-outs, regroups and joins, and the
-    split's join must still run on what was taken (wiring unit test)."""
+    the switch marks the branch not taken (its ops pass a not-taken marker on), and the
+    split's join runs on what was taken (wiring unit test)."""
 
     @step
     def start(self):

@@ -74,6 +74,19 @@ def test_a_loop_inside_a_foreach_marks_the_exits_it_did_not_take(monkeypatch: py
     args = (_Context(), "spin", "R", "R/body/body-0", "spin-0")
     got = {o.output_name: o.value for o in flow.run_loop(*args, outputs=outputs, always=True)}  # type: ignore[arg-type]
     assert got == {"to_even": "R/spin/spin-0-r1", "to_odd": not_taken("R/spin/spin-0-r1")}
-    # at top level only the exit taken is yielded (Dagster skips the others)
+    # at top level (a loop deciding no foreach) only the exit taken is yielded (Dagster skips the others)
     got = {o.output_name: o.value for o in flow.run_loop(*args, outputs=outputs)}  # type: ignore[arg-type]
     assert got == {"to_even": "R/spin/spin-0-r1"}
+
+
+def test_a_foreach_on_a_branch_not_taken_fans_out_one_marker_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A top-level switch deciding whether a foreach runs marks the branch not taken
+    (wiring.marking_switches): the foreach op fans out one marker child, nothing in chunks,
+    and reads no datastore (a marker has none)."""
+    flow = _flow(monkeypatch, {})
+    monkeypatch.setattr(TaskStore, "task_datastore", lambda self, p, **kw: pytest.fail(f"read {p}"))
+    marker = not_taken("R/fe/fe")
+    for chunks in (None, "chunks"):
+        got = [(o.output_name, o.mapping_key, o.value) for o in flow.fan_out(_Context(), marker, chunks)]  # type: ignore[arg-type]
+        assert got == [("result", "0", marker)]
+

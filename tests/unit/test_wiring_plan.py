@@ -169,9 +169,8 @@ def test_top_level_switch_binds_one_optional_output_per_branch_and_merges_a_fan_
 def test_a_split_join_fed_by_an_open_switch_runs_whichever_branch_is_skipped(
     filename: str, ends: tuple[str, str]
 ) -> None:
-    """An open switch into a split's join whose two branches each end in a merge, a foreach
-    join (chunked, per-branch lists, nested) or a @parallel join: Dagster skips
-    that end with its branch, so the split's join is a fan-in list, run on what was taken.
+    """An open switch into a split's join whose two branches each end in a merge or a
+    @parallel join (foreach joins: the test below): Dagster skips that end with its branch, so the split's join is a fan-in list, run on what was taken.
     Before, those ends were taken as always present, the join had named inputs, and Dagster
     skipped it and the end (MetaflowRunIncomplete)."""
     p = _plan(filename)
@@ -202,6 +201,28 @@ def test_a_switch_deciding_whether_a_top_level_foreach_runs_marks_the_branch_not
     (join,) = [c for c in p.body if isinstance(c, Call) and c.targets == ("join",)]
     assert {r.var for r in join.args if isinstance(r, Ref)} == {*ends, "other"}
     assert p.steps["join"].input_form == "named"
+
+
+@pytest.mark.parametrize(
+    ("filename", "marking"),
+    [
+        ("marking_flow.py", {"start", "lp"}),
+        ("shapes/switch_flow.py", set()),  # no foreach
+        ("shapes/switch_in_foreach_flow.py", set()),  # inside a region: always marks anyway
+        ("shapes/recursive_flow.py", set()),  # a loop with one exit
+        ("shapes/parallel_flow.py", set()),
+    ],
+)
+def test_only_switches_deciding_whether_a_top_level_foreach_runs_mark_their_branches(
+    filename: str, marking: set[str]
+) -> None:
+    """marking_flow.py: a switch with a foreach on one branch only and a loop with a foreach
+    on one exit mark; a switch inside a marking switch's branch whose branches reach the same
+    foreaches, and a switch with a foreach only after its merge, leave it to Dagster."""
+    assert marking_switches(_ir(filename)) == marking
+    p = _plan(filename)
+    top_switches = {n for n, w in p.steps.items() if w.switch_outputs and not w.in_map}
+    assert {n for n in top_switches if p.steps[n].switch_always} == marking
 
 
 def test_switch_inside_a_foreach_yields_every_output_and_merges_by_name() -> None:
