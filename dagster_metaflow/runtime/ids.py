@@ -16,9 +16,9 @@ PARAMS_STEP = "_parameters"
 PARAMS_TASK_ID = "t-params"
 # Inside a foreach (and at top level where it decides whether a top-level foreach runs: the
 # foreach op then fans out one marker child), a switch yields every output: the branch not
-# taken gets "~<pathspec>",
-# a marker that keeps the task's place (run/step/task id, hence its foreach index path), and
-# every op on that branch passes a marker on without running a Metaflow task.
+# taken gets "~<pathspec>", a marker that keeps the task's place (run/step/task id, hence
+# its foreach index path), and every op on that branch passes a marker on without running a
+# Metaflow task.
 NOT_TAKEN = "~"
 
 task_id_for = naming.task_id_for
