@@ -163,11 +163,9 @@ class _Stream:
     source: _TopItem | None = None
     calls: list[Call] = field(default_factory=list)
     exports: list[_Val] = field(default_factory=list)
-    # its source may be skipped by Dagster: so may every value collected from it at top
-    # level. A switch deciding whether a top-level foreach runs marks its branch not taken
-    # instead (marking_switches), so this is set only where it stays harmless (a foreach
-    # after a merge of one switch's branches: never skipped, its joins take fan-in lists)
-    optional: bool = False
+    # never skipped by Dagster: a switch deciding whether a top-level foreach runs marks
+    # its branch not taken instead (marking_switches), so every value collected from a
+    # stream exists
 
 
 @dataclass(eq=False)
@@ -254,10 +252,8 @@ class _Builder:
             val.stream.exports.append(val)
         return Collect(val.outer_var)
 
-    def new_stream(self, name: str, depth: int, param: str, optional: bool = False) -> _Stream:
-        s = _Stream(
-            var=name, depth=depth, fn=self.var(f"each_{name}"), param=param, optional=optional
-        )
+    def new_stream(self, name: str, depth: int, param: str) -> _Stream:
+        s = _Stream(var=name, depth=depth, fn=self.var(f"each_{name}"), param=param)
         self.streams.append(s)
         return s
 
@@ -286,7 +282,7 @@ class _Builder:
             return self.children[foreach.name]
         v = self.value[foreach.name]
         if v.stream is None:  # top-level foreach: its op is the dynamic output
-            stream = self.new_stream(v.var, 1, self.var("item"), v.optional)
+            stream = self.new_stream(v.var, 1, self.var("item"))
             stream.source = self.statement[foreach.name]
         else:
             op = self.helper_name(f"fanout_{foreach.name}")
@@ -298,19 +294,18 @@ class _Builder:
             name = self.var(f"{foreach.name}_fanout")
             chunks = self.var(f"{foreach.name}_chunks") if chunked else None
             targets = (name,) if chunks is None else (name, chunks)
-            optional = v.stream.optional
-            stream = self.new_stream(name, depth + 1, self.var("item"), optional)
+            stream = self.new_stream(name, depth + 1, self.var("item"))
             stream.source = self.emit(None, Call(targets, op, (self.export(v),)), [v.stream])
             if chunks is not None:
-                self.add_chunk_stream(foreach, chunks, depth + 1, stream.source, optional)
+                self.add_chunk_stream(foreach, chunks, depth + 1, stream.source)
         self.children[foreach.name] = stream
         return stream
 
     def add_chunk_stream(
-        self, foreach: StepIR, var: str, depth: int, source: _TopItem | None, optional: bool
+        self, foreach: StepIR, var: str, depth: int, source: _TopItem | None
     ) -> None:
         """The stream of a chunked foreach's chunks (its body's chunk ops are mapped over it)."""
-        stream = self.new_stream(var, depth, self.var("chunk"), optional)
+        stream = self.new_stream(var, depth, self.var("chunk"))
         stream.source = source
         self.chunk_stream[foreach.name] = stream
 
@@ -326,7 +321,7 @@ class _Builder:
             names += (CHUNKS,)
         self.helpers.append(HelperOp("regroup", op, step.name, names, depth, chunks is not None))
         name = self.var(f"{step.name}_inputs")
-        stream = self.new_stream(name, depth, self.var("items"), _from_skippable(inputs))
+        stream = self.new_stream(name, depth, self.var("items"))
         args = tuple(self.export(v) for v in inputs)
         needs = [v.stream for v in inputs if v.stream is not None]
         stream.source = self.emit(None, Call((name,), op, args), needs)
@@ -340,8 +335,6 @@ class _Builder:
             raise WiringError(f"step {step.name!r}: joins branches from different foreach levels")
         (depth,) = depths
         chunks = self.chunk_val.get(step.in_steps[0]) if len(step.in_steps) == 1 else None
-        # a foreach whose stream may be skipped (see _Stream.optional), and its join with it
-        optional = _from_skippable(vals)
         if depth > 1:
             grouped = self.regroup(step, vals, depth - 1, chunks)
             return _Inputs("list", grouped.stream, (Ref(grouped.var),))
@@ -349,19 +342,14 @@ class _Builder:
         if chunks is not None:
             assert chunks.stream is not None
             args = (self.export(vals[0]), self.export(chunks))
-            return _Inputs(
-                "chunked", None, args, [*needs, chunks.stream], (UPSTREAMS, CHUNKS),
-                optional_out=optional,
-            )
+            return _Inputs("chunked", None, args, [*needs, chunks.stream], (UPSTREAMS, CHUNKS))
         if len(vals) == 1:
-            return _Inputs("list", None, (self.export(vals[0]),), needs, optional_out=optional)
+            return _Inputs("list", None, (self.export(vals[0]),), needs)
         # switch branches ending the body: one collected list per branch
         names = tuple(
             naming.python_identifier(f"from_{p}", {"context", "config"}) for p in step.in_steps
         )
-        return _Inputs(
-            "lists", None, tuple(self.export(v) for v in vals), needs, names, optional_out=optional
-        )
+        return _Inputs("lists", None, tuple(self.export(v) for v in vals), needs, names)
 
     def merge(self, step: StepIR, vals: list[_Val]) -> _Inputs:
         """A step with several inputs that is not a foreach join."""
@@ -429,7 +417,7 @@ class _Builder:
         if statement is not None:
             self.statement[step.name] = statement
         if chunked:
-            self.add_chunk_stream(step, call.targets[1], 1, statement, i.optional_out)
+            self.add_chunk_stream(step, call.targets[1], 1, statement)
         if step.name in self.chunk_body:
             self.place_chunk(step)
         self.value[step.name] = _Val(var, i.stream, optional=i.optional_out)
@@ -488,11 +476,6 @@ class _Builder:
         return tuple(out)
 
 
-def _from_skippable(vals: list[_Val]) -> bool:
-    """Whether any of these region values comes from a stream Dagster may skip."""
-    return any(v.stream is not None and v.stream.optional for v in vals)
-
-
 def marking_switches(ir: FlowIR) -> frozenset[str]:
     """Top-level switches (loops too) that decide whether a top-level foreach runs: they mark
     the branches not taken (a not-taken marker on every output, as inside a region) instead
@@ -505,25 +488,16 @@ def marking_switches(ir: FlowIR) -> frozenset[str]:
         for s in ir.steps
         if s.kind == "foreach" and s.foreach_depth == 0 and not s.parallel_foreach
     }
-    below: dict[str, frozenset[str]] = {}  # step -> the fanning foreaches it leads to
-
-    def leads_to(name: str) -> frozenset[str]:
-        if name not in below:
-            step = ir.step(name)
-            found = {name} & fanning
-            for nxt in dict.fromkeys(step.next_steps):
-                if nxt != name:
-                    found |= leads_to(nxt)
-            below[name] = frozenset(found)
-        return below[name]
-
-    for step in reversed(ir.steps):  # topological order: the memo fills without deep recursion
-        leads_to(step.name)
+    # step -> the fanning foreaches it leads to (steps in topological order: successors first)
+    below: dict[str, frozenset[str]] = {}
+    for step in reversed(ir.steps):
+        later = [below[n] for n in step.next_steps if n != step.name]
+        below[step.name] = frozenset({step.name} & fanning).union(*later)
     marking = set()
     for step in ir.steps:
         if step.kind != "switch" or step.foreach_depth:
             continue
-        reached = [leads_to(t) for t in dict.fromkeys(step.next_steps) if t != step.name]
+        reached = [below[t] for t in dict.fromkeys(step.next_steps) if t != step.name]
         if reached and frozenset.union(*reached) != frozenset.intersection(*reached):
             marking.add(step.name)
     return frozenset(marking)

@@ -170,9 +170,10 @@ def test_a_split_join_fed_by_an_open_switch_runs_whichever_branch_is_skipped(
     filename: str, ends: tuple[str, str]
 ) -> None:
     """An open switch into a split's join whose two branches each end in a merge or a
-    @parallel join (foreach joins: the test below): Dagster skips that end with its branch, so the split's join is a fan-in list, run on what was taken.
-    Before, those ends were taken as always present, the join had named inputs, and Dagster
-    skipped it and the end (MetaflowRunIncomplete)."""
+    @parallel join (foreach joins: the test below): Dagster skips that end with its branch,
+    so the split's join is a fan-in list, run on what was taken. Before, those ends were
+    taken as always present, the join had named inputs, and Dagster skipped it and the end
+    (MetaflowRunIncomplete)."""
     p = _plan(filename)
     (join,) = [c for c in p.body if isinstance(c, Call) and c.targets == ("join",)]
     (refs,) = join.args
