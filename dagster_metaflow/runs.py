@@ -28,7 +28,7 @@ from . import naming
 from .deployments import Deployment
 from .errors import DagsterMetaflowException
 from .runtime.failures import TAG_ERROR, TAG_TIMED_OUT, failure_reason
-from .runtime.ids import UI_URL_VAR, run_page_url
+from .runtime.ids import ITERATIONS_KEY, NOT_TAKEN_METADATA, TASKS_KEY, UI_URL_VAR, run_page_url
 from .runtime.prepare import TAG_DEPLOYMENT
 from .runtime.worker import settle
 
@@ -435,8 +435,14 @@ def tasks_of(step_key: str) -> int:
     return 1 if chunk is None else len(chunk)
 
 
+# the events a run's progress is told from (Dagster event type names)
+PROGRESS_EVENTS = frozenset(
+    ("STEP_START", "STEP_OUTPUT", "STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED")
+)
+
+
 @dataclass
-class _Progress:
+class RunProgress:
     """A run's step events so far, told as one progress line."""
 
     total: int
@@ -446,27 +452,42 @@ class _Progress:
     tasks_done: int = 0
     failed: list[str] = field(default_factory=list)
     reason: str | None = None  # the first failure: its task and the user's error line
+    # ops that output a not-taken marker / anything else: an op whose every output is a
+    # marker ran no Metaflow task (a branch not taken) and is no task done
+    marker_outputs: set[str] = field(default_factory=set)
+    task_outputs: set[str] = field(default_factory=set)
+    # ops that ran more than one Metaflow task: a loop, a control task with those it started
+    op_tasks: dict[str, int] = field(default_factory=dict)
 
     def add(self, ev: Any) -> None:
-        from dagster import DagsterEventType
-
+        """Take one event of the run (any kind: those not in PROGRESS_EVENTS are ignored)."""
         if (
             ev is None
             or ev.step_key is None
+            or ev.event_type_value not in PROGRESS_EVENTS
             or step_of(ev.step_key).startswith(("fanout_", "regroup_"))
         ):
             return
-        if ev.event_type == DagsterEventType.STEP_START:
-            self.running.add(ev.step_key)
+        key, kind = ev.step_key, ev.event_type_value
+        if kind == "STEP_START":
+            self.running.add(key)
             return
-        self.running.discard(ev.step_key)
-        if ev.event_type == DagsterEventType.STEP_SUCCESS:
-            self.tasks_done += tasks_of(ev.step_key)
-            self.finished_steps.add(step_of(ev.step_key))
-        elif ev.event_type == DagsterEventType.STEP_SKIPPED:
-            self.skipped_steps.add(step_of(ev.step_key))
+        if kind == "STEP_OUTPUT":
+            metadata = ev.step_output_data.metadata
+            (self.marker_outputs if _carries_marker(metadata) else self.task_outputs).add(key)
+            for counted in (ITERATIONS_KEY, TASKS_KEY):
+                if counted in metadata:
+                    self.op_tasks[key] = int(metadata[counted].value)
+            return
+        self.running.discard(key)
+        if kind == "STEP_SUCCESS":
+            if key not in self.marker_outputs or key in self.task_outputs:
+                self.tasks_done += self.op_tasks.get(key) or tasks_of(key)
+            self.finished_steps.add(step_of(key))
+        elif kind == "STEP_SKIPPED":
+            self.skipped_steps.add(step_of(key))
         else:
-            self.failed.append(ev.step_key)
+            self.failed.append(key)
             self.reason = self.reason or failure_reason(ev)
 
     def line(self) -> str:
@@ -480,6 +501,13 @@ class _Progress:
         if self.failed:
             line += f", failed: {', '.join(self.failed)}"
         return line
+
+
+def _carries_marker(metadata: Mapping[str, Any] | None) -> bool:
+    """Whether an output's metadata says it carries a not-taken marker (runtime/ids.py)."""
+    return all(
+        getattr((metadata or {}).get(k), "value", None) == v for k, v in NOT_TAKEN_METADATA.items()
+    )
 
 
 def follow(
@@ -510,13 +538,8 @@ def _follow(
     from .runtime.heap import resume_collection
 
     resume_collection()  # this command may now wait for hours
-    kinds = {
-        DagsterEventType.STEP_START,
-        DagsterEventType.STEP_SUCCESS,
-        DagsterEventType.STEP_FAILURE,
-        DagsterEventType.STEP_SKIPPED,
-    }
-    progress = _Progress(caller.total_steps)
+    kinds = {DagsterEventType(name) for name in PROGRESS_EVENTS}
+    progress = RunProgress(caller.total_steps)
     started = time.monotonic()
     last, printed = "", 0.0
     cursor = None

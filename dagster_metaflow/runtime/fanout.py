@@ -13,7 +13,7 @@ from dagster import DynamicOutput, Failure, OpExecutionContext, Output
 from .. import naming
 from ..task_options import StepOptions, TaskOptions
 from .chunks import CHUNK_ABOVE_VAR, chunk_outputs, chunk_size
-from .ids import indices_of, not_taken, path_sort_key, taken
+from .ids import ITERATIONS_KEY, NOT_TAKEN_METADATA, indices_of, not_taken, path_sort_key, taken
 from .steprun import StepRunner
 from .taskmeta import TaskMetadata
 from .taskstore import TaskStore
@@ -41,7 +41,9 @@ class Fanout:
             # a foreach on a branch a top-level switch did not take (wiring.marking_switches):
             # one marker child, so that no op with a dynamic output is skipped
             context.log.info(f"Foreach {pathspec[1:]} is on a branch not taken: one marker child")
-            yield DynamicOutput(pathspec, mapping_key=naming.mapping_key((0,)))
+            yield DynamicOutput(
+                pathspec, mapping_key=naming.mapping_key((0,)), metadata=dict(NOT_TAKEN_METADATA)
+            )
             return
         split = self._split(pathspec, with_metadata=True)
         width = 1 if split.ubf else split.num_splits
@@ -72,7 +74,9 @@ class Fanout:
             if split is None:
                 # a foreach on a branch not taken: one marker child keeps its place
                 yield DynamicOutput(
-                    pathspec, mapping_key=naming.mapping_key((*indices_of(pathspec), 0))
+                    pathspec,
+                    mapping_key=naming.mapping_key((*indices_of(pathspec), 0)),
+                    metadata=dict(NOT_TAKEN_METADATA),
                 )
             elif size is None or split.ubf:
                 for child in self._children(pathspec, split):
@@ -141,7 +145,7 @@ class Fanout:
         yielded (Dagster skips those branches) or, with `always`, carry a not-taken marker."""
         if not taken(pathspec):  # this switch itself is on a branch not taken
             for name in outputs.values():
-                yield Output(pathspec, name)
+                yield _marker(pathspec, name)
             return
         chosen = self.checks.chosen_step(pathspec)
         if chosen not in outputs:
@@ -168,7 +172,7 @@ class Fanout:
         """
         if not any(taken(u) for u in task.input_paths):
             for name in outputs.values():
-                yield Output(not_taken(task.pathspec), name)
+                yield _marker(not_taken(task.pathspec), name)
             return
         iteration, previous = 0, task.input_paths
         while True:
@@ -179,7 +183,7 @@ class Fanout:
             chosen = self.checks.chosen_step(current.pathspec)
             if chosen != task.step:
                 context.log.info(f"Loop {task.step!r} finished after {iteration + 1} iteration(s)")
-                yield from _exits(current.pathspec, chosen, outputs, always)
+                yield from _exits(current.pathspec, chosen, outputs, always, iteration + 1)
                 return
             iteration, previous = iteration + 1, (current.pathspec,)
 
@@ -195,11 +199,22 @@ class _Split:
 
 
 def _exits(
-    pathspec: str, chosen: str, outputs: Mapping[str, str], always: bool
+    pathspec: str,
+    chosen: str,
+    outputs: Mapping[str, str],
+    always: bool,
+    iterations: int | None = None,
 ) -> Iterator[Output[str]]:
-    """The output of the step chosen; with `always` a not-taken marker on every other one."""
-    yield Output(pathspec, outputs[chosen])
+    """The output of the step chosen (a loop's: with the tasks it ran, its `iterations`);
+    with `always` a not-taken marker on every other one."""
+    ran = {} if iterations is None else {ITERATIONS_KEY: iterations}
+    yield Output(pathspec, outputs[chosen], metadata=ran)
     if always:
         for step, name in outputs.items():
             if step != chosen:
-                yield Output(not_taken(pathspec), name)
+                yield _marker(not_taken(pathspec), name)
+
+
+def _marker(marker: str, name: str) -> Output[str]:
+    """Output `name` carrying a not-taken marker, said so in its metadata."""
+    return Output(marker, name, metadata=dict(NOT_TAKEN_METADATA))

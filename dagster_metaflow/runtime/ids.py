@@ -20,6 +20,14 @@ PARAMS_TASK_ID = "t-params"
 # its foreach index path), and every op on that branch passes a marker on without running a
 # Metaflow task.
 NOT_TAKEN = "~"
+# the metadata of an output that carries a marker: the UI says why the op ran no task, and
+# `trigger --wait`'s progress line does not count the op as a task done
+NOT_TAKEN_METADATA = {"branch": "not taken"}
+# metadata keys of an op that ran more than one Metaflow task: a loop's exit, its
+# iterations; a control task's output (@parallel, unbounded foreach), the control task and
+# the tasks it started
+ITERATIONS_KEY = "iterations"
+TASKS_KEY = "tasks"
 
 task_id_for = naming.task_id_for
 

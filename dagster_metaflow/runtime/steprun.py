@@ -13,7 +13,7 @@ from ..step_decorators import REMOTE_COMPUTE_DECORATORS
 from ..task_options import StepOptions, TaskOptions
 from .attempt import Attempts
 from .command import StepCommand
-from .ids import is_ubf_control, not_taken, path_sort_key, taken
+from .ids import NOT_TAKEN_METADATA, is_ubf_control, not_taken, path_sort_key, taken
 from .prepare import RunPreparation
 from .process import announce
 from .resume import Origin, in_run, origin_of
@@ -63,6 +63,8 @@ class StepRunner:
             announce(
                 f"[dagster-metaflow] branch not taken: no Metaflow task for step {task.step!r}\n"
             )
+            if show and _single_output(context):
+                context.add_output_metadata(dict(NOT_TAKEN_METADATA))
             return not_taken(pathspec)
         task = self._placed(task, paths)
         origin = origin_of(context)

@@ -10,6 +10,7 @@ from typing import Any
 from dagster import MetadataValue
 
 from .command import StepCommand
+from .ids import TASKS_KEY
 from .settings import FlowSettings
 from .taskstore import TaskStore
 
@@ -44,6 +45,11 @@ class TaskMetadata:
             md["attempt"] = MetadataValue.int(int(ds.attempt))
             names = sorted(n for n in ds if not n.startswith("_"))  # names only, no loading
             md["artifacts"] = MetadataValue.text(", ".join(names))
+            if "_control_mapper_tasks" in ds:  # a control task: with the tasks it started
+                own = pathspec.rsplit("/", 1)[-1]
+                mappers = [str(m) for m in ds["_control_mapper_tasks"] or ()]
+                started = sum(1 for m in mappers if m.rsplit("/", 1)[-1] != own)
+                md[TASKS_KEY] = MetadataValue.int(1 + started)
         except Exception:
             pass
         step = pathspec.split("/")[1]
