@@ -43,6 +43,7 @@ def output(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
         raise SystemExit(f"command failed: {' '.join(cmd[:2])}")
     return proc.stdout.strip()
 
+
 # what `create` cannot do without: Dagster imported and its instance opened (one read), as
 # `create` opens it (plain Dagster's open reads its ~90 migration scripts at every storage),
 # and left as `create` leaves it: without the interpreter's teardown collecting the heap

@@ -28,7 +28,14 @@ from . import naming
 from .deployments import Deployment
 from .errors import DagsterMetaflowException
 from .runtime.failures import TAG_ERROR, TAG_TIMED_OUT, failure_reason
-from .runtime.ids import ITERATIONS_KEY, NOT_TAKEN_METADATA, TASKS_KEY, UI_URL_VAR, run_page_url
+from .runtime.ids import (
+    ITERATIONS_KEY,
+    NOT_TAKEN_KEY,
+    NOT_TAKEN_VALUE,
+    TASKS_KEY,
+    UI_URL_VAR,
+    run_page_url,
+)
 from .runtime.prepare import TAG_DEPLOYMENT
 from .runtime.worker import settle
 
@@ -430,7 +437,8 @@ def step_of(step_key: str) -> str:
 
 
 def tasks_of(step_key: str) -> int:
-    """Metaflow tasks a successful op ran: a chunk op's chunk, one for any other op."""
+    """Metaflow tasks a successful op ran, from its step key: a chunk op's chunk, one for any
+    other op (the progress line reads the count an op's output says first)."""
     chunk = naming.chunk_range(step_key.partition("[")[2].rstrip("]"))
     return 1 if chunk is None else len(chunk)
 
@@ -452,11 +460,10 @@ class RunProgress:
     tasks_done: int = 0
     failed: list[str] = field(default_factory=list)
     reason: str | None = None  # the first failure: its task and the user's error line
-    # ops that output a not-taken marker / anything else: an op whose every output is a
-    # marker ran no Metaflow task (a branch not taken) and is no task done
-    marker_outputs: set[str] = field(default_factory=set)
-    task_outputs: set[str] = field(default_factory=set)
-    # ops that ran more than one Metaflow task: a loop, a control task with those it started
+    # per op with outputs so far: whether one was no not-taken marker (an op whose every
+    # output is a marker ran no Metaflow task: a branch not taken, no task done)
+    ran_task: dict[str, bool] = field(default_factory=dict)
+    # ops that ran more than one Metaflow task (a chunk, a loop, a control task): how many
     op_tasks: dict[str, int] = field(default_factory=dict)
 
     def add(self, ev: Any) -> None:
@@ -474,14 +481,15 @@ class RunProgress:
             return
         if kind == "STEP_OUTPUT":
             metadata = ev.step_output_data.metadata
-            (self.marker_outputs if _carries_marker(metadata) else self.task_outputs).add(key)
-            for counted in (ITERATIONS_KEY, TASKS_KEY):
+            marker = getattr(metadata.get(NOT_TAKEN_KEY), "value", None) == NOT_TAKEN_VALUE
+            self.ran_task[key] = self.ran_task.get(key, False) or not marker
+            for counted in (TASKS_KEY, ITERATIONS_KEY):
                 if counted in metadata:
                     self.op_tasks[key] = int(metadata[counted].value)
             return
         self.running.discard(key)
         if kind == "STEP_SUCCESS":
-            if key not in self.marker_outputs or key in self.task_outputs:
+            if self.ran_task.get(key, True):
                 self.tasks_done += self.op_tasks.get(key) or tasks_of(key)
             self.finished_steps.add(step_of(key))
         elif kind == "STEP_SKIPPED":
@@ -501,13 +509,6 @@ class RunProgress:
         if self.failed:
             line += f", failed: {', '.join(self.failed)}"
         return line
-
-
-def _carries_marker(metadata: Mapping[str, Any] | None) -> bool:
-    """Whether an output's metadata says it carries a not-taken marker (runtime/ids.py)."""
-    return all(
-        getattr((metadata or {}).get(k), "value", None) == v for k, v in NOT_TAKEN_METADATA.items()
-    )
 
 
 def follow(

@@ -34,6 +34,7 @@ from dagster import DynamicOutput, Failure, MetadataValue, OpExecutionContext
 
 from .. import naming
 from ..task_options import StepOptions, TaskOptions
+from .ids import TASKS_KEY
 from .process import announce
 from .steprun import StepRunner
 from .taskmeta import TaskMetadata
@@ -135,7 +136,7 @@ class ChunkRunner:
             table = "| task | attempts run here | seconds |\n|---|---|---|\n" + "\n".join(rows)
             context.add_output_metadata(
                 {
-                    "tasks": MetadataValue.int(len(done)),
+                    TASKS_KEY: MetadataValue.int(len(done)),
                     "first task": self.meta.pathspec_value(done[0][1]),
                     "task table": MetadataValue.md(table),
                 }

@@ -13,7 +13,7 @@ from dagster import DynamicOutput, Failure, OpExecutionContext, Output
 from .. import naming
 from ..task_options import StepOptions, TaskOptions
 from .chunks import CHUNK_ABOVE_VAR, chunk_outputs, chunk_size
-from .ids import ITERATIONS_KEY, NOT_TAKEN_METADATA, indices_of, not_taken, path_sort_key, taken
+from .ids import ITERATIONS_KEY, indices_of, not_taken, not_taken_metadata, path_sort_key, taken
 from .steprun import StepRunner
 from .taskmeta import TaskMetadata
 from .taskstore import TaskStore
@@ -42,7 +42,7 @@ class Fanout:
             # one marker child, so that no op with a dynamic output is skipped
             context.log.info(f"Foreach {pathspec[1:]} is on a branch not taken: one marker child")
             yield DynamicOutput(
-                pathspec, mapping_key=naming.mapping_key((0,)), metadata=dict(NOT_TAKEN_METADATA)
+                pathspec, mapping_key=naming.mapping_key((0,)), metadata=not_taken_metadata()
             )
             return
         split = self._split(pathspec, with_metadata=True)
@@ -76,7 +76,7 @@ class Fanout:
                 yield DynamicOutput(
                     pathspec,
                     mapping_key=naming.mapping_key((*indices_of(pathspec), 0)),
-                    metadata=dict(NOT_TAKEN_METADATA),
+                    metadata=not_taken_metadata(),
                 )
             elif size is None or split.ubf:
                 for child in self._children(pathspec, split):
@@ -217,4 +217,4 @@ def _exits(
 
 def _marker(marker: str, name: str) -> Output[str]:
     """Output `name` carrying a not-taken marker, said so in its metadata."""
-    return Output(marker, name, metadata=dict(NOT_TAKEN_METADATA))
+    return Output(marker, name, metadata=not_taken_metadata())

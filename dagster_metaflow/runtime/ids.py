@@ -20,14 +20,14 @@ PARAMS_TASK_ID = "t-params"
 # its foreach index path), and every op on that branch passes a marker on without running a
 # Metaflow task.
 NOT_TAKEN = "~"
-# the metadata of an output that carries a marker: the UI says why the op ran no task, and
-# `trigger --wait`'s progress line does not count the op as a task done
-NOT_TAKEN_METADATA = {"branch": "not taken"}
-# metadata keys of an op that ran more than one Metaflow task: a loop's exit, its
-# iterations; a control task's output (@parallel, unbounded foreach), the control task and
-# the tasks it started
-ITERATIONS_KEY = "iterations"
+# the metadata of an output that carries a marker (`not_taken_metadata`): the UI says why
+# the op ran no task, and `trigger --wait`'s progress line counts no task for the op
+NOT_TAKEN_KEY, NOT_TAKEN_VALUE = "branch", "not taken"
+# output metadata of an op that runs more than one Metaflow task, the tasks it ran: a chunk
+# op's output and a control task's (@parallel, unbounded foreach: the control task and the
+# tasks it started) say `tasks`, a loop's exit `iterations` (an op has one of the two)
 TASKS_KEY = "tasks"
+ITERATIONS_KEY = "iterations"
 
 task_id_for = naming.task_id_for
 
@@ -54,6 +54,11 @@ def params_pathspec(run_id: str) -> str:
 
 def not_taken(pathspec: str) -> str:
     return NOT_TAKEN + pathspec
+
+
+def not_taken_metadata() -> dict[str, Any]:
+    """The metadata of an output that carries a not-taken marker."""
+    return {NOT_TAKEN_KEY: NOT_TAKEN_VALUE}
 
 
 def taken(value: str) -> bool:

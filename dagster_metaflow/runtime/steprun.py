@@ -13,7 +13,7 @@ from ..step_decorators import REMOTE_COMPUTE_DECORATORS
 from ..task_options import StepOptions, TaskOptions
 from .attempt import Attempts
 from .command import StepCommand
-from .ids import NOT_TAKEN_METADATA, is_ubf_control, not_taken, path_sort_key, taken
+from .ids import is_ubf_control, not_taken, not_taken_metadata, path_sort_key, taken
 from .prepare import RunPreparation
 from .process import announce
 from .resume import Origin, in_run, origin_of
@@ -56,7 +56,7 @@ class StepRunner:
         `task.input_paths` are the op's upstream values as received; `options` the step's;
         `show`: put the task on the op's output (False: the op runs several tasks)."""
         pathspec = task.pathspec
-        # "" comes from a branch not taken (a switch inside a foreach yields every output);
+        # "~<pathspec>" comes from a branch not taken (ids.NOT_TAKEN);
         # inputs reused from a parent run (Dagster re-execution) were cloned into this run
         paths = [in_run(p, task.run_id) for p in task.input_paths if taken(p)]
         if not paths:
@@ -64,7 +64,7 @@ class StepRunner:
                 f"[dagster-metaflow] branch not taken: no Metaflow task for step {task.step!r}\n"
             )
             if show and _single_output(context):
-                context.add_output_metadata(dict(NOT_TAKEN_METADATA))
+                context.add_output_metadata(not_taken_metadata())
             return not_taken(pathspec)
         task = self._placed(task, paths)
         origin = origin_of(context)

@@ -4,6 +4,7 @@ produced, and its cards."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,11 @@ class TaskMetadata:
             md["attempt"] = MetadataValue.int(int(ds.attempt))
             names = sorted(n for n in ds if not n.startswith("_"))  # names only, no loading
             md["artifacts"] = MetadataValue.text(", ".join(names))
-            if "_control_mapper_tasks" in ds:  # a control task: with the tasks it started
-                own = pathspec.rsplit("/", 1)[-1]
-                mappers = [str(m) for m in ds["_control_mapper_tasks"] or ()]
-                started = sum(1 for m in mappers if m.rsplit("/", 1)[-1] != own)
-                md[TASKS_KEY] = MetadataValue.int(1 + started)
         except Exception:
             pass
+        else:
+            if "_control_mapper_tasks" in ds:
+                md.update(_control_tasks(pathspec, ds))
         step = pathspec.split("/")[1]
         if step in self.settings.card_steps:
             md.update(self.of_cards(pathspec))
@@ -92,3 +91,16 @@ class TaskMetadata:
             if parent == current:
                 return None
             current = parent
+
+
+def _control_tasks(pathspec: str, ds: Any) -> dict[str, Any]:
+    """A control task's count of tasks: itself and the tasks it started (a @parallel control
+    task lists itself among them, an unbounded foreach's does not; compared by task id, as a
+    cloned control task lists its origin run's tasks). One small artifact loaded."""
+    try:
+        mappers = ds["_control_mapper_tasks"] or ()
+    except Exception as exc:
+        print(f"dagster-metaflow: could not count the tasks {pathspec} started: {exc}", file=sys.stderr)
+        return {}
+    ids = {str(m).rsplit("/", 1)[-1] for m in mappers} | {pathspec.rsplit("/", 1)[-1]}
+    return {TASKS_KEY: MetadataValue.int(len(ids))}

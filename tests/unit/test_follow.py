@@ -9,6 +9,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
@@ -89,3 +91,49 @@ def test_a_pipe_closed_before_the_run_ended_falls_back_to_polling(
         with pytest.raises(DagsterMetaflowException, match="FAILURE"):
             runs.follow(instance, run.run_id, "Flow/1", _caller(), read_end)
     assert len(reads) < 20  # ~0.3 s at one read per 0.05 s, not a busy loop
+
+
+def _event(kind: str, key: str, **metadata: Any) -> Any:
+    """A step event as RunProgress reads it (the e2e shape and random-flow tests feed it real
+    runs' events and compare the count with native runs)."""
+    from dagster import MetadataValue
+
+    values = {k: MetadataValue.int(v) if isinstance(v, int) else MetadataValue.text(v) for k, v in metadata.items()}
+    return SimpleNamespace(step_key=key, event_type_value=kind, step_output_data=SimpleNamespace(metadata=values))
+
+
+def _done(*ops: tuple[str, list[dict[str, Any]]]) -> runs.RunProgress:
+    """Progress after each op started, put out its outputs (each with its metadata), and succeeded."""
+    progress = runs.RunProgress(total=len(ops))
+    for key, outputs in ops:
+        progress.add(_event("STEP_START", key))
+        for metadata in outputs:
+            progress.add(_event("STEP_OUTPUT", key, **metadata))
+        progress.add(_event("STEP_SUCCESS", key))
+    return progress
+
+
+def test_progress_counts_the_metaflow_tasks_ops_ran() -> None:
+    not_taken = {"branch": "not taken"}
+    progress = _done(
+        ("F_steps.op_start", [{"pathspec": "r/start/1"}]),
+        ("F_steps.op_a[0]", [not_taken]),  # a branch not taken: no task
+        ("F_steps.op_sw[0]", [{}, not_taken]),  # a switch that ran, one exit not taken
+        ("F_steps.op_lp[1]", [{"iterations": 3}, not_taken]),  # a loop: 3 tasks
+        ("F_steps.op_fe", [not_taken]),  # a foreach on a branch not taken: one marker child
+        ("F_steps.chunk_b[tasks_0_to_19]", [{"tasks": 20}]),
+        ("F_steps.op_train", [{"tasks": 4}]),  # a @parallel control task and 3 workers
+        ("F_steps.fanout_c", [{}, {}]),  # the nested foreach's collect: no task of its own
+        ("F_steps.op_end", []),  # an op without outputs counts one task
+    )
+    assert progress.tasks_done == 1 + 1 + 3 + 20 + 4 + 1
+    assert progress.line() == "steps done 8/9, tasks done 30"
+    assert not progress.running and not progress.failed
+
+
+def test_progress_ignores_events_it_does_not_tell() -> None:
+    progress = runs.RunProgress(total=1)
+    progress.add(_event("ASSET_MATERIALIZATION_PLANNED", "F_steps.op_end"))
+    progress.add(_event("STEP_UP_FOR_RETRY", "F_steps.op_end"))
+    progress.add(None)
+    assert progress.line() == "steps done 0/1, tasks done 0"
