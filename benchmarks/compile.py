@@ -25,24 +25,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flows  # noqa: E402
-from trigger import timed  # noqa: E402
-
-
-def output(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    """What a command printed on stdout (it must succeed)."""
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit(f"command failed: {' '.join(cmd[:2])}")
-    return proc.stdout.strip()
-
+from trigger import succeeded, timed  # noqa: E402
 
 # what `create` cannot do without: Dagster imported and its instance opened (one read), as
 # `create` opens it (plain Dagster's open reads its ~90 migration scripts at every storage),
@@ -98,7 +87,7 @@ def main() -> None:
                 times["instance"].append(timed([py, "-c", OPEN_INSTANCE], root, env))
                 times["dagster"].append(timed([py, "-c", "import dagster"], root, env))
                 times["generated"].append(timed([py, out], root, env))
-                times["inside"].append(float(output([py, "-c", IMPORT_INSIDE, out], root, env)))
+                times["inside"].append(float(succeeded([py, "-c", IMPORT_INSIDE, out], root, env).stdout))
             m = {k: statistics.median(v) for k, v in times.items()}
             beyond = m["create"] - m["metaflow"]
             # the interpreter's start is in the baseline already; modules both Metaflow and

@@ -50,14 +50,19 @@ BARE_JOBS = {"linear": "linear10", "foreach16": "foreach16", "nested4x4": "neste
 BARE_FILE = str(Path(__file__).resolve().parent / "bare_jobs.py")
 
 
-def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
+def succeeded(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The finished command (its output captured); a failure ends the benchmark, showing why."""
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"command failed: {' '.join(cmd)}")
-    return elapsed
+    return proc
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    succeeded(cmd, cwd, env)
+    return time.perf_counter() - t0
 
 
 def main() -> None:

@@ -154,7 +154,9 @@ class Plan:
 
 @dataclass(eq=False)
 class _Stream:
-    """A dynamic output and the region of ops mapped over it."""
+    """A dynamic output and the region of ops mapped over it. Dagster never skips it: a
+    switch deciding whether a top-level foreach runs marks its branch not taken instead
+    (marking_switches), so every value collected from a stream exists."""
 
     var: str  # top-level variable holding the dynamic output handle
     depth: int  # length of its mapping keys (foreach nesting of its tasks)
@@ -163,9 +165,6 @@ class _Stream:
     source: _TopItem | None = None
     calls: list[Call] = field(default_factory=list)
     exports: list[_Val] = field(default_factory=list)
-    # never skipped by Dagster: a switch deciding whether a top-level foreach runs marks
-    # its branch not taken instead (marking_switches), so every value collected from a
-    # stream exists
 
 
 @dataclass(eq=False)

@@ -137,6 +137,15 @@ with DagsterInstance.from_config({str(self.dagster_home)!r}) as instance:
         with DagsterInstance.from_config(str(self.dagster_home)) as instance:
             return list(instance.all_logs(run_id))
 
+    def tasks_done(self, run_id: str) -> int:
+        """The tasks `trigger --wait`'s progress line counts for the run (runs.RunProgress)."""
+        from dagster_metaflow.runs import RunProgress
+
+        progress = RunProgress(total=0)
+        for event in self.dagster_events(run_id):
+            progress.add(event.dagster_event)
+        return progress.tasks_done
+
     def step_keys(self, run_id: str, event_type: str) -> set[str]:
         """Short step keys (`op_x[0_1]`) of the run's events of `event_type` ("STEP_SKIPPED")."""
         return {
