@@ -121,11 +121,12 @@ def wait_for_parent(identity_tag: str) -> None:
     """Wait, with the standard library only, while the worker `identity_tag` that started us
     lives: it is our parent, so a pidfd opened while it still is refers to it and never to
     a reused pid. Returns at once when that cannot be told (`wait_for_exit` decides).
-    The pid is read from the tag here, not by `WorkerIdentity.parse`: its module imports
-    psutil."""
-    try:
-        pid = int(identity_tag.rsplit("/", 2)[1])
-    except (IndexError, ValueError):
+    The pid is read from the tag by `proc_start.tag_pid`, not by `WorkerIdentity.parse`:
+    its module imports psutil."""
+    from .proc_start import tag_pid
+
+    pid = tag_pid(identity_tag)
+    if pid is None:
         return
     _wait_on_pidfd(pid, lambda: os.getppid() == pid)  # still our parent: the fd is of it
 

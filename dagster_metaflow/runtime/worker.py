@@ -3,7 +3,9 @@
 A run worker (`dagster_metaflow.run_worker`, what `dagster api execute_run` / `resume_run`
 run) is identified by host, pid and the process's start time: a pid alone is reused by the
 kernel, so nothing here signals or trusts a pid whose start time differs from the recorded
-one. The worker records itself in the run tag `dagster-metaflow/worker` when its executor
+one. On this host the start is compared in clock ticks since boot (proc_start.py): the start
+time in seconds since the epoch moves when the clock is slewed, and a live worker was once
+taken for dead that way. The worker records itself in the run tag `dagster-metaflow/worker` when its executor
 starts, and exports the same identity to every process it starts
 (`DAGSTER_METAFLOW_WORKER`, inherited through fork, exec and `setsid`), which is how the
 watchdog (watchdog.py) and `terminate` find a dead worker's orphans.
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from .proc_start import boot_id, start_ticks
 from .supervise import process_running
 
 if TYPE_CHECKING:
@@ -43,30 +46,39 @@ HEARTBEAT_SECONDS = 20.0
 STALE_SECONDS = 120.0  # a worker on another host silent this long is taken for dead
 WORKER_VAR = "DAGSTER_METAFLOW_WORKER"
 RECOVERING_VAR = "DAGSTER_METAFLOW_RECOVERING"  # set in a worker that resumes a run
-# how close two readings of one process's start time are (psutil derives it from clock ticks)
+# how close two readings of one process's start time since the epoch are, for tags without
+# `since_boot` (written before it): psutil derives it from clock ticks
 _START_TOLERANCE = 0.05
 LOST = "run worker lost"
 
 
 @dataclass(frozen=True)
 class WorkerIdentity:
-    """host, pid and start time of one process: stable across pid reuse."""
+    """host, pid and start time of one process: stable across pid reuse. `since_boot`
+    (`<clock ticks since boot>@<boot id>`, Linux) is the start that clock adjustments do
+    not move; tags written before it existed have none and are compared by `started`."""
 
     host: str
     pid: int
     started: float
+    since_boot: str | None = None
 
     def tag(self) -> str:
-        return f"{self.host}/{self.pid}/{self.started:.2f}"
+        base = f"{self.host}/{self.pid}/{self.started:.2f}"
+        return f"{base}/{self.since_boot}" if self.since_boot else base
 
     @classmethod
     def parse(cls, text: str | None) -> WorkerIdentity | None:
         if not text:
             return None
+        since_boot = None
+        rest_of_tag, _, last = text.rpartition("/")
+        if "@" in last:
+            text, since_boot = rest_of_tag, last
         host, _, rest = text.rpartition("/")
         host, _, pid = host.rpartition("/")
         try:
-            return cls(host, int(pid), float(rest))
+            return cls(host, int(pid), float(rest), since_boot)
         except ValueError:
             return None
 
@@ -74,9 +86,10 @@ class WorkerIdentity:
     def of(cls, pid: int) -> WorkerIdentity | None:
         """The identity of a running process on this host (None if it is gone)."""
         try:
-            return cls(socket.gethostname(), pid, psutil.Process(pid).create_time())
+            started = psutil.Process(pid).create_time()
         except psutil.Error:
             return None
+        return cls(socket.gethostname(), pid, started, _since_boot(pid))
 
     @property
     def local(self) -> bool:
@@ -88,7 +101,10 @@ class WorkerIdentity:
             return None
         try:
             proc = psutil.Process(self.pid)
-            same = abs(proc.create_time() - self.started) < _START_TOLERANCE
+            if self.since_boot is not None:
+                same = _since_boot(self.pid) == self.since_boot  # None too for a zombie
+            else:
+                same = abs(proc.create_time() - self.started) < _START_TOLERANCE
             if same and proc.status() != psutil.STATUS_ZOMBIE:
                 return proc
         except psutil.Error:
@@ -111,6 +127,12 @@ class WorkerIdentity:
             return True
         except psutil.Error:
             return False
+
+
+def _since_boot(pid: int) -> str | None:
+    """`<start ticks>@<boot id>` of process `pid`; None if gone or not Linux."""
+    ticks, boot = start_ticks(pid), boot_id()
+    return None if ticks is None or boot is None else f"{ticks}@{boot}"
 
 
 def identity_of(run: DagsterRun) -> WorkerIdentity | None:

@@ -129,7 +129,13 @@ def send_pid(conn: socket.socket, pid: int) -> None:
 def live_start_time(pid: int) -> float | None:
     """When process `pid` started, if it is alive and not a zombie (a process that is not
     our child may wait to be reaped); None otherwise. With the pid, the start time tells a
-    process from a later one that reused its pid."""
+    process from a later one that reused its pid. In clock ticks since boot where procfs
+    has them (a start time since the epoch moves when the clock is slewed: proc_start.py)."""
+    from .proc_start import procfs, start_ticks
+
+    if procfs():
+        ticks = start_ticks(pid)
+        return None if ticks is None else float(ticks)
     import psutil
 
     try:

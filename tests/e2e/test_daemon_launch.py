@@ -11,7 +11,7 @@ from services import dagster_daemon
 
 from dagster_metaflow.runtime.worker import TAG_WORKER, WorkerIdentity
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.waits]
 
 LAUNCHER_AND_QUEUE = """telemetry:
   enabled: false
@@ -89,9 +89,10 @@ def test_the_daemon_s_runs_of_a_job_find_its_step_zygote_ready(
         pathspec = f"ZygoteFlow/{(ws.dir / name).read_text().strip()}"
         data = Run(pathspec)["start"].task.data
         worker = WorkerIdentity.parse(runs[pathspec].tags[TAG_WORKER])
-        assert worker is not None
-        # start times as psutil reads them both (one clock)
-        seen[name] = (data.forked_from, worker.pid, data.forked_from_started - worker.started)
+        assert worker is not None and worker.since_boot is not None
+        # start times in clock ticks since boot, as both were read
+        worker_ticks = int(worker.since_boot.split("@")[0])
+        seen[name] = (data.forked_from, worker.pid, data.forked_from_started - worker_ticks)
     if fork == "1":
         assert seen["first"][2] >= 0, seen  # started by the first run's worker
         assert seen["second"][2] < 0, seen  # ready before the second run's worker: the spare

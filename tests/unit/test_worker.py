@@ -8,9 +8,12 @@ import subprocess
 import sys
 import time
 
+import psutil
+import pytest
 from dagster import DagsterRun
 
 from dagster_metaflow.run_launcher import MetaflowRunLauncher
+from dagster_metaflow.runtime.proc_start import tag_pid
 from dagster_metaflow.runtime.worker import (
     STALE_SECONDS,
     TAG_HEARTBEAT,
@@ -26,9 +29,53 @@ def _run(tags: dict[str, str]) -> DagsterRun:
 
 def test_identity_round_trips_and_rejects_garbage() -> None:
     me = WorkerIdentity.of(os.getpid())
-    assert me is not None and WorkerIdentity.parse(me.tag()) == WorkerIdentity(me.host, me.pid, round(me.started, 2))
-    for bad in (None, "", "host", "host/x/1.0", "host/1/y"):
+    assert me is not None and me.since_boot is not None
+    assert WorkerIdentity.parse(me.tag()) == WorkerIdentity(me.host, me.pid, round(me.started, 2), me.since_boot)
+    assert WorkerIdentity.parse(me.tag()).tag() == me.tag()  # type: ignore[union-attr]  # orphans compare tags
+    # a tag written before `since_boot` existed
+    old = f"{me.host}/{me.pid}/{me.started:.2f}"
+    assert WorkerIdentity.parse(old) == WorkerIdentity(me.host, me.pid, round(me.started, 2))
+    for bad in (None, "", "host", "host/x/1.0", "host/1/y", "host/1/y/1@b"):
         assert WorkerIdentity.parse(bad) is None
+    for tag, pid in ((me.tag(), me.pid), (old, me.pid), ("host/x/1.0", None), ("garbage", None), ("", None)):
+        assert tag_pid(tag) == pid, tag
+
+
+def test_a_live_worker_stays_alive_when_the_clock_moves_its_start_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fault seen on 2026-12-08: psutil's start time since the epoch adds /proc/stat's
+    whole-second boot time, which moves by one second as NTP slews the clock; a reader then
+    took a live run worker for dead and failed its run. Here the boot time moves by a second
+    (and by an hour, a stepped clock) under a live worker and a live zygote-tracked process:
+    both stay alive, the worker can still be signalled, and a reused pid is still told apart."""
+    import psutil._pslinux as linux
+
+    from dagster_metaflow.runtime.zygote_protocol import live_start_time
+
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        worker = WorkerIdentity.of(proc.pid)
+        assert worker is not None and worker.alive()
+        before = live_start_time(proc.pid)
+        run = _run({TAG_WORKER: worker.tag()})
+        real_boot_time = linux.boot_time
+        for shift in (1.0, -1.0, 3600.0):
+            monkeypatch.setattr(linux, "boot_time", lambda s=shift: real_boot_time() + s)
+            assert abs(psutil.Process(proc.pid).create_time() - worker.started - shift) < 0.05
+            assert worker.alive(), shift
+            assert worker_alive(run, WorkerIdentity.parse(worker.tag())) is True  # type: ignore[arg-type]
+            assert live_start_time(proc.pid) == before
+            # what the comparison by start time since the epoch (tags without since_boot) says
+            assert WorkerIdentity(worker.host, worker.pid, worker.started).alive() is False
+        ticks, boot = worker.since_boot.split("@")  # type: ignore[union-attr]
+        for other in (f"{int(ticks) + 1}@{boot}", f"{ticks}@another-boot"):
+            reused = WorkerIdentity(worker.host, worker.pid, worker.started, other)
+            assert reused.alive() is False and not reused.signal(signal.SIGKILL), other
+        assert worker.signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert worker.alive() is False and live_start_time(proc.pid) is None
 
 
 def test_a_reused_pid_is_neither_alive_nor_signalled() -> None:
@@ -112,3 +159,19 @@ def test_a_watchdog_whose_worker_is_not_its_parent_does_not_wait() -> None:
         t0 = time.monotonic()
         wait_for_parent(tag)
         assert time.monotonic() - t0 < 1.0
+
+
+def test_a_zombie_has_no_start_and_is_not_alive() -> None:
+    """A worker that exited but was not reaped yet is dead to every reader."""
+    from dagster_metaflow.runtime.proc_start import start_ticks
+
+    proc = subprocess.Popen(["true"])
+    worker = WorkerIdentity.of(proc.pid)
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert start_ticks(proc.pid) is None
+        assert worker is None or worker.alive() is False
+    finally:
+        proc.wait()
