@@ -11,7 +11,7 @@ from services import dagster_daemon
 
 from dagster_metaflow.runtime.worker import TAG_WORKER, WorkerIdentity
 
-pytestmark = [pytest.mark.e2e, pytest.mark.waits]
+pytestmark = pytest.mark.e2e
 
 LAUNCHER_AND_QUEUE = """telemetry:
   enabled: false
