@@ -76,6 +76,7 @@ class _PeakRss(threading.Thread):
         import psutil
         from dagster import DagsterInstance
 
+        from dagster_metaflow.runtime.proc_start import tag_pid
         from dagster_metaflow.runtime.worker import TAG_WORKER
 
         os.environ["DAGSTER_HOME"] = str(self.home)
@@ -85,7 +86,7 @@ class _PeakRss(threading.Thread):
                 if pid is None:
                     runs = instance.get_runs(limit=1)
                     tag = runs[0].tags.get(TAG_WORKER) if runs else None
-                    pid = int(tag.split("/")[-2]) if tag else None
+                    pid = tag_pid(tag) if tag else None
                 if pid is not None:
                     try:
                         proc = psutil.Process(pid)

@@ -78,9 +78,10 @@ class WorkerIdentity:
         host, _, rest = text.rpartition("/")
         host, _, pid = host.rpartition("/")
         try:
-            return cls(host, int(pid), float(rest), since_boot)
+            identity = cls(host, int(pid), float(rest), since_boot)
         except ValueError:
             return None
+        return identity if identity.pid > 0 else None
 
     @classmethod
     def of(cls, pid: int) -> WorkerIdentity | None:
@@ -101,15 +102,23 @@ class WorkerIdentity:
             return None
         try:
             proc = psutil.Process(self.pid)
-            if self.since_boot is not None:
-                same = _since_boot(self.pid) == self.since_boot  # None too for a zombie
-            else:
-                same = abs(proc.create_time() - self.started) < _START_TOLERANCE
-            if same and proc.status() != psutil.STATUS_ZOMBIE:
-                return proc
+            if self.same_start(WorkerIdentity(self.host, self.pid, proc.create_time(), _since_boot(self.pid))):
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    return proc
         except psutil.Error:
             pass
         return None
+
+    def same_start(self, seen: WorkerIdentity) -> bool:
+        """Whether `seen` (a reading of the same host and pid) is this process: by the start
+        in ticks since boot where both have it (a zombie or unreadable one has none), by the
+        start time since the epoch where this identity has no ticks (a tag written before
+        them) or this host cannot read its boot id."""
+        if seen.host != self.host or seen.pid != self.pid:
+            return False
+        if self.since_boot is not None and boot_id() is not None:
+            return seen.since_boot == self.since_boot
+        return abs(seen.started - self.started) < _START_TOLERANCE
 
     def alive(self) -> bool | None:
         """True/False on this host; None where it cannot be told (another host)."""
@@ -207,16 +216,18 @@ def _inherited_outcome(run: DagsterRun) -> dict[str, str]:
 def orphans(identity: WorkerIdentity, exclude: Iterable[int] = ()) -> list[psutil.Process]:
     """Every process on this host started (directly or not) by the worker `identity`."""
     skip = {os.getpid(), identity.pid, *exclude}
-    want = identity.tag()
     out = []
     for p in psutil.process_iter():
         if p.pid in skip:
             continue
         try:
-            if p.environ().get(WORKER_VAR) == want:
-                out.append(p)
+            carried = WorkerIdentity.parse(p.environ().get(WORKER_VAR))
         except (psutil.Error, OSError):
             continue
+        # the worker's own reading and the run tag's (written by the launcher, read there
+        # separately) may differ in the start time since the epoch: compared as starts
+        if carried is not None and identity.same_start(carried):
+            out.append(p)
     return out
 
 

@@ -18,7 +18,9 @@ from dagster_metaflow.runtime.worker import (
     STALE_SECONDS,
     TAG_HEARTBEAT,
     TAG_WORKER,
+    WORKER_VAR,
     WorkerIdentity,
+    orphans,
     worker_alive,
 )
 
@@ -35,7 +37,7 @@ def test_identity_round_trips_and_rejects_garbage() -> None:
     # a tag written before `since_boot` existed
     old = f"{me.host}/{me.pid}/{me.started:.2f}"
     assert WorkerIdentity.parse(old) == WorkerIdentity(me.host, me.pid, round(me.started, 2))
-    for bad in (None, "", "host", "host/x/1.0", "host/1/y", "host/1/y/1@b"):
+    for bad in (None, "", "host", "host/x/1.0", "host/1/y", "host/1/y/1@b", "host/-1/1.0", "host/0/1.0"):
         assert WorkerIdentity.parse(bad) is None
     for tag, pid in ((me.tag(), me.pid), (old, me.pid), ("host/x/1.0", None), ("garbage", None), ("", None)):
         assert tag_pid(tag) == pid, tag
@@ -46,35 +48,49 @@ def test_a_live_worker_stays_alive_when_the_clock_moves_its_start_time(monkeypat
     whole-second boot time, which moves by one second as NTP slews the clock; a reader then
     took a live run worker for dead and failed its run. Here the boot time moves by a second
     (and by an hour, a stepped clock) under a live worker and a live zygote-tracked process:
-    both stay alive, the worker can still be signalled, and a reused pid is still told apart."""
+    both stay alive, the worker can still be signalled and its orphans found, and a reused
+    pid is still told apart."""
     import psutil._pslinux as linux
 
     from dagster_metaflow.runtime.zygote_protocol import live_start_time
 
+    base = linux.boot_time()  # one reading: the real one may move during the test
+    monkeypatch.setattr(linux, "boot_time", lambda: base)
+    child_env = dict(os.environ)
     proc = subprocess.Popen(["sleep", "60"])
+    step = None
     try:
         worker = WorkerIdentity.of(proc.pid)
         assert worker is not None and worker.alive()
+        # a process the worker started, carrying the tag the worker exported
+        child_env[WORKER_VAR] = worker.tag()
+        step = subprocess.Popen(["sleep", "60"], env=child_env)
         before = live_start_time(proc.pid)
         run = _run({TAG_WORKER: worker.tag()})
-        real_boot_time = linux.boot_time
         for shift in (1.0, -1.0, 3600.0):
-            monkeypatch.setattr(linux, "boot_time", lambda s=shift: real_boot_time() + s)
+            monkeypatch.setattr(linux, "boot_time", lambda s=shift: base + s)
             assert abs(psutil.Process(proc.pid).create_time() - worker.started - shift) < 0.05
             assert worker.alive(), shift
             assert worker_alive(run, WorkerIdentity.parse(worker.tag())) is True  # type: ignore[arg-type]
             assert live_start_time(proc.pid) == before
+            # the reading the run tag holds may be another one than the exported tag's
+            moved = WorkerIdentity.of(proc.pid)
+            assert moved is not None and moved.tag() != worker.tag()
+            assert [p.pid for p in orphans(moved)] == [step.pid], shift
             # what the comparison by start time since the epoch (tags without since_boot) says
             assert WorkerIdentity(worker.host, worker.pid, worker.started).alive() is False
         ticks, boot = worker.since_boot.split("@")  # type: ignore[union-attr]
         for other in (f"{int(ticks) + 1}@{boot}", f"{ticks}@another-boot"):
             reused = WorkerIdentity(worker.host, worker.pid, worker.started, other)
             assert reused.alive() is False and not reused.signal(signal.SIGKILL), other
+            assert orphans(reused) == []
         assert worker.signal(signal.SIGTERM)
         proc.wait(timeout=10)
     finally:
-        proc.kill()
-        proc.wait()
+        for p in (proc, step):
+            if p is not None:
+                p.kill()
+                p.wait()
     assert worker.alive() is False and live_start_time(proc.pid) is None
 
 
@@ -112,6 +128,10 @@ def test_health_check_of_a_local_worker() -> None:
     assert launcher.check_run_worker_health(_run({TAG_WORKER: me.tag()})).status.value == "RUNNING"
     gone = WorkerIdentity(me.host, me.pid, me.started - 500)
     assert launcher.check_run_worker_health(_run({TAG_WORKER: gone.tag()})).status.value == "FAILED"
+    ticks, boot = me.since_boot.split("@")  # type: ignore[union-attr]
+    for other in (f"{int(ticks) - 1}@{boot}", f"{ticks}@another-boot"):  # a reused pid, a reboot
+        gone = WorkerIdentity(me.host, me.pid, me.started, other)
+        assert launcher.check_run_worker_health(_run({TAG_WORKER: gone.tag()})).status.value == "FAILED"
     assert launcher.check_run_worker_health(_run({})).status.value == "RUNNING"  # not recorded yet
 
 
@@ -165,13 +185,15 @@ def test_a_zombie_has_no_start_and_is_not_alive() -> None:
     """A worker that exited but was not reaped yet is dead to every reader."""
     from dagster_metaflow.runtime.proc_start import start_ticks
 
-    proc = subprocess.Popen(["true"])
-    worker = WorkerIdentity.of(proc.pid)
+    proc = subprocess.Popen(["sleep", "60"])
     try:
+        worker = WorkerIdentity.of(proc.pid)
+        assert worker is not None and worker.since_boot is not None and worker.alive()
+        proc.kill()
         deadline = time.monotonic() + 10
         while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
             time.sleep(0.02)
         assert start_ticks(proc.pid) is None
-        assert worker is None or worker.alive() is False
+        assert worker.alive() is False
     finally:
         proc.wait()
