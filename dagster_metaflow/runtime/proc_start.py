@@ -13,6 +13,8 @@ else.
 
 from __future__ import annotations
 
+import functools
+
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
 
@@ -21,6 +23,7 @@ def procfs() -> bool:
     return boot_id() is not None
 
 
+@functools.cache  # a process never outlives its boot: read once, not at every identity check
 def boot_id() -> str | None:
     """This boot's id (a reboot restarts pids and ticks), None without procfs."""
     try:
